@@ -1,0 +1,264 @@
+//! The backend set of one balancer and how to pick from it.
+//!
+//! `drove-balancer` owns *which backends exist* ([`Balancer::set_backends`],
+//! [`Balancer::upsert`], [`Balancer::remove`]), their state — `healthy` (active probes and
+//! passive ejection) kept apart from `enabled` (changed only by admin/drain), exact
+//! in-flight counts, peak-EWMA latency — and *how to pick one* ([`Algorithm`]).
+//! It knows nothing of HTTP parsing, TOML or the supervisor: the proxy hands it a
+//! [`PickContext`] (client IP, an optional pre-hashed key, an optional sticky token) and
+//! reports each attempt's [`Outcome`] back through the [`InFlight`] guard.
+//! The set is swapped lock-free (`arc-swap`): readers on the hot path never block, and a
+//! pick is O(1) for every algorithm but `least_conn` (a scan, like nginx).
+//! Active health probes (HTTP or TCP) run as tokio tasks ([`Balancer::spawn_health_checks`]).
+
+mod backend;
+mod health;
+mod maglev;
+mod select;
+
+pub use backend::{Backend, BackendSpec, InFlight, Outcome};
+pub use health::{ActiveHealth, ProbeKind};
+pub use select::{Algorithm, PickContext};
+
+use arc_swap::ArcSwap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Passive health: eject a backend after `max_fails` failed attempts within
+/// `fail_timeout`, for `fail_timeout` (nginx `max_fails`/`fail_timeout`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PassiveHealth {
+    /// Failures within `fail_timeout` that eject; 0 turns passive ejection off.
+    pub max_fails: u32,
+    /// The window failures are counted in, and how long an ejection lasts.
+    pub fail_timeout: Duration,
+    /// Whether a 5xx response counts as a failure (connect errors and timeouts always do).
+    pub on_5xx: bool,
+}
+
+impl Default for PassiveHealth {
+    fn default() -> Self {
+        PassiveHealth {
+            max_fails: 3,
+            fail_timeout: Duration::from_secs(10),
+            on_5xx: false,
+        }
+    }
+}
+
+/// How a [`Balancer`] picks and ejects.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BalancerSettings {
+    /// The selection algorithm.
+    pub algorithm: Algorithm,
+    /// Passive ejection.
+    pub passive: PassiveHealth,
+    /// At most this share (0..=100) of the primary backends may be passively ejected at
+    /// once; past it, failures are counted but nothing more is ejected (like Envoy's
+    /// `max_ejection_percent`), so a fleet-wide blip does not empty the pool.
+    pub max_ejected_percent: u8,
+}
+
+impl Default for BalancerSettings {
+    fn default() -> Self {
+        BalancerSettings {
+            algorithm: Algorithm::RoundRobin,
+            passive: PassiveHealth::default(),
+            max_ejected_percent: 50,
+        }
+    }
+}
+
+/// One immutable generation of the backend set; replaced whole on every change.
+pub(crate) struct BackendSet {
+    pub(crate) all: Vec<Arc<Backend>>,
+    pub(crate) primaries: Vec<Arc<Backend>>,
+    pub(crate) backups: Vec<Arc<Backend>>,
+    /// Smooth weighted round-robin order over `primaries` (indexes), precomputed so the
+    /// pick is one atomic increment.
+    pub(crate) rr_order: Vec<u32>,
+    /// Consistent-hash lookup table over `primaries`.
+    pub(crate) maglev: maglev::Table,
+}
+
+/// A load balancer's backend set and selection state, shared by every worker.
+pub struct Balancer {
+    settings: BalancerSettings,
+    set: ArcSwap<BackendSet>,
+    /// Monotonic counter feeding round robin and tie-breaks.
+    cursor: AtomicUsize,
+    /// Per-balancer random state for random_two / p2c (xorshift; races only perturb it).
+    rng: AtomicU64,
+    pub(crate) clock: backend::Clock,
+}
+
+impl std::fmt::Debug for Balancer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Balancer")
+            .field("settings", &self.settings)
+            .field("backends", &self.snapshot().len())
+            .finish()
+    }
+}
+
+impl Balancer {
+    /// An empty balancer.
+    pub fn new(settings: BalancerSettings) -> Arc<Balancer> {
+        let clock = backend::Clock::new();
+        Arc::new(Balancer {
+            set: ArcSwap::from_pointee(BackendSet::build(Vec::new())),
+            settings,
+            cursor: AtomicUsize::new(0),
+            rng: AtomicU64::new(0x9E37_79B9_7F4A_7C15 ^ std::process::id() as u64),
+            clock,
+        })
+    }
+
+    /// The settings it was built with.
+    pub fn settings(&self) -> &BalancerSettings {
+        &self.settings
+    }
+
+    /// Replaces the whole set. Backends whose id is kept keep their state (health,
+    /// in-flight, EWMA) when their address is unchanged.
+    pub fn set_backends(&self, specs: Vec<BackendSpec>) {
+        let old = self.set.load();
+        let all = specs
+            .into_iter()
+            .map(|spec| match old.all.iter().find(|b| b.id() == spec.id) {
+                Some(b) if b.spec.addr == spec.addr => b.with_spec(spec),
+                _ => Arc::new(Backend::new(spec, &self.clock)),
+            })
+            .collect();
+        self.set.store(Arc::new(BackendSet::build(all)));
+    }
+
+    /// Adds a backend, or updates the one with the same id (keeping its state when its
+    /// address is unchanged).
+    pub fn upsert(&self, spec: BackendSpec) {
+        self.set.rcu(|old| {
+            let mut all: Vec<Arc<Backend>> = old.all.clone();
+            match all.iter().position(|b| b.id() == spec.id) {
+                Some(i) if all[i].spec.addr == spec.addr => all[i] = all[i].with_spec(spec.clone()),
+                Some(i) => all[i] = Arc::new(Backend::new(spec.clone(), &self.clock)),
+                None => all.push(Arc::new(Backend::new(spec.clone(), &self.clock))),
+            }
+            BackendSet::build(all)
+        });
+    }
+
+    /// Removes a backend by id; returns it if it was there (its in-flight requests go on).
+    pub fn remove(&self, id: &str) -> Option<Arc<Backend>> {
+        let found = self.find(id)?;
+        self.set.rcu(|old| {
+            let all = old.all.iter().filter(|b| b.id() != id).cloned().collect();
+            BackendSet::build(all)
+        });
+        Some(found)
+    }
+
+    /// The backend with this id.
+    pub fn find(&self, id: &str) -> Option<Arc<Backend>> {
+        self.set.load().all.iter().find(|b| b.id() == id).cloned()
+    }
+
+    /// Takes a backend in or out of rotation (admin/drain); health is untouched.
+    /// Returns whether the id was found.
+    pub fn set_enabled(&self, id: &str, enabled: bool) -> bool {
+        match self.find(id) {
+            Some(b) => {
+                b.set_enabled(enabled);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Waits until the backend has no request in flight, or `grace` has passed.
+    /// Returns whether it became idle.
+    pub async fn wait_idle(&self, id: &str, grace: Duration) -> bool {
+        let Some(b) = self.find(id) else { return true };
+        let deadline = tokio::time::Instant::now() + grace;
+        loop {
+            if b.in_flight() == 0 {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            // Polling is fine here: drains are rare and 10 ms is far below any grace.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// The current backends, in set order.
+    pub fn snapshot(&self) -> Vec<Arc<Backend>> {
+        self.set.load().all.clone()
+    }
+
+    /// How many primary backends are ejected right now.
+    fn ejected_count(&self, set: &BackendSet) -> usize {
+        let now = self.clock.now();
+        set.primaries.iter().filter(|b| b.is_ejected_at(now)).count()
+    }
+
+    /// Whether one more passive ejection stays within `max_ejected_percent`.
+    pub(crate) fn may_eject(&self) -> bool {
+        let set = self.set.load();
+        let n = set.primaries.len().max(1);
+        let ejected = self.ejected_count(&set) + 1;
+        ejected * 100 <= n * self.settings.max_ejected_percent as usize
+    }
+
+    fn next_random(&self) -> u64 {
+        // xorshift64*; a lost update between threads only repeats a number.
+        let mut x = self.rng.load(Ordering::Relaxed);
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.rng.store(x, Ordering::Relaxed);
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+}
+
+impl BackendSet {
+    fn build(all: Vec<Arc<Backend>>) -> BackendSet {
+        let primaries: Vec<_> = all.iter().filter(|b| !b.is_backup()).cloned().collect();
+        let backups: Vec<_> = all.iter().filter(|b| b.is_backup()).cloned().collect();
+        let weights: Vec<u32> = primaries.iter().map(|b| b.weight()).collect();
+        let rr_order = select::smooth_wrr_order(&weights);
+        let keys: Vec<(u64, u32)> = primaries.iter().map(|b| (b.key(), b.weight())).collect();
+        let maglev = maglev::Table::build(&keys);
+        BackendSet {
+            all,
+            primaries,
+            backups,
+            rr_order,
+            maglev,
+        }
+    }
+}
+
+/// Stable 64-bit hash of bytes (FNV-1a, then a splitmix64 finaliser for avalanche): the
+/// same on every run and every host, so consistent hashing agrees across restarts and
+/// across balancers. Not DoS-resistant, which is fine: keys only choose among backends.
+pub fn hash_bytes(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    select::mix(h)
+}
+
+/// Stable hash of an IP address (v4-mapped v6 hashes as v4).
+pub fn hash_ip(ip: std::net::IpAddr) -> u64 {
+    match ip {
+        std::net::IpAddr::V4(v4) => hash_bytes(&v4.octets()),
+        std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => hash_bytes(&v4.octets()),
+            None => hash_bytes(&v6.octets()),
+        },
+    }
+}

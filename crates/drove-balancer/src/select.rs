@@ -1,0 +1,250 @@
+//! How to pick one backend of the set.
+
+use std::net::IpAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use crate::{Backend, BackendSet, Balancer};
+
+/// The selection algorithm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Algorithm {
+    /// Smooth weighted round robin (nginx's): weights honoured without bursts.
+    RoundRobin,
+    /// Fewest requests in flight relative to weight; ties rotate.
+    LeastConn,
+    /// Consistent hash (Maglev) of the client IP.
+    IpHash,
+    /// Consistent hash (Maglev) of a key the proxy extracts (header, cookie, path).
+    Hash,
+    /// Power of two random choices on in-flight requests.
+    RandomTwo,
+    /// Power of two random choices on peak-EWMA latency × (in-flight + 1).
+    P2cEwma,
+}
+
+impl Algorithm {
+    /// The config spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Algorithm::RoundRobin => "round_robin",
+            Algorithm::LeastConn => "least_conn",
+            Algorithm::IpHash => "ip_hash",
+            Algorithm::Hash => "hash",
+            Algorithm::RandomTwo => "random_two",
+            Algorithm::P2cEwma => "p2c_ewma",
+        }
+    }
+}
+
+/// What the proxy knows of a request that selection may use.
+#[derive(Debug, Clone, Copy)]
+pub struct PickContext<'a> {
+    /// The client's address (after trusted X-Forwarded-For).
+    pub client_ip: IpAddr,
+    /// The hashed key for [`Algorithm::Hash`] (None: the key was absent; falls back to
+    /// round robin).
+    pub hash: Option<u64>,
+    /// The sticky cookie's value, if the request carried one.
+    pub sticky: Option<&'a str>,
+}
+
+impl<'a> PickContext<'a> {
+    /// A context with only the client IP.
+    pub fn new(client_ip: IpAddr) -> PickContext<'a> {
+        PickContext {
+            client_ip,
+            hash: None,
+            sticky: None,
+        }
+    }
+}
+
+/// Max table length of the precomputed smooth round-robin order; weights are scaled
+/// down past it (keeps memory bounded with 100+ backends of large weights).
+const MAX_RR_ORDER: u64 = 1 << 16;
+
+/// nginx's smooth weighted round robin, unrolled once: the sequence of indexes that the
+/// stateful algorithm would produce over one full period.
+pub(crate) fn smooth_wrr_order(weights: &[u32]) -> Vec<u32> {
+    if weights.is_empty() {
+        return Vec::new();
+    }
+    let g = weights.iter().fold(0u32, |g, &w| gcd(g, w.max(1)));
+    let mut w: Vec<i64> = weights.iter().map(|&x| (x.max(1) / g) as i64).collect();
+    let total: u64 = w.iter().map(|&x| x as u64).sum();
+    if total > MAX_RR_ORDER {
+        let scale = total as f64 / MAX_RR_ORDER as f64;
+        for x in &mut w {
+            *x = ((*x as f64 / scale).round() as i64).max(1);
+        }
+    }
+    let total: i64 = w.iter().sum();
+    let mut current = vec![0i64; w.len()];
+    let mut order = Vec::with_capacity(total as usize);
+    for _ in 0..total {
+        let mut best = 0;
+        for i in 0..w.len() {
+            current[i] += w[i];
+            if current[i] > current[best] {
+                best = i;
+            }
+        }
+        current[best] -= total;
+        order.push(best as u32);
+    }
+    order
+}
+
+fn gcd(a: u32, b: u32) -> u32 {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}
+
+/// Mixes a 64-bit value (splitmix64 finaliser): used to derive alternative hash probes.
+pub(crate) fn mix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
+}
+
+impl Balancer {
+    /// Picks a backend for a new attempt, skipping those whose key is in `exclude`
+    /// (already tried by this request). Sticky first, then the algorithm over the
+    /// available primaries, then the backups. `None`: nothing is available.
+    pub fn pick(&self, ctx: &PickContext<'_>, exclude: &[u64]) -> Option<Arc<Backend>> {
+        let set = self.set.load();
+        let now = self.clock.now();
+        let ok = |b: &Backend| b.is_available_at(now) && !exclude.contains(&b.key());
+        if let Some(token) = ctx.sticky {
+            if let Ok(key) = u64::from_str_radix(token, 16) {
+                if let Some(b) = set.all.iter().find(|b| b.key() == key) {
+                    if ok(b) {
+                        return Some(b.clone());
+                    }
+                }
+            }
+        }
+        if let Some(b) = self.pick_primary(&set, ctx, now, &ok) {
+            return Some(b);
+        }
+        // Backups: least in flight, ties to the first listed (like nginx's `backup`).
+        set.backups
+            .iter()
+            .filter(|b| ok(b))
+            .min_by_key(|b| b.in_flight())
+            .cloned()
+    }
+
+    fn pick_primary(
+        &self,
+        set: &BackendSet,
+        ctx: &PickContext<'_>,
+        now: u64,
+        ok: &dyn Fn(&Backend) -> bool,
+    ) -> Option<Arc<Backend>> {
+        let p = &set.primaries;
+        if p.is_empty() {
+            return None;
+        }
+        match self.settings().algorithm {
+            Algorithm::RoundRobin => self.round_robin(set, ok),
+            Algorithm::LeastConn => self.least_conn(p, ok),
+            Algorithm::IpHash => {
+                let h = crate::hash_ip(ctx.client_ip);
+                self.consistent(set, h, ok)
+            }
+            Algorithm::Hash => match ctx.hash {
+                Some(h) => self.consistent(set, h, ok),
+                None => self.round_robin(set, ok),
+            },
+            Algorithm::RandomTwo => self.two_choices(p, ok, |b| b.in_flight() as f64 / b.weight() as f64),
+            Algorithm::P2cEwma => self.two_choices(p, ok, |b| {
+                // +1 µs so an idle backend with no history still weighs its load.
+                (b.ewma_ns(now) + 1_000.0) * (b.in_flight() as f64 + 1.0) / b.weight() as f64
+            }),
+        }
+    }
+
+    fn round_robin(&self, set: &BackendSet, ok: &dyn Fn(&Backend) -> bool) -> Option<Arc<Backend>> {
+        let n = set.rr_order.len();
+        let start = self.cursor.fetch_add(1, Ordering::Relaxed);
+        for i in 0..n {
+            let b = &set.primaries[set.rr_order[(start + i) % n] as usize];
+            if ok(b) {
+                return Some(b.clone());
+            }
+        }
+        None
+    }
+
+    fn least_conn(&self, p: &[Arc<Backend>], ok: &dyn Fn(&Backend) -> bool) -> Option<Arc<Backend>> {
+        // Rotating start: equal loads spread instead of piling on the first backend.
+        let start = self.cursor.fetch_add(1, Ordering::Relaxed);
+        let n = p.len();
+        let mut best: Option<&Arc<Backend>> = None;
+        for i in 0..n {
+            let b = &p[(start + i) % n];
+            if !ok(b) {
+                continue;
+            }
+            best = match best {
+                // in_flight/weight compared without division.
+                Some(cur)
+                    if cur.in_flight() * b.weight() as u64 <= b.in_flight() * cur.weight() as u64 =>
+                {
+                    Some(cur)
+                }
+                _ => Some(b),
+            };
+        }
+        best.cloned()
+    }
+
+    /// Maglev lookup; when the owner is unavailable, deterministic re-probes spread its
+    /// keys over the others (and send them back when it returns).
+    fn consistent(&self, set: &BackendSet, h: u64, ok: &dyn Fn(&Backend) -> bool) -> Option<Arc<Backend>> {
+        let mut key = h;
+        // 2n probes find an available backend with high probability; then round robin.
+        for _ in 0..(2 * set.primaries.len()).max(4) {
+            let b = &set.primaries[set.maglev.lookup(key)?];
+            if ok(b) {
+                return Some(b.clone());
+            }
+            key = mix(key);
+        }
+        self.round_robin(set, ok)
+    }
+
+    fn two_choices(
+        &self,
+        p: &[Arc<Backend>],
+        ok: &dyn Fn(&Backend) -> bool,
+        cost: impl Fn(&Backend) -> f64,
+    ) -> Option<Arc<Backend>> {
+        let n = p.len();
+        if n == 1 {
+            return ok(&p[0]).then(|| p[0].clone());
+        }
+        let r = self.next_random();
+        let i = (r % n as u64) as usize;
+        // A distinct second index: offset in 1..n.
+        let j = (i + 1 + ((r >> 32) % (n as u64 - 1)) as usize) % n;
+        let (a, b) = (&p[i], &p[j]);
+        match (ok(a), ok(b)) {
+            (true, true) => Some(if cost(b) < cost(a) { b.clone() } else { a.clone() }),
+            (true, false) => Some(a.clone()),
+            (false, true) => Some(b.clone()),
+            // Both out: fall back to the best of the rest.
+            (false, false) => p
+                .iter()
+                .filter(|b| ok(b))
+                .min_by(|x, y| cost(x).total_cmp(&cost(y)))
+                .cloned(),
+        }
+    }
+}

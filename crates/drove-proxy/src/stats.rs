@@ -1,0 +1,91 @@
+//! Data path counters (atomics; read by the admin API and /metrics) and the retry budget.
+
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+
+/// Counters of one proxy, summed over its workers.
+#[derive(Debug)]
+pub struct ProxyStats {
+    /// Requests received (including rejected ones).
+    pub requests: AtomicU64,
+    /// Responses by status class: index 0 = 1xx … 4 = 5xx.
+    pub responses: [AtomicU64; 5],
+    /// Retries made.
+    pub retries: AtomicU64,
+    /// Retries skipped because the budget was spent.
+    pub retry_budget_exhausted: AtomicU64,
+    /// Failed connects to backends.
+    pub connect_errors: AtomicU64,
+    /// Tries that timed out.
+    pub timeouts: AtomicU64,
+    /// 503s because nothing was available.
+    pub no_backend: AtomicU64,
+    /// Requests rejected before reaching a backend (400, 413).
+    pub rejected: AtomicU64,
+    /// Client connections open now.
+    pub active_connections: AtomicI64,
+    /// Client connections accepted in total.
+    pub connections: AtomicU64,
+    /// Upgrade tunnels open now.
+    pub active_tunnels: AtomicI64,
+    /// Retry budget in thousandths of a retry.
+    budget: AtomicI64,
+    deposit: i64,
+}
+
+/// Budget credit a fresh proxy starts with and the most it can save up, in retries:
+/// enough for a burst of failures at low traffic, small enough that a sick fleet under
+/// load is quickly held to the percentage.
+const BUDGET_INITIAL: i64 = 10;
+const BUDGET_MAX: i64 = 100;
+
+impl ProxyStats {
+    pub(crate) fn new(budget_percent: u32) -> ProxyStats {
+        ProxyStats {
+            requests: AtomicU64::new(0),
+            responses: Default::default(),
+            retries: AtomicU64::new(0),
+            retry_budget_exhausted: AtomicU64::new(0),
+            connect_errors: AtomicU64::new(0),
+            timeouts: AtomicU64::new(0),
+            no_backend: AtomicU64::new(0),
+            rejected: AtomicU64::new(0),
+            active_connections: AtomicI64::new(0),
+            connections: AtomicU64::new(0),
+            active_tunnels: AtomicI64::new(0),
+            budget: AtomicI64::new(BUDGET_INITIAL * 1000),
+            deposit: budget_percent as i64 * 10,
+        }
+    }
+
+    pub(crate) fn connection_opened(&self) {
+        self.active_connections.fetch_add(1, Relaxed);
+        self.connections.fetch_add(1, Relaxed);
+    }
+    pub(crate) fn connection_closed(&self) {
+        self.active_connections.fetch_sub(1, Relaxed);
+    }
+
+    /// A request arrived: count it and credit the retry budget.
+    pub(crate) fn request(&self) {
+        self.requests.fetch_add(1, Relaxed);
+        if self.deposit > 0 && self.budget.load(Relaxed) < BUDGET_MAX * 1000 {
+            self.budget.fetch_add(self.deposit, Relaxed);
+        }
+    }
+
+    pub(crate) fn response(&self, status: u16) {
+        let class = (status / 100).clamp(1, 5) as usize - 1;
+        self.responses[class].fetch_add(1, Relaxed);
+    }
+
+    /// Takes one retry from the budget; false when it is spent.
+    pub(crate) fn withdraw_retry(&self) -> bool {
+        if self.budget.fetch_sub(1000, Relaxed) >= 1000 {
+            true
+        } else {
+            self.budget.fetch_add(1000, Relaxed);
+            self.retry_budget_exhausted.fetch_add(1, Relaxed);
+            false
+        }
+    }
+}

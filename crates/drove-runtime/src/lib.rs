@@ -1,0 +1,1 @@
+//! drove-runtime (placeholder)

@@ -1,0 +1,41 @@
+//! drove-supervisor runs the processes of drove services: it spawns each instance in its
+//! own process group, gates it on a readiness probe, watches it (liveness probe, RSS
+//! limit), restarts it with exponential backoff (and a visible crash-loop state), scales
+//! the number of instances, replaces instances in a rolling, surge-first way, drains them
+//! before signalling them, and stops everything — grandchildren included — on shutdown.
+//! Instance output goes to rotated per-instance log files and, optionally, to stdout.
+//!
+//! It does not know TOML, the CLI or the load balancer. The runtime maps the
+//! configuration into [`ServiceSpec`]s and turns the [`InstanceEvent`]s published on an
+//! unbounded channel into backend-set changes: `Ready` (add), `Draining` (remove, wait
+//! for in-flight requests, then acknowledge through `done` — the process is signalled
+//! only after that), `Undrained` (add back), `Gone` (remove).
+//!
+//! Main types: [`Supervisor`] (the cheap-to-clone handle: `start`, `status`, `scale`,
+//! `restart`, `drain`, `undrain`, `shutdown`), [`ServiceSpec`], [`InstanceEvent`],
+//! [`InstanceStatus`]. The state machine of an instance, backoff and crash-loop rules are
+//! described in `LIFECYCLE.md` next to this file; the log file layout in [`log_path`].
+//!
+//! Linux only: process-group accounting reads `/proc`, and children are spawned with
+//! `PR_SET_PDEATHSIG` so they die with drove even if drove is SIGKILLed.
+
+mod backoff;
+mod error;
+mod event;
+mod logs;
+mod probe;
+mod procfs;
+mod slot;
+mod spawn;
+mod spec;
+mod supervisor;
+
+pub use error::SupervisorError;
+pub use event::{
+    ExitInfo, InstanceEvent, InstanceId, InstanceState, InstanceStatus, RollingReport,
+};
+pub use logs::log_path;
+pub use spec::{
+    CommandSpec, LogSpec, Policy, PortSpec, Probe, ProbeKind, RestartPolicy, ServiceSpec, Signal,
+};
+pub use supervisor::{Supervisor, SupervisorOptions};

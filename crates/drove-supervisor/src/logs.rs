@@ -1,0 +1,268 @@
+//! Instance output: line-by-line to a size-rotated file per instance and, optionally,
+//! multiplexed to stdout as `web.2 | line` (foreman/overmind style).
+//!
+//! File layout: `<logs.dir>/<service>.<index>.log` is the live file; on rotation it
+//! becomes `.log.1`, the previous `.log.1` becomes `.log.2`, … up to `.log.<keep>`
+//! (older ones are deleted). Lines from stdout and stderr go to the same file in arrival
+//! order; lines the supervisor itself writes about the instance start with `[drove]`.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+
+use crate::event::InstanceId;
+use crate::spec::LogSpec;
+
+/// ANSI foreground colours cycled over instances (red is left out: it reads as an error).
+const PALETTE: [u8; 6] = [36, 33, 32, 35, 34, 96];
+
+/// A single line longer than this is cut (and continued as another line), so one
+/// runaway write cannot grow memory without bound.
+const MAX_LINE: usize = 64 * 1024;
+
+/// Path of an instance's live log file.
+pub fn log_path(dir: &Path, id: &InstanceId) -> PathBuf {
+    dir.join(format!("{}.{}.log", id.service, id.index))
+}
+
+/// The rotated file number `n` (1 = newest) of a live log file.
+fn rotated(path: &Path, n: u32) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(format!(".{n}"));
+    PathBuf::from(s)
+}
+
+/// An append-only log file rotated by size.
+pub(crate) struct RotatingFile {
+    path: PathBuf,
+    file: Option<File>,
+    size: u64,
+    max_size: u64,
+    keep: u32,
+}
+
+impl RotatingFile {
+    pub fn open(path: PathBuf, spec: &LogSpec) -> io::Result<RotatingFile> {
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir)?;
+        }
+        let file = OpenOptions::new().create(true).append(true).open(&path)?;
+        let size = file.metadata()?.len();
+        Ok(RotatingFile {
+            path,
+            file: Some(file),
+            size,
+            max_size: spec.max_size,
+            keep: spec.keep,
+        })
+    }
+
+    pub fn write_line(&mut self, line: &[u8]) -> io::Result<()> {
+        let len = line.len() as u64 + 1;
+        if self.max_size > 0 && self.size > 0 && self.size + len > self.max_size {
+            self.rotate()?;
+        }
+        let Some(f) = self.file.as_mut() else {
+            return Ok(());
+        };
+        let mut buf = Vec::with_capacity(line.len() + 1);
+        buf.extend_from_slice(line);
+        buf.push(b'\n');
+        f.write_all(&buf)?;
+        self.size += len;
+        Ok(())
+    }
+
+    fn rotate(&mut self) -> io::Result<()> {
+        self.file = None;
+        if self.keep == 0 {
+            fs::remove_file(&self.path).or_else(ignore_missing)?;
+        } else {
+            fs::remove_file(rotated(&self.path, self.keep)).or_else(ignore_missing)?;
+            for n in (1..self.keep).rev() {
+                fs::rename(rotated(&self.path, n), rotated(&self.path, n + 1))
+                    .or_else(ignore_missing)?;
+            }
+            fs::rename(&self.path, rotated(&self.path, 1)).or_else(ignore_missing)?;
+        }
+        self.file = Some(
+            OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.path)?,
+        );
+        self.size = 0;
+        Ok(())
+    }
+}
+
+fn ignore_missing(e: io::Error) -> io::Result<()> {
+    if e.kind() == io::ErrorKind::NotFound {
+        Ok(())
+    } else {
+        Err(e)
+    }
+}
+
+/// Where one instance's lines go.
+#[derive(Clone)]
+pub(crate) struct InstanceLog {
+    file: Option<Arc<Mutex<RotatingFile>>>,
+    /// `Some(prefix)` when lines are also printed to stdout.
+    stdout_prefix: Option<Arc<str>>,
+}
+
+impl InstanceLog {
+    pub fn new(id: &InstanceId, spec: &LogSpec, to_stdout: bool, color: bool, width: usize) -> Self {
+        let path = log_path(&spec.dir, id);
+        let file = match RotatingFile::open(path.clone(), spec) {
+            Ok(f) => Some(Arc::new(Mutex::new(f))),
+            Err(e) => {
+                tracing::warn!(instance = %id, path = %path.display(), error = %e, "cannot open log file; output is not kept");
+                None
+            }
+        };
+        let stdout_prefix = to_stdout.then(|| {
+            let name = format!("{:<width$}", id.to_string());
+            if color {
+                let c = PALETTE[color_index(id)];
+                format!("\x1b[{c}m{name} |\x1b[0m ").into()
+            } else {
+                format!("{name} | ").into()
+            }
+        });
+        InstanceLog {
+            file,
+            stdout_prefix,
+        }
+    }
+
+    pub fn line(&self, line: &[u8]) {
+        if let Some(f) = &self.file {
+            let mut f = f.lock().unwrap_or_else(|p| p.into_inner());
+            if let Err(e) = f.write_line(line) {
+                tracing::warn!(path = %f.path.display(), error = %e, "log write failed");
+            }
+        }
+        if let Some(p) = &self.stdout_prefix {
+            let mut out = io::stdout().lock();
+            let _ = out
+                .write_all(p.as_bytes())
+                .and_then(|_| out.write_all(line))
+                .and_then(|_| out.write_all(b"\n"));
+        }
+    }
+
+    /// A line from the supervisor about this instance.
+    pub fn system(&self, msg: &str) {
+        self.line(format!("[drove] {msg}").as_bytes());
+    }
+}
+
+/// A stable colour per instance: services spread by name, instances by index.
+fn color_index(id: &InstanceId) -> usize {
+    let h = id
+        .service
+        .bytes()
+        .fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(b as usize));
+    h.wrapping_add(id.index as usize) % PALETTE.len()
+}
+
+/// Copies a process stream into the log until EOF.
+pub(crate) async fn pump<R: AsyncRead + Unpin>(stream: R, log: InstanceLog) {
+    let mut r = BufReader::new(stream);
+    let mut buf = Vec::with_capacity(256);
+    loop {
+        buf.clear();
+        match take_line(&mut r, &mut buf).await {
+            Ok(0) => return,
+            Ok(_) => {
+                while matches!(buf.last(), Some(b'\n' | b'\r')) {
+                    buf.pop();
+                }
+                log.line(&buf);
+            }
+            Err(_) => return,
+        }
+    }
+}
+
+/// Reads up to and including `\n`, but at most `MAX_LINE` bytes.
+async fn take_line<R: AsyncRead + Unpin>(
+    r: &mut BufReader<R>,
+    buf: &mut Vec<u8>,
+) -> io::Result<usize> {
+    loop {
+        let avail = r.fill_buf().await?;
+        if avail.is_empty() {
+            return Ok(buf.len());
+        }
+        let room = MAX_LINE - buf.len();
+        let (n, done) = match avail.iter().take(room).position(|b| *b == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (avail.len().min(room), avail.len() >= room),
+        };
+        buf.extend_from_slice(&avail[..n]);
+        r.consume(n);
+        if done {
+            return Ok(buf.len());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmpdir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("drove-sup-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        d
+    }
+
+    #[test]
+    fn rotates_by_size_and_keeps_n() {
+        let dir = tmpdir("rot");
+        let spec = LogSpec {
+            dir: dir.clone(),
+            max_size: 20,
+            keep: 2,
+        };
+        let id = InstanceId::new("web", 2);
+        let path = log_path(&dir, &id);
+        assert!(path.ends_with("web.2.log"));
+        let mut f = RotatingFile::open(path.clone(), &spec).unwrap();
+        for i in 0..10 {
+            f.write_line(format!("line-{i:04}").as_bytes()).unwrap(); // 10 bytes + \n
+        }
+        assert_eq!(fs::read_to_string(&path).unwrap(), "line-0008\nline-0009\n");
+        assert_eq!(fs::read_to_string(rotated(&path, 1)).unwrap(), "line-0006\nline-0007\n");
+        assert_eq!(fs::read_to_string(rotated(&path, 2)).unwrap(), "line-0004\nline-0005\n");
+        assert!(!rotated(&path, 3).exists());
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn pump_splits_lines_and_caps_length() {
+        let dir = tmpdir("pump");
+        let spec = LogSpec {
+            dir: dir.clone(),
+            max_size: 0,
+            keep: 0,
+        };
+        let id = InstanceId::new("w", 1);
+        let log = InstanceLog::new(&id, &spec, false, false, 3);
+        let mut input = b"a\r\nb\n".to_vec();
+        input.extend(std::iter::repeat(b'x').take(MAX_LINE + 5));
+        pump(&input[..], log).await;
+        let s = fs::read_to_string(log_path(&dir, &id)).unwrap();
+        let lines: Vec<&str> = s.lines().collect();
+        assert_eq!(lines[..2], ["a", "b"]);
+        assert_eq!(lines[2].len(), MAX_LINE);
+        assert_eq!(lines[3], "xxxxx");
+        fs::remove_dir_all(dir).unwrap();
+    }
+}

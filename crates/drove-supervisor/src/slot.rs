@@ -1,0 +1,707 @@
+//! One instance slot: a task that owns the slot's current process and drives the state
+//! machine of LIFECYCLE.md (spawn → probe → ready → health/drain → stop or exit →
+//! backoff → spawn …). Everything else talks to it through [`SlotCmd`]s.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::process::ExitStatus;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::process::Child;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio::time::{sleep, sleep_until, Instant};
+
+use crate::backoff::Backoff;
+use crate::error::SupervisorError;
+use crate::event::{ExitInfo, InstanceEvent, InstanceId, InstanceState};
+use crate::logs::{pump, InstanceLog};
+use crate::procfs::{group_members, signal_group};
+use crate::spawn::{self, Spawner};
+use crate::spec::{PortSpec, Probe, ServiceSpec, Signal};
+
+/// How long past the drain grace the supervisor waits for the runtime's `done` before it
+/// stops the process anyway: the runtime is expected to answer by `grace`; this only
+/// keeps a lost acknowledgement from blocking a stop forever.
+const DRAIN_ACK_SLACK: Duration = Duration::from_secs(5);
+
+/// After SIGKILL, how long to wait for the group to vanish (it takes milliseconds unless
+/// a process is stuck in uninterruptible sleep, which no signal can end).
+const KILL_WAIT: Duration = Duration::from_secs(5);
+
+/// Poll period while waiting for a process group to empty.
+const GROUP_POLL: Duration = Duration::from_millis(25);
+
+/// Requests to a slot task.
+pub(crate) enum SlotCmd {
+    /// Take out of rotation, keep running.
+    Drain(oneshot::Sender<Result<(), SupervisorError>>),
+    /// Back into rotation.
+    Undrain(oneshot::Sender<Result<(), SupervisorError>>),
+    /// Stop the process (draining first when `drain` and in rotation). With `restart`,
+    /// a new process is started in the same slot at once; otherwise the slot ends.
+    Stop {
+        drain: bool,
+        restart: bool,
+        reply: oneshot::Sender<()>,
+    },
+}
+
+/// A replacement request from a slot (failed liveness) or the memory monitor.
+pub(crate) struct ReplaceRequest {
+    pub index: u32,
+    pub pid: u32,
+    pub reason: String,
+}
+
+/// Slot data readable by `status` and the resource monitor.
+#[derive(Debug, Default)]
+pub(crate) struct SlotShared {
+    pub pid: Option<u32>,
+    pub port: Option<u16>,
+    pub restarts: u32,
+    pub started_at: Option<Instant>,
+    pub last_exit: Option<ExitInfo>,
+    pub backoff: Option<Duration>,
+    pub rss_bytes: Option<u64>,
+    pub cpu_seconds: Option<f64>,
+    /// A replacement was asked for the current process (reset on every spawn).
+    pub replace_requested: bool,
+}
+
+/// What the rest of the supervisor holds of a slot.
+#[derive(Clone)]
+pub(crate) struct SlotHandle {
+    pub id: InstanceId,
+    pub cmd: mpsc::UnboundedSender<SlotCmd>,
+    pub state: watch::Receiver<InstanceState>,
+    pub shared: Arc<Mutex<SlotShared>>,
+}
+
+impl SlotHandle {
+    pub fn shared(&self) -> MutexGuard<'_, SlotShared> {
+        lock(&self.shared)
+    }
+
+    pub fn state(&self) -> InstanceState {
+        *self.state.borrow()
+    }
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Everything a slot task needs.
+pub(crate) struct SlotCtx {
+    pub id: InstanceId,
+    pub spec: Arc<ServiceSpec>,
+    pub events: mpsc::UnboundedSender<InstanceEvent>,
+    pub spawner: Spawner,
+    pub log: InstanceLog,
+    pub replace: mpsc::UnboundedSender<ReplaceRequest>,
+    pub state: watch::Sender<InstanceState>,
+    pub shared: Arc<Mutex<SlotShared>>,
+    pub cmds: mpsc::UnboundedReceiver<SlotCmd>,
+}
+
+/// Creates the channels of a new slot; the caller spawns `run(ctx)`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn new_slot(
+    id: InstanceId,
+    spec: Arc<ServiceSpec>,
+    events: mpsc::UnboundedSender<InstanceEvent>,
+    spawner: Spawner,
+    log: InstanceLog,
+    replace: mpsc::UnboundedSender<ReplaceRequest>,
+) -> (SlotHandle, SlotCtx) {
+    let (cmd_tx, cmds) = mpsc::unbounded_channel();
+    let (state, state_rx) = watch::channel(InstanceState::Starting);
+    let shared = Arc::new(Mutex::new(SlotShared::default()));
+    let handle = SlotHandle {
+        id: id.clone(),
+        cmd: cmd_tx,
+        state: state_rx,
+        shared: shared.clone(),
+    };
+    let ctx = SlotCtx {
+        id,
+        spec,
+        events,
+        spawner,
+        log,
+        replace,
+        state,
+        shared,
+        cmds,
+    };
+    (handle, ctx)
+}
+
+/// How one process's life ended.
+enum Ended {
+    /// Exited on its own (or failed to spawn: `None`), after `uptime`.
+    Exited {
+        exit: Option<ExitInfo>,
+        uptime: Duration,
+    },
+    /// Stopped on request.
+    Stopped {
+        restart: bool,
+        reply: Option<oneshot::Sender<()>>,
+    },
+}
+
+/// Kills the process group if the slot task is dropped while it runs (runtime shutdown,
+/// panic): no process may outlive its supervisor.
+struct GroupGuard(Option<i32>);
+
+impl GroupGuard {
+    fn disarm(&mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        if let Some(pgid) = self.0 {
+            signal_group(pgid, Signal::SIGKILL);
+        }
+    }
+}
+
+/// Aborts a helper task (prober, pump) when dropped.
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Converts an exit status.
+fn exit_info(st: std::io::Result<ExitStatus>) -> Option<ExitInfo> {
+    use std::os::unix::process::ExitStatusExt;
+    st.ok().map(|s| ExitInfo {
+        code: s.code(),
+        signal: s.signal(),
+    })
+}
+
+/// Whether no live process is left in the group.
+fn group_empty(pgid: i32) -> bool {
+    // Fast path: no process at all. Otherwise look closer, because orphaned zombies
+    // (waiting for an init that may never reap them in a container) still count for kill(2).
+    matches!(
+        nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), None),
+        Err(nix::errno::Errno::ESRCH)
+    ) || group_members(pgid).is_empty()
+}
+
+async fn wait_group_empty(pgid: i32, until: Instant) -> bool {
+    loop {
+        if group_empty(pgid) {
+            return true;
+        }
+        if Instant::now() >= until {
+            return false;
+        }
+        sleep(GROUP_POLL).await;
+    }
+}
+
+impl SlotCtx {
+    fn emit(&self, e: InstanceEvent) {
+        // A runtime that stopped listening does not stop the supervisor.
+        let _ = self.events.send(e);
+    }
+
+    fn set_state(&self, s: InstanceState) {
+        if *self.state.borrow() == s {
+            return;
+        }
+        tracing::debug!(instance = %self.id, state = %s, "state");
+        self.emit(InstanceEvent::StateChanged {
+            id: self.id.clone(),
+            state: s,
+        });
+        self.state.send_replace(s);
+    }
+
+    fn current(&self) -> InstanceState {
+        *self.state.borrow()
+    }
+
+    fn addr(&self, port: Option<u16>) -> SocketAddr {
+        SocketAddr::from((Ipv4Addr::LOCALHOST, port.unwrap_or(0)))
+    }
+
+    fn invalid(&self, op: &'static str) -> SupervisorError {
+        SupervisorError::InvalidState {
+            id: self.id.clone(),
+            state: self.current(),
+            op,
+        }
+    }
+
+    fn shared(&self) -> MutexGuard<'_, SlotShared> {
+        lock(&self.shared)
+    }
+
+    fn note(&self, msg: &str) {
+        tracing::info!(instance = %self.id, "{msg}");
+        self.log.system(msg);
+    }
+
+    fn port(&self) -> Option<u16> {
+        match self.spec.port {
+            PortSpec::Base(b) => b.checked_add((self.id.index - 1) as u16),
+            PortSpec::Auto => match spawn::free_port() {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    tracing::warn!(instance = %self.id, error = %e, "no free port");
+                    None
+                }
+            },
+            PortSpec::None => None,
+        }
+    }
+}
+
+/// The slot task: runs processes until stopped.
+pub(crate) async fn run(mut ctx: SlotCtx) {
+    let mut backoff = Backoff::new(&ctx.spec.restart);
+    let mut first = true;
+    loop {
+        if !first {
+            ctx.shared().restarts += 1;
+        }
+        first = false;
+        let (exit, uptime) = match run_process(&mut ctx).await {
+            Ended::Stopped {
+                restart: true,
+                reply,
+            } => {
+                if let Some(r) = reply {
+                    let _ = r.send(());
+                }
+                continue;
+            }
+            Ended::Stopped {
+                restart: false,
+                reply,
+            } => {
+                ctx.set_state(InstanceState::Stopped);
+                if let Some(r) = reply {
+                    let _ = r.send(());
+                }
+                return;
+            }
+            Ended::Exited { exit, uptime } => (exit, uptime),
+        };
+        let policy = ctx.spec.restart.policy;
+        let restart = match policy {
+            crate::spec::Policy::Always => true,
+            crate::spec::Policy::OnFailure => !exit.is_some_and(|e| e.success()),
+            crate::spec::Policy::Never => false,
+        };
+        let what = exit.map_or("failed to start".to_string(), |e| format!("exited ({e})"));
+        if !restart {
+            ctx.note(&format!("{what}; restart policy {policy:?}: not restarted"));
+            ctx.set_state(InstanceState::Exited);
+            if wait_while_down(&mut ctx, None).await {
+                return;
+            }
+            continue;
+        }
+        let d = backoff.on_exit(uptime);
+        ctx.shared().backoff = Some(d.delay);
+        let state = if d.crashloop {
+            InstanceState::Crashloop
+        } else {
+            InstanceState::Backoff
+        };
+        ctx.note(&format!(
+            "{what} after {:.1}s; restarting in {:.1}s{}",
+            uptime.as_secs_f64(),
+            d.delay.as_secs_f64(),
+            if d.crashloop { " (crashloop)" } else { "" }
+        ));
+        ctx.set_state(state);
+        let stopped = wait_while_down(&mut ctx, Some(d.delay)).await;
+        ctx.shared().backoff = None;
+        if stopped {
+            return;
+        }
+    }
+}
+
+/// Waits out a backoff delay (or forever when `None`) while answering commands.
+/// Returns true when the slot was stopped (and should end).
+async fn wait_while_down(ctx: &mut SlotCtx, delay: Option<Duration>) -> bool {
+    let until = delay.map(|d| Instant::now() + d);
+    loop {
+        let cmd = tokio::select! {
+            _ = async { sleep_until(until.unwrap_or_else(Instant::now)).await }, if until.is_some() => return false,
+            c = ctx.cmds.recv() => c,
+        };
+        match cmd {
+            None => {
+                ctx.set_state(InstanceState::Stopped);
+                return true;
+            }
+            Some(SlotCmd::Stop { restart: true, reply, .. }) => {
+                let _ = reply.send(());
+                return false; // start again now
+            }
+            Some(SlotCmd::Stop { reply, .. }) => {
+                ctx.set_state(InstanceState::Stopped);
+                let _ = reply.send(());
+                return true;
+            }
+            Some(SlotCmd::Drain(r)) => {
+                let _ = r.send(Err(ctx.invalid("drain")));
+            }
+            Some(SlotCmd::Undrain(r)) => {
+                let _ = r.send(Err(ctx.invalid("undrain")));
+            }
+        }
+    }
+}
+
+/// A probe loop running beside the process; results arrive on a channel.
+fn spawn_prober(
+    probe: Probe,
+    port: Option<u16>,
+    env: Vec<(String, String)>,
+    cwd: std::path::PathBuf,
+) -> (AbortOnDrop, mpsc::Receiver<Result<(), String>>) {
+    let (tx, rx) = mpsc::channel(1);
+    let task = tokio::spawn(async move {
+        loop {
+            let r = crate::probe::run(&probe.kind, port, &env, &cwd, probe.timeout).await;
+            if tx.send(r).await.is_err() {
+                return;
+            }
+            sleep(probe.interval).await;
+        }
+    });
+    (AbortOnDrop(task), rx)
+}
+
+async fn recv_opt<T>(rx: &mut Option<(AbortOnDrop, mpsc::Receiver<T>)>) -> Option<T> {
+    match rx {
+        Some((_, rx)) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Spawns one process and supervises it until it exits or is stopped.
+async fn run_process(ctx: &mut SlotCtx) -> Ended {
+    let port = ctx.port();
+    {
+        let mut s = ctx.shared();
+        s.port = port;
+        s.pid = None;
+        s.started_at = None;
+        s.rss_bytes = None;
+        s.cpu_seconds = None;
+        s.replace_requested = false;
+    }
+    ctx.set_state(InstanceState::Starting);
+    let env = spawn::instance_env(&ctx.spec, ctx.id.index, port);
+    let cmd = spawn::build(&ctx.spec, ctx.id.index, port, &env);
+    let mut child = match ctx.spawner.spawn(cmd).await {
+        Ok(c) => c,
+        Err(e) => {
+            ctx.note(&format!("cannot start: {e}"));
+            return Ended::Exited {
+                exit: None,
+                uptime: Duration::ZERO,
+            };
+        }
+    };
+    let Some(pid) = child.id() else {
+        return Ended::Exited {
+            exit: None,
+            uptime: Duration::ZERO,
+        };
+    };
+    let pgid = pid as i32;
+    let mut guard = GroupGuard(Some(pgid));
+    let started = Instant::now();
+    {
+        let mut s = ctx.shared();
+        s.pid = Some(pid);
+        s.started_at = Some(started);
+    }
+    // Output pumps end by themselves at EOF (when every holder of the pipes is gone).
+    if let Some(out) = child.stdout.take() {
+        tokio::spawn(pump(out, ctx.log.clone()));
+    }
+    if let Some(err) = child.stderr.take() {
+        tokio::spawn(pump(err, ctx.log.clone()));
+    }
+    ctx.note(&format!(
+        "started pid {pid}{}",
+        port.map(|p| format!(" on port {p}")).unwrap_or_default()
+    ));
+
+    let ended = supervise(ctx, &mut child, pid, port, &env, started).await;
+    let uptime = started.elapsed();
+    let (exit, stop) = match ended {
+        Supervised::Exited(st) => {
+            let exit = exit_info(st);
+            if !group_empty(pgid) {
+                ctx.note("the process left children in its group; stopping them");
+                terminate(ctx, &mut child, pgid, true).await;
+            }
+            (exit, None)
+        }
+        Supervised::Stop {
+            restart,
+            reply,
+            exited,
+        } => {
+            ctx.set_state(InstanceState::Stopping);
+            let exit = match exited {
+                Some(st) => {
+                    terminate(ctx, &mut child, pgid, true).await;
+                    exit_info(st)
+                }
+                None => terminate(ctx, &mut child, pgid, false).await,
+            };
+            (exit, Some((restart, reply)))
+        }
+        Supervised::StartTimeout => {
+            ctx.set_state(InstanceState::Stopping);
+            let exit = terminate(ctx, &mut child, pgid, false).await;
+            (exit, None)
+        }
+    };
+    guard.disarm();
+    {
+        let mut s = ctx.shared();
+        s.pid = None;
+        s.last_exit = exit;
+        s.rss_bytes = None;
+        s.cpu_seconds = None;
+    }
+    ctx.emit(InstanceEvent::Gone { id: ctx.id.clone() });
+    match stop {
+        Some((restart, reply)) => {
+            ctx.note(&format!(
+                "stopped ({})",
+                exit.map_or("unknown exit".into(), |e| e.to_string())
+            ));
+            Ended::Stopped { restart, reply }
+        }
+        None => Ended::Exited { exit, uptime },
+    }
+}
+
+enum Supervised {
+    Exited(std::io::Result<ExitStatus>),
+    Stop {
+        restart: bool,
+        reply: Option<oneshot::Sender<()>>,
+        /// The process exited by itself while being drained.
+        exited: Option<std::io::Result<ExitStatus>>,
+    },
+    StartTimeout,
+}
+
+/// The life of a running process: readiness, liveness, drain/undrain, stop requests.
+async fn supervise(
+    ctx: &mut SlotCtx,
+    child: &mut Child,
+    pid: u32,
+    port: Option<u16>,
+    env: &[(String, String)],
+    started: Instant,
+) -> Supervised {
+    let spec = ctx.spec.clone();
+    let mut ready_probe = spec
+        .ready
+        .clone()
+        .map(|p| spawn_prober(p, port, env.to_vec(), spec.cwd.clone()));
+    let start_deadline = started + spec.start_timeout();
+    let mut rise = 0u32;
+    let mut last_error = String::new();
+    let mut health_probe = None;
+    let mut fails = 0u32;
+    let addr = ctx.addr(port);
+
+    let become_ready = |ctx: &SlotCtx| {
+        ctx.emit(InstanceEvent::Ready {
+            id: ctx.id.clone(),
+            addr,
+        });
+        ctx.set_state(InstanceState::Ready);
+        ctx.note(&format!(
+            "ready after {:.2}s",
+            started.elapsed().as_secs_f64()
+        ));
+    };
+    if ready_probe.is_none() {
+        become_ready(ctx);
+        health_probe = spec
+            .health
+            .clone()
+            .map(|p| spawn_prober(p, port, env.to_vec(), spec.cwd.clone()));
+    }
+
+    loop {
+        let starting = ctx.current() == InstanceState::Starting;
+        tokio::select! {
+            st = child.wait() => return Supervised::Exited(st),
+            _ = sleep_until(start_deadline), if starting => {
+                ctx.note(&format!(
+                    "not ready after {:?} (last probe: {last_error}); stopping it",
+                    spec.start_timeout()
+                ));
+                return Supervised::StartTimeout;
+            }
+            r = recv_opt(&mut ready_probe) => {
+                let Some(r) = r else { continue };
+                match r {
+                    Ok(()) => {
+                        rise += 1;
+                        let need = spec.ready.as_ref().map_or(1, |p| p.rise);
+                        if rise >= need {
+                            ready_probe = None;
+                            become_ready(ctx);
+                            health_probe = spec
+                                .health
+                                .clone()
+                                .map(|p| spawn_prober(p, port, env.to_vec(), spec.cwd.clone()));
+                        }
+                    }
+                    Err(e) => {
+                        rise = 0;
+                        last_error = e;
+                    }
+                }
+            }
+            r = recv_opt(&mut health_probe) => {
+                let Some(r) = r else { continue };
+                if ctx.current() != InstanceState::Ready {
+                    fails = 0;
+                    continue;
+                }
+                match r {
+                    Ok(()) => fails = 0,
+                    Err(e) => {
+                        fails += 1;
+                        let fall = spec.health.as_ref().map_or(1, |p| p.fall);
+                        tracing::debug!(instance = %ctx.id, fails, "health probe failed: {e}");
+                        if fails >= fall {
+                            let first = !std::mem::replace(&mut ctx.shared().replace_requested, true);
+                            if first {
+                                ctx.note(&format!("unhealthy ({fails} failed probes, last: {e}); replacing it"));
+                                let _ = ctx.replace.send(ReplaceRequest {
+                                    index: ctx.id.index,
+                                    pid,
+                                    reason: format!("unhealthy: {e}"),
+                                });
+                            }
+                        }
+                    }
+                }
+            }
+            cmd = ctx.cmds.recv() => {
+                let state = ctx.current();
+                match cmd {
+                    None => {
+                        return Supervised::Stop { restart: false, reply: None, exited: None };
+                    }
+                    Some(SlotCmd::Drain(r)) => {
+                        if state != InstanceState::Ready {
+                            let _ = r.send(Err(ctx.invalid("drain")));
+                            continue;
+                        }
+                        let exited = drain(ctx, child).await;
+                        ctx.set_state(InstanceState::Drained);
+                        let _ = r.send(Ok(()));
+                        if let Some(st) = exited {
+                            return Supervised::Exited(st);
+                        }
+                    }
+                    Some(SlotCmd::Undrain(r)) => {
+                        if state != InstanceState::Drained {
+                            let _ = r.send(Err(ctx.invalid("undrain")));
+                            continue;
+                        }
+                        ctx.emit(InstanceEvent::Undrained { id: ctx.id.clone(), addr });
+                        ctx.set_state(InstanceState::Ready);
+                        fails = 0;
+                        let _ = r.send(Ok(()));
+                    }
+                    Some(SlotCmd::Stop { drain: want_drain, restart, reply }) => {
+                        let exited = if want_drain && state == InstanceState::Ready {
+                            drain(ctx, child).await
+                        } else {
+                            None
+                        };
+                        return Supervised::Stop { restart, reply: Some(reply), exited };
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Takes the instance out of rotation: `Draining` event, then waits for the runtime's
+/// acknowledgement. Returns the exit status if the process exited meanwhile.
+async fn drain(ctx: &SlotCtx, child: &mut Child) -> Option<std::io::Result<ExitStatus>> {
+    ctx.set_state(InstanceState::Draining);
+    let (done, ack) = oneshot::channel();
+    let grace = ctx.spec.stop_grace;
+    ctx.emit(InstanceEvent::Draining {
+        id: ctx.id.clone(),
+        grace,
+        done,
+    });
+    tokio::select! {
+        st = child.wait() => Some(st),
+        r = tokio::time::timeout(grace + DRAIN_ACK_SLACK, ack) => {
+            if r.is_err() {
+                tracing::warn!(instance = %ctx.id, "no drain acknowledgement after {:?}; stopping anyway", grace + DRAIN_ACK_SLACK);
+            }
+            None
+        }
+    }
+}
+
+/// Stops the process group: stop signal, grace, SIGKILL; returns when the process is
+/// reaped and no live process of the group is left (or `KILL_WAIT` after SIGKILL).
+/// With `exited`, the leader has already been reaped and only the rest of the group is
+/// stopped.
+async fn terminate(ctx: &SlotCtx, child: &mut Child, pgid: i32, exited: bool) -> Option<ExitInfo> {
+    let spec = &ctx.spec;
+    signal_group(pgid, spec.stop_signal);
+    let deadline = Instant::now() + spec.stop_grace;
+    let mut status = None;
+    if !exited {
+        tokio::select! {
+            st = child.wait() => status = Some(exit_info(st)),
+            _ = sleep_until(deadline) => {}
+        }
+    }
+    let leader_gone = exited || status.is_some();
+    if !leader_gone || !wait_group_empty(pgid, deadline).await {
+        ctx.note(&format!(
+            "still running {:?} after {}; sending SIGKILL to the group",
+            spec.stop_grace,
+            spec.stop_signal.as_str()
+        ));
+        signal_group(pgid, Signal::SIGKILL);
+        if !leader_gone {
+            status = Some(exit_info(child.wait().await));
+        }
+        if !wait_group_empty(pgid, Instant::now() + KILL_WAIT).await {
+            tracing::error!(instance = %ctx.id, pgid, "processes of the group survived SIGKILL (uninterruptible sleep?)");
+        }
+    }
+    status.flatten()
+}

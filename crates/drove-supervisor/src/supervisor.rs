@@ -1,0 +1,665 @@
+//! The [`Supervisor`] handle: services, their slots, and the operations over them
+//! (start in dependency order, scale, rolling restart, drain, shutdown).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+
+use crate::error::SupervisorError;
+use crate::event::{InstanceEvent, InstanceId, InstanceState, InstanceStatus, RollingReport};
+use crate::logs::{self, InstanceLog};
+use crate::procfs;
+use crate::slot::{self, lock, ReplaceRequest, SlotCmd, SlotHandle};
+use crate::spawn::{port_bindable, Spawner};
+use crate::spec::{PortSpec, ServiceSpec};
+
+/// How often memory and CPU of every instance group are sampled.
+const MONITOR_PERIOD: Duration = Duration::from_secs(1);
+
+/// Poll period while a service waits for its dependencies to become ready.
+const DEPS_POLL: Duration = Duration::from_millis(50);
+
+/// A surge instance gets the start timeout plus this before a rollout gives up on it, so
+/// the slot's own start timeout (which stops the process) fires first.
+const READY_WAIT_SLACK: Duration = Duration::from_millis(250);
+
+/// Output options.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SupervisorOptions {
+    /// Also print every instance line to stdout as `web.2 | line`.
+    pub log_to_stdout: bool,
+    /// Colour the `web.2 |` prefixes (one stable colour per instance).
+    pub color: bool,
+}
+
+/// Handle to a running supervisor; cheap to clone. Dropping every handle does not stop
+/// the processes: call [`Supervisor::shutdown`]. (When the Tokio runtime itself goes
+/// away, every process group is killed.)
+#[derive(Clone)]
+pub struct Supervisor {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    services: Vec<Arc<Service>>,
+    by_name: HashMap<String, usize>,
+    /// Dependency depth per service (0 = depends on nothing); shutdown goes deepest first.
+    depth: Vec<usize>,
+    events: mpsc::UnboundedSender<InstanceEvent>,
+    opts: SupervisorOptions,
+    spawner: Spawner,
+    id_width: usize,
+    shutting_down: watch::Sender<bool>,
+    shutdown_done: tokio::sync::Mutex<bool>,
+}
+
+struct Service {
+    spec: Arc<ServiceSpec>,
+    slots: Mutex<BTreeMap<u32, SlotHandle>>,
+    /// Serializes the operations that add or remove slots (start, scale, restart,
+    /// replacements) and holds the desired instance count.
+    ops: tokio::sync::Mutex<u32>,
+    /// Initial instances were created (dependencies were ready).
+    started: AtomicBool,
+    replace: mpsc::UnboundedSender<ReplaceRequest>,
+}
+
+impl Supervisor {
+    /// Validates the specs and starts every service in `depends_on` order: a service
+    /// starts once all instances of each of its dependencies are ready. Returns at once;
+    /// follow progress through `events` or [`Supervisor::status`]. Must be called inside
+    /// a Tokio runtime.
+    pub fn start(
+        specs: Vec<ServiceSpec>,
+        events: mpsc::UnboundedSender<InstanceEvent>,
+        opts: SupervisorOptions,
+    ) -> Result<Supervisor, SupervisorError> {
+        let rt = tokio::runtime::Handle::try_current().map_err(|_| SupervisorError::NoRuntime)?;
+        let depth = validate(&specs)?;
+        let spawner = Spawner::start(rt).map_err(|e| SupervisorError::InvalidSpec {
+            service: String::new(),
+            reason: format!("cannot start the spawner thread: {e}"),
+        })?;
+        let id_width = specs
+            .iter()
+            .map(|s| s.name.len() + 1 + digits(s.instances.max(1) + 1))
+            .max()
+            .unwrap_or(0);
+        let mut receivers = Vec::new();
+        let services: Vec<Arc<Service>> = specs
+            .into_iter()
+            .map(|spec| {
+                let (tx, rx) = mpsc::unbounded_channel();
+                receivers.push(rx);
+                Arc::new(Service {
+                    ops: tokio::sync::Mutex::new(spec.instances),
+                    spec: Arc::new(spec),
+                    slots: Mutex::new(BTreeMap::new()),
+                    started: AtomicBool::new(false),
+                    replace: tx,
+                })
+            })
+            .collect();
+        let by_name = services
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.spec.name.clone(), i))
+            .collect();
+        let inner = Arc::new(Inner {
+            services,
+            by_name,
+            depth,
+            events,
+            opts,
+            spawner,
+            id_width,
+            shutting_down: watch::channel(false).0,
+            shutdown_done: tokio::sync::Mutex::new(false),
+        });
+        for (i, rx) in receivers.into_iter().enumerate() {
+            let svc = inner.services[i].clone();
+            tokio::spawn(start_service(inner.clone(), svc.clone()));
+            tokio::spawn(replace_worker(inner.clone(), svc, rx));
+        }
+        tokio::spawn(monitor(inner.clone()));
+        Ok(Supervisor { inner })
+    }
+
+    /// Names of the services, in the order given to `start`.
+    pub fn services(&self) -> Vec<String> {
+        self.inner
+            .services
+            .iter()
+            .map(|s| s.spec.name.clone())
+            .collect()
+    }
+
+    /// Live log file of an instance (`<logs.dir>/<service>.<index>.log`; rotated files
+    /// add `.1`, `.2`, …); `None` for an unknown service.
+    pub fn log_path(&self, id: &InstanceId) -> Option<PathBuf> {
+        let svc = self.inner.service(&id.service).ok()?;
+        Some(logs::log_path(&svc.spec.logs.dir, id))
+    }
+
+    /// One entry per existing slot, services in start order, slots by index.
+    pub async fn status(&self) -> Vec<InstanceStatus> {
+        let slots: Vec<SlotHandle> = self
+            .inner
+            .services
+            .iter()
+            .flat_map(|s| lock(&s.slots).values().cloned().collect::<Vec<_>>())
+            .collect();
+        let pgids: Vec<i32> = slots
+            .iter()
+            .filter_map(|s| s.shared().pid.map(|p| p as i32))
+            .collect();
+        let usage = tokio::task::spawn_blocking(move || procfs::usage_by_group(&pgids))
+            .await
+            .unwrap_or_default();
+        slots
+            .iter()
+            .map(|h| {
+                let state = h.state();
+                let s = h.shared();
+                let u = s.pid.and_then(|p| usage.get(&(p as i32)));
+                InstanceStatus {
+                    id: h.id.clone(),
+                    pid: s.pid,
+                    port: s.port,
+                    state,
+                    restarts: s.restarts,
+                    rss_bytes: u.map(|u| u.rss_bytes).or(s.rss_bytes),
+                    cpu_seconds: u.map(|u| u.cpu_seconds).or(s.cpu_seconds),
+                    uptime: s
+                        .pid
+                        .and(s.started_at)
+                        .map(|t| t.elapsed()),
+                    last_exit: s.last_exit,
+                    backoff: s.backoff,
+                }
+            })
+            .collect()
+    }
+
+    /// Sets the number of instances. Up: new slots at the lowest free indexes (in
+    /// rotation once ready; this call does not wait for that). Down: the highest indexes
+    /// are drained and stopped; resolves when they are gone. Before the service has
+    /// started (dependencies not ready), only the count to start with changes.
+    pub async fn scale(&self, service: &str, n: u32) -> Result<(), SupervisorError> {
+        let inner = &self.inner;
+        let svc = inner.service(service)?;
+        let mut desired = svc.ops.lock().await;
+        inner.check_running()?;
+        *desired = n;
+        if !svc.started.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let current: Vec<u32> = lock(&svc.slots).keys().copied().collect();
+        let have = current.len() as u32;
+        if n > have {
+            tracing::info!(service, from = have, to = n, "scaling up");
+            for _ in have..n {
+                let index = svc.free_index()?;
+                inner.create_slot(&svc, index)?;
+            }
+        } else if n < have {
+            tracing::info!(service, from = have, to = n, "scaling down");
+            let victims: Vec<SlotHandle> = {
+                let slots = lock(&svc.slots);
+                slots.values().rev().take((have - n) as usize).cloned().collect()
+            };
+            stop_all(&svc, victims).await;
+        }
+        Ok(())
+    }
+
+    /// Rolling restart: for each current instance, start one surge instance in a new
+    /// slot, wait until it is ready (the ready probe's `start_timeout`), then drain and
+    /// stop the old one. If a new instance does not become ready it is stopped, the
+    /// remaining old instances keep running, and `RolloutAborted` is returned.
+    pub async fn restart(&self, service: &str) -> Result<RollingReport, SupervisorError> {
+        let inner = &self.inner;
+        let svc = inner.service(service)?;
+        let t0 = Instant::now();
+        let _ops = svc.ops.lock().await;
+        inner.check_running()?;
+        let old: Vec<u32> = lock(&svc.slots).keys().copied().collect();
+        let mut replaced = Vec::new();
+        for index in old {
+            let Some(old) = svc.slot(index) else { continue };
+            let new = inner.create_slot(&svc, svc.free_index()?)?;
+            tracing::info!(old = %old.id, new = %new.id, "rolling restart: replacing");
+            if let Err(reason) = wait_ready(&new, svc.spec.start_timeout()).await {
+                stop_all(&svc, vec![new.clone()]).await;
+                return Err(SupervisorError::RolloutAborted {
+                    service: service.to_string(),
+                    instance: new.id,
+                    replaced: replaced.len() as u32,
+                    reason,
+                    elapsed: t0.elapsed(),
+                });
+            }
+            stop_all(&svc, vec![old.clone()]).await;
+            replaced.push((old.id, new.id));
+        }
+        Ok(RollingReport {
+            service: service.to_string(),
+            replaced,
+            elapsed: t0.elapsed(),
+        })
+    }
+
+    /// Takes a ready instance out of rotation (`Draining` event, waits for the runtime's
+    /// `done`); the process keeps running in state `Drained`.
+    pub async fn drain(&self, id: &InstanceId) -> Result<(), SupervisorError> {
+        let h = self.inner.instance(id)?;
+        let (tx, rx) = oneshot::channel();
+        self.send(&h, SlotCmd::Drain(tx))?;
+        rx.await.unwrap_or_else(|_| Err(SupervisorError::UnknownInstance(id.clone())))
+    }
+
+    /// Puts a drained instance back into rotation (`Undrained` event).
+    pub async fn undrain(&self, id: &InstanceId) -> Result<(), SupervisorError> {
+        let h = self.inner.instance(id)?;
+        let (tx, rx) = oneshot::channel();
+        self.send(&h, SlotCmd::Undrain(tx))?;
+        rx.await.unwrap_or_else(|_| Err(SupervisorError::UnknownInstance(id.clone())))
+    }
+
+    fn send(&self, h: &SlotHandle, cmd: SlotCmd) -> Result<(), SupervisorError> {
+        h.cmd
+            .send(cmd)
+            .map_err(|_| SupervisorError::UnknownInstance(h.id.clone()))
+    }
+
+    /// Stops everything, dependents before their dependencies: drain, stop signal, grace,
+    /// SIGKILL. Resolves when every process and its group are gone. Idempotent.
+    pub async fn shutdown(&self) {
+        let inner = &self.inner;
+        let mut done = inner.shutdown_done.lock().await;
+        if *done {
+            return;
+        }
+        inner.shutting_down.send_replace(true);
+        tracing::info!("shutting down");
+        let max_depth = inner.depth.iter().copied().max().unwrap_or(0);
+        for d in (0..=max_depth).rev() {
+            let mut set = tokio::task::JoinSet::new();
+            for (i, svc) in inner.services.iter().enumerate() {
+                if inner.depth[i] == d {
+                    let svc = svc.clone();
+                    set.spawn(async move {
+                        // Loop: a slot created concurrently (before the flag was seen) is
+                        // still stopped.
+                        loop {
+                            let slots: Vec<SlotHandle> = lock(&svc.slots).values().cloned().collect();
+                            if slots.is_empty() {
+                                break;
+                            }
+                            stop_all(&svc, slots).await;
+                        }
+                    });
+                }
+            }
+            while set.join_next().await.is_some() {}
+        }
+        *done = true;
+    }
+}
+
+/// Digits of a number (for aligning `web.12 |` prefixes).
+fn digits(n: u32) -> usize {
+    n.to_string().len()
+}
+
+impl Inner {
+    fn service(&self, name: &str) -> Result<Arc<Service>, SupervisorError> {
+        self.by_name
+            .get(name)
+            .map(|i| self.services[*i].clone())
+            .ok_or_else(|| SupervisorError::UnknownService(name.to_string()))
+    }
+
+    fn instance(&self, id: &InstanceId) -> Result<SlotHandle, SupervisorError> {
+        self.service(&id.service)?
+            .slot(id.index)
+            .ok_or_else(|| SupervisorError::UnknownInstance(id.clone()))
+    }
+
+    fn is_shutting_down(&self) -> bool {
+        *self.shutting_down.borrow()
+    }
+
+    fn check_running(&self) -> Result<(), SupervisorError> {
+        if self.is_shutting_down() {
+            Err(SupervisorError::ShuttingDown)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Creates slot `index` and starts its task.
+    fn create_slot(&self, svc: &Arc<Service>, index: u32) -> Result<SlotHandle, SupervisorError> {
+        let id = InstanceId::new(svc.spec.name.clone(), index);
+        let log = InstanceLog::new(
+            &id,
+            &svc.spec.logs,
+            self.opts.log_to_stdout,
+            self.opts.color,
+            self.id_width,
+        );
+        let (handle, ctx) = slot::new_slot(
+            id,
+            svc.spec.clone(),
+            self.events.clone(),
+            self.spawner.clone(),
+            log,
+            svc.replace.clone(),
+        );
+        let mut slots = lock(&svc.slots);
+        // Checked under the slots lock: shutdown sets the flag before it reads the slots,
+        // so a slot is either refused here or seen (and stopped) by shutdown.
+        self.check_running()?;
+        slots.insert(index, handle.clone());
+        drop(slots);
+        tokio::spawn(slot::run(ctx));
+        Ok(handle)
+    }
+}
+
+impl Service {
+    fn slot(&self, index: u32) -> Option<SlotHandle> {
+        lock(&self.slots).get(&index).cloned()
+    }
+
+    /// Lowest free index; with a base port, one whose port is bindable now.
+    fn free_index(&self) -> Result<u32, SupervisorError> {
+        let slots = lock(&self.slots);
+        let mut i = 1u32;
+        loop {
+            if !slots.contains_key(&i) {
+                match self.spec.port {
+                    PortSpec::Base(b) => {
+                        let Some(port) = u16::try_from(u32::from(b) + i - 1).ok() else {
+                            return Err(SupervisorError::NoFreeSlot(self.spec.name.clone()));
+                        };
+                        if port_bindable(port) {
+                            return Ok(i);
+                        }
+                    }
+                    PortSpec::Auto | PortSpec::None => return Ok(i),
+                }
+            }
+            i += 1;
+        }
+    }
+
+    /// Every slot is ready (or drained: it was ready and runs).
+    fn all_ready(&self) -> bool {
+        self.started.load(Ordering::SeqCst)
+            && lock(&self.slots)
+                .values()
+                .all(|s| matches!(s.state(), InstanceState::Ready | InstanceState::Drained))
+    }
+}
+
+/// Stops the given slots concurrently (drained) and removes them from the service.
+async fn stop_all(svc: &Service, slots: Vec<SlotHandle>) {
+    let mut waits = Vec::new();
+    for h in slots {
+        let (tx, rx) = oneshot::channel();
+        let sent = h
+            .cmd
+            .send(SlotCmd::Stop {
+                drain: true,
+                restart: false,
+                reply: tx,
+            })
+            .is_ok();
+        waits.push((h, sent.then_some(rx)));
+    }
+    for (h, rx) in waits {
+        if let Some(rx) = rx {
+            let _ = rx.await;
+        }
+        lock(&svc.slots).remove(&h.id.index);
+    }
+}
+
+/// Waits until a new slot is ready; fails at once if its process exits.
+async fn wait_ready(h: &SlotHandle, start_timeout: Duration) -> Result<(), String> {
+    use InstanceState::*;
+    let mut rx = h.state.clone();
+    let t = start_timeout + READY_WAIT_SLACK;
+    let r = tokio::time::timeout(
+        t,
+        rx.wait_for(|s| matches!(s, Ready | Backoff | Crashloop | Exited | Stopped | Stopping)),
+    )
+    .await;
+    match r {
+        Ok(Ok(s)) if *s == Ready => Ok(()),
+        Ok(Ok(_)) => Err(match h.shared().last_exit {
+            Some(e) => format!("exited before it was ready ({e})"),
+            None => format!("was not ready after {start_timeout:?}"),
+        }),
+        Ok(Err(_)) => Err("was stopped before it was ready".into()),
+        Err(_) => Err(format!("was not ready after {start_timeout:?}")),
+    }
+}
+
+/// Creates the initial slots once every dependency is ready.
+async fn start_service(inner: Arc<Inner>, svc: Arc<Service>) {
+    let deps: Vec<Arc<Service>> = svc
+        .spec
+        .depends_on
+        .iter()
+        .filter_map(|d| inner.service(d).ok())
+        .collect();
+    let mut shutdown = inner.shutting_down.subscribe();
+    let mut logged = false;
+    while !deps.iter().all(|d| d.all_ready()) {
+        if !logged {
+            tracing::info!(service = %svc.spec.name, deps = ?svc.spec.depends_on, "waiting for dependencies to be ready");
+            logged = true;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(DEPS_POLL) => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+    }
+    let desired = svc.ops.lock().await;
+    for index in 1..=*desired {
+        if let Err(e) = inner.create_slot(&svc, index) {
+            tracing::debug!(service = %svc.spec.name, error = %e, "not starting");
+            return;
+        }
+    }
+    svc.started.store(true, Ordering::SeqCst);
+}
+
+/// Replaces unhealthy or oversized instances one at a time, like a rolling restart of
+/// one: surge a new slot, wait ready, drain+stop the old. If the surge instance does not
+/// become ready, the old instance is restarted in place (drained) instead.
+async fn replace_worker(
+    inner: Arc<Inner>,
+    svc: Arc<Service>,
+    mut rx: mpsc::UnboundedReceiver<ReplaceRequest>,
+) {
+    while let Some(req) = rx.recv().await {
+        let _ops = svc.ops.lock().await;
+        if inner.is_shutting_down() {
+            return;
+        }
+        let Some(old) = svc.slot(req.index) else { continue };
+        if old.shared().pid != Some(req.pid) || old.state() != InstanceState::Ready {
+            continue; // restarted or drained meanwhile
+        }
+        tracing::warn!(instance = %old.id, reason = %req.reason, "replacing instance");
+        let new = match svc.free_index().and_then(|i| inner.create_slot(&svc, i)) {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(instance = %old.id, error = %e, "no surge slot; restarting in place");
+                restart_in_place(&old).await;
+                continue;
+            }
+        };
+        match wait_ready(&new, svc.spec.start_timeout()).await {
+            Ok(()) => stop_all(&svc, vec![old]).await,
+            Err(reason) => {
+                tracing::warn!(instance = %new.id, %reason, "replacement failed; restarting {} in place", old.id);
+                stop_all(&svc, vec![new]).await;
+                restart_in_place(&old).await;
+            }
+        }
+    }
+}
+
+async fn restart_in_place(h: &SlotHandle) {
+    let (tx, rx) = oneshot::channel();
+    if h.cmd
+        .send(SlotCmd::Stop {
+            drain: true,
+            restart: true,
+            reply: tx,
+        })
+        .is_ok()
+    {
+        let _ = rx.await;
+    }
+}
+
+/// Samples RSS and CPU of every instance group; triggers drained restarts above
+/// `max_memory`.
+async fn monitor(inner: Arc<Inner>) {
+    let mut tick = tokio::time::interval(MONITOR_PERIOD);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut shutdown = inner.shutting_down.subscribe();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+        let slots: Vec<(Arc<Service>, SlotHandle)> = inner
+            .services
+            .iter()
+            .flat_map(|s| {
+                lock(&s.slots)
+                    .values()
+                    .map(|h| (s.clone(), h.clone()))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let pgids: Vec<i32> = slots
+            .iter()
+            .filter_map(|(_, h)| h.shared().pid.map(|p| p as i32))
+            .collect();
+        let Ok(usage) = tokio::task::spawn_blocking(move || procfs::usage_by_group(&pgids)).await
+        else {
+            continue;
+        };
+        for (svc, h) in slots {
+            let state = h.state();
+            let mut s = h.shared();
+            let Some(pid) = s.pid else { continue };
+            let Some(u) = usage.get(&(pid as i32)) else { continue };
+            s.rss_bytes = Some(u.rss_bytes);
+            s.cpu_seconds = Some(u.cpu_seconds);
+            let Some(limit) = svc.spec.max_memory else { continue };
+            if u.rss_bytes > limit && state == InstanceState::Ready && !s.replace_requested {
+                s.replace_requested = true;
+                drop(s);
+                let msg = format!("RSS {} bytes is over max_memory {limit}", u.rss_bytes);
+                tracing::warn!(instance = %h.id, "{msg}; replacing it");
+                let _ = svc.replace.send(ReplaceRequest {
+                    index: h.id.index,
+                    pid,
+                    reason: msg,
+                });
+            }
+        }
+    }
+}
+
+/// Checks names and dependencies across specs; returns each service's dependency depth.
+fn validate(specs: &[ServiceSpec]) -> Result<Vec<usize>, SupervisorError> {
+    let mut index = HashMap::new();
+    for (i, s) in specs.iter().enumerate() {
+        s.validate()?;
+        if index.insert(s.name.as_str(), i).is_some() {
+            return Err(SupervisorError::DuplicateService(s.name.clone()));
+        }
+    }
+    for s in specs {
+        for d in &s.depends_on {
+            if !index.contains_key(d.as_str()) {
+                return Err(SupervisorError::UnknownDependency {
+                    service: s.name.clone(),
+                    dependency: d.clone(),
+                });
+            }
+        }
+    }
+    // Depth-first search; `path` is the current chain, to report a cycle in order.
+    fn visit(
+        i: usize,
+        specs: &[ServiceSpec],
+        index: &HashMap<&str, usize>,
+        depth: &mut [Option<usize>],
+        path: &mut Vec<usize>,
+    ) -> Result<usize, SupervisorError> {
+        if let Some(d) = depth[i] {
+            return Ok(d);
+        }
+        if let Some(pos) = path.iter().position(|p| *p == i) {
+            let mut cycle: Vec<String> = path[pos..].iter().map(|p| specs[*p].name.clone()).collect();
+            cycle.push(specs[i].name.clone());
+            return Err(SupervisorError::DependencyCycle(cycle));
+        }
+        path.push(i);
+        let mut d = 0;
+        for dep in &specs[i].depends_on {
+            d = d.max(1 + visit(index[dep.as_str()], specs, index, depth, path)?);
+        }
+        path.pop();
+        depth[i] = Some(d);
+        Ok(d)
+    }
+    let mut depth = vec![None; specs.len()];
+    for i in 0..specs.len() {
+        visit(i, specs, &index, &mut depth, &mut Vec::new())?;
+    }
+    Ok(depth.into_iter().map(|d| d.unwrap_or(0)).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::CommandSpec;
+
+    fn spec(name: &str, deps: &[&str]) -> ServiceSpec {
+        let mut s = ServiceSpec::new(name, CommandSpec::Shell("true".into()));
+        s.depends_on = deps.iter().map(|d| d.to_string()).collect();
+        s
+    }
+
+    #[test]
+    fn dependency_depths_and_errors() {
+        let d = validate(&[spec("web", &["db", "cache"]), spec("db", &[]), spec("cache", &["db"])]).unwrap();
+        assert_eq!(d, [2, 0, 1]);
+        let e = validate(&[spec("a", &["b"]), spec("b", &["c"]), spec("c", &["a"])]).unwrap_err();
+        assert_eq!(e.to_string(), "dependency cycle: a -> b -> c -> a");
+        assert!(matches!(
+            validate(&[spec("a", &["zz"])]),
+            Err(SupervisorError::UnknownDependency { .. })
+        ));
+        assert!(matches!(
+            validate(&[spec("a", &[]), spec("a", &[])]),
+            Err(SupervisorError::DuplicateService(_))
+        ));
+    }
+}

@@ -1,0 +1,1 @@
+//! drove-test-support (placeholder)
