@@ -1,1 +1,233 @@
-fn main() {}
+//! `drove`: one binary and one TOML file that run a web app as N instances behind a
+//! built-in load balancer. This is the thin CLI: argument parsing (clap), exit codes, and
+//! the admin-API clients; everything else lives in `crates/`.
+
+mod bench_cmd;
+mod cli_admin;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Exit code for configuration errors (sysexits EX_DATAERR... EX_USAGE is 64).
+const EXIT_CONFIG: u8 = 64;
+
+/// Run any web app as N instances behind a built-in load balancer.
+///
+/// Quick start: `drove up` (no drove.toml here: runs the built-in demo, 3 instances
+/// behind http://127.0.0.1:8080/), then `drove status`, `drove scale web=5`,
+/// `drove restart web`, `drove down`. `drove init` writes a commented drove.toml.
+#[derive(Debug, Parser)]
+#[command(name = "drove", version, about, long_about, verbatim_doc_comment)]
+struct Cli {
+    /// Config file.
+    #[arg(short = 'c', long, global = true, default_value = "drove.toml", value_name = "FILE")]
+    config: PathBuf,
+
+    /// Admin API address of a running drove (default: `[admin] listen` of the config
+    /// file if there is one, else 127.0.0.1:9900).
+    #[arg(long, global = true, env = "DROVE_ADMIN", value_name = "ADDR")]
+    admin: Option<SocketAddr>,
+
+    /// Bearer token for the admin API (`[admin] token`).
+    #[arg(long, global = true, env = "DROVE_TOKEN", value_name = "TOKEN", hide_env_values = true)]
+    token: Option<String>,
+
+    /// Format of drove's own log lines.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Start the services, the balancer and the admin API (the built-in demo when there
+    /// is no drove.toml here). Runs in the foreground; Ctrl-C or `drove down` stops it.
+    Up {
+        /// Override `[balancer] listen` (e.g. 127.0.0.1:0 for a free port).
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<SocketAddr>,
+        /// Override `[admin] listen`.
+        #[arg(long, value_name = "ADDR")]
+        admin_listen: Option<SocketAddr>,
+        /// Do not print the instances' output (it still goes to the log files).
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// Validate the config file; errors as file:line:col with the offending line. Exit 64
+    /// if there are any.
+    Check,
+    /// Write a commented drove.toml (to -c FILE, default ./drove.toml).
+    Init {
+        /// Overwrite an existing file.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Run the demo app on $PORT (what the demo instances run): /, /health, /ready,
+    /// /whoami, /session, /slow?ms=, /status/CODE, /work?cpu_ms=, /leak?mb=, /ws, /echo.
+    Demo,
+    /// Load-test an HTTP endpoint (open or closed model) and report latency percentiles,
+    /// errors and the share of requests per instance.
+    Bench(bench_cmd::BenchArgs),
+    /// Show every instance: pid, port, state, health, in-flight, restarts, RSS, uptime.
+    Status {
+        /// Print the full JSON status document instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Change the number of instances of services at runtime: `drove scale web=5`.
+    Scale {
+        /// SERVICE=N pairs.
+        #[arg(required = true, value_name = "SERVICE=N")]
+        targets: Vec<String>,
+    },
+    /// Rolling restart of a service: one new instance up and ready before each old one
+    /// is drained and stopped. Zero failed requests.
+    Restart {
+        /// Service name.
+        service: String,
+    },
+    /// Take an instance (e.g. web.2) out of rotation and wait for its in-flight requests;
+    /// it keeps running.
+    Drain {
+        /// Instance id, SERVICE.N.
+        instance: String,
+    },
+    /// Put a drained instance back into rotation.
+    Undrain {
+        /// Instance id, SERVICE.N.
+        instance: String,
+    },
+    /// Print instance logs (all instances, or one), from the per-instance log files.
+    Logs {
+        /// Keep printing new lines.
+        #[arg(short = 'f', long)]
+        follow: bool,
+        /// Instance id (e.g. web.2) or service name; default: all.
+        instance: Option<String>,
+    },
+    /// Gracefully stop a running drove: finish in-flight requests, stop every service.
+    Down,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.log_format);
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("drove: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("DROVE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Loads the config or prints every error; Err(exit code) on failure.
+fn load_config(path: &Path) -> Result<drove_config::Config, ExitCode> {
+    match drove_config::load(path) {
+        Ok(c) => {
+            for w in &c.warnings {
+                eprintln!("drove: warning: {w}");
+            }
+            Ok(c)
+        }
+        Err(errors) => {
+            eprintln!("{errors}");
+            Err(ExitCode::from(EXIT_CONFIG))
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Check => match load_config(&cli.config) {
+            Ok(c) => {
+                let services = c.services.len();
+                println!(
+                    "{}: ok ({} service{}{})",
+                    cli.config.display(),
+                    services,
+                    if services == 1 { "" } else { "s" },
+                    if c.balancer.is_some() { ", balancer" } else { "" }
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(code) => Ok(code),
+        },
+        Command::Init { force } => {
+            if cli.config.exists() && !force {
+                anyhow::bail!("{} exists; use --force to overwrite it", cli.config.display());
+            }
+            std::fs::write(&cli.config, drove_config::INIT_TEMPLATE)?;
+            println!("wrote {} — edit it, then `drove check` and `drove up`", cli.config.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Up {
+            listen,
+            admin_listen,
+            quiet,
+        } => {
+            let config = if cli.config.exists() {
+                match load_config(&cli.config) {
+                    Ok(c) => c,
+                    Err(code) => return Ok(code),
+                }
+            } else if cli.config == Path::new("drove.toml") {
+                let exe = std::env::current_exe()?;
+                println!(
+                    "drove: no drove.toml here: running the built-in demo (3 instances of `drove demo`); `drove init` writes a config to start from"
+                );
+                drove_config::builtin_demo(&exe.to_string_lossy())
+            } else {
+                anyhow::bail!("config file {} not found", cli.config.display());
+            };
+            let rt = tokio::runtime::Runtime::new()?;
+            let color = std::io::IsTerminal::is_terminal(&std::io::stdout());
+            rt.block_on(drove_runtime::up(
+                config,
+                drove_runtime::UpOptions {
+                    log_to_stdout: !quiet,
+                    color,
+                    listen,
+                    admin_listen,
+                },
+            ))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo => {
+            let rt = tokio::runtime::Runtime::new()?;
+            match rt.block_on(drove_demo::main_from_env()) {
+                Ok(()) => Ok(ExitCode::SUCCESS),
+                Err(e) => {
+                    eprintln!("drove demo: {e}");
+                    Ok(ExitCode::from(2))
+                }
+            }
+        }
+        Command::Bench(args) => {
+            let code = bench_cmd::run(args)?;
+            Ok(ExitCode::from(code as u8))
+        }
+        cmd => cli_admin::run(cmd, &cli.config, cli.admin, cli.token.as_deref()),
+    }
+}

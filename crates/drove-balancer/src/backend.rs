@@ -92,6 +92,7 @@ pub struct Backend {
     key: u64,
     sticky_token: String,
     pub(crate) state: Arc<State>,
+    clock: Clock,
 }
 
 /// Decay time constant of the peak-EWMA (Finagle and linkerd use 10 s): long enough to
@@ -99,12 +100,13 @@ pub struct Backend {
 const EWMA_DECAY_NS: f64 = 10e9;
 
 impl Backend {
-    pub(crate) fn new(spec: BackendSpec, _clock: &crate::backend::Clock) -> Backend {
+    pub(crate) fn new(spec: BackendSpec, clock: &crate::backend::Clock) -> Backend {
         let key = crate::hash_bytes(spec.id.as_bytes());
         Backend {
             sticky_token: format!("{key:016x}"),
             key,
             spec,
+            clock: *clock,
             state: Arc::new(State {
                 in_flight: AtomicI64::new(0),
                 enabled: AtomicBool::new(true),
@@ -129,6 +131,7 @@ impl Backend {
             key: self.key,
             sticky_token: self.sticky_token.clone(),
             state: self.state.clone(),
+            clock: self.clock,
         })
     }
 
@@ -204,15 +207,17 @@ impl Backend {
         v * (-elapsed / EWMA_DECAY_NS).exp()
     }
 
-    fn observe_latency(&self, now: u64, rtt: Duration) {
+    pub(crate) fn observe_latency(&self, now: u64, rtt: Duration) {
         let rtt = rtt.as_nanos() as f64;
-        let prev = self.ewma_ns(now);
-        let next = if rtt > prev {
+        let raw = f64::from_bits(self.state.ewma_bits.load(Ordering::Relaxed));
+        let at = self.state.ewma_stamp.load(Ordering::Relaxed);
+        let w = (-(now.saturating_sub(at) as f64) / EWMA_DECAY_NS).exp();
+        // Blend the *stored* value: blending the already-decayed one (`ewma_ns`) counted
+        // the elapsed time twice, so at 1 req/s a steady 10 ms backend read ~5 ms.
+        let next = if rtt > raw * w {
             rtt // peak: jump up at once, decay slowly
         } else {
-            let at = self.state.ewma_stamp.load(Ordering::Relaxed);
-            let w = (-(now.saturating_sub(at) as f64) / EWMA_DECAY_NS).exp();
-            prev * w + rtt * (1.0 - w)
+            raw * w + rtt * (1.0 - w)
         };
         self.state.ewma_bits.store(next.to_bits(), Ordering::Relaxed);
         self.state.ewma_stamp.store(now, Ordering::Relaxed);
@@ -319,9 +324,10 @@ impl InFlight {
     }
 
     /// Ends the attempt, feeding passive health and the latency EWMA.
+    /// An attempt has one outcome: after [`InFlight::record`] this only ends it (a
+    /// second report would count one failure twice and eject early).
     pub fn finish(mut self, outcome: Outcome, latency: Duration) {
-        self.finished = true;
-        self.balancer.record(&self.backend, outcome, latency);
+        self.record(outcome, latency);
     }
 
     /// Records the outcome now but keeps counting the attempt in flight until dropped
@@ -337,5 +343,12 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.backend.state.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Backend {
+    /// Healthy right now (for status pages; the hot path passes one clock reading).
+    pub fn is_healthy_now(&self) -> bool {
+        self.is_healthy_at(self.clock.now())
     }
 }

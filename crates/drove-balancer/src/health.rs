@@ -119,19 +119,20 @@ async fn probe_inner(kind: &ProbeKind, addr: SocketAddr) -> bool {
         }
         let mut headers = [httparse::EMPTY_HEADER; 32];
         let mut resp = httparse::Response::new(&mut headers);
-        match resp.parse(&buf[..len]) {
-            Ok(_) if resp.code.is_some() => {
-                let code = resp.code.unwrap_or(0);
+        let parsed = resp.parse(&buf[..len]);
+        match (parsed, resp.code) {
+            // The status line is all a probe needs: httparse sets `code` before it
+            // parses headers, so a partial head or more headers than our slots (an app
+            // behind a chatty framework) still decides here instead of failing the probe.
+            (Ok(_) | Err(httparse::Error::TooManyHeaders), Some(code)) => {
                 return match expect {
                     Some(e) => code == e,
                     None => (200..400).contains(&code),
                 };
             }
-            // Too many headers for our small buffer: the status line is what matters.
-            Err(httparse::Error::TooManyHeaders) => return false,
-            Err(_) => return false,
-            Ok(_) if len == buf.len() => return false,
-            Ok(_) => continue,
+            (Err(_), _) => return false,
+            (Ok(_), None) if len == buf.len() => return false,
+            (Ok(_), None) => continue,
         }
     }
 }

@@ -80,6 +80,9 @@ pub(crate) struct BackendSet {
     pub(crate) rr_order: Vec<u32>,
     /// Consistent-hash lookup table over `primaries`.
     pub(crate) maglev: maglev::Table,
+    /// (key, index in `all`) sorted by key: a sticky token is found in O(log n) instead
+    /// of a scan of the whole set on every request that carries the cookie.
+    pub(crate) by_key: Vec<(u64, u32)>,
 }
 
 /// A load balancer's backend set and selection state, shared by every worker.
@@ -123,15 +126,18 @@ impl Balancer {
     /// Replaces the whole set. Backends whose id is kept keep their state (health,
     /// in-flight, EWMA) when their address is unchanged.
     pub fn set_backends(&self, specs: Vec<BackendSpec>) {
-        let old = self.set.load();
-        let all = specs
-            .into_iter()
-            .map(|spec| match old.all.iter().find(|b| b.id() == spec.id) {
-                Some(b) if b.spec.addr == spec.addr => b.with_spec(spec),
-                _ => Arc::new(Backend::new(spec, &self.clock)),
-            })
-            .collect();
-        self.set.store(Arc::new(BackendSet::build(all)));
+        // rcu, not load-then-store: a concurrent upsert/remove is retried against the
+        // new set instead of being overwritten with state it never saw.
+        self.set.rcu(|old| {
+            let all = specs
+                .iter()
+                .map(|spec| match old.all.iter().find(|b| b.id() == spec.id) {
+                    Some(b) if b.spec.addr == spec.addr => b.with_spec(spec.clone()),
+                    _ => Arc::new(Backend::new(spec.clone(), &self.clock)),
+                })
+                .collect();
+            BackendSet::build(all)
+        });
     }
 
     /// Adds a backend, or updates the one with the same id (keeping its state when its
@@ -230,13 +236,29 @@ impl BackendSet {
         let rr_order = select::smooth_wrr_order(&weights);
         let keys: Vec<(u64, u32)> = primaries.iter().map(|b| (b.key(), b.weight())).collect();
         let maglev = maglev::Table::build(&keys);
+        let mut by_key: Vec<(u64, u32)> = all.iter().enumerate().map(|(i, b)| (b.key(), i as u32)).collect();
+        by_key.sort_unstable();
         BackendSet {
             all,
             primaries,
             backups,
             rr_order,
             maglev,
+            by_key,
         }
+    }
+
+    /// The backend a sticky token names (see [`Backend::sticky_token`]); None for an
+    /// unknown or malformed token.
+    pub(crate) fn by_sticky_token(&self, token: &str) -> Option<&Arc<Backend>> {
+        // Tokens are exactly 16 hex digits; anything else (a stale format, a forged
+        // cookie) is unknown, not an error.
+        if token.len() != 16 {
+            return None;
+        }
+        let key = u64::from_str_radix(token, 16).ok()?;
+        let i = self.by_key.binary_search_by_key(&key, |&(k, _)| k).ok()?;
+        self.all.get(self.by_key[i].1 as usize)
     }
 }
 

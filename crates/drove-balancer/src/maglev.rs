@@ -1,9 +1,13 @@
 //! Maglev consistent hashing (Eisenbud et al., NSDI 2016): an O(1) lookup table where
 //! adding or removing one of N backends remaps about 1/N of the keys.
 
-/// Table sizes: primes, so every `skip` is coprime with the size. The table is at least
-/// 100× the backend count (the paper's bound for < 1% imbalance), capped for memory.
-const SIZES: [usize; 10] = [251, 509, 1021, 2039, 4093, 8191, 16381, 32749, 65521, 131071];
+/// Table sizes: primes, so every `skip` is coprime with the size. The size must not
+/// follow the backend count: a key's slot is `hash % size`, so a new size remaps nearly
+/// every key (scaling 20 → 21 backends moved 95% of them when the size was "first prime
+/// >= 100 n"). One size serves up to 655 backends at >= 100 entries each (the paper's
+/// bound for < 1% imbalance); past that the larger one keeps the balance and costs one
+/// full remap at that crossing only.
+const SIZES: [usize; 2] = [65521, 131071];
 
 /// A built lookup table: entry → index of a backend in the slice it was built from.
 #[derive(Debug, Default)]
@@ -28,7 +32,7 @@ impl Table {
             })
             .collect();
         let max_w = backends.iter().map(|&(_, w)| w.max(1)).max().unwrap_or(1) as u64;
-        let mut next = vec![0usize; n];
+        let mut next: Vec<usize> = perms.iter().map(|&(offset, _)| offset).collect();
         let mut entries = vec![u32::MAX; m];
         let mut filled = 0;
         // Weighted Maglev: each round, backend i takes a turn with probability w_i/max_w,
@@ -41,10 +45,14 @@ impl Table {
                     continue;
                 }
                 credit[i] -= max_w;
-                let (offset, skip) = perms[i];
+                let skip = perms[i].1;
                 loop {
-                    let c = (offset + next[i] * skip) % m;
-                    next[i] += 1;
+                    // pos = (offset + j * skip) % m, stepped without a division.
+                    let c = next[i];
+                    next[i] += skip;
+                    if next[i] >= m {
+                        next[i] -= m;
+                    }
                     if entries[c] == u32::MAX {
                         entries[c] = i as u32;
                         filled += 1;

@@ -120,17 +120,22 @@ impl Balancer {
         let set = self.set.load();
         let now = self.clock.now();
         let ok = |b: &Backend| b.is_available_at(now) && !exclude.contains(&b.key());
-        if let Some(token) = ctx.sticky {
-            if let Ok(key) = u64::from_str_radix(token, 16) {
-                if let Some(b) = set.all.iter().find(|b| b.key() == key) {
-                    if ok(b) {
-                        return Some(b.clone());
-                    }
+        // A token naming a backup is honoured only when no primary can serve: a client
+        // pinned during an outage must go back to the primaries once they return.
+        let mut sticky_backup = None;
+        if let Some(b) = ctx.sticky.and_then(|token| set.by_sticky_token(token)) {
+            if ok(b) {
+                if !b.is_backup() {
+                    return Some(b.clone());
                 }
+                sticky_backup = Some(b);
             }
         }
         if let Some(b) = self.pick_primary(&set, ctx, now, &ok) {
             return Some(b);
+        }
+        if let Some(b) = sticky_backup {
+            return Some(b.clone());
         }
         // Backups: least in flight, ties to the first listed (like nginx's `backup`).
         set.backups
@@ -171,11 +176,18 @@ impl Balancer {
     }
 
     fn round_robin(&self, set: &BackendSet, ok: &dyn Fn(&Backend) -> bool) -> Option<Arc<Backend>> {
-        let n = set.rr_order.len();
+        let order = &set.rr_order;
+        let n = order.len();
         let start = self.cursor.fetch_add(1, Ordering::Relaxed);
         for i in 0..n {
-            let b = &set.primaries[set.rr_order[(start + i) % n] as usize];
+            let b = &set.primaries[order[start.wrapping_add(i) % n] as usize];
             if ok(b) {
+                // The skipped slots are consumed too, so the next pick resumes after this
+                // one: an unavailable backend's slots drop out of the order instead of
+                // all going to whoever follows it (which would get twice its share).
+                if i > 0 {
+                    self.cursor.fetch_add(i, Ordering::Relaxed);
+                }
                 return Some(b.clone());
             }
         }
@@ -183,26 +195,52 @@ impl Balancer {
     }
 
     fn least_conn(&self, p: &[Arc<Backend>], ok: &dyn Fn(&Backend) -> bool) -> Option<Arc<Backend>> {
-        // Rotating start: equal loads spread instead of piling on the first backend.
-        let start = self.cursor.fetch_add(1, Ordering::Relaxed);
-        let n = p.len();
-        let mut best: Option<&Arc<Backend>> = None;
-        for i in 0..n {
-            let b = &p[(start + i) % n];
+        // Pass 1: the least in_flight/weight (compared without division) and the total
+        // weight of the backends tied at it.
+        let mut best: Option<(&Arc<Backend>, u64, u64)> = None;
+        let mut tied_weight = 0u64;
+        let mut tied = 0usize;
+        for b in p {
             if !ok(b) {
                 continue;
             }
-            best = match best {
-                // in_flight/weight compared without division.
-                Some(cur)
-                    if cur.in_flight() * b.weight() as u64 <= b.in_flight() * cur.weight() as u64 =>
-                {
-                    Some(cur)
+            let (load, w) = (b.in_flight(), b.weight() as u64);
+            match best {
+                Some((_, bl, bw)) if load * bw > bl * w => {}
+                Some((_, bl, bw)) if load * bw == bl * w => {
+                    tied_weight += w;
+                    tied += 1;
                 }
-                _ => Some(b),
-            };
+                _ => {
+                    best = Some((b, load, w));
+                    tied_weight = w;
+                    tied = 1;
+                }
+            }
         }
-        best.cloned()
+        let (first, bl, bw) = best?;
+        if tied == 1 {
+            return Some(first.clone());
+        }
+        // Pass 2: ties share by weight, in turn (nginx breaks least_conn ties with
+        // weighted round robin). A rotating scan start alone is unfair: the backend right
+        // after a busy one wins the ties the busy one would have had. Sequential traffic
+        // (always 0 in flight) thus still follows the weights.
+        let mut k = self.cursor.fetch_add(1, Ordering::Relaxed) as u64 % tied_weight;
+        for b in p {
+            if !ok(b) {
+                continue;
+            }
+            let w = b.weight() as u64;
+            if b.in_flight() * bw == bl * w {
+                if k < w {
+                    return Some(b.clone());
+                }
+                k -= w;
+            }
+        }
+        // Loads moved between the passes (other workers): the first minimum will do.
+        Some(first.clone())
     }
 
     /// Maglev lookup; when the owner is unavailable, deterministic re-probes spread its

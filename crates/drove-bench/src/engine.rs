@@ -21,6 +21,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::{sleep_until, Instant};
 
 use crate::client::{self, Conn, Fail, Response};
+use crate::pace::Pacer;
 use crate::report::{self, ErrorCounts, Second};
 use crate::{BenchError, BenchOptions, Model, Progress, Stop};
 
@@ -414,10 +415,12 @@ async fn worker(
     // the real deadline), never late. Deadlines only move forward, so most requests do
     // not touch the timer wheel at all.
     let mut watchdog = Box::pin(sleep_until(t0 + ctx.timeout));
+    let mut pacer = Pacer::new();
     loop {
         if ctx.stop.load(Relaxed) {
             break;
         }
+        // Intended send time when it differs from the actual one (open model, overdue).
         let sched = match ctx.model {
             Model::Closed => {
                 if let Some(n) = ctx.limit {
@@ -425,11 +428,10 @@ async fn worker(
                         break;
                     }
                 }
-                let now = Instant::now();
-                if end.is_some_and(|e| now >= e) {
+                if end.is_some_and(|e| Instant::now() >= e) {
                     break;
                 }
-                now
+                None
             }
             Model::Open { rate } => {
                 let i = ctx.tickets.fetch_add(1, Relaxed);
@@ -444,15 +446,20 @@ async fn worker(
                     break;
                 }
                 if sched > now {
-                    sleep_until(sched).await;
+                    // An idle connection waits for the slot. The wake-up's lateness is
+                    // the generator's, not the server's, so latency counts from the
+                    // actual send, below.
+                    pacer.sleep_until(sched).await;
                     if ctx.stop.load(Relaxed) {
                         break;
                     }
+                    None
                 } else {
-                    // Due already: it waited for a free connection.
+                    // Due already: it waited for a free connection, and that wait is
+                    // what coordinated omission would hide. Count from the schedule.
                     stats.borrow_mut().queued += 1;
+                    Some(sched)
                 }
-                sched
             }
         };
         stats.borrow_mut().sent += 1;
@@ -483,7 +490,7 @@ async fn worker(
         let done = Instant::now();
         stats
             .borrow_mut()
-            .record(result, sched, start, done, &conn.instance);
+            .record(result, sched.unwrap_or(start), start, done, &conn.instance);
     }
 }
 

@@ -7,11 +7,14 @@
 //! - [`Model::Closed`]: each of `connections` workers sends its next request when the
 //!   previous response has been read in full (wrk, ab).
 //! - [`Model::Open`]: constant arrival rate (wrk2). Request *i* is scheduled at
-//!   `t0 + i / rate`; whichever connection is free takes the next due request. Latency is
-//!   measured from the scheduled time ([`Report::latency`], corrected for coordinated
-//!   omission) and from the actual send time ([`Report::latency_uncorrected`]). A request
-//!   that finds every connection busy waits and is counted in [`Report::queued`]; one that
-//!   was due before the end but never sent is counted in [`Report::unsent`].
+//!   `t0 + i / rate`; whichever connection is free takes the next request and waits for
+//!   its time. A request that is already due when a connection frees up (every connection
+//!   was busy) is counted in [`Report::queued`] and its latency runs from its scheduled
+//!   time ([`Report::latency`], corrected for coordinated omission); one that was due
+//!   before the end but never sent is counted in [`Report::unsent`].
+//!   [`Report::latency_uncorrected`] always runs from the actual send. (A request whose
+//!   connection was idle and waiting for it is measured from its send: the millisecond
+//!   granularity of the timer that woke it is the generator's, not the server's.)
 //!
 //! The client is hand-written for speed: one pre-built request per run, `httparse` for
 //! responses, one reused buffer per connection, no allocation per request. Each of
@@ -26,10 +29,14 @@ mod client;
 mod engine;
 mod fail_if;
 mod html;
+mod pace;
 mod report;
 mod stats;
 
 use std::time::Duration;
+
+/// Re-exported so callers can build [`BenchOptions`] without depending on them.
+pub use {bytes, http};
 
 pub use engine::run;
 pub use fail_if::{parse_duration, parse_fail_if, Condition, FailIfError, Metric, Op};

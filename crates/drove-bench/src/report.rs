@@ -158,8 +158,9 @@ pub struct Report {
     pub status_counts: BTreeMap<u16, u64>,
     /// Errors by kind.
     pub errors: ErrorCounts,
-    /// Latency from the intended send time (open model: the schedule; closed model: the
-    /// send), so that stalls of the generator or the server are not hidden.
+    /// Latency corrected for coordinated omission: open model, a request that had to
+    /// wait for a free connection counts from its scheduled time, so server stalls are
+    /// not hidden. Closed model: same as uncorrected.
     pub latency: Percentiles,
     /// Latency from the actual send time.
     pub latency_uncorrected: Percentiles,

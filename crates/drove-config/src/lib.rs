@@ -1,7 +1,7 @@
 //! drove-config owns `drove.toml`: its syntax, its defaults, its validation and its error
 //! messages; it knows nothing of processes or sockets. The pipeline is: `drove.toml` text
 //! → a `toml_edit` document that keeps the span of every key and value (TOML syntax errors
-//! stop here) → per-section readers (`build.rs`) that reject unknown keys, wrong types and
+//! stop here) → per-section readers (`build/`) that reject unknown keys, wrong types and
 //! bad values (durations, sizes, addresses, ...) and fall back to defaults so that reading
 //! goes on → cross-section checks (`check.rs`: unknown services and limits, dependency
 //! cycles, port collisions) → a validated [`Config`] of plain Rust types (`Duration`,

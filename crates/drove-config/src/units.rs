@@ -92,9 +92,11 @@ pub(crate) fn size(s: &str) -> Result<u64, String> {
         "gib" => 1 << 30,
         "t" | "tb" => 1_000_000_000_000,
         "tib" => 1 << 40,
-        _ => return Err(format!(
+        _ => {
+            return Err(format!(
             "unknown unit `{unit}` in size \"{text}\"; use B, KB, KiB, MB, MiB, GB, GiB, TB or TiB"
-        )),
+        ))
+        }
     };
     let value: f64 = num
         .parse()

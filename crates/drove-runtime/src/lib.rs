@@ -1,1 +1,216 @@
-//! drove-runtime (placeholder)
+//! The wiring of drove: turns a validated [`drove_config::Config`] into running parts and
+//! owns the startup and shutdown order.
+//!
+//! `drove-runtime` is the only crate that sees every other one. It maps config sections
+//! to each part's own settings ([`proxy_settings`], [`services`]), starts the supervisor,
+//! the balancer with its health checks, the proxy workers and the admin listener, and
+//! turns supervisor [`drove_supervisor::InstanceEvent`]s into backend-set changes (ready →
+//! join rotation; draining → leave rotation, wait for in-flight, ack; gone → removed).
+//! Shutdown (SIGINT/SIGTERM or `POST /api/down`): stop accepting, let in-flight requests
+//! finish, then stop the services in reverse dependency order.
+//! Main entry points: [`up`] and [`admin_client::request`].
+
+pub mod admin;
+pub mod admin_client;
+pub mod proxy_settings;
+pub mod services;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use drove_balancer::{Balancer, BackendSpec};
+use drove_config::{Backends, Config};
+use drove_proxy::Proxy;
+use drove_supervisor::{InstanceEvent, Supervisor, SupervisorOptions};
+use tokio::sync::{mpsc, watch};
+
+/// How `drove up` runs.
+#[derive(Debug, Clone)]
+pub struct UpOptions {
+    /// Print every instance's output with a `web.2 |` prefix.
+    pub log_to_stdout: bool,
+    /// Colour those prefixes.
+    pub color: bool,
+    /// Override the balancer's listen address (tests use port 0).
+    pub listen: Option<SocketAddr>,
+    /// Override the admin listen address (tests use port 0).
+    pub admin_listen: Option<SocketAddr>,
+}
+
+/// The running parts, shared with the admin API.
+pub struct Running {
+    /// The config it runs.
+    pub config: Config,
+    /// The balancer, if there is a `[balancer]`.
+    pub balancer: Option<Arc<Balancer>>,
+    /// The proxy, if there is a `[balancer]`.
+    pub proxy: Option<Proxy>,
+    /// The balancer's bound address.
+    pub listen: Option<SocketAddr>,
+    /// The admin API's bound address.
+    pub admin: SocketAddr,
+    /// The supervisor.
+    pub supervisor: Supervisor,
+    /// The service the balancer routes to, if any.
+    pub balanced_service: Option<String>,
+    /// Set to true to shut everything down.
+    pub shutdown: watch::Sender<bool>,
+    /// When drove started.
+    pub started: tokio::time::Instant,
+}
+
+/// Runs `config` until SIGINT/SIGTERM or `POST /api/down`, then shuts down in order.
+pub async fn up(config: Config, opts: UpOptions) -> anyhow::Result<()> {
+    let (shutdown_tx, mut shutdown_rx) = watch::channel(false);
+
+    // Balancer and proxy.
+    let mut balancer = None;
+    let mut proxy = None;
+    let mut listen = None;
+    let mut proxy_task = None;
+    let mut balanced_service = None;
+    let mut health_task = None;
+    if let Some(b) = &config.balancer {
+        let bal = Balancer::new(proxy_settings::balancer_settings(b));
+        match &b.backends {
+            Backends::Static(list) => bal.set_backends(
+                list.iter()
+                    .map(|s| BackendSpec {
+                        id: s.name.clone(),
+                        addr: s.addr,
+                        weight: s.weight,
+                        backup: s.backup,
+                    })
+                    .collect(),
+            ),
+            Backends::Service(name) => balanced_service = Some(name.clone()),
+        }
+        if let Some(h) = b.health.as_ref().and_then(proxy_settings::active_health) {
+            health_task = Some(bal.spawn_health_checks(h));
+        }
+        let addr = opts.listen.unwrap_or(b.listen);
+        let listeners = drove_proxy::bind(addr, proxy_settings::workers(b))
+            .with_context(|| format!("cannot listen on {addr} (balancer.listen)"))?;
+        listen = Some(listeners[0].local_addr()?);
+        let p = Proxy::new(bal.clone(), proxy_settings::proxy_settings(b)).context("cannot open the access log")?;
+        proxy_task = Some(tokio::spawn(drove_proxy::serve(listeners, p.clone(), shutdown_rx.clone())));
+        proxy = Some(p);
+        balancer = Some(bal);
+    }
+
+    // Admin listener (bound before the services start, so a port clash fails fast).
+    let admin_addr = opts.admin_listen.unwrap_or(config.admin.listen);
+    let admin_listener = tokio::net::TcpListener::bind(admin_addr)
+        .await
+        .with_context(|| format!("cannot listen on {admin_addr} (admin.listen)"))?;
+    let admin = admin_listener.local_addr()?;
+
+    // Supervisor.
+    let (events_tx, events_rx) = mpsc::unbounded_channel();
+    let specs = services::specs(&config, balanced_service.as_deref());
+    let supervisor = Supervisor::start(
+        specs,
+        events_tx,
+        SupervisorOptions {
+            log_to_stdout: opts.log_to_stdout,
+            color: opts.color,
+        },
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+
+    let running = Arc::new(Running {
+        config,
+        balancer: balancer.clone(),
+        proxy,
+        listen,
+        admin,
+        supervisor: supervisor.clone(),
+        balanced_service: balanced_service.clone(),
+        shutdown: shutdown_tx.clone(),
+        started: tokio::time::Instant::now(),
+    });
+    let events_task = tokio::spawn(apply_events(events_rx, balancer.clone(), balanced_service.clone()));
+    let admin_task = tokio::spawn(admin::serve(admin_listener, running.clone(), shutdown_rx.clone()));
+
+    if let Some(l) = listen {
+        println!("drove: balancer on http://{l}/");
+    }
+    println!("drove: admin API, metrics and dashboard on http://{admin}/ (drove status, drove down)");
+
+    // Wait for a reason to stop.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => println!("drove: interrupted, shutting down"),
+        _ = term.recv() => println!("drove: SIGTERM, shutting down"),
+        _ = shutdown_rx.wait_for(|v| *v) => println!("drove: shutdown requested, shutting down"),
+    }
+    let _ = shutdown_tx.send(true);
+    // 1. The proxy stops accepting and finishes in-flight requests (up to its grace).
+    if let Some(t) = proxy_task {
+        match t.await {
+            Ok(Err(e)) => tracing::warn!(error = %e, "proxy ended with an error"),
+            Err(e) => tracing::warn!(error = %e, "proxy task failed"),
+            Ok(Ok(())) => {}
+        }
+    }
+    // 2. Services stop in reverse dependency order.
+    supervisor.shutdown().await;
+    if let Some(t) = health_task {
+        t.abort();
+    }
+    events_task.abort();
+    let _ = admin_task.await;
+    println!("drove: stopped");
+    Ok(())
+}
+
+/// Turns supervisor events into backend-set changes for the balanced service.
+async fn apply_events(
+    mut rx: mpsc::UnboundedReceiver<InstanceEvent>,
+    balancer: Option<Arc<Balancer>>,
+    service: Option<String>,
+) {
+    while let Some(ev) = rx.recv().await {
+        let ours = balancer.is_some() && service.as_deref() == Some(ev.id().service.as_str());
+        let Some(bal) = balancer.as_ref().filter(|_| ours) else {
+            // Not balanced: nothing waits on a drain, ack at once.
+            if let InstanceEvent::Draining { done, .. } = ev {
+                let _ = done.send(());
+            }
+            continue;
+        };
+        match ev {
+            InstanceEvent::Ready { id, addr } | InstanceEvent::Undrained { id, addr } => {
+                let id = id.to_string();
+                bal.upsert(BackendSpec {
+                    id: id.clone(),
+                    addr,
+                    weight: 1,
+                    backup: false,
+                });
+                bal.set_enabled(&id, true);
+                tracing::info!(instance = %id, %addr, "instance in rotation");
+            }
+            InstanceEvent::Draining { id, grace, done } => {
+                let id = id.to_string();
+                bal.set_enabled(&id, false);
+                let bal = bal.clone();
+                tokio::spawn(async move {
+                    let idle = bal.wait_idle(&id, grace).await;
+                    if !idle {
+                        tracing::warn!(instance = %id, "drain grace ended with requests in flight");
+                    }
+                    // Idle upstream connections to it are closed by each worker's pool
+                    // sweep (every 500 ms) now that it is disabled; give it one round.
+                    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+                    let _ = done.send(());
+                });
+            }
+            InstanceEvent::Gone { id } => {
+                bal.remove(&id.to_string());
+            }
+            InstanceEvent::StateChanged { .. } => {}
+        }
+    }
+}

@@ -217,7 +217,9 @@ impl SlotCtx {
     }
 
     fn set_state(&self, s: InstanceState) {
-        if *self.state.borrow() == s {
+        // `Starting` is announced on every spawn, including the first (the initial
+        // value of the watch is already `Starting`).
+        if *self.state.borrow() == s && s != InstanceState::Starting {
             return;
         }
         tracing::debug!(instance = %self.id, state = %s, "state");

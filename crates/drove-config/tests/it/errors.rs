@@ -314,6 +314,10 @@ fn probe_errors() {
         err("[services.w]\ncommand = \"x\"\nport = \"none\"\nready = { tcp = true }\n"),
         e(4, 17, "`tcp = true` probes the instance port, but this service has port = \"none\"; give an address like \"127.0.0.1:6379\"")
     );
+    assert_eq!(
+        err("[services.w]\ncommand = \"x\"\nport = \"none\"\nhealth = { http = \"/h\" }\n"),
+        e(4, 19, "an `http` probe requests the instance port, but this service has port = \"none\"; use `command` or `tcp` with an address")
+    );
     assert!(err(
         "[services.web]\ncommand = \"x\"\nhealth = { http = \"/h\", start_timeout = \"1s\" }\n"
     )
@@ -430,7 +434,10 @@ drove.toml:4:8: invalid port \"atuo\"; did you mean \"auto\"? (expected a port n
 fn never_panics_on_truncated_or_mangled_input() {
     // A cheap stand-in for the fuzz target: every prefix of a rich config, and the same
     // with multi-byte characters, must give Ok or positioned errors, never a panic.
-    let src = format!("{}\n# é ü 日本\n[services.ü]\ncommand = \"é {{pört}}\"\n", crate::defaults::FULL);
+    let src = format!(
+        "{}\n# é ü 日本\n[services.ü]\ncommand = \"é {{pört}}\"\n",
+        crate::defaults::FULL
+    );
     for (i, _) in src.char_indices() {
         if let Err(e) = parse(&src[..i], "drove.toml") {
             for err in &e {
