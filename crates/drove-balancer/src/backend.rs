@@ -212,14 +212,18 @@ impl Backend {
         let raw = f64::from_bits(self.state.ewma_bits.load(Ordering::Relaxed));
         let at = self.state.ewma_stamp.load(Ordering::Relaxed);
         let w = (-(now.saturating_sub(at) as f64) / EWMA_DECAY_NS).exp();
-        // Blend the *stored* value: blending the already-decayed one (`ewma_ns`) counted
-        // the elapsed time twice, so at 1 req/s a steady 10 ms backend read ~5 ms.
+        // Blend the *stored* value with weight w. Blending the already-decayed value
+        // (`ewma_ns`, i.e. raw * w) with w again counted the elapsed time twice: the old
+        // estimate faded with half the 10 s time constant and the two weights no longer
+        // summed to 1, biasing the estimate low when traffic is sparse.
         let next = if rtt > raw * w {
             rtt // peak: jump up at once, decay slowly
         } else {
             raw * w + rtt * (1.0 - w)
         };
-        self.state.ewma_bits.store(next.to_bits(), Ordering::Relaxed);
+        self.state
+            .ewma_bits
+            .store(next.to_bits(), Ordering::Relaxed);
         self.state.ewma_stamp.store(now, Ordering::Relaxed);
     }
 
@@ -284,7 +288,9 @@ impl Balancer {
             Outcome::Cancelled => return,
         };
         if !failed {
-            if outcome == Outcome::Ok || outcome == Outcome::Http5xx {
+            // A zero latency means "no sample" (the proxy passes it for a first request on
+            // a fresh connection, whose setup says nothing about the backend's speed).
+            if (outcome == Outcome::Ok || outcome == Outcome::Http5xx) && !latency.is_zero() {
                 b.observe_latency(now, latency);
             }
             if b.state.fails.load(Ordering::Relaxed) != 0 {
@@ -307,8 +313,10 @@ impl Balancer {
         } else {
             b.state.fails.fetch_add(1, Ordering::Relaxed) + 1
         };
-        if fails >= p.max_fails && !b.is_ejected_at(now) && self.may_eject() {
-            b.state.ejected_until.store(now + window.max(1), Ordering::Relaxed);
+        if fails >= p.max_fails && !b.is_ejected_at(now) && self.may_eject(b) {
+            b.state
+                .ejected_until
+                .store(now + window.max(1), Ordering::Relaxed);
             b.state.fails.store(0, Ordering::Relaxed);
             b.state.fail_window_start.store(0, Ordering::Relaxed);
             b.state.ejections.fetch_add(1, Ordering::Relaxed);
@@ -350,5 +358,86 @@ impl Backend {
     /// Healthy right now (for status pages; the hot path passes one clock reading).
     pub fn is_healthy_now(&self) -> bool {
         self.is_healthy_at(self.clock.now())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn backend() -> Backend {
+        Backend::new(
+            BackendSpec::new(SocketAddr::from(([127, 0, 0, 1], 1))),
+            &Clock::new(),
+        )
+    }
+
+    #[test]
+    fn rise_and_fall_count_consecutive_probes() {
+        let b = backend();
+        assert!(b.probe_up(), "up until probes say otherwise");
+        assert_eq!(b.record_probe(false, 2, 3), None);
+        assert_eq!(b.record_probe(false, 2, 3), None);
+        assert_eq!(
+            b.record_probe(true, 2, 3),
+            None,
+            "a success breaks the failure streak"
+        );
+        assert_eq!(b.record_probe(false, 2, 3), None);
+        assert_eq!(b.record_probe(false, 2, 3), None);
+        assert_eq!(
+            b.record_probe(false, 2, 3),
+            Some(false),
+            "third consecutive failure"
+        );
+        assert_eq!(b.record_probe(false, 2, 3), None, "already down");
+        assert_eq!(b.record_probe(true, 2, 3), None);
+        assert_eq!(
+            b.record_probe(false, 2, 3),
+            None,
+            "a failure breaks the success streak"
+        );
+        assert_eq!(b.record_probe(true, 2, 3), None);
+        assert_eq!(
+            b.record_probe(true, 2, 3),
+            Some(true),
+            "second consecutive success"
+        );
+        assert_eq!(b.record_probe(true, 2, 3), None);
+        // rise/fall of 0 behave as 1.
+        assert_eq!(b.record_probe(false, 0, 0), Some(false));
+        assert_eq!(b.record_probe(true, 0, 0), Some(true));
+    }
+
+    #[test]
+    fn probe_recovery_clears_passive_ejection() {
+        let b = backend();
+        b.state.ejected_until.store(u64::MAX, Ordering::Relaxed);
+        b.record_probe(false, 1, 1);
+        assert_eq!(b.record_probe(true, 1, 1), Some(true));
+        assert!(b.is_healthy_at(1));
+    }
+
+    const SEC: u64 = 1_000_000_000;
+
+    #[test]
+    fn ewma_peaks_at_once_and_blends_down_with_weights_summing_to_one() {
+        let b = backend();
+        b.observe_latency(SEC, Duration::from_millis(10));
+        assert_eq!(b.ewma_ns(SEC), 10e6, "first sample is taken as is");
+        b.observe_latency(2 * SEC, Duration::from_millis(8));
+        let w = (-(SEC as f64) / EWMA_DECAY_NS).exp();
+        let expected = 10e6 * w + 8e6 * (1.0 - w);
+        assert!(
+            (b.ewma_ns(2 * SEC) - expected).abs() < 1.0,
+            "{} vs {expected}",
+            b.ewma_ns(2 * SEC)
+        );
+        b.observe_latency(2 * SEC, Duration::from_millis(50));
+        assert_eq!(b.ewma_ns(2 * SEC), 50e6, "a peak is taken at once");
+        // Idle, it decays toward 0 with the 10 s time constant (so a once-slow backend
+        // gets tried again).
+        let later = b.ewma_ns(12 * SEC);
+        assert!((later - 50e6 / std::f64::consts::E).abs() < 1.0, "{later}");
     }
 }

@@ -45,11 +45,15 @@ impl Balancer {
     pub fn spawn_health_checks(self: &Arc<Self>, cfg: ActiveHealth) -> tokio::task::JoinHandle<()> {
         let weak = Arc::downgrade(self);
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(cfg.interval);
+            // `interval` panics on a zero period; a config that slipped through
+            // validation must not take the balancer's probe task down with it.
+            let mut tick = tokio::time::interval(cfg.interval.max(Duration::from_millis(1)));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
-                let Some(balancer) = weak.upgrade() else { return };
+                let Some(balancer) = weak.upgrade() else {
+                    return;
+                };
                 let backends = balancer.snapshot();
                 drop(balancer);
                 let probes = backends.into_iter().map(|b| {
@@ -90,7 +94,9 @@ async fn futures_join_all<F: std::future::Future<Output = ()>>(futs: impl Iterat
 
 /// One probe; true when healthy.
 pub async fn probe(kind: &ProbeKind, addr: SocketAddr, timeout: Duration) -> bool {
-    tokio::time::timeout(timeout, probe_inner(kind, addr)).await.unwrap_or(false)
+    tokio::time::timeout(timeout, probe_inner(kind, addr))
+        .await
+        .unwrap_or(false)
 }
 
 async fn probe_inner(kind: &ProbeKind, addr: SocketAddr) -> bool {

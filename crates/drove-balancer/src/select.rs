@@ -167,10 +167,17 @@ impl Balancer {
                 Some(h) => self.consistent(set, h, ok),
                 None => self.round_robin(set, ok),
             },
-            Algorithm::RandomTwo => self.two_choices(p, ok, |b| b.in_flight() as f64 / b.weight() as f64),
+            Algorithm::RandomTwo => {
+                self.two_choices(p, ok, |b| b.in_flight() as f64 / b.weight() as f64)
+            }
             Algorithm::P2cEwma => self.two_choices(p, ok, |b| {
-                // +1 µs so an idle backend with no history still weighs its load.
-                (b.ewma_ns(now) + 1_000.0) * (b.in_flight() as f64 + 1.0) / b.weight() as f64
+                // Latency counts in whole milliseconds, at least one: sub-millisecond
+                // differences between local backends are noise, and a strict order on
+                // noise would starve a backend after one unlucky sample (a peak-EWMA
+                // only decays, it is never re-sampled while avoided). Ties fall to the
+                // in-flight term, then to the random pair order.
+                let latency_ms = (b.ewma_ns(now) / 1e6).ceil().max(1.0);
+                latency_ms * (b.in_flight() as f64 + 1.0) / b.weight() as f64
             }),
         }
     }
@@ -194,7 +201,11 @@ impl Balancer {
         None
     }
 
-    fn least_conn(&self, p: &[Arc<Backend>], ok: &dyn Fn(&Backend) -> bool) -> Option<Arc<Backend>> {
+    fn least_conn(
+        &self,
+        p: &[Arc<Backend>],
+        ok: &dyn Fn(&Backend) -> bool,
+    ) -> Option<Arc<Backend>> {
         // Pass 1: the least in_flight/weight (compared without division) and the total
         // weight of the backends tied at it.
         let mut best: Option<(&Arc<Backend>, u64, u64)> = None;
@@ -245,7 +256,12 @@ impl Balancer {
 
     /// Maglev lookup; when the owner is unavailable, deterministic re-probes spread its
     /// keys over the others (and send them back when it returns).
-    fn consistent(&self, set: &BackendSet, h: u64, ok: &dyn Fn(&Backend) -> bool) -> Option<Arc<Backend>> {
+    fn consistent(
+        &self,
+        set: &BackendSet,
+        h: u64,
+        ok: &dyn Fn(&Backend) -> bool,
+    ) -> Option<Arc<Backend>> {
         let mut key = h;
         // 2n probes find an available backend with high probability; then round robin.
         for _ in 0..(2 * set.primaries.len()).max(4) {
@@ -274,7 +290,11 @@ impl Balancer {
         let j = (i + 1 + ((r >> 32) % (n as u64 - 1)) as usize) % n;
         let (a, b) = (&p[i], &p[j]);
         match (ok(a), ok(b)) {
-            (true, true) => Some(if cost(b) < cost(a) { b.clone() } else { a.clone() }),
+            (true, true) => Some(if cost(b) < cost(a) {
+                b.clone()
+            } else {
+                a.clone()
+            }),
             (true, false) => Some(a.clone()),
             (false, true) => Some(b.clone()),
             // Both out: fall back to the best of the rest.
@@ -283,6 +303,38 @@ impl Balancer {
                 .filter(|b| ok(b))
                 .min_by(|x, y| cost(x).total_cmp(&cost(y)))
                 .cloned(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn smooth_order_is_nginx_sequence() {
+        // nginx: {a=5, b=1, c=1} gives a a b a c a a.
+        assert_eq!(smooth_wrr_order(&[5, 1, 1]), [0, 0, 1, 0, 2, 0, 0]);
+        assert_eq!(smooth_wrr_order(&[1, 1, 1]), [0, 1, 2]);
+        assert!(smooth_wrr_order(&[]).is_empty());
+    }
+
+    #[test]
+    fn smooth_order_reduces_by_gcd_and_treats_zero_as_one() {
+        assert_eq!(
+            smooth_wrr_order(&[10, 20, 30]),
+            smooth_wrr_order(&[1, 2, 3])
+        );
+        assert_eq!(smooth_wrr_order(&[0, 1]), [0, 1]);
+    }
+
+    #[test]
+    fn huge_weights_are_scaled_into_a_bounded_order() {
+        let order = smooth_wrr_order(&[1_000_000, 999_999, 1]);
+        assert!(order.len() as u64 <= MAX_RR_ORDER + 3, "{}", order.len());
+        // Every backend keeps at least one slot.
+        for i in 0..3 {
+            assert!(order.contains(&i));
         }
     }
 }

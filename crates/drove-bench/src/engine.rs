@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Notify};
 use tokio::time::{sleep_until, Instant};
 
 use crate::client::{self, Conn, Fail, Response};
@@ -333,11 +333,14 @@ fn thread_main(
     let local = tokio::task::LocalSet::new();
     local.block_on(&rt, async move {
         let stats = Rc::new(RefCell::new(ThreadStats::new()));
+        let pacer = Rc::new(Pacer::default());
+        let pacer_task = tokio::task::spawn_local(pacer.clone().run());
         let mut set = tokio::task::JoinSet::new();
         for _ in 0..conns {
             set.spawn_local(worker(
                 ctx.clone(),
                 stats.clone(),
+                pacer.clone(),
                 msg_tx.clone(),
                 t0_rx.clone(),
             ));
@@ -351,6 +354,8 @@ fn thread_main(
         while set.join_next().await.is_some() {}
         ticker.abort();
         let _ = ticker.await;
+        pacer_task.abort();
+        let _ = pacer_task.await;
         let mut s = stats.borrow_mut();
         let last = std::mem::replace(&mut s.cur, Bucket::new());
         if last.requests > 0 {
@@ -394,6 +399,7 @@ async fn ticker(
 async fn worker(
     ctx: Arc<Ctx>,
     stats: Rc<RefCell<ThreadStats>>,
+    pacer: Rc<Pacer>,
     msg_tx: mpsc::UnboundedSender<Msg>,
     t0_rx: watch::Receiver<Option<Instant>>,
 ) {
@@ -415,7 +421,7 @@ async fn worker(
     // the real deadline), never late. Deadlines only move forward, so most requests do
     // not touch the timer wheel at all.
     let mut watchdog = Box::pin(sleep_until(t0 + ctx.timeout));
-    let mut pacer = Pacer::new();
+    let me = Rc::new(Notify::new());
     loop {
         if ctx.stop.load(Relaxed) {
             break;
@@ -449,7 +455,7 @@ async fn worker(
                     // An idle connection waits for the slot. The wake-up's lateness is
                     // the generator's, not the server's, so latency counts from the
                     // actual send, below.
-                    pacer.sleep_until(sched).await;
+                    pacer.wait(sched, &me).await;
                     if ctx.stop.load(Relaxed) {
                         break;
                     }

@@ -1,44 +1,100 @@
-//! Precise waits for the open model's schedule.
+//! Precise, shared waits for the open model's schedule.
 //!
-//! tokio's timer wheel ticks in milliseconds: at a few thousand requests per second every
-//! request would go out up to 1 ms late and in bursts, which distorts both the load and
-//! the measurement. On Linux each connection gets a timerfd instead (hrtimer precision,
-//! tens of microseconds), driven by the same epoll loop; elsewhere, or if the timerfd
-//! cannot be created, the tokio timer is the fallback.
+//! tokio's timer wheel ticks in milliseconds: at a few thousand requests per second the
+//! requests would leave in 1 ms bursts, which distorts the load. One timer per connection
+//! is precise but costly (a timer interrupt per request; in a VM each one is an exit).
+//! So each worker thread has one [`Pacer`]: connections queue their slot (slots are taken
+//! in schedule order, so the queue is sorted), and one task sleeps until the earliest
+//! slot and releases every slot due within [`EARLY`]. On Linux it sleeps on a timerfd
+//! (hrtimer precision, driven by the same epoll loop); elsewhere, or if the timerfd cannot
+//! be created, on the tokio timer.
 
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::rc::Rc;
+use std::time::Duration;
+
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
-/// Waits shorter than this are not worth a syscall and a wake-up: send right away.
-const MIN_WAIT: std::time::Duration = std::time::Duration::from_micros(5);
+/// Slots due this soon are released in the same wake-up: caps timer wake-ups at
+/// ~20 000/s, while keeping sends within a few tens of microseconds of their schedule.
+const EARLY: Duration = Duration::from_micros(50);
 
+#[derive(Default)]
 pub(crate) struct Pacer {
+    queue: RefCell<VecDeque<(Instant, Rc<Notify>)>>,
+    kick: Notify,
+}
+
+impl Pacer {
+    /// Waits until `t`; `me` is the caller's own notifier. Callers on one thread must
+    /// call in non-decreasing `t` order (the schedule's order).
+    pub async fn wait(&self, t: Instant, me: &Rc<Notify>) {
+        if t <= Instant::now() + EARLY {
+            return;
+        }
+        let was_empty = {
+            let mut q = self.queue.borrow_mut();
+            q.push_back((t, me.clone()));
+            q.len() == 1
+        };
+        if was_empty {
+            self.kick.notify_one();
+        }
+        me.notified().await;
+    }
+
+    /// The releasing task; runs until aborted.
+    pub async fn run(self: Rc<Self>) {
+        let mut sleeper = Sleeper::new();
+        loop {
+            let front = self.queue.borrow().front().map(|(t, _)| *t);
+            match front {
+                None => self.kick.notified().await,
+                Some(t) => {
+                    let now = Instant::now();
+                    if t > now + EARLY {
+                        sleeper.sleep(t - now).await;
+                    }
+                    let horizon = Instant::now() + EARLY;
+                    let mut q = self.queue.borrow_mut();
+                    while let Some((t, n)) = q.front() {
+                        if *t > horizon {
+                            break;
+                        }
+                        n.notify_one();
+                        q.pop_front();
+                    }
+                }
+            }
+        }
+    }
+}
+
+struct Sleeper {
     #[cfg(target_os = "linux")]
     fd: Option<tokio::io::unix::AsyncFd<linux::Tfd>>,
 }
 
-impl Pacer {
-    pub fn new() -> Pacer {
-        Pacer {
+impl Sleeper {
+    fn new() -> Sleeper {
+        Sleeper {
             #[cfg(target_os = "linux")]
-            fd: linux::Tfd::new().and_then(|t| tokio::io::unix::AsyncFd::new(t).ok()),
+            fd: linux::Tfd::new().and_then(linux::register),
         }
     }
 
-    /// Sleeps until `t` (returns at once if it has passed).
-    pub async fn sleep_until(&mut self, t: Instant) {
-        let now = Instant::now();
-        if t <= now + MIN_WAIT {
-            return;
-        }
+    async fn sleep(&mut self, d: Duration) {
         #[cfg(target_os = "linux")]
         if let Some(fd) = &self.fd {
-            if linux::wait(fd, t - now).await.is_ok() {
+            if linux::wait(fd, d).await.is_ok() {
                 return;
             }
             // A failing timerfd should not stop the run: fall back for the rest.
             self.fd = None;
         }
-        tokio::time::sleep_until(t).await;
+        tokio::time::sleep(d).await;
     }
 }
 
@@ -72,6 +128,15 @@ mod linux {
         }
     }
 
+    /// `AsyncFd::new` is deprecated because a `T` that does not own its fd could let the
+    /// fd be closed while registered. `Tfd` owns it (an `OwnedFd` inside `TimerFd`) and
+    /// the `AsyncFd` owns the `Tfd`, so that cannot happen; the replacement,
+    /// `AsyncFd::register`, is `unsafe`, which this workspace forbids.
+    #[allow(deprecated)]
+    pub(super) fn register(t: Tfd) -> Option<AsyncFd<Tfd>> {
+        AsyncFd::new(t).ok()
+    }
+
     pub(super) async fn wait(fd: &AsyncFd<Tfd>, d: Duration) -> io::Result<()> {
         fd.get_ref()
             .0
@@ -82,7 +147,7 @@ mod linux {
             .map_err(io::Error::from)?;
         loop {
             let mut guard = fd.readable().await?;
-            // Reading the expiration count re-arms readiness; WouldBlock means a stale
+            // Reading the expiration count consumes the wake-up; WouldBlock means a stale
             // readiness from the previous wait, so wait again.
             match guard.try_io(|fd| {
                 let mut buf = [0u8; 8];

@@ -29,8 +29,10 @@ impl ProxyError {
     /// The status drove answers with: the single place where errors become statuses.
     pub fn status(self) -> StatusCode {
         match self {
-            ProxyError::NoBackend => StatusCode::SERVICE_UNAVAILABLE,
-            ProxyError::ConnectFailed | ProxyError::Broken => StatusCode::BAD_GATEWAY,
+            // Nothing could be reached: the service is unavailable (HAProxy's answer),
+            // and the client is told when to come back.
+            ProxyError::NoBackend | ProxyError::ConnectFailed => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Broken => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::BadRequest => StatusCode::BAD_REQUEST,
             ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -46,7 +48,7 @@ impl ProxyError {
     pub(crate) fn body(self) -> &'static str {
         match self {
             ProxyError::NoBackend => "503 Service Unavailable: no backend available\n",
-            ProxyError::ConnectFailed => "502 Bad Gateway: could not connect to a backend\n",
+            ProxyError::ConnectFailed => "503 Service Unavailable: could not connect to any backend\n",
             ProxyError::Broken => "502 Bad Gateway: the backend connection broke\n",
             ProxyError::Timeout => "504 Gateway Timeout: the backend did not answer in time\n",
             ProxyError::BadRequest => "400 Bad Request\n",

@@ -4,6 +4,8 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -38,15 +40,18 @@ pub(crate) struct Peer {
     addr: SocketAddr,
     ip_value: HeaderValue,
     trusted: bool,
+    /// A head with both Content-Length and Transfer-Encoding was read (see `framing`).
+    conflicting_framing: Arc<AtomicBool>,
 }
 
 impl Peer {
-    pub(crate) fn new(addr: SocketAddr, settings: &crate::ProxySettings) -> Peer {
+    pub(crate) fn new(addr: SocketAddr, settings: &crate::ProxySettings, conflicting_framing: Arc<AtomicBool>) -> Peer {
         let ip = canonical(addr.ip());
         Peer {
             addr,
             ip_value: HeaderValue::from_str(&ip.to_string()).unwrap_or(HeaderValue::from_static("unknown")),
             trusted: settings.trusted_proxies.iter().any(|c| c.contains(ip)),
+            conflicting_framing,
         }
     }
 }
@@ -161,7 +166,8 @@ impl Forwarder {
             )
         });
 
-        if let Err(e) = validate(&req, settings.max_body_size) {
+        let conflicting = peer.conflicting_framing.load(std::sync::atomic::Ordering::Relaxed) && req.headers().contains_key(header::TRANSFER_ENCODING);
+        if let Err(e) = validate(&req, settings.max_body_size, conflicting) {
             stats.rejected.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let resp = error_response(e, None);
             self.log(&log_head, peer.addr.ip(), &resp, None, start, 0, "");
@@ -294,6 +300,7 @@ impl Forwarder {
 
             // A connection: pooled, or new.
             let pooled = self.take_pooled(&backend);
+            let warm = pooled.is_some();
             let mut conn = match pooled {
                 Some(c) => c,
                 None => match Pool::connect(
@@ -326,11 +333,14 @@ impl Forwarder {
                 },
             };
 
+            // Latency for the EWMA excludes the connect: a new connection's handshake says
+            // nothing about how fast the backend answers.
+            let send_start = Instant::now();
             let send = conn.sender.try_send_request(req.take().expect("request present"));
             match tokio::time::timeout_at(try_deadline, send).await {
                 Ok(Ok(resp)) => {
                     let status = resp.status();
-                    let elapsed = try_start.elapsed();
+                    let elapsed = send_start.elapsed();
                     if settings.retry_on_5xx
                         && matches!(status.as_u16(), 502..=504)
                         && replay.is_some()
@@ -348,7 +358,7 @@ impl Forwarder {
                     }
                     in_flight.record(
                         if status.is_server_error() { Outcome::Http5xx } else { Outcome::Ok },
-                        elapsed,
+                        if warm { elapsed } else { Duration::ZERO },
                     );
                     let resp = self.relay(
                         resp,
@@ -577,8 +587,11 @@ fn content_length(h: &HeaderMap) -> Option<u64> {
 }
 
 /// Rejects what must never reach a backend.
-fn validate(req: &Request<Incoming>, max_body: u64) -> Result<(), ProxyError> {
+fn validate(req: &Request<Incoming>, max_body: u64, conflicting_framing: bool) -> Result<(), ProxyError> {
     let h = req.headers();
+    if conflicting_framing {
+        return Err(ProxyError::BadRequest);
+    }
     // HTTP/1.1 requires exactly one Host (RFC 9112 3.2); two are a smuggling shape.
     let hosts = h.get_all(header::HOST).iter().count();
     if hosts > 1 || (req.version() == Version::HTTP_11 && hosts == 0 && req.uri().authority().is_none()) {
@@ -608,7 +621,7 @@ fn error_response(e: ProxyError, request_id: Option<(Option<&HeaderName>, &Heade
     *resp.status_mut() = e.status();
     let h = resp.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
-    if e == ProxyError::NoBackend {
+    if e.status() == StatusCode::SERVICE_UNAVAILABLE {
         // Tell clients (and retrying load generators) when to come back, at once.
         h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     }

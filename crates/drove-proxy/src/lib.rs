@@ -15,6 +15,7 @@
 mod body;
 pub mod error;
 mod forward;
+mod framing;
 mod headers;
 mod log;
 mod pool;

@@ -94,7 +94,8 @@ struct Connection {
 
 impl Connection {
     async fn serve(mut self, stream: tokio::net::TcpStream, peer: SocketAddr) {
-        let peer_info = Rc::new(crate::forward::Peer::new(peer, &self.proxy.settings));
+        let stream = crate::framing::ScanStream::new(stream);
+        let peer_info = Rc::new(crate::forward::Peer::new(peer, &self.proxy.settings, stream.flag.clone()));
         let fwd = self.forwarder.clone();
         let service = hyper::service::service_fn(move |req| {
             let fwd = fwd.clone();

@@ -66,6 +66,9 @@ pub enum SupervisorError {
     /// The supervisor is shutting down.
     #[error("the supervisor is shutting down")]
     ShuttingDown,
+    /// The spawner thread could not be started.
+    #[error("cannot start the spawner thread: {0}")]
+    Spawner(#[source] std::io::Error),
     /// No slot index with a bindable port was found for a new instance.
     #[error("service {0}: no free instance slot with a bindable port")]
     NoFreeSlot(String),

@@ -116,7 +116,13 @@ pub(crate) struct InstanceLog {
 }
 
 impl InstanceLog {
-    pub fn new(id: &InstanceId, spec: &LogSpec, to_stdout: bool, color: bool, width: usize) -> Self {
+    pub fn new(
+        id: &InstanceId,
+        spec: &LogSpec,
+        to_stdout: bool,
+        color: bool,
+        width: usize,
+    ) -> Self {
         let path = log_path(&spec.dir, id);
         let file = match RotatingFile::open(path.clone(), spec) {
             Ok(f) => Some(Arc::new(Mutex::new(f))),
@@ -125,15 +131,7 @@ impl InstanceLog {
                 None
             }
         };
-        let stdout_prefix = to_stdout.then(|| {
-            let name = format!("{:<width$}", id.to_string());
-            if color {
-                let c = PALETTE[color_index(id)];
-                format!("\x1b[{c}m{name} |\x1b[0m ").into()
-            } else {
-                format!("{name} | ").into()
-            }
-        });
+        let stdout_prefix = to_stdout.then(|| prefix(id, color, width).into());
         InstanceLog {
             file,
             stdout_prefix,
@@ -159,6 +157,17 @@ impl InstanceLog {
     /// A line from the supervisor about this instance.
     pub fn system(&self, msg: &str) {
         self.line(format!("[drove] {msg}").as_bytes());
+    }
+}
+
+/// `web.2  | ` padded to `width`, coloured per instance when `color`.
+fn prefix(id: &InstanceId, color: bool, width: usize) -> String {
+    let name = format!("{:<width$}", id.to_string());
+    if color {
+        let c = PALETTE[color_index(id)];
+        format!("\x1b[{c}m{name} |\x1b[0m ")
+    } else {
+        format!("{name} | ")
     }
 }
 
@@ -239,10 +248,26 @@ mod tests {
             f.write_line(format!("line-{i:04}").as_bytes()).unwrap(); // 10 bytes + \n
         }
         assert_eq!(fs::read_to_string(&path).unwrap(), "line-0008\nline-0009\n");
-        assert_eq!(fs::read_to_string(rotated(&path, 1)).unwrap(), "line-0006\nline-0007\n");
-        assert_eq!(fs::read_to_string(rotated(&path, 2)).unwrap(), "line-0004\nline-0005\n");
+        assert_eq!(
+            fs::read_to_string(rotated(&path, 1)).unwrap(),
+            "line-0006\nline-0007\n"
+        );
+        assert_eq!(
+            fs::read_to_string(rotated(&path, 2)).unwrap(),
+            "line-0004\nline-0005\n"
+        );
         assert!(!rotated(&path, 3).exists());
         fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn stdout_prefixes() {
+        let id = InstanceId::new("web", 2);
+        assert_eq!(prefix(&id, false, 7), "web.2   | ");
+        let colored = prefix(&id, true, 5);
+        assert_eq!(colored, prefix(&id, true, 5), "stable");
+        assert!(colored.starts_with("\x1b[") && colored.ends_with("web.2 |\x1b[0m "));
+        assert_ne!(colored, prefix(&InstanceId::new("web", 3), true, 5));
     }
 
     #[tokio::test]
@@ -256,7 +281,7 @@ mod tests {
         let id = InstanceId::new("w", 1);
         let log = InstanceLog::new(&id, &spec, false, false, 3);
         let mut input = b"a\r\nb\n".to_vec();
-        input.extend(std::iter::repeat(b'x').take(MAX_LINE + 5));
+        input.extend(std::iter::repeat_n(b'x', MAX_LINE + 5));
         pump(&input[..], log).await;
         let s = fs::read_to_string(log_path(&dir, &id)).unwrap();
         let lines: Vec<&str> = s.lines().collect();

@@ -162,7 +162,11 @@ mod tests {
                 let mut b = [0u8; 1024];
                 let n = s.read(&mut b).await.unwrap();
                 let req = String::from_utf8_lossy(&b[..n]).to_string();
-                let code = if req.starts_with("GET /ok ") { 204 } else { 503 };
+                let code = if req.starts_with("GET /ok ") {
+                    204
+                } else {
+                    503
+                };
                 let _ = s
                     .write_all(format!("HTTP/1.1 {code} X\r\ncontent-length: 0\r\n\r\n").as_bytes())
                     .await;
@@ -174,9 +178,15 @@ mod tests {
         };
         let t = Duration::from_secs(2);
         let cwd = Path::new(".");
-        assert!(run(&http("/ok", None), Some(port), &[], cwd, t).await.is_ok());
-        assert!(run(&http("/no", None), Some(port), &[], cwd, t).await.is_err());
-        assert!(run(&http("/no", Some(503)), Some(port), &[], cwd, t).await.is_ok());
+        assert!(run(&http("/ok", None), Some(port), &[], cwd, t)
+            .await
+            .is_ok());
+        assert!(run(&http("/no", None), Some(port), &[], cwd, t)
+            .await
+            .is_err());
+        assert!(run(&http("/no", Some(503)), Some(port), &[], cwd, t)
+            .await
+            .is_ok());
         assert!(run(&ProbeKind::Tcp { addr: None }, Some(port), &[], cwd, t)
             .await
             .is_ok());

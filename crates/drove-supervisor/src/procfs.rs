@@ -61,7 +61,10 @@ pub(crate) fn usage_by_group(groups: &[i32]) -> HashMap<i32, GroupUsage> {
     };
     for e in dir.flatten() {
         let name = e.file_name();
-        let Some(pid) = name.to_str().filter(|n| n.bytes().all(|b| b.is_ascii_digit())) else {
+        let Some(pid) = name
+            .to_str()
+            .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        else {
             continue;
         };
         let Some(st) = read_stat(pid) else { continue };
@@ -83,9 +86,7 @@ pub(crate) fn group_members(pgid: i32) -> Vec<i32> {
     };
     dir.flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| {
-            read_stat(&pid.to_string()).is_some_and(|s| s.pgrp == pgid && !s.zombie)
-        })
+        .filter(|pid| read_stat(&pid.to_string()).is_some_and(|s| s.pgrp == pgid && !s.zombie))
         .collect()
 }
 

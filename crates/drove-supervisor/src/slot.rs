@@ -352,7 +352,11 @@ async fn wait_while_down(ctx: &mut SlotCtx, delay: Option<Duration>) -> bool {
                 ctx.set_state(InstanceState::Stopped);
                 return true;
             }
-            Some(SlotCmd::Stop { restart: true, reply, .. }) => {
+            Some(SlotCmd::Stop {
+                restart: true,
+                reply,
+                ..
+            }) => {
                 let _ = reply.send(());
                 return false; // start again now
             }
@@ -681,6 +685,9 @@ async fn drain(ctx: &SlotCtx, child: &mut Child) -> Option<std::io::Result<ExitS
 /// stopped.
 async fn terminate(ctx: &SlotCtx, child: &mut Child, pgid: i32, exited: bool) -> Option<ExitInfo> {
     let spec = &ctx.spec;
+    if exited && group_empty(pgid) {
+        return None;
+    }
     signal_group(pgid, spec.stop_signal);
     let deadline = Instant::now() + spec.stop_grace;
     let mut status = None;

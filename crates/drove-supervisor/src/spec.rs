@@ -225,7 +225,10 @@ impl ServiceSpec {
             }
             for (what, p) in [("ready", &self.ready), ("health", &self.health)] {
                 if let Some(p) = p {
-                    if matches!(p.kind, ProbeKind::Http { .. } | ProbeKind::Tcp { addr: None }) {
+                    if matches!(
+                        p.kind,
+                        ProbeKind::Http { .. } | ProbeKind::Tcp { addr: None }
+                    ) {
                         return bad(format!(
                             "{what} probe targets the instance port but the service has no port"
                         ));

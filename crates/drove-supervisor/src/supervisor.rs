@@ -81,10 +81,7 @@ impl Supervisor {
     ) -> Result<Supervisor, SupervisorError> {
         let rt = tokio::runtime::Handle::try_current().map_err(|_| SupervisorError::NoRuntime)?;
         let depth = validate(&specs)?;
-        let spawner = Spawner::start(rt).map_err(|e| SupervisorError::InvalidSpec {
-            service: String::new(),
-            reason: format!("cannot start the spawner thread: {e}"),
-        })?;
+        let spawner = Spawner::start(rt).map_err(SupervisorError::Spawner)?;
         let id_width = specs
             .iter()
             .map(|s| s.name.len() + 1 + digits(s.instances.max(1) + 1))
@@ -175,10 +172,7 @@ impl Supervisor {
                     restarts: s.restarts,
                     rss_bytes: u.map(|u| u.rss_bytes).or(s.rss_bytes),
                     cpu_seconds: u.map(|u| u.cpu_seconds).or(s.cpu_seconds),
-                    uptime: s
-                        .pid
-                        .and(s.started_at)
-                        .map(|t| t.elapsed()),
+                    uptime: s.pid.and(s.started_at).map(|t| t.elapsed()),
                     last_exit: s.last_exit,
                     backoff: s.backoff,
                 }
@@ -211,7 +205,12 @@ impl Supervisor {
             tracing::info!(service, from = have, to = n, "scaling down");
             let victims: Vec<SlotHandle> = {
                 let slots = lock(&svc.slots);
-                slots.values().rev().take((have - n) as usize).cloned().collect()
+                slots
+                    .values()
+                    .rev()
+                    .take((have - n) as usize)
+                    .cloned()
+                    .collect()
             };
             stop_all(&svc, victims).await;
         }
@@ -236,6 +235,7 @@ impl Supervisor {
             tracing::info!(old = %old.id, new = %new.id, "rolling restart: replacing");
             if let Err(reason) = wait_ready(&new, svc.spec.start_timeout()).await {
                 stop_all(&svc, vec![new.clone()]).await;
+                inner.check_running()?;
                 return Err(SupervisorError::RolloutAborted {
                     service: service.to_string(),
                     instance: new.id,
@@ -260,7 +260,8 @@ impl Supervisor {
         let h = self.inner.instance(id)?;
         let (tx, rx) = oneshot::channel();
         self.send(&h, SlotCmd::Drain(tx))?;
-        rx.await.unwrap_or_else(|_| Err(SupervisorError::UnknownInstance(id.clone())))
+        rx.await
+            .unwrap_or_else(|_| Err(SupervisorError::UnknownInstance(id.clone())))
     }
 
     /// Puts a drained instance back into rotation (`Undrained` event).
@@ -268,7 +269,8 @@ impl Supervisor {
         let h = self.inner.instance(id)?;
         let (tx, rx) = oneshot::channel();
         self.send(&h, SlotCmd::Undrain(tx))?;
-        rx.await.unwrap_or_else(|_| Err(SupervisorError::UnknownInstance(id.clone())))
+        rx.await
+            .unwrap_or_else(|_| Err(SupervisorError::UnknownInstance(id.clone())))
     }
 
     fn send(&self, h: &SlotHandle, cmd: SlotCmd) -> Result<(), SupervisorError> {
@@ -297,7 +299,8 @@ impl Supervisor {
                         // Loop: a slot created concurrently (before the flag was seen) is
                         // still stopped.
                         loop {
-                            let slots: Vec<SlotHandle> = lock(&svc.slots).values().cloned().collect();
+                            let slots: Vec<SlotHandle> =
+                                lock(&svc.slots).values().cloned().collect();
                             if slots.is_empty() {
                                 break;
                             }
@@ -495,7 +498,9 @@ async fn replace_worker(
         if inner.is_shutting_down() {
             return;
         }
-        let Some(old) = svc.slot(req.index) else { continue };
+        let Some(old) = svc.slot(req.index) else {
+            continue;
+        };
         if old.shared().pid != Some(req.pid) || old.state() != InstanceState::Ready {
             continue; // restarted or drained meanwhile
         }
@@ -566,10 +571,14 @@ async fn monitor(inner: Arc<Inner>) {
             let state = h.state();
             let mut s = h.shared();
             let Some(pid) = s.pid else { continue };
-            let Some(u) = usage.get(&(pid as i32)) else { continue };
+            let Some(u) = usage.get(&(pid as i32)) else {
+                continue;
+            };
             s.rss_bytes = Some(u.rss_bytes);
             s.cpu_seconds = Some(u.cpu_seconds);
-            let Some(limit) = svc.spec.max_memory else { continue };
+            let Some(limit) = svc.spec.max_memory else {
+                continue;
+            };
             if u.rss_bytes > limit && state == InstanceState::Ready && !s.replace_requested {
                 s.replace_requested = true;
                 drop(s);
@@ -616,7 +625,8 @@ fn validate(specs: &[ServiceSpec]) -> Result<Vec<usize>, SupervisorError> {
             return Ok(d);
         }
         if let Some(pos) = path.iter().position(|p| *p == i) {
-            let mut cycle: Vec<String> = path[pos..].iter().map(|p| specs[*p].name.clone()).collect();
+            let mut cycle: Vec<String> =
+                path[pos..].iter().map(|p| specs[*p].name.clone()).collect();
             cycle.push(specs[i].name.clone());
             return Err(SupervisorError::DependencyCycle(cycle));
         }
@@ -649,7 +659,12 @@ mod tests {
 
     #[test]
     fn dependency_depths_and_errors() {
-        let d = validate(&[spec("web", &["db", "cache"]), spec("db", &[]), spec("cache", &["db"])]).unwrap();
+        let d = validate(&[
+            spec("web", &["db", "cache"]),
+            spec("db", &[]),
+            spec("cache", &["db"]),
+        ])
+        .unwrap();
         assert_eq!(d, [2, 0, 1]);
         let e = validate(&[spec("a", &["b"]), spec("b", &["c"]), spec("c", &["a"])]).unwrap_err();
         assert_eq!(e.to_string(), "dependency cycle: a -> b -> c -> a");

@@ -27,7 +27,9 @@ impl Responder {
         let (st, lg) = (status.clone(), log.clone());
         tokio::spawn(async move {
             loop {
-                let Ok((mut sock, _)) = listener.accept().await else { return };
+                let Ok((mut sock, _)) = listener.accept().await else {
+                    return;
+                };
                 let (st, lg) = (st.clone(), lg.clone());
                 tokio::spawn(async move {
                     let mut buf = Vec::new();
@@ -40,7 +42,8 @@ impl Responder {
                     }
                     let code = st.load(Ordering::SeqCst);
                     lg.lock().unwrap().push(code);
-                    let mut resp = format!("HTTP/1.1 {code} X\r\nContent-Length: 0\r\nConnection: close\r\n");
+                    let mut resp =
+                        format!("HTTP/1.1 {code} X\r\nContent-Length: 0\r\nConnection: close\r\n");
                     for i in 0..extra_headers {
                         resp.push_str(&format!("X-{i}: y\r\n"));
                     }
@@ -54,7 +57,12 @@ impl Responder {
     }
 
     fn served(&self, code: u16) -> usize {
-        self.log.lock().unwrap().iter().filter(|&&c| c == code).count()
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|&&c| c == code)
+            .count()
     }
 }
 
@@ -119,10 +127,16 @@ fn up(b: &Balancer, id: &str) -> bool {
 async fn http_rise_and_fall() {
     let r = Responder::start(200, 0).await;
     let dead = closed_port().await;
-    let b = balancer(Algorithm::RoundRobin, vec![at("app", r.addr), at("dead", dead)]);
+    let b = balancer(
+        Algorithm::RoundRobin,
+        vec![at("app", r.addr), at("dead", dead)],
+    );
     let task = b.spawn_health_checks(http(None));
 
-    assert!(eventually(|| !up(&b, "dead")).await, "closed port goes down");
+    assert!(
+        eventually(|| !up(&b, "dead")).await,
+        "closed port goes down"
+    );
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(up(&b, "app"));
     for _ in 0..10 {
@@ -132,14 +146,20 @@ async fn http_rise_and_fall() {
     r.status.store(503, Ordering::SeqCst);
     assert!(eventually(|| !up(&b, "app")).await, "503 takes it down");
     let fails = r.served(503);
-    assert!((2..=3).contains(&fails), "down after fall=2 failures, saw {fails}");
+    assert!(
+        (2..=3).contains(&fails),
+        "down after fall=2 failures, saw {fails}"
+    );
     assert!(b.pick(&ctx(), &[]).is_none(), "everything down: None");
 
     r.status.store(200, Ordering::SeqCst);
     let ok_before = r.served(200);
     assert!(eventually(|| up(&b, "app")).await, "200 brings it back");
     let oks = r.served(200) - ok_before;
-    assert!((2..=3).contains(&oks), "up after rise=2 successes, saw {oks}");
+    assert!(
+        (2..=3).contains(&oks),
+        "up after rise=2 successes, saw {oks}"
+    );
     assert_eq!(pick_id(&b), "app");
     task.abort();
 }
@@ -148,7 +168,10 @@ async fn http_rise_and_fall() {
 async fn tcp_probe() {
     let listening = silent().await;
     let dead = closed_port().await;
-    let b = balancer(Algorithm::RoundRobin, vec![at("open", listening), at("dead", dead)]);
+    let b = balancer(
+        Algorithm::RoundRobin,
+        vec![at("open", listening), at("dead", dead)],
+    );
     let task = b.spawn_health_checks(ActiveHealth {
         kind: ProbeKind::Tcp,
         ..http(None)
@@ -175,9 +198,15 @@ async fn http_probe_that_never_answers_times_out() {
 async fn expect_status() {
     let no_content = Responder::start(204, 0).await;
     let ok = Responder::start(200, 0).await;
-    let b = balancer(Algorithm::RoundRobin, vec![at("204", no_content.addr), at("200", ok.addr)]);
+    let b = balancer(
+        Algorithm::RoundRobin,
+        vec![at("204", no_content.addr), at("200", ok.addr)],
+    );
     let task = b.spawn_health_checks(http(Some(204)));
-    assert!(eventually(|| !up(&b, "200")).await, "200 is not the expected 204");
+    assert!(
+        eventually(|| !up(&b, "200")).await,
+        "200 is not the expected 204"
+    );
     assert!(up(&b, "204"));
     task.abort();
 }
@@ -186,7 +215,10 @@ async fn expect_status() {
 async fn default_accepts_2xx_3xx_only() {
     let redirect = Responder::start(302, 0).await;
     let missing = Responder::start(404, 0).await;
-    let b = balancer(Algorithm::RoundRobin, vec![at("302", redirect.addr), at("404", missing.addr)]);
+    let b = balancer(
+        Algorithm::RoundRobin,
+        vec![at("302", redirect.addr), at("404", missing.addr)],
+    );
     let task = b.spawn_health_checks(http(None));
     assert!(eventually(|| !up(&b, "404")).await);
     assert!(up(&b, "302"));
@@ -199,11 +231,17 @@ async fn many_response_headers_do_not_fail_the_probe() {
     // More headers than the probe's parser has slots: the status line decides.
     let chatty = Responder::start(200, 40).await;
     let chatty_down = Responder::start(503, 40).await;
-    let b = balancer(Algorithm::RoundRobin, vec![at("chatty", chatty.addr), at("down", chatty_down.addr)]);
+    let b = balancer(
+        Algorithm::RoundRobin,
+        vec![at("chatty", chatty.addr), at("down", chatty_down.addr)],
+    );
     let task = b.spawn_health_checks(http(None));
     assert!(eventually(|| !up(&b, "down")).await);
     assert!(eventually(|| chatty.served(200) >= 4).await);
-    assert!(up(&b, "chatty"), "a healthy answer with many headers is healthy");
+    assert!(
+        up(&b, "chatty"),
+        "a healthy answer with many headers is healthy"
+    );
     task.abort();
 }
 
@@ -213,7 +251,10 @@ async fn probes_follow_set_changes() {
     let b = balancer(Algorithm::RoundRobin, vec![at("app", r.addr)]);
     let task = b.spawn_health_checks(http(None));
     b.upsert(at("late", closed_port().await));
-    assert!(eventually(|| !up(&b, "late")).await, "a backend added later is probed");
+    assert!(
+        eventually(|| !up(&b, "late")).await,
+        "a backend added later is probed"
+    );
     assert!(up(&b, "app"));
     task.abort();
 }
@@ -236,7 +277,10 @@ async fn probe_recovery_forgives_passive_ejection() {
     use drove_balancer::Outcome;
     let r = Responder::start(503, 0).await;
     let other = Responder::start(200, 0).await;
-    let b = balancer(Algorithm::RoundRobin, vec![at("app", r.addr), at("other", other.addr)]);
+    let b = balancer(
+        Algorithm::RoundRobin,
+        vec![at("app", r.addr), at("other", other.addr)],
+    );
     let task = b.spawn_health_checks(http(None));
     assert!(eventually(|| !up(&b, "app")).await);
     let t = b.find("app").unwrap();

@@ -4,8 +4,14 @@ use crate::support::*;
 
 fn with_backups(alg: Algorithm) -> std::sync::Arc<drove_balancer::Balancer> {
     let mut s = specs(3);
-    s.push(BackendSpec { backup: true, ..spec(7) });
-    s.push(BackendSpec { backup: true, ..spec(8) });
+    s.push(BackendSpec {
+        backup: true,
+        ..spec(7)
+    });
+    s.push(BackendSpec {
+        backup: true,
+        ..spec(8)
+    });
     balancer(alg, s)
 }
 
@@ -42,6 +48,12 @@ fn backups_only_when_every_primary_is_unavailable() {
 
 #[test]
 fn only_backups_configured() {
-    let b = balancer(Algorithm::RoundRobin, vec![BackendSpec { backup: true, ..spec(1) }]);
+    let b = balancer(
+        Algorithm::RoundRobin,
+        vec![BackendSpec {
+            backup: true,
+            ..spec(1)
+        }],
+    );
     assert_eq!(pick_id(&b), "web.1");
 }

@@ -73,7 +73,10 @@ fn assert_within(counts: &HashMap<String, usize>, n: usize, tolerance: f64) {
     let ideal = total as f64 / n as f64;
     for (id, &c) in counts {
         let dev = (c as f64 - ideal).abs() / ideal;
-        assert!(dev < tolerance, "{id}: {c} vs ideal {ideal} ({dev:.3}) {counts:?}");
+        assert!(
+            dev < tolerance,
+            "{id}: {c} vs ideal {ideal} ({dev:.3}) {counts:?}"
+        );
     }
 }
 
@@ -102,7 +105,10 @@ fn churn(before: &[String], after: &[String], changed: &str) -> (f64, f64) {
         .filter(|(a, b)| a.as_str() != changed && b.as_str() != changed)
         .collect::<Vec<_>>();
     let bystanders_moved = bystanders.iter().filter(|(a, b)| a != b).count();
-    (moved as f64 / before.len() as f64, bystanders_moved as f64 / before.len() as f64)
+    (
+        moved as f64 / before.len() as f64,
+        bystanders_moved as f64 / before.len() as f64,
+    )
 }
 
 #[test]
@@ -111,7 +117,10 @@ fn removing_one_of_ten_remaps_about_a_tenth() {
     for removed in [0usize, 4, 9] {
         let b = balancer(Algorithm::Hash, specs(10));
         let before = mapping(&b, &keys);
-        let nine: Vec<_> = specs(10).into_iter().filter(|s| s.id != format!("web.{removed}")).collect();
+        let nine: Vec<_> = specs(10)
+            .into_iter()
+            .filter(|s| s.id != format!("web.{removed}"))
+            .collect();
         b.set_backends(nine);
         let after = mapping(&b, &keys);
         let gone = format!("web.{removed}");
@@ -120,15 +129,15 @@ fn removing_one_of_ten_remaps_about_a_tenth() {
         println!("remove web.{removed} of 10: moved {moved:.4}, of which not on the removed one {bystanders:.4}");
         assert!(moved > 0.08 && moved < 0.15, "moved {moved}");
         // Every key of the removed backend moved; Maglev moves a few others too (it is
-        // "minimal disruption", not zero): keep that under 3% of all keys.
-        assert!(bystanders < 0.03, "bystanders moved {bystanders}");
+        // "minimal disruption", not zero; ~0.3% measured with the 65521-entry table).
+        assert!(bystanders < 0.01, "bystanders moved {bystanders}");
     }
 }
 
 #[test]
 fn adding_one_back_remaps_about_one_in_n_plus_one() {
     let keys = keys();
-    for n in [4usize, 9, 20] {
+    for n in [4usize, 9, 20, 99] {
         let b = balancer(Algorithm::Hash, specs(n));
         let before = mapping(&b, &keys);
         b.upsert(spec(n));
@@ -137,8 +146,13 @@ fn adding_one_back_remaps_about_one_in_n_plus_one() {
         let (moved, bystanders) = churn(&before, &after, &added);
         let ideal = 1.0 / (n + 1) as f64;
         println!("add 1 to {n}: moved {moved:.4} (ideal {ideal:.4}), bystanders {bystanders:.4}");
-        assert!(moved > ideal * 0.8 && moved < ideal * 1.5, "n={n}: moved {moved}, ideal {ideal}");
-        assert!(bystanders < 0.03, "bystanders moved {bystanders}");
+        // Maglev's extra churn grows with n at a fixed table size (1.6% for 99 -> 100,
+        // ideal 1%): bound it by one point over the ideal.
+        assert!(
+            moved > ideal * 0.9 && moved < ideal + 0.01,
+            "n={n}: moved {moved}, ideal {ideal}"
+        );
+        assert!(bystanders < 0.01, "bystanders moved {bystanders}");
         // Share of the newcomer is about 1/(n+1).
         let s = shares(&after)[&added] as f64 / keys.len() as f64;
         assert!((s - ideal).abs() / ideal < 0.1, "newcomer share {s}");
@@ -166,7 +180,10 @@ fn disabled_owner_keys_spread_and_come_back() {
     assert_eq!(spread.len(), 4, "{spread:?}");
     let orphans: usize = spread.values().sum();
     for (id, &c) in &spread {
-        assert!(c as f64 > orphans as f64 * 0.15, "{id} got {c} of {orphans}: {spread:?}");
+        assert!(
+            c as f64 > orphans as f64 * 0.15,
+            "{id} got {c} of {orphans}: {spread:?}"
+        );
     }
     b.set_enabled("web.2", true);
     assert_eq!(mapping(&b, &keys), before);

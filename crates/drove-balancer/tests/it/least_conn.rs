@@ -12,7 +12,8 @@ fn assert_always_least_loaded(weights: &[u32], picks: usize) -> Vec<u64> {
         for other in b.snapshot() {
             // chosen.in_flight / chosen.weight <= other.in_flight / other.weight
             assert!(
-                chosen.in_flight() * other.weight() as u64 <= other.in_flight() * chosen.weight() as u64,
+                chosen.in_flight() * other.weight() as u64
+                    <= other.in_flight() * chosen.weight() as u64,
                 "picked {} ({} in flight, w {}) over {} ({} in flight, w {})",
                 chosen.id(),
                 chosen.in_flight(),

@@ -46,7 +46,10 @@ async fn max_fails_within_fail_timeout_ejects_for_fail_timeout() {
     assert_eq!(t.failures(), 3);
     assert!(!picked(&b, 30).contains("web.1"));
     advance(FAIL_TIMEOUT - Duration::from_millis(1)).await;
-    assert!(!picked(&b, 30).contains("web.1"), "still ejected just before fail_timeout");
+    assert!(
+        !picked(&b, 30).contains("web.1"),
+        "still ejected just before fail_timeout"
+    );
     advance(Duration::from_millis(2)).await;
     assert!(picked(&b, 30).contains("web.1"), "back after fail_timeout");
     assert_eq!(t.ejections(), 1);
@@ -122,7 +125,12 @@ async fn max_ejected_percent_caps_ejections() {
             attempt(&b, &format!("web.{i}"), Outcome::ConnectFailed);
         }
     }
-    let ejected: Vec<_> = b.snapshot().iter().filter(|t| t.ejections() > 0).map(|t| t.id().to_string()).collect();
+    let ejected: Vec<_> = b
+        .snapshot()
+        .iter()
+        .filter(|t| t.ejections() > 0)
+        .map(|t| t.id().to_string())
+        .collect();
     assert_eq!(ejected, ["web.0", "web.1"]);
     assert_eq!(picked(&b, 40).len(), 2, "the two not ejected still serve");
     // Once the first ejections end, the others may be ejected in turn.
@@ -177,4 +185,32 @@ async fn record_then_finish_counts_one_outcome() {
     }
     assert_eq!(t.failures(), 2);
     assert_eq!(t.ejections(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn drained_backends_do_not_count_towards_the_cap() {
+    // Two instances, one drained for a rolling restart: the other must not be ejected,
+    // or nothing serves (all requests 503 for fail_timeout).
+    let b = passive(2, false, 50);
+    b.set_enabled("web.0", false);
+    for _ in 0..10 {
+        attempt(&b, "web.1", Outcome::ConnectFailed);
+    }
+    assert_eq!(b.find("web.1").unwrap().ejections(), 0);
+    assert_eq!(pick_id(&b), "web.1");
+}
+
+#[tokio::test]
+async fn zero_probe_interval_does_not_panic() {
+    let b = passive(1, false, 50);
+    let task = b.spawn_health_checks(drove_balancer::ActiveHealth {
+        kind: drove_balancer::ProbeKind::Tcp,
+        interval: Duration::ZERO,
+        timeout: Duration::from_millis(10),
+        rise: 1,
+        fall: 1,
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!task.is_finished(), "the probe task is still running");
+    task.abort();
 }

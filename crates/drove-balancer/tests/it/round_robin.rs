@@ -31,7 +31,9 @@ fn weights_give_exact_shares_over_each_period() {
 fn smooth_sequence_matches_nginx() {
     let b = balancer(Algorithm::RoundRobin, weighted(&[5, 1, 1]));
     let seq: Vec<String> = (0..70).map(|_| pick_id(&b)).collect();
-    let expected = ["web.0", "web.0", "web.1", "web.0", "web.2", "web.0", "web.0"];
+    let expected = [
+        "web.0", "web.0", "web.1", "web.0", "web.2", "web.0", "web.0",
+    ];
     for (i, id) in seq.iter().enumerate() {
         assert_eq!(id, expected[i % 7], "pick {i}: {seq:?}");
     }
@@ -42,7 +44,11 @@ fn longest_run(seq: &[String]) -> usize {
     let mut best = 0;
     let mut run = 0;
     for (i, id) in seq.iter().enumerate() {
-        run = if i > 0 && seq[i - 1] == *id { run + 1 } else { 1 };
+        run = if i > 0 && seq[i - 1] == *id {
+            run + 1
+        } else {
+            1
+        };
         best = best.max(run);
     }
     best
@@ -54,7 +60,13 @@ fn weighted_order_has_no_bursts() {
     // least any interleaving can do. (Across a period boundary runs may join, e.g.
     // `a a b a c a a | a a b ...`: nginx's stateful algorithm returns to all-zero
     // current weights after each period and does exactly the same.)
-    for weights in [vec![1, 2, 3], vec![5, 1, 1], vec![10, 1], vec![3, 3, 3, 1], vec![7, 5, 3, 2]] {
+    for weights in [
+        vec![1, 2, 3],
+        vec![5, 1, 1],
+        vec![10, 1],
+        vec![3, 3, 3, 1],
+        vec![7, 5, 3, 2],
+    ] {
         let b = balancer(Algorithm::RoundRobin, weighted(&weights));
         let total: u32 = weights.iter().sum();
         let max_w = *weights.iter().max().unwrap();

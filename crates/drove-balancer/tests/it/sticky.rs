@@ -17,11 +17,19 @@ fn valid_token_pins_while_available() {
         let target = b.find("web.3").unwrap();
         let token = target.sticky_token().to_string();
         for _ in 0..100 {
-            assert_eq!(b.pick(&with_token(&token), &[]).unwrap().id(), "web.3", "{alg:?}");
+            assert_eq!(
+                b.pick(&with_token(&token), &[]).unwrap().id(),
+                "web.3",
+                "{alg:?}"
+            );
         }
         // Even when it is the most loaded (stickiness beats least_conn / p2c).
         let _g: Vec<_> = (0..10).map(|_| b.start(&target)).collect();
-        assert_eq!(b.pick(&with_token(&token), &[]).unwrap().id(), "web.3", "{alg:?}");
+        assert_eq!(
+            b.pick(&with_token(&token), &[]).unwrap().id(),
+            "web.3",
+            "{alg:?}"
+        );
     }
 }
 
@@ -59,7 +67,8 @@ async fn ejected_target_falls_back() {
     let target = b.find("web.1").unwrap();
     let token = target.sticky_token().to_string();
     for _ in 0..3 {
-        b.start(&target).finish(Outcome::ConnectFailed, Duration::ZERO);
+        b.start(&target)
+            .finish(Outcome::ConnectFailed, Duration::ZERO);
     }
     for _ in 0..10 {
         assert_ne!(b.pick(&with_token(&token), &[]).unwrap().id(), "web.1");
@@ -84,7 +93,10 @@ fn excluded_target_falls_back() {
     let b = balancer(Algorithm::RoundRobin, specs(3));
     let t = b.find("web.0").unwrap();
     let token = t.sticky_token().to_string();
-    assert_ne!(b.pick(&with_token(&token), &[t.key()]).unwrap().id(), "web.0");
+    assert_ne!(
+        b.pick(&with_token(&token), &[t.key()]).unwrap().id(),
+        "web.0"
+    );
 }
 
 #[test]
@@ -118,8 +130,14 @@ fn token_of_a_backup_is_not_honoured_while_primaries_serve() {
     // A client pinned during an outage must go back to the primaries once they return:
     // backups serve only when no primary can.
     let mut s = specs(2);
-    s.push(BackendSpec { backup: true, ..spec(8) });
-    s.push(BackendSpec { backup: true, ..spec(9) });
+    s.push(BackendSpec {
+        backup: true,
+        ..spec(8)
+    });
+    s.push(BackendSpec {
+        backup: true,
+        ..spec(9)
+    });
     let b = balancer(Algorithm::RoundRobin, s);
     let token = b.find("web.9").unwrap().sticky_token().to_string();
     for _ in 0..10 {

@@ -31,7 +31,10 @@ pub fn weighted(weights: &[u32]) -> Vec<BackendSpec> {
     weights
         .iter()
         .enumerate()
-        .map(|(i, &w)| BackendSpec { weight: w, ..spec(i) })
+        .map(|(i, &w)| BackendSpec {
+            weight: w,
+            ..spec(i)
+        })
         .collect()
 }
 

@@ -70,7 +70,11 @@ fn p2c_ewma_prefers_faster_in_proportion() {
         b.start(s).finish(Outcome::Ok, Duration::from_millis(ms));
     }
     let c = counts(&b, 9_000);
-    let (a, m, z) = (count_of(&c, "web.0"), count_of(&c, "web.1"), count_of(&c, "web.2"));
+    let (a, m, z) = (
+        count_of(&c, "web.0"),
+        count_of(&c, "web.1"),
+        count_of(&c, "web.2"),
+    );
     assert!(a > m && m > z, "{c:?}");
 }
 
@@ -82,7 +86,8 @@ fn p2c_ewma_failures_push_a_backend_away() {
         b.start(&s).finish(Outcome::Ok, Duration::from_millis(5));
     }
     let bad = b.find("web.1").unwrap();
-    b.start(&bad).finish(Outcome::ConnectFailed, Duration::from_millis(1));
+    b.start(&bad)
+        .finish(Outcome::ConnectFailed, Duration::from_millis(1));
     let c = counts(&b, 3_000);
     assert_eq!(count_of(&c, "web.1"), 0, "{c:?}");
 }

@@ -20,7 +20,10 @@ async fn returns_true_when_guards_drop() {
     let start = tokio::time::Instant::now();
     assert!(b.wait_idle("web.0", Duration::from_secs(5)).await);
     let waited = start.elapsed();
-    assert!(waited >= Duration::from_millis(600) && waited < Duration::from_millis(700), "{waited:?}");
+    assert!(
+        waited >= Duration::from_millis(600) && waited < Duration::from_millis(700),
+        "{waited:?}"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -30,7 +33,10 @@ async fn returns_false_after_grace() {
     let start = tokio::time::Instant::now();
     assert!(!b.wait_idle("web.1", Duration::from_secs(2)).await);
     let waited = start.elapsed();
-    assert!(waited >= Duration::from_secs(2) && waited < Duration::from_millis(2_100), "{waited:?}");
+    assert!(
+        waited >= Duration::from_secs(2) && waited < Duration::from_millis(2_100),
+        "{waited:?}"
+    );
 }
 
 #[tokio::test(start_paused = true)]

@@ -168,6 +168,36 @@ async fn open_model_holds_the_rate_and_matches_server_latency() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_model_spreads_requests_below_the_millisecond() {
+    // 5000 req/s is one request every 200 µs. A millisecond timer would send them in
+    // bursts of five; the pacer keeps most gaps near 200 µs.
+    let arrivals = Arc::new(std::sync::Mutex::new(Vec::with_capacity(5000)));
+    let a = arrivals.clone();
+    let s = serve(move |_| {
+        a.lock().unwrap().push(std::time::Instant::now());
+        async { ok("x") }
+    })
+    .await;
+    let mut o = opts(&s.url, 8, Stop::Duration(Duration::from_secs(1)));
+    o.model = Model::Open { rate: 5000.0 };
+    let r = bench(o).await;
+    assert!(r.requests >= 4900, "{}", r.to_text());
+    let mut t = arrivals.lock().unwrap().clone();
+    t.sort();
+    let gaps: Vec<Duration> = t.windows(2).map(|w| w[1] - w[0]).collect();
+    let spaced = gaps
+        .iter()
+        .filter(|g| **g >= Duration::from_micros(80))
+        .count();
+    // Loose bound: shared CI machines preempt; bursts would put this near 20%.
+    assert!(
+        spaced * 100 >= gaps.len() * 60,
+        "{spaced} of {} gaps ≥ 80µs",
+        gaps.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stall_shows_in_corrected_latency_only() {
     // One connection, 100 req/s: request #50 stalls 500 ms, and the ~50 requests due
     // meanwhile wait behind it. Uncorrected latency (from the late send) hides that.

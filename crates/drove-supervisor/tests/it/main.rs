@@ -52,7 +52,7 @@ async fn ready_events_carry_addr_and_env() {
         let text = std::fs::read_to_string(&log).unwrap();
         assert!(text.contains("hello from 2"), "{text}");
         assert!(text.contains("[drove] started pid"), "{text}");
-        finish(&sup, st).await;
+        finish(&sup, &mut ev, st).await;
     })
     .await;
 }
@@ -62,8 +62,9 @@ async fn readiness_gates_ready() {
     bounded(60, async {
         let dir = TempDir::new("gate");
         let mut web = http_service("web", &dir);
-        web.command =
-            CommandSpec::Shell("sleep 1; exec python3 -m http.server {port} --bind 127.0.0.1".into());
+        web.command = CommandSpec::Shell(
+            "sleep 1; exec python3 -m http.server {port} --bind 127.0.0.1".into(),
+        );
         web.ready.as_mut().unwrap().kind = ProbeKind::Tcp { addr: None };
         let t0 = Instant::now();
         let (sup, mut ev) = start(vec![web]);
@@ -72,7 +73,7 @@ async fn readiness_gates_ready() {
         assert_eq!(st[0].state, InstanceState::Starting);
         ev.wait(10, |e| matches!(e, Seen::Ready(..))).await;
         assert!(t0.elapsed() >= Duration::from_secs(1), "{:?}", t0.elapsed());
-        finish(&sup, sup.status().await).await;
+        finish(&sup, &mut ev, sup.status().await).await;
     })
     .await;
 }
@@ -88,8 +89,12 @@ async fn killed_instance_is_restarted_after_backoff() {
         let pid = first.pid.unwrap();
         kill(Pid::from_raw(pid as i32), Sig::SIGKILL).unwrap();
         let id = InstanceId::new("web", 1);
-        assert_eq!(ev.wait(5, |e| matches!(e, Seen::Gone(_))).await, Seen::Gone(id.clone()));
-        ev.wait(5, |e| *e == Seen::State(id.clone(), InstanceState::Backoff)).await;
+        assert_eq!(
+            ev.wait(5, |e| matches!(e, Seen::Gone(_))).await,
+            Seen::Gone(id.clone())
+        );
+        ev.wait(5, |e| *e == Seen::State(id.clone(), InstanceState::Backoff))
+            .await;
         let Seen::Ready(rid, _) = ev.wait(10, |e| matches!(e, Seen::Ready(..))).await else {
             unreachable!()
         };
@@ -99,7 +104,7 @@ async fn killed_instance_is_restarted_after_backoff() {
         assert_ne!(now.pid, Some(pid));
         assert_eq!(now.last_exit.unwrap().signal, Some(9));
         assert!(!process_alive(pid));
-        finish(&sup, vec![first, now]).await;
+        finish(&sup, &mut ev, vec![first, now]).await;
     })
     .await;
 }
@@ -120,10 +125,19 @@ async fn crashloop_backs_off_and_spares_other_services() {
         let (sup, mut ev) = start(vec![bad, good]);
         let bad1 = InstanceId::new("bad", 1);
         let good1 = InstanceId::new("good", 1);
-        ev.wait(10, |e| *e == Seen::State(bad1.clone(), InstanceState::Crashloop)).await;
+        ev.wait(10, |e| {
+            *e == Seen::State(bad1.clone(), InstanceState::Crashloop)
+        })
+        .await;
         // Let it crash once more in crashloop.
-        ev.wait(5, |e| *e == Seen::State(bad1.clone(), InstanceState::Starting)).await;
-        ev.wait(5, |e| *e == Seen::State(bad1.clone(), InstanceState::Crashloop)).await;
+        ev.wait(5, |e| {
+            *e == Seen::State(bad1.clone(), InstanceState::Starting)
+        })
+        .await;
+        ev.wait(5, |e| {
+            *e == Seen::State(bad1.clone(), InstanceState::Crashloop)
+        })
+        .await;
         let starts: Vec<Instant> = ev
             .history
             .iter()
@@ -143,10 +157,45 @@ async fn crashloop_backs_off_and_spares_other_services() {
         let g = st.iter().find(|s| s.id == good1).unwrap();
         assert_eq!(g.state, InstanceState::Ready);
         assert_eq!(g.restarts, 0);
-        assert!(!ev.history.iter().any(|(_, e)| *e == Seen::Gone(good1.clone())));
+        assert!(!ev
+            .history
+            .iter()
+            .any(|(_, e)| *e == Seen::Gone(good1.clone())));
         let log = std::fs::read_to_string(sup.log_path(&bad1).unwrap()).unwrap();
         assert!(log.contains("boom") && log.contains("crashloop"), "{log}");
-        finish(&sup, st).await;
+        finish(&sup, &mut ev, st).await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn never_ready_instance_is_stopped_and_retried() {
+    bounded(30, async {
+        let dir = TempDir::new("never-ready");
+        let mut web = service("web", &dir, "exec sleep 1000");
+        let mut p = Probe::new(ProbeKind::Tcp { addr: None });
+        p.interval = Duration::from_millis(50);
+        p.start_timeout = Duration::from_millis(500);
+        web.ready = Some(p);
+        let (sup, mut ev) = start(vec![web]);
+        let id = InstanceId::new("web", 1);
+        let first = {
+            ev.wait(5, |e| {
+                *e == Seen::State(id.clone(), InstanceState::Starting)
+            })
+            .await;
+            sup.status().await
+        };
+        ev.wait(5, |e| *e == Seen::State(id.clone(), InstanceState::Backoff))
+            .await;
+        let st = sup.status().await;
+        assert_eq!(st[0].last_exit.unwrap().signal, Some(15), "{st:?}");
+        assert!(!ev.history.iter().any(|(_, e)| matches!(e, Seen::Ready(..))));
+        ev.wait(5, |e| {
+            *e == Seen::State(id.clone(), InstanceState::Starting)
+        })
+        .await;
+        finish(&sup, &mut ev, [first, st, sup.status().await].concat()).await;
     })
     .await;
 }
@@ -160,15 +209,18 @@ async fn restart_policies_never_and_on_failure() {
         let mut onf = service("onfailure", &dir, "exit 0");
         onf.restart.policy = Policy::OnFailure;
         let (sup, mut ev) = start(vec![never, onf]);
-        for name in ["never", "onfailure"] {
-            let id = InstanceId::new(name, 1);
-            ev.wait(5, |e| *e == Seen::State(id.clone(), InstanceState::Exited)).await;
-        }
+        let exited = |name| Seen::State(InstanceId::new(name, 1), InstanceState::Exited);
+        ev.seen_all(5, &[exited("never"), exited("onfailure")])
+            .await;
         sleep(Duration::from_millis(300)).await;
         let st = sup.status().await;
-        assert!(st.iter().all(|s| s.state == InstanceState::Exited && s.restarts == 0), "{st:?}");
+        assert!(
+            st.iter()
+                .all(|s| s.state == InstanceState::Exited && s.restarts == 0),
+            "{st:?}"
+        );
         assert!(sup.drain(&InstanceId::new("never", 1)).await.is_err());
-        finish(&sup, st).await;
+        finish(&sup, &mut ev, st).await;
     })
     .await;
 }
@@ -212,8 +264,12 @@ async fn rolling_restart_surges_and_waits_for_drain_ack() {
                 }
             }
         };
+        ev.drain_pending();
         assert_eq!(report.replaced.len(), 2);
-        let seq: Vec<Seen> = ev.history[seq_start..].iter().map(|(_, e)| e.clone()).collect();
+        let seq: Vec<Seen> = ev.history[seq_start..]
+            .iter()
+            .map(|(_, e)| e.clone())
+            .collect();
         let pos = |want: &Seen| {
             seq.iter()
                 .position(|e| match (e, want) {
@@ -227,7 +283,10 @@ async fn rolling_restart_surges_and_waits_for_drain_ack() {
             let ready = pos(&Seen::Ready(new.clone(), "0.0.0.0:0".parse().unwrap()));
             let draining = pos(&Seen::Draining(old.clone()));
             let gone = pos(&Seen::Gone(old.clone()));
-            assert!(last_gone <= ready && ready < draining && draining < gone, "{seq:?}");
+            assert!(
+                last_gone <= ready && ready < draining && draining < gone,
+                "{seq:?}"
+            );
             last_gone = gone;
         }
         for s in &before {
@@ -238,7 +297,7 @@ async fn rolling_restart_surges_and_waits_for_drain_ack() {
         assert!(after.iter().all(|s| s.state == InstanceState::Ready));
         let new_ids: Vec<_> = report.replaced.iter().map(|(_, n)| n.clone()).collect();
         assert!(after.iter().all(|s| new_ids.contains(&s.id)));
-        finish(&sup, after).await;
+        finish(&sup, &mut ev, after).await;
     })
     .await;
 }
@@ -259,7 +318,7 @@ async fn rolling_restart_aborts_when_new_instance_never_ready() {
         let before = sup.status().await;
         std::fs::write(dir.path().join("stuck"), "").unwrap();
         let t0 = Instant::now();
-        let err = sup.restart("web").await.unwrap_err();
+        let err = ev.pump_while(sup.restart("web")).await.unwrap_err();
         let SupervisorError::RolloutAborted { instance, replaced, .. } = &err else {
             panic!("{err}")
         };
@@ -273,7 +332,7 @@ async fn rolling_restart_aborts_when_new_instance_never_ready() {
         ev.drain_pending();
         assert!(ev.history.iter().any(|(_, e)| *e == Seen::Gone(instance.clone())));
         assert!(!ev.history.iter().any(|(_, e)| matches!(e, Seen::Draining(id) if id.index != 3)));
-        finish(&sup, after).await;
+        finish(&sup, &mut ev, after).await;
     })
     .await;
 }
@@ -289,7 +348,7 @@ async fn scale_up_and_down() {
         ev.ready_all(5, 2).await;
         let three = sup.status().await;
         assert_eq!(three.len(), 3);
-        sup.scale("web", 1).await.unwrap();
+        ev.pump_while(sup.scale("web", 1)).await.unwrap();
         ev.drain_pending();
         for i in [2, 3] {
             let id = InstanceId::new("web", i);
@@ -306,7 +365,7 @@ async fn scale_up_and_down() {
             sup.scale("nope", 1).await,
             Err(SupervisorError::UnknownService(_))
         ));
-        finish(&sup, three).await;
+        finish(&sup, &mut ev, three).await;
     })
     .await;
 }
@@ -343,7 +402,7 @@ async fn drain_and_undrain() {
             sup.undrain(&InstanceId::new("web", 9)).await,
             Err(SupervisorError::UnknownInstance(_))
         ));
-        finish(&sup, st).await;
+        finish(&sup, &mut ev, st).await;
     })
     .await;
 }
@@ -370,7 +429,7 @@ async fn max_memory_triggers_a_drained_replacement() {
         assert_eq!(st.iter().map(|s| s.id.clone()).collect::<Vec<_>>(), [new]);
         let log = std::fs::read_to_string(sup.log_path(&old).unwrap()).unwrap();
         assert!(log.contains("stopped"), "{log}");
-        finish(&sup, [first, st].concat()).await;
+        finish(&sup, &mut ev, [first, st].concat()).await;
     })
     .await;
 }
@@ -388,18 +447,20 @@ async fn failing_liveness_probe_replaces_the_instance() {
         std::fs::write(dir.path().join("alive.2"), "").unwrap();
         let (sup, mut ev) = start(vec![web]);
         let old = InstanceId::new("web", 1);
-        ev.wait(5, |e| matches!(e, Seen::Ready(id, _) if *id == old)).await;
+        ev.wait(5, |e| matches!(e, Seen::Ready(id, _) if *id == old))
+            .await;
         sleep(Duration::from_millis(500)).await;
         let first = sup.status().await;
         assert_eq!(first.len(), 1, "healthy instance was replaced: {first:?}");
         std::fs::remove_file(dir.path().join("alive.1")).unwrap();
-        ev.wait(10, |e| matches!(e, Seen::Ready(id, _) if id.index == 2)).await;
+        ev.wait(10, |e| matches!(e, Seen::Ready(id, _) if id.index == 2))
+            .await;
         ev.wait(5, |e| *e == Seen::Draining(old.clone())).await;
         ev.wait(5, |e| *e == Seen::Gone(old.clone())).await;
         let st = sup.status().await;
         assert_eq!(st.len(), 1);
         assert_eq!(st[0].id.index, 2);
-        finish(&sup, [first, st].concat()).await;
+        finish(&sup, &mut ev, [first, st].concat()).await;
     })
     .await;
 }
@@ -423,14 +484,18 @@ async fn shutdown_kills_grandchildren_and_stubborn_groups() {
             }
         }
         let t0 = Instant::now();
-        sup.shutdown().await;
-        assert!(t0.elapsed() >= Duration::from_millis(700), "stubborn group was not given its grace");
+        ev.pump_while(sup.shutdown()).await;
+        assert!(
+            t0.elapsed() >= Duration::from_millis(700),
+            "stubborn group was not given its grace"
+        );
         for s in &st {
             assert_eq!(group_members(s.pid.unwrap() as i32), Vec::<i32>::new());
         }
-        let log = std::fs::read_to_string(sup.log_path(&InstanceId::new("stubborn", 1)).unwrap()).unwrap();
+        let log = std::fs::read_to_string(sup.log_path(&InstanceId::new("stubborn", 1)).unwrap())
+            .unwrap();
         assert!(log.contains("SIGKILL"), "{log}");
-        finish(&sup, st).await;
+        finish(&sup, &mut ev, st).await;
     })
     .await;
 }
@@ -440,8 +505,9 @@ async fn dependencies_start_first_and_stop_last() {
     bounded(60, async {
         let dir = TempDir::new("deps");
         let mut db = http_service("db", &dir);
-        db.command =
-            CommandSpec::Shell("sleep 1; exec python3 -m http.server {port} --bind 127.0.0.1".into());
+        db.command = CommandSpec::Shell(
+            "sleep 1; exec python3 -m http.server {port} --bind 127.0.0.1".into(),
+        );
         let mut web = service("web", &dir, "exec sleep 1000");
         web.depends_on = vec!["db".into()];
         web.instances = 2;
@@ -449,19 +515,26 @@ async fn dependencies_start_first_and_stop_last() {
         let (sup, mut ev) = start(vec![web, db]);
         sleep(Duration::from_millis(500)).await;
         assert!(sup.status().await.iter().all(|s| s.id.service == "db"));
-        ev.wait(10, |e| matches!(e, Seen::Ready(id, _) if id.index == 2 && id.service == "web")).await;
-        let db_ready = ev.position_where(|e| matches!(e, Seen::Ready(id, _) if id.service == "db")).unwrap();
+        ev.wait(
+            10,
+            |e| matches!(e, Seen::Ready(id, _) if id.index == 2 && id.service == "web"),
+        )
+        .await;
+        let db_ready = ev
+            .position_where(|e| matches!(e, Seen::Ready(id, _) if id.service == "db"))
+            .unwrap();
         let web_start = ev
-            .position_where(|e| matches!(e, Seen::State(id, InstanceState::Starting) if id.service == "web"))
+            .position_where(
+                |e| matches!(e, Seen::State(id, InstanceState::Starting) if id.service == "web"),
+            )
             .unwrap();
         assert!(db_ready < web_start);
         let st = sup.status().await;
-        sup.shutdown().await;
-        ev.drain_pending();
+        ev.pump_while(sup.shutdown()).await;
         let db_gone = ev.position(&Seen::Gone(InstanceId::new("db", 1))).unwrap();
         let web_gone = ev.position(&Seen::Gone(InstanceId::new("web", 2))).unwrap();
         assert!(web_gone < db_gone);
-        finish(&sup, st).await;
+        finish(&sup, &mut ev, st).await;
     })
     .await;
 }
@@ -474,13 +547,19 @@ async fn invalid_specs_are_rejected() {
     a.depends_on = vec!["b".into()];
     let mut b = service("b", &dir, "true");
     b.depends_on = vec!["a".into()];
-    let err = Supervisor::start(vec![a.clone(), b], tx.clone(), Default::default()).err().unwrap();
+    let err = Supervisor::start(vec![a.clone(), b], tx.clone(), Default::default())
+        .err()
+        .unwrap();
     assert_eq!(err.to_string(), "dependency cycle: a -> b -> a");
-    let err = Supervisor::start(vec![a], tx.clone(), Default::default()).err().unwrap();
+    let err = Supervisor::start(vec![a], tx.clone(), Default::default())
+        .err()
+        .unwrap();
     assert!(matches!(err, SupervisorError::UnknownDependency { .. }));
     let mut p = service("p", &dir, "serve {port}");
     p.port = PortSpec::None;
-    let err = Supervisor::start(vec![p], tx, Default::default()).err().unwrap();
+    let err = Supervisor::start(vec![p], tx, Default::default())
+        .err()
+        .unwrap();
     assert!(err.to_string().contains("no port"), "{err}");
 }
 
@@ -493,9 +572,16 @@ async fn base_ports_and_argv_commands() {
         web.port = PortSpec::Base(base);
         web.instances = 2;
         web.command = CommandSpec::Argv(
-            ["python3", "-m", "http.server", "{port}", "--bind", "127.0.0.1"]
-                .map(String::from)
-                .to_vec(),
+            [
+                "python3",
+                "-m",
+                "http.server",
+                "{port}",
+                "--bind",
+                "127.0.0.1",
+            ]
+            .map(String::from)
+            .to_vec(),
         );
         let (sup, mut ev) = start(vec![web]);
         let mut ports = Vec::new();
@@ -507,11 +593,69 @@ async fn base_ports_and_argv_commands() {
             ports.push(addr.port());
         }
         // The surge instance of a rolling restart takes slot 3 = base + 2.
-        let report = sup.restart("web").await.unwrap();
+        let report = ev.pump_while(sup.restart("web")).await.unwrap();
         assert_eq!(report.replaced[0].1, InstanceId::new("web", 3));
         let st = sup.status().await;
         assert!(st.iter().any(|s| s.port == Some(base + 2)));
-        finish(&sup, st).await;
+        finish(&sup, &mut ev, st).await;
+    })
+    .await;
+}
+
+/// Not a test by itself: the supervisor half of `instances_die_with_a_killed_supervisor`,
+/// run in a re-executed copy of this test binary that the test then SIGKILLs.
+#[tokio::test]
+async fn pdeathsig_helper_process() {
+    let Some(dir) = std::env::var_os("DROVE_SUP_PDEATHSIG_DIR") else {
+        return;
+    };
+    bounded(60, async {
+        let mut s = ServiceSpec::new("orphan", CommandSpec::Shell("exec sleep 1000".into()));
+        s.cwd = dir.clone().into();
+        s.logs.dir = std::path::PathBuf::from(dir).join("logs");
+        let (sup, mut ev) = start(vec![s]);
+        ev.ready_all(10, 1).await;
+        println!("PID {}", sup.status().await[0].pid.unwrap());
+        // Wait to be killed.
+        sleep(Duration::from_secs(50)).await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn instances_die_with_a_killed_supervisor() {
+    use tokio::io::AsyncBufReadExt;
+    bounded(60, async {
+        let dir = TempDir::new("pdeathsig");
+        let mut helper = tokio::process::Command::new(std::env::current_exe().unwrap())
+            .args(["pdeathsig_helper_process", "--exact", "--nocapture"])
+            .env("DROVE_SUP_PDEATHSIG_DIR", dir.path())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut lines = tokio::io::BufReader::new(helper.stdout.take().unwrap()).lines();
+        let pid: u32 = loop {
+            let line = lines
+                .next_line()
+                .await
+                .unwrap()
+                .expect("helper ended early");
+            if let Some(p) = line.strip_prefix("PID ") {
+                break p.trim().parse().unwrap();
+            }
+        };
+        assert!(process_alive(pid));
+        helper.start_kill().unwrap(); // SIGKILL: no cleanup code of the supervisor runs
+        helper.wait().await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while process_alive(pid) {
+            assert!(
+                Instant::now() < deadline,
+                "instance {pid} outlived its supervisor"
+            );
+            sleep(Duration::from_millis(20)).await;
+        }
     })
     .await;
 }

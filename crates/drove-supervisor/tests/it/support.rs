@@ -13,7 +13,10 @@ use tokio::time::Instant;
 
 /// Runs a test body with a hard time limit.
 pub async fn bounded<F: Future<Output = ()>>(secs: u64, f: F) {
-    if tokio::time::timeout(Duration::from_secs(secs), f).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(secs), f)
+        .await
+        .is_err()
+    {
         panic!("test did not finish within {secs}s");
     }
 }
@@ -89,12 +92,17 @@ pub fn start(specs: Vec<ServiceSpec>) -> (Supervisor, Events) {
 }
 
 /// Shuts down and checks that none of the given instances' groups survived.
-pub async fn finish(sup: &Supervisor, seen: Vec<InstanceStatus>) {
-    sup.shutdown().await;
+pub async fn finish(sup: &Supervisor, ev: &mut Events, seen: Vec<InstanceStatus>) {
+    ev.pump_while(sup.shutdown()).await;
     assert!(sup.status().await.is_empty());
     for s in seen {
         if let Some(pid) = s.pid {
-            assert_eq!(group_members(pid as i32), Vec::<i32>::new(), "{} left processes", s.id);
+            assert_eq!(
+                group_members(pid as i32),
+                Vec::<i32>::new(),
+                "{} left processes",
+                s.id
+            );
         }
     }
 }
@@ -139,13 +147,35 @@ impl Events {
         loop {
             let e = tokio::time::timeout_at(deadline, self.rx.recv())
                 .await
-                .unwrap_or_else(|_| panic!("no matching event within {secs}s; seen: {:#?}", self.history))
+                .unwrap_or_else(|_| {
+                    panic!(
+                        "no matching event within {secs}s; seen: {:#?}",
+                        self.history
+                    )
+                })
                 .expect("event channel closed");
             let s = Seen::from(&e);
             self.push(s.clone());
             if pred(&s) {
                 return s;
             }
+        }
+    }
+
+    /// Waits until every event in `want` has been seen (at any time, in any order).
+    pub async fn seen_all(&mut self, secs: u64, want: &[Seen]) {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while !want.iter().all(|w| self.position(w).is_some()) {
+            let e = tokio::time::timeout_at(deadline, self.rx.recv())
+                .await
+                .unwrap_or_else(|_| {
+                    panic!(
+                        "not all of {want:?} within {secs}s; seen: {:#?}",
+                        self.history
+                    )
+                })
+                .expect("event channel closed");
+            self.push(Seen::from(&e));
         }
     }
 
@@ -159,6 +189,20 @@ impl Events {
         }
         v.sort();
         v
+    }
+
+    /// Runs `f` while recording (and so acknowledging) events; returns its output.
+    pub async fn pump_while<T>(&mut self, f: impl Future<Output = T>) -> T {
+        let mut f = std::pin::pin!(f);
+        loop {
+            tokio::select! {
+                out = &mut f => {
+                    self.drain_pending();
+                    return out;
+                }
+                Some(e) = self.rx.recv() => self.push(Seen::from(&e)),
+            }
+        }
     }
 
     /// Records what is already queued.

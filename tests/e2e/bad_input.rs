@@ -1,0 +1,116 @@
+//! Bad input: malformed and smuggling-shaped requests, oversize heads, config errors.
+//! Each is answered by drove with a 4xx and never reaches a backend.
+
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+use drove_test_support::http;
+use drove_test_support::{demo, Drove};
+
+use crate::{drove, static_config};
+
+/// Requests the backend has seen (the /stats call itself included).
+fn backend_requests(addr: std::net::SocketAddr) -> u64 {
+    http::get(addr, "/stats").unwrap().json()["requests"].as_u64().unwrap()
+}
+
+#[test]
+fn malformed_and_smuggling_requests_never_reach_a_backend() {
+    let b = demo(drove(), "only");
+    let d = Drove::up(drove(), &static_config(&[b.addr], "max_body_size = \"1KiB\""));
+    let mut seen = backend_requests(b.addr);
+    let cases: Vec<(&str, Vec<u8>, u16)> = vec![
+        ("garbage request line", b"HELLO\r\n\r\n".to_vec(), 400),
+        ("bad header name", b"GET / HTTP/1.1\r\nHost: t\r\nBad Header: x\r\n\r\n".to_vec(), 400),
+        (
+            "conflicting Content-Length and Transfer-Encoding",
+            b"POST /count HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n".to_vec(),
+            400,
+        ),
+        (
+            "two Content-Length values",
+            b"POST /count HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\nabcd".to_vec(),
+            400,
+        ),
+        (
+            "non-chunked Transfer-Encoding",
+            b"POST /count HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip\r\n\r\n".to_vec(),
+            400,
+        ),
+        ("two Host headers", b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n".to_vec(), 400),
+        ("HTTP/1.1 without Host", b"GET / HTTP/1.1\r\n\r\n".to_vec(), 400),
+        (
+            "body over max_body_size",
+            b"POST /count HTTP/1.1\r\nHost: t\r\nContent-Length: 5000\r\n\r\n".to_vec(),
+            413,
+        ),
+    ];
+    for (name, raw, want) in &cases {
+        let r = http::raw(d.addr(), raw).unwrap_or_else(|e| panic!("{name}: no response: {e}"));
+        assert_eq!(r.status, *want, "{name}");
+        // Only our own /stats call was added.
+        let now = backend_requests(b.addr);
+        assert_eq!(now, seen + 1, "{name}: reached the backend");
+        seen = now;
+    }
+    // Oversize head: 431.
+    let big = format!("GET / HTTP/1.1\r\nHost: t\r\nX-Big: {}\r\n\r\n", "a".repeat(64 * 1024));
+    let r = http::raw(d.addr(), big.as_bytes()).expect("a response to an oversize head");
+    assert_eq!(r.status, 431);
+    assert_eq!(backend_requests(b.addr), seen + 1, "the oversize head did not reach the backend");
+    // And drove still serves.
+    assert_eq!(http::get(d.addr(), "/health").unwrap().status, 200);
+}
+
+#[test]
+fn slowloris_gets_cut_off() {
+    let b = demo(drove(), "only");
+    let d = Drove::up(drove(), &static_config(&[b.addr], "timeouts = { header = \"1s\", idle = \"1s\" }"));
+    let mut s = std::net::TcpStream::connect(d.addr()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n").unwrap();
+    let t0 = Instant::now();
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    let took = t0.elapsed();
+    assert!(took < Duration::from_secs(4), "connection held {took:?}");
+    assert!(took >= Duration::from_millis(800), "closed too early: {took:?}");
+}
+
+#[test]
+fn all_backends_down_is_an_immediate_503_with_retry_after() {
+    let dead: Vec<std::net::SocketAddr> = (0..2)
+        .map(|_| format!("127.0.0.1:{}", drove_test_support::free_port()).parse().unwrap())
+        .collect();
+    let d = Drove::up(drove(), &static_config(&dead, ""));
+    for _ in 0..5 {
+        let t0 = Instant::now();
+        let r = http::get(d.addr(), "/").unwrap();
+        assert!(r.status == 502 || r.status == 503, "{}", r.status);
+        assert!(t0.elapsed() < Duration::from_secs(2), "never a hang: {:?}", t0.elapsed());
+    }
+    // After the passive ejections, nothing is available: 503 + Retry-After at once.
+    let r = http::get(d.addr(), "/").unwrap();
+    assert_eq!(r.status, 503);
+    assert_eq!(r.header("retry-after"), Some("1"));
+}
+
+#[test]
+fn config_errors_are_reported_with_position_and_exit_64() {
+    let dir = drove_test_support::tempdir("check");
+    let path = dir.join("drove.toml");
+    std::fs::write(&path, "[balancer]\nlisten = \"127.0.0.1:8080\"\nbackends = [\"127.0.0.1:5001\"]\nalgoritm = \"least_conn\"\n").unwrap();
+    let out = std::process::Command::new(drove()).arg("check").arg("-c").arg(&path).output().unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("drove.toml:4:1"), "{err}");
+    assert!(err.contains("algoritm = \"least_conn\""), "the offending line is shown: {err}");
+    assert!(err.contains("algorithm"), "a suggestion: {err}");
+    // `drove up` refuses it the same way.
+    let out = std::process::Command::new(drove()).arg("up").arg("-c").arg(&path).output().unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    // A good file checks clean.
+    std::fs::write(&path, "[balancer]\nlisten = \"127.0.0.1:8080\"\nbackends = [\"127.0.0.1:5001\"]\n").unwrap();
+    let out = std::process::Command::new(drove()).arg("check").arg("-c").arg(&path).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}

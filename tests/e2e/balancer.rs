@@ -1,0 +1,317 @@
+//! The balancer over static `drove demo` backends: algorithms, stickiness, headers,
+//! WebSocket, access log, graceful shutdown.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use drove_test_support::http::{self, Conn};
+use drove_test_support::{demo, Demo, Drove};
+
+use crate::{drove, static_config};
+
+fn three() -> Vec<Demo> {
+    (1..=3).map(|i| demo(drove(), &format!("b{i}"))).collect()
+}
+
+fn count_instances(addr: std::net::SocketAddr, n: usize, path: &str, headers: &[(&str, &str)]) -> BTreeMap<String, u64> {
+    let mut c = Conn::open(addr, Duration::from_secs(5)).unwrap();
+    let mut m = BTreeMap::new();
+    for _ in 0..n {
+        let r = c.request("GET", path, headers, b"").unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+        *m.entry(r.header("x-drove-instance").unwrap().to_string()).or_insert(0) += 1;
+    }
+    m
+}
+
+#[test]
+fn round_robin_spreads_exactly_and_names_the_instance() {
+    let b = three();
+    let addrs: Vec<_> = b.iter().map(|d| d.addr).collect();
+    let d = Drove::up(drove(), &static_config(&addrs, ""));
+    let m = count_instances(d.addr(), 300, "/whoami", &[]);
+    assert_eq!(m.len(), 3, "{m:?}");
+    for (_, n) in &m {
+        assert_eq!(*n, 100, "round robin must be exact: {m:?}");
+    }
+    // The header names the backend that really served: /whoami says who it is.
+    let r = http::get(d.addr(), "/whoami").unwrap();
+    let who = r.json()["instance"].as_str().unwrap().to_string();
+    let served = r.header("x-drove-instance").unwrap();
+    let idx = addrs.iter().position(|a| a.to_string() == served).unwrap();
+    assert_eq!(who, format!("b{}", idx + 1));
+}
+
+#[test]
+fn weights_are_honoured() {
+    let b = three();
+    let cfg = format!(
+        "[balancer]\nlisten = \"127.0.0.1:0\"\nworkers = 1\ninstance_header = \"X-Drove-Instance\"\nbackends = [{{ addr = \"{}\", weight = 1, name = \"w1\" }}, {{ addr = \"{}\", weight = 2, name = \"w2\" }}, {{ addr = \"{}\", weight = 3, name = \"w3\" }}]\n",
+        b[0].addr, b[1].addr, b[2].addr
+    );
+    let d = Drove::up(drove(), &cfg);
+    let m = count_instances(d.addr(), 600, "/health", &[]);
+    assert_eq!(m.get("w1"), Some(&100), "{m:?}");
+    assert_eq!(m.get("w2"), Some(&200), "{m:?}");
+    assert_eq!(m.get("w3"), Some(&300), "{m:?}");
+}
+
+#[test]
+fn backup_only_when_primaries_are_gone() {
+    let mut b = three();
+    let dead = drove_test_support::free_port();
+    let cfg = format!(
+        "[balancer]\nlisten = \"127.0.0.1:0\"\nworkers = 1\ninstance_header = \"X-Drove-Instance\"\nbackends = [{{ addr = \"{}\", name = \"p1\" }}, {{ addr = \"127.0.0.1:{dead}\", name = \"p2\" }}, {{ addr = \"{}\", name = \"bk\", backup = true }}]\n",
+        b[0].addr, b[1].addr
+    );
+    let d = Drove::up(drove(), &cfg);
+    let m = count_instances(d.addr(), 50, "/health", &[]);
+    assert_eq!(m.get("bk"), None, "backup used while a primary is up: {m:?}");
+    drop(b.remove(0)); // kill p1's process
+    // Connect failures are retried, then p1 is ejected; the backup takes over.
+    let m = count_instances(d.addr(), 30, "/health", &[]);
+    assert_eq!(m.get("bk"), Some(&30), "{m:?}");
+}
+
+#[test]
+fn least_conn_avoids_the_busy_backend() {
+    let b: Vec<Demo> = (1..=2).map(|i| demo(drove(), &format!("b{i}"))).collect();
+    let addrs: Vec<_> = b.iter().map(|d| d.addr).collect();
+    let d = Drove::up(drove(), &static_config(&addrs, "algorithm = \"least_conn\""));
+    // Hold 3 slow requests: least_conn puts them 2/1; then every quick request goes to
+    // the backend with fewer in flight.
+    let addr = d.addr();
+    let slow: Vec<_> = (0..3)
+        .map(|_| std::thread::spawn(move || http::get(addr, "/slow?ms=1500").unwrap()))
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let status = d.status();
+    let inflight: Vec<u64> = status["balancer"]["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["in_flight"].as_u64().unwrap())
+        .collect();
+    assert_eq!(inflight.iter().sum::<u64>(), 3, "exact in-flight counts: {inflight:?}");
+    let busy = if inflight[0] > inflight[1] { 0 } else { 1 };
+    let m = count_instances(addr, 20, "/health", &[]);
+    assert_eq!(m.get(&addrs[1 - busy].to_string()), Some(&20), "{m:?} in flight {inflight:?}");
+    for t in slow {
+        assert_eq!(t.join().unwrap().status, 200);
+    }
+}
+
+#[test]
+fn hash_on_a_header_is_consistent_and_ip_hash_pins_a_client() {
+    let b = three();
+    let addrs: Vec<_> = b.iter().map(|d| d.addr).collect();
+    let d = Drove::up(drove(), &static_config(&addrs, "algorithm = \"hash\"\nhash_key = \"header:X-User\""));
+    let mut owners = BTreeMap::new();
+    for u in 0..60 {
+        let user = format!("user-{u}");
+        let m = count_instances(d.addr(), 5, "/health", &[("X-User", &user)]);
+        assert_eq!(m.len(), 1, "one user, one backend: {m:?}");
+        owners.insert(user, m.keys().next().unwrap().clone());
+    }
+    let spread: std::collections::BTreeSet<_> = owners.values().collect();
+    assert_eq!(spread.len(), 3, "60 keys reach all 3 backends");
+    drop(d);
+
+    let d = Drove::up(drove(), &static_config(&addrs, "algorithm = \"ip_hash\""));
+    let m = count_instances(d.addr(), 30, "/health", &[]);
+    assert_eq!(m.len(), 1, "one client IP, one backend: {m:?}");
+}
+
+#[test]
+fn p2c_and_random_two_use_every_backend() {
+    let b = three();
+    let addrs: Vec<_> = b.iter().map(|d| d.addr).collect();
+    for alg in ["random_two", "p2c_ewma"] {
+        let d = Drove::up(drove(), &static_config(&addrs, &format!("algorithm = \"{alg}\"")));
+        let m = count_instances(d.addr(), 300, "/health", &[]);
+        assert_eq!(m.len(), 3, "{alg}: {m:?}");
+        // random_two on idle equal backends is a coin toss between two: roughly even.
+        // p2c_ewma prefers the fastest, so only ask that none is starved.
+        let min = if alg == "random_two" { 60 } else { 10 };
+        for n in m.values() {
+            assert!(*n >= min, "{alg}: {m:?}");
+        }
+    }
+}
+
+#[test]
+fn sticky_cookie_pins_and_falls_back_when_drained() {
+    let b = three();
+    let addrs: Vec<_> = b.iter().map(|d| d.addr).collect();
+    let d = Drove::up(drove(), &static_config(&addrs, "sticky = { cookie = \"drove_sticky\" }"));
+    let first = http::get(d.addr(), "/health").unwrap();
+    let set = first.header("set-cookie").expect("a sticky cookie is set").to_string();
+    let cookie = set.split(';').next().unwrap().to_string();
+    let pinned = first.header("x-drove-instance").unwrap().to_string();
+    let m = count_instances(d.addr(), 50, "/health", &[("Cookie", &cookie)]);
+    assert_eq!(m.get(&pinned), Some(&50), "{m:?}");
+    // A pinned client does not get the cookie again.
+    let again = http::request(d.addr(), "GET", "/health", &[("Cookie", &cookie)], b"").unwrap();
+    assert!(again.header("set-cookie").is_none());
+    // Drain the pinned backend: the client moves, and gets a new cookie.
+    let r = d.post("/api/drain", &serde_json::json!({ "instance": pinned }));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let moved = http::request(d.addr(), "GET", "/health", &[("Cookie", &cookie)], b"").unwrap();
+    assert_eq!(moved.status, 200);
+    assert_ne!(moved.header("x-drove-instance").unwrap(), pinned);
+    assert!(moved.header("set-cookie").is_some());
+    // Garbage cookies fall back cleanly.
+    let g = http::request(d.addr(), "GET", "/health", &[("Cookie", "drove_sticky=zzz")], b"").unwrap();
+    assert_eq!(g.status, 200);
+}
+
+#[test]
+fn forwarded_headers_request_id_and_hop_by_hop() {
+    let b = three();
+    let addrs: Vec<_> = b.iter().map(|d| d.addr).collect();
+    let d = Drove::up(drove(), &static_config(&addrs, ""));
+    let r = http::request(
+        d.addr(),
+        "GET",
+        "/echo/headers",
+        &[
+            ("X-Forwarded-For", "6.6.6.6"),
+            ("X-Real-IP", "6.6.6.6"),
+            ("Connection", "keep-alive, X-Secret"),
+            ("X-Secret", "hop"),
+            ("Keep-Alive", "timeout=5"),
+            ("Proxy-Connection", "keep-alive"),
+        ],
+        b"",
+    )
+    .unwrap();
+    let h = r.json();
+    // An untrusted client cannot spoof its address.
+    assert_eq!(h["x-forwarded-for"], "127.0.0.1", "{h}");
+    assert_eq!(h["x-real-ip"], "127.0.0.1");
+    assert_eq!(h["x-forwarded-proto"], "http");
+    assert_eq!(h["x-forwarded-host"], "test");
+    assert!(h.get("x-secret").is_none(), "headers named by Connection are stripped: {h}");
+    assert!(h.get("keep-alive").is_none());
+    assert!(h.get("proxy-connection").is_none());
+    let rid = h["x-request-id"].as_str().expect("a request id is generated");
+    assert_eq!(rid.len(), 16);
+    assert_eq!(r.header("x-request-id"), Some(rid), "the client sees the same id");
+    // A client's id is propagated.
+    let r = http::request(d.addr(), "GET", "/echo/headers", &[("X-Request-Id", "abc-123")], b"").unwrap();
+    assert_eq!(r.json()["x-request-id"], "abc-123");
+    drop(d);
+
+    // From a trusted proxy, X-Forwarded-For is kept and extended.
+    let d = Drove::up(drove(), &static_config(&addrs, "trusted_proxies = [\"127.0.0.0/8\"]"));
+    let r = http::request(d.addr(), "GET", "/echo/headers", &[("X-Forwarded-For", "6.6.6.6")], b"").unwrap();
+    let h = r.json();
+    assert_eq!(h["x-forwarded-for"], "6.6.6.6, 127.0.0.1", "{h}");
+    assert_eq!(h["x-real-ip"], "6.6.6.6");
+}
+
+#[test]
+fn bodies_stream_both_ways() {
+    let b = three();
+    let addrs: Vec<_> = b.iter().map(|d| d.addr).collect();
+    let d = Drove::up(drove(), &static_config(&addrs, ""));
+    let body: Vec<u8> = (0..4 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
+    let mut c = Conn::open(d.addr(), Duration::from_secs(10)).unwrap();
+    for _ in 0..3 {
+        let r = c.request("POST", "/echo", &[("Content-Type", "application/octet-stream")], &body).unwrap();
+        assert_eq!(r.status, 200);
+        assert_eq!(r.body.len(), body.len());
+        assert!(r.body == body, "echoed body differs");
+    }
+    // Chunked request body.
+    c.send_raw(b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n")
+        .unwrap();
+    let r = c.read_response(false).unwrap();
+    assert_eq!(r.text(), "hello world");
+}
+
+#[test]
+fn websocket_is_tunnelled_and_counted_in_flight() {
+    use std::io::{Read, Write};
+    let b: Vec<Demo> = (1..=2).map(|i| demo(drove(), &format!("b{i}"))).collect();
+    let addrs: Vec<_> = b.iter().map(|d| d.addr).collect();
+    let d = Drove::up(drove(), &static_config(&addrs, "algorithm = \"least_conn\""));
+    let mut s = std::net::TcpStream::connect(d.addr()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="), "{head}");
+    // A masked text frame "hi".
+    let mask = [1u8, 2, 3, 4];
+    let payload = b"hi";
+    let mut frame = vec![0x81, 0x80 | payload.len() as u8];
+    frame.extend_from_slice(&mask);
+    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    s.write_all(&frame).unwrap();
+    let mut resp = [0u8; 4];
+    s.read_exact(&mut resp).unwrap();
+    assert_eq!(resp, [0x81, 2, b'h', b'i']);
+    // The tunnel counts as in flight on its backend.
+    let st = d.status();
+    let inflight: u64 = st["balancer"]["backends"].as_array().unwrap().iter().map(|b| b["in_flight"].as_u64().unwrap()).sum();
+    assert_eq!(inflight, 1, "{st}");
+    assert_eq!(st["balancer"]["active_tunnels"], 1);
+    drop(s);
+    assert!(drove_test_support::wait_until(Duration::from_secs(5), || {
+        d.status()["balancer"]["active_tunnels"] == 0
+    }));
+}
+
+#[test]
+fn json_access_log_records_upstream_and_retries() {
+    let b = three();
+    let addrs: Vec<_> = b.iter().map(|d| d.addr).collect();
+    let dir = drove_test_support::tempdir("alog");
+    let log = dir.join("access.log");
+    let d = Drove::up(
+        drove(),
+        &static_config(&addrs, &format!("access_log = \"json\"\naccess_log_path = \"{}\"", log.display())),
+    );
+    let r = http::request(d.addr(), "GET", "/status/201", &[("X-Request-Id", "rid-1")], b"").unwrap();
+    assert_eq!(r.status, 201);
+    assert!(drove_test_support::wait_until(Duration::from_secs(5), || std::fs::read_to_string(&log)
+        .map(|s| s.contains("rid-1"))
+        .unwrap_or(false)));
+    let line = std::fs::read_to_string(&log).unwrap();
+    let v: serde_json::Value = serde_json::from_str(line.lines().last().unwrap()).unwrap();
+    assert_eq!(v["status"], 201);
+    assert_eq!(v["upstream_status"], 201);
+    assert_eq!(v["method"], "GET");
+    assert_eq!(v["target"], "/status/201");
+    assert_eq!(v["retries"], 0);
+    assert!(v["upstream"].as_str().unwrap().starts_with("127.0.0.1:"));
+    assert!(v["upstream_time"].as_f64().is_some());
+}
+
+#[test]
+fn sigterm_finishes_in_flight_requests_then_exits_zero() {
+    let b = three();
+    let addrs: Vec<_> = b.iter().map(|d| d.addr).collect();
+    let d = Drove::up(drove(), &static_config(&addrs, ""));
+    let addr = d.addr();
+    let slow = std::thread::spawn(move || http::get(addr, "/slow?ms=1000"));
+    std::thread::sleep(Duration::from_millis(200));
+    let t0 = Instant::now();
+    let status = d.stop();
+    assert!(status.success(), "exit status {status:?}");
+    let r = slow.join().unwrap().expect("the in-flight request completes");
+    assert_eq!(r.status, 200);
+    assert!(t0.elapsed() >= Duration::from_millis(500), "waited for the in-flight request");
+    // And the listener is closed.
+    assert!(std::net::TcpStream::connect(addr).is_err());
+}

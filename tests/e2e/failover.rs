@@ -1,0 +1,148 @@
+//! Failover under steady load with real signals: SIGKILL (a dead backend) and SIGSTOP
+//! (a frozen one), active and passive health transitions, and POST never replayed.
+
+use std::time::{Duration, Instant};
+
+use drove_test_support::load::{Load, LoadSpec};
+use drove_test_support::{demo, http, signal, wait_until, Demo, Drove};
+use nix::sys::signal::Signal;
+
+use crate::{drove, static_config};
+
+/// Demo-style health: active HTTP probes every 250 ms, down after 2 failures, plus
+/// passive ejection and a per-try timeout that bounds a frozen backend's cost.
+const HEALTH: &str = "health = { http = \"/health\", interval = \"250ms\", timeout = \"200ms\", rise = 2, fall = 2 }
+passive = { max_fails = 2, fail_timeout = \"5s\" }
+retries = { attempts = 2, per_try_timeout = \"500ms\" }";
+
+fn three() -> Vec<Demo> {
+    (1..=3).map(|i| demo(drove(), &format!("b{i}"))).collect()
+}
+
+fn backend_state(d: &Drove, id: &str) -> (bool, bool) {
+    let s = d.status();
+    let b = s["balancer"]["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["id"] == id)
+        .cloned()
+        .unwrap();
+    (b["healthy"] == true, b["enabled"] == true)
+}
+
+#[test]
+fn sigkill_of_a_backend_under_load_fails_no_request() {
+    let mut b = three();
+    let addrs: Vec<_> = b.iter().map(|d| d.addr).collect();
+    let d = Drove::up(drove(), &static_config(&addrs, HEALTH));
+    let load = Load::start(LoadSpec::get(d.addr(), "/whoami", 8));
+    std::thread::sleep(Duration::from_millis(700));
+    let victim = b.remove(1);
+    let victim_id = victim.addr.to_string();
+    assert!(signal(victim.proc.pid(), Signal::SIGKILL));
+    std::thread::sleep(Duration::from_millis(1500));
+    let (healthy, enabled) = backend_state(&d, &victim_id);
+    assert!(!healthy && enabled, "the dead backend is unhealthy, still enabled (health != enabled)");
+    let s = load.stop();
+    assert_eq!(s.failed, 0, "failed requests: {:?}", s.failures);
+    assert!(s.ok > 200, "steady load: {s:?}");
+    drop(victim);
+    let st = d.status();
+    assert!(st["balancer"]["retries"].as_u64().unwrap() >= 1 || st["balancer"]["connect_errors"] == 0, "{st}");
+}
+
+#[test]
+fn sigstop_of_a_backend_fails_no_get_and_ejects_it_within_a_second() {
+    let b = three();
+    let addrs: Vec<_> = b.iter().map(|d| d.addr).collect();
+    let d = Drove::up(drove(), &static_config(&addrs, HEALTH));
+    let load = Load::start(LoadSpec::get(d.addr(), "/whoami", 8));
+    std::thread::sleep(Duration::from_millis(700));
+    let victim = &b[0];
+    let victim_id = victim.addr.to_string();
+    assert!(signal(victim.proc.pid(), Signal::SIGSTOP));
+    let frozen_at = Instant::now();
+    let ejected = wait_until(Duration::from_secs(3), || !backend_state(&d, &victim_id).0);
+    let eject_time = frozen_at.elapsed();
+    std::thread::sleep(Duration::from_millis(1500));
+    let s = load.stop();
+    assert!(signal(victim.proc.pid(), Signal::SIGCONT));
+    assert!(ejected, "frozen backend never ejected");
+    assert!(eject_time < Duration::from_secs(1), "ejected after {eject_time:?}");
+    assert_eq!(s.failed, 0, "failed requests: {:?}", s.failures);
+    // None slower than the per-try timeout plus one retry (plus scheduling slack).
+    assert!(s.max_latency < Duration::from_millis(500 + 400), "slowest {:?}", s.max_latency);
+    // After SIGCONT, it comes back (rise = 2 probes).
+    assert!(wait_until(Duration::from_secs(5), || backend_state(&d, &victim_id).0), "never healthy again");
+}
+
+#[test]
+fn a_post_that_reached_a_frozen_backend_is_not_replayed() {
+    let b = three();
+    let addrs: Vec<_> = b.iter().map(|d| d.addr).collect();
+    // No active health: the frozen backend stays in rotation until passive ejection.
+    let cfg = static_config(
+        &addrs,
+        "passive = { max_fails = 100, fail_timeout = \"30s\" }\nretries = { attempts = 2, per_try_timeout = \"300ms\" }",
+    );
+    let d = Drove::up(drove(), &cfg);
+    assert!(signal(b[0].proc.pid(), Signal::SIGSTOP));
+    let mut sent = 0u64;
+    let mut timeouts = 0u64;
+    for _ in 0..30 {
+        let r = http::request(d.addr(), "POST", "/count", &[], b"x").unwrap();
+        sent += 1;
+        match r.status {
+            200 => {}
+            504 => timeouts += 1,
+            s => panic!("unexpected status {s}"),
+        }
+    }
+    // Round robin over 3 sends exactly every third POST to the frozen backend; each of
+    // those times out (504) and is NOT sent again elsewhere.
+    assert_eq!(timeouts, sent / 3, "POSTs to the frozen backend must fail, not be replayed");
+    let others: u64 = b[1..]
+        .iter()
+        .map(|x| http::get(x.addr, "/stats").unwrap().json()["post_count"].as_u64().unwrap())
+        .sum();
+    assert_eq!(others, sent - timeouts, "the other backends saw only their own POSTs");
+    assert_eq!(d.status()["balancer"]["retries"], 0, "no retry of a POST that was sent");
+    // GETs to the same frozen backend are retried instead: none fails.
+    assert!(signal(b[0].proc.pid(), Signal::SIGSTOP));
+    for _ in 0..12 {
+        assert_eq!(http::get(d.addr(), "/whoami").unwrap().status, 200);
+    }
+    assert!(signal(b[0].proc.pid(), Signal::SIGCONT));
+    assert!(d.status()["balancer"]["retries"].as_u64().unwrap() >= 4);
+}
+
+#[test]
+fn passive_ejection_and_recovery() {
+    let mut b = three();
+    let addrs: Vec<_> = b.iter().map(|d| d.addr).collect();
+    let d = Drove::up(
+        drove(),
+        &static_config(&addrs, "passive = { max_fails = 1, fail_timeout = \"1s\" }"),
+    );
+    let victim = b.remove(2);
+    let id = victim.addr.to_string();
+    let port = victim.addr.port();
+    drop(victim);
+    // A connect failure ejects it (and the request is retried elsewhere).
+    for _ in 0..6 {
+        assert_eq!(http::get(d.addr(), "/health").unwrap().status, 200);
+    }
+    assert!(!backend_state(&d, &id).0, "ejected after a connect failure");
+    // Bring a backend back on the same port: after fail_timeout it serves again.
+    let mut cmd = std::process::Command::new(drove());
+    cmd.arg("demo").env("PORT", port.to_string()).env("DROVE_INSTANCE", "b3-again");
+    let _again = drove_test_support::Proc::spawn(cmd);
+    assert!(wait_until(Duration::from_secs(5), || backend_state(&d, &id).0));
+    let mut seen = false;
+    for _ in 0..30 {
+        let r = http::get(d.addr(), "/whoami").unwrap();
+        seen |= r.json()["instance"] == "b3-again";
+    }
+    assert!(seen, "the recovered backend gets traffic again");
+}

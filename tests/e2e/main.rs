@@ -1,0 +1,22 @@
+//! End-to-end tests: the real `drove` binary, real child processes, real sockets and
+//! real signals. Every test is bounded in time and leaves no process behind (children
+//! run in their own process groups, killed on drop).
+
+mod balancer;
+mod bad_input;
+mod failover;
+
+use std::path::Path;
+
+pub fn drove() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_drove"))
+}
+
+/// A `[balancer]` over static backends, with extra balancer keys.
+pub fn static_config(backends: &[std::net::SocketAddr], extra: &str) -> String {
+    let list: Vec<String> = backends.iter().map(|a| format!("\"{a}\"")).collect();
+    format!(
+        "[balancer]\nlisten = \"127.0.0.1:0\"\nworkers = 1\nbackends = [{}]\ninstance_header = \"X-Drove-Instance\"\n{extra}\n",
+        list.join(", ")
+    )
+}
