@@ -9,7 +9,7 @@ use crate::Model;
 const W: f64 = 760.0;
 const H: f64 = 280.0;
 const LEFT: f64 = 64.0;
-const RIGHT: f64 = 16.0;
+const RIGHT: f64 = 44.0;
 const TOP: f64 = 16.0;
 const BOTTOM: f64 = 40.0;
 
@@ -28,7 +28,7 @@ pub(crate) fn render(r: &Report) -> String {
          <style>body{{font:14px/1.4 system-ui,sans-serif;margin:2em auto;max-width:800px;color:#222}}\
          table{{border-collapse:collapse;margin:.5em 0 1.5em}}td,th{{padding:2px 10px;text-align:right;border-bottom:1px solid #ddd}}\
          th:first-child,td:first-child{{text-align:left}}svg{{background:#fafafa;border:1px solid #ddd}}\
-         .axis{{stroke:#888}}.grid{{stroke:#e4e4e4}}text{{font-size:11px;fill:#555}}</style></head><body>\n",
+         </style></head><body>\n",
         esc(&title)
     );
     let model = match r.model {
@@ -272,7 +272,8 @@ fn line_chart(
     let sy = |y: f64| TOP + (1.0 - y / y_max) * (H - TOP - BOTTOM);
     let _ = writeln!(
         o,
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{H}\" viewBox=\"0 0 {W} {H}\">"
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{H}\" viewBox=\"0 0 {W} {H}\" \
+         font-family=\"system-ui,sans-serif\" font-size=\"11\" fill=\"#555\">"
     );
     // Horizontal grid and y labels.
     let mut y = 0.0;
@@ -280,7 +281,7 @@ fn line_chart(
         let py = sy(y);
         let _ = writeln!(
             o,
-            "<line class=\"grid\" x1=\"{LEFT}\" y1=\"{py:.1}\" x2=\"{:.1}\" y2=\"{py:.1}\"/>\
+            "<line stroke=\"#e4e4e4\" x1=\"{LEFT}\" y1=\"{py:.1}\" x2=\"{:.1}\" y2=\"{py:.1}\"/>\
              <text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>",
             W - RIGHT,
             LEFT - 6.0,
@@ -293,7 +294,7 @@ fn line_chart(
         let px = sx(*x);
         let _ = writeln!(
             o,
-            "<line class=\"grid\" x1=\"{px:.1}\" y1=\"{TOP}\" x2=\"{px:.1}\" y2=\"{:.1}\"/>\
+            "<line stroke=\"#e4e4e4\" x1=\"{px:.1}\" y1=\"{TOP}\" x2=\"{px:.1}\" y2=\"{:.1}\"/>\
              <text x=\"{px:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{}</text>",
             H - BOTTOM,
             H - BOTTOM + 14.0,
@@ -302,8 +303,8 @@ fn line_chart(
     }
     let _ = writeln!(
         o,
-        "<line class=\"axis\" x1=\"{LEFT}\" y1=\"{:.1}\" x2=\"{:.1}\" y2=\"{:.1}\"/>\
-         <line class=\"axis\" x1=\"{LEFT}\" y1=\"{TOP}\" x2=\"{LEFT}\" y2=\"{:.1}\"/>\
+        "<line stroke=\"#888\" x1=\"{LEFT}\" y1=\"{:.1}\" x2=\"{:.1}\" y2=\"{:.1}\"/>\
+         <line stroke=\"#888\" x1=\"{LEFT}\" y1=\"{TOP}\" x2=\"{LEFT}\" y2=\"{:.1}\"/>\
          <text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{}</text>\
          <text x=\"14\" y=\"{:.1}\" transform=\"rotate(-90 14 {:.1})\" text-anchor=\"middle\">{}</text>",
         H - BOTTOM,

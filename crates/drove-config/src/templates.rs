@@ -106,15 +106,23 @@ pub const BUILTIN_DEMO_TOML: &str = r#"# The built-in demo: three instances of t
 command = ["{drove}", "demo"]
 instances = 3
 port = "auto"
-ready = { http = "/ready" }
-# Demo-style health: a frozen instance fails two 500ms probes and leaves rotation fast.
-health = { http = "/health", interval = "1s", timeout = "500ms", rise = 1, fall = 2 }
+ready = { http = "/ready", interval = "100ms" }
+# Liveness: an instance that fails 3 probes 2s apart is restarted (drained first).
+health = { http = "/health", interval = "2s", timeout = "1s", rise = 1, fall = 3 }
+stop = { signal = "TERM", grace = "10s" }
 
 [balancer]
 listen = "127.0.0.1:8080"
 service = "web"
 algorithm = "round_robin"
 instance_header = "X-Drove-Instance"
+# Demo-style health: a frozen instance fails two 250ms probes and leaves rotation
+# within a second; connect errors and timeouts eject it even sooner.
+health = { http = "/health", interval = "250ms", timeout = "200ms", rise = 2, fall = 2 }
+passive = { max_fails = 2, fail_timeout = "5s" }
+# A request stuck on a frozen instance is retried elsewhere after 5s (GET and other
+# idempotent requests only; a POST that reached an instance is never replayed).
+retries = { attempts = 2, per_try_timeout = "5s" }
 
 [admin]
 listen = "127.0.0.1:9900"

@@ -34,7 +34,7 @@ pub use error::SupervisorError;
 pub use event::{
     ExitInfo, InstanceEvent, InstanceId, InstanceState, InstanceStatus, RollingReport,
 };
-pub use logs::log_path;
+pub use logs::{log_path, tail};
 pub use spec::{
     CommandSpec, LogSpec, Policy, PortSpec, Probe, ProbeKind, RestartPolicy, ServiceSpec, Signal,
 };

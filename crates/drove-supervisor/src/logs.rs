@@ -11,7 +11,9 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 
 use crate::event::InstanceId;
 use crate::spec::LogSpec;
@@ -23,9 +25,106 @@ const PALETTE: [u8; 6] = [36, 33, 32, 35, 34, 96];
 /// runaway write cannot grow memory without bound.
 const MAX_LINE: usize = 64 * 1024;
 
-/// Path of an instance's live log file.
+/// Path of an instance's live log file: `<logs.dir>/<service>.<index>.log`.
+///
+/// Layout: the live file is appended to across restarts of the slot's process. When a
+/// write would take it past `logs.max_size`, it is renamed to `<file>.1` (the previous
+/// `.1` becomes `.2`, … up to `.<keep>`; older files are deleted) and a new live file is
+/// started. stdout and stderr lines are interleaved in arrival order, without
+/// timestamps; lines the supervisor writes about the instance (started, ready, exited,
+/// restarting, stopped) start with `[drove] `. Following a file (`drove logs -f`) is left
+/// to the reader: reopen `<file>` when its size shrinks or its inode changes.
 pub fn log_path(dir: &Path, id: &InstanceId) -> PathBuf {
     dir.join(format!("{}.{}.log", id.service, id.index))
+}
+
+/// How often `tail` looks for new output when following.
+const FOLLOW_POLL: Duration = Duration::from_millis(200);
+
+/// Writes the last `last` lines of a log file to `out` and, with `follow`, keeps writing
+/// what is appended (like `tail -F`): when the file is rotated (its inode changes) or
+/// truncated, it continues from the start of the new file. Following ends only when the
+/// future is dropped or `out` fails; without `follow`, at the end of the file.
+pub async fn tail<W: AsyncWrite + Unpin>(
+    path: &Path,
+    last: usize,
+    follow: bool,
+    out: &mut W,
+) -> io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+
+    let open = |p: PathBuf| async move {
+        let f = tokio::fs::File::open(&p).await?;
+        let ino = f.metadata().await?.ino();
+        io::Result::Ok((f, ino))
+    };
+    let (mut file, mut ino) = match open(path.to_path_buf()).await {
+        Ok(x) => x,
+        Err(e) if follow && e.kind() == io::ErrorKind::NotFound => loop {
+            tokio::time::sleep(FOLLOW_POLL).await;
+            if let Ok(x) = open(path.to_path_buf()).await {
+                break x;
+            }
+        },
+        Err(e) => return Err(e),
+    };
+    // The last `last` lines: read backwards in blocks until enough newlines are seen.
+    let len = file.metadata().await?.len();
+    let mut start = len;
+    let mut newlines = 0usize;
+    let mut block = vec![0u8; 8192];
+    'back: while start > 0 && last > 0 {
+        let n = block.len().min(start as usize);
+        start -= n as u64;
+        file.seek(io::SeekFrom::Start(start)).await?;
+        file.read_exact(&mut block[..n]).await?;
+        for (i, b) in block[..n].iter().enumerate().rev() {
+            // The file's final newline ends the last line; it does not start one.
+            if *b == b'\n' && start + (i as u64) + 1 != len {
+                newlines += 1;
+                if newlines == last {
+                    start += i as u64 + 1;
+                    break 'back;
+                }
+            }
+        }
+    }
+    if last == 0 {
+        start = len;
+    }
+    file.seek(io::SeekFrom::Start(start)).await?;
+    let mut pos = start;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = file.read(&mut buf).await?;
+        if n > 0 {
+            out.write_all(&buf[..n]).await?;
+            pos += n as u64;
+            continue;
+        }
+        out.flush().await?;
+        if !follow {
+            return Ok(());
+        }
+        tokio::time::sleep(FOLLOW_POLL).await;
+        match tokio::fs::metadata(path).await {
+            Ok(m) if m.ino() != ino || m.len() < pos => {
+                // Rotated or truncated: finish the old file, then read the new one.
+                loop {
+                    let n = file.read(&mut buf).await?;
+                    if n == 0 {
+                        break;
+                    }
+                    out.write_all(&buf[..n]).await?;
+                }
+                if let Ok((f, i)) = open(path.to_path_buf()).await {
+                    (file, ino, pos) = (f, i, 0);
+                }
+            }
+            _ => {}
+        }
+    }
 }
 
 /// The rotated file number `n` (1 = newest) of a live log file.
@@ -268,6 +367,60 @@ mod tests {
         assert_eq!(colored, prefix(&id, true, 5), "stable");
         assert!(colored.starts_with("\x1b[") && colored.ends_with("web.2 |\x1b[0m "));
         assert_ne!(colored, prefix(&InstanceId::new("web", 3), true, 5));
+    }
+
+    #[tokio::test]
+    async fn tail_last_lines_and_follow_across_rotation() {
+        let dir = tmpdir("tail");
+        let spec = LogSpec {
+            dir: dir.clone(),
+            max_size: 40,
+            keep: 1,
+        };
+        let id = InstanceId::new("web", 1);
+        let path = log_path(&dir, &id);
+        let mut f = RotatingFile::open(path.clone(), &spec).unwrap();
+        for i in 0..3 {
+            f.write_line(format!("line-{i}").as_bytes()).unwrap();
+        }
+        let mut out = Vec::new();
+        tail(&path, 2, false, &mut out).await.unwrap();
+        assert_eq!(String::from_utf8_lossy(&out), "line-1\nline-2\n");
+        out.clear();
+        tail(&path, 10, false, &mut out).await.unwrap();
+        assert_eq!(String::from_utf8_lossy(&out), "line-0\nline-1\nline-2\n");
+        out.clear();
+        tail(&path, 0, false, &mut out).await.unwrap();
+        assert!(out.is_empty());
+
+        let (mut w, mut r) = tokio::io::duplex(4096);
+        let p = path.clone();
+        let follower = tokio::spawn(async move { tail(&p, 1, true, &mut w).await });
+        let mut got = Vec::new();
+        let mut expect = |n: usize| {
+            let want = n;
+            async move { want }
+        };
+        // Appends, then a rotation (40 bytes), then more appends to the new file.
+        for i in 3..9 {
+            f.write_line(format!("line-{i}").as_bytes()).unwrap();
+        }
+        let want = "line-2\nline-3\nline-4\nline-5\nline-6\nline-7\nline-8\n";
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while got.len() < want.len() {
+            let mut b = [0u8; 256];
+            let n =
+                tokio::time::timeout_at(deadline, tokio::io::AsyncReadExt::read(&mut r, &mut b))
+                    .await
+                    .expect("follow output")
+                    .unwrap();
+            got.extend_from_slice(&b[..n]);
+        }
+        let _ = expect(0).await;
+        assert_eq!(String::from_utf8_lossy(&got), want);
+        assert!(rotated(&path, 1).exists());
+        follower.abort();
+        fs::remove_dir_all(dir).unwrap();
     }
 
     #[tokio::test]

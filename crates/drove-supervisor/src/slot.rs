@@ -106,7 +106,6 @@ pub(crate) struct SlotCtx {
 }
 
 /// Creates the channels of a new slot; the caller spawns `run(ctx)`.
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn new_slot(
     id: InstanceId,
     spec: Arc<ServiceSpec>,

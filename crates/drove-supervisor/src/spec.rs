@@ -63,7 +63,8 @@ pub enum PortSpec {
     /// Instance `k` gets `base + k - 1`; new slots (surge, scale-up) take the lowest free
     /// index whose port is bindable.
     Base(u16),
-    /// A free port chosen by the OS at every spawn.
+    /// A free port chosen by the OS at every spawn (so a restarted instance may listen
+    /// on another port: `Ready` carries the current address).
     Auto,
     /// The instance has no port (a worker); `Ready` then carries `127.0.0.1:0`.
     None,

@@ -45,6 +45,15 @@ pub struct Supervisor {
     inner: Arc<Inner>,
 }
 
+impl std::fmt::Debug for Supervisor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Supervisor")
+            .field("services", &self.services())
+            .field("shutting_down", &self.inner.is_shutting_down())
+            .finish()
+    }
+}
+
 struct Inner {
     services: Vec<Arc<Service>>,
     by_name: HashMap<String, usize>,
@@ -501,8 +510,17 @@ async fn replace_worker(
         let Some(old) = svc.slot(req.index) else {
             continue;
         };
-        if old.shared().pid != Some(req.pid) || old.state() != InstanceState::Ready {
-            continue; // restarted or drained meanwhile
+        if old.state() != InstanceState::Ready {
+            // Drained or restarting meanwhile: ask again if it is ready and over the
+            // limit (or unhealthy) later.
+            let mut s = old.shared();
+            if s.pid == Some(req.pid) {
+                s.replace_requested = false;
+            }
+            continue;
+        }
+        if old.shared().pid != Some(req.pid) {
+            continue; // another process already
         }
         tracing::warn!(instance = %old.id, reason = %req.reason, "replacing instance");
         let new = match svc.free_index().and_then(|i| inner.create_slot(&svc, i)) {

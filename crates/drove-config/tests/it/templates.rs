@@ -129,15 +129,19 @@ fn builtin_demo_matches_the_spec() {
             path: "/health".into()
         }
     );
-    assert_eq!(health.interval, Duration::from_secs(1));
-    assert_eq!(health.timeout, Duration::from_millis(500));
-    assert_eq!((health.rise, health.fall), (1, 2));
+    // Liveness (restarts) is slow and forgiving; the balancer's own probe is fast.
+    assert_eq!(health.interval, Duration::from_secs(2));
+    assert_eq!((health.rise, health.fall), (1, 3));
     let b = c.balancer.as_ref().unwrap();
     assert_eq!(b.listen, "127.0.0.1:8080".parse().unwrap());
     assert_eq!(b.backends, Backends::Service("web".into()));
     assert_eq!(b.algorithm, Algorithm::RoundRobin);
     assert_eq!(b.instance_header.as_deref(), Some("X-Drove-Instance"));
-    assert_eq!(b.health.as_ref(), Some(health));
+    let bh = b.health.as_ref().unwrap();
+    assert_eq!(bh.kind, health.kind);
+    assert_eq!(bh.interval, Duration::from_millis(250));
+    assert_eq!((bh.rise, bh.fall), (2, 2));
+    assert_eq!(b.retries.per_try_timeout, Some(Duration::from_secs(5)));
     assert_eq!(c.admin.listen, "127.0.0.1:9900".parse().unwrap());
 }
 

@@ -138,18 +138,28 @@ async fn crashloop_backs_off_and_spares_other_services() {
             *e == Seen::State(bad1.clone(), InstanceState::Crashloop)
         })
         .await;
-        let starts: Vec<Instant> = ev
-            .history
-            .iter()
-            .filter(|(_, e)| *e == Seen::State(bad1.clone(), InstanceState::Starting))
-            .map(|(t, _)| *t)
-            .collect();
-        let gaps: Vec<Duration> = starts.windows(2).map(|w| w[1] - w[0]).collect();
+        // Backoff delays: from each exit (Gone) to the next start (Starting is announced
+        // right before the spawn, so this excludes the run time and spawn latency).
+        let mut gone_at = None;
+        let mut gaps = Vec::new();
+        for (t, e) in &ev.history {
+            if *e == Seen::Gone(bad1.clone()) {
+                gone_at = Some(*t);
+            } else if *e == Seen::State(bad1.clone(), InstanceState::Starting) {
+                if let Some(g) = gone_at.take() {
+                    gaps.push(*t - g);
+                }
+            }
+        }
         assert!(gaps.len() >= 4, "{gaps:?}");
         for w in gaps.windows(2).take(3) {
             assert!(w[1] > w[0], "backoff does not grow: {gaps:?}");
         }
         assert!(gaps[0] >= Duration::from_millis(60), "{gaps:?}");
+        assert!(
+            gaps[3] >= Duration::from_millis(480),
+            "crashloop waits max_delay: {gaps:?}"
+        );
         let st = sup.status().await;
         let b = st.iter().find(|s| s.id == bad1).unwrap();
         assert!(b.restarts >= 4, "{b:?}");
