@@ -5,6 +5,7 @@
 mod balancer;
 mod bad_input;
 mod failover;
+mod supervisor;
 
 use std::path::Path;
 

@@ -397,27 +397,29 @@ mod tests {
         let p = path.clone();
         let follower = tokio::spawn(async move { tail(&p, 1, true, &mut w).await });
         let mut got = Vec::new();
-        let mut expect = |n: usize| {
-            let want = n;
-            async move { want }
-        };
-        // Appends, then a rotation (40 bytes), then more appends to the new file.
-        for i in 3..9 {
-            f.write_line(format!("line-{i}").as_bytes()).unwrap();
-        }
-        let want = "line-2\nline-3\nline-4\nline-5\nline-6\nline-7\nline-8\n";
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        while got.len() < want.len() {
-            let mut b = [0u8; 256];
-            let n =
-                tokio::time::timeout_at(deadline, tokio::io::AsyncReadExt::read(&mut r, &mut b))
+        async fn read_until(r: &mut tokio::io::DuplexStream, got: &mut Vec<u8>, want: &str) {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+            while got.len() < want.len() {
+                let mut b = [0u8; 256];
+                let n = tokio::time::timeout_at(deadline, tokio::io::AsyncReadExt::read(r, &mut b))
                     .await
                     .expect("follow output")
                     .unwrap();
-            got.extend_from_slice(&b[..n]);
+                got.extend_from_slice(&b[..n]);
+            }
+            assert_eq!(String::from_utf8_lossy(got), want);
         }
-        let _ = expect(0).await;
-        assert_eq!(String::from_utf8_lossy(&got), want);
+        read_until(&mut r, &mut got, "line-2\n").await;
+        // Appends, a rotation (at 40 bytes), then more appends to the new file.
+        for i in 3..9 {
+            f.write_line(format!("line-{i}").as_bytes()).unwrap();
+        }
+        read_until(
+            &mut r,
+            &mut got,
+            "line-2\nline-3\nline-4\nline-5\nline-6\nline-7\nline-8\n",
+        )
+        .await;
         assert!(rotated(&path, 1).exists());
         follower.abort();
         fs::remove_dir_all(dir).unwrap();

@@ -92,10 +92,16 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// The current spec of a service, shared by its slots; replaced by `update`.
+pub(crate) type SpecCell = Arc<Mutex<Arc<ServiceSpec>>>;
+
 /// Everything a slot task needs.
 pub(crate) struct SlotCtx {
     pub id: InstanceId,
+    /// The spec the current process was started with.
     pub spec: Arc<ServiceSpec>,
+    /// Where the next process's spec comes from.
+    pub spec_src: SpecCell,
     pub events: mpsc::UnboundedSender<InstanceEvent>,
     pub spawner: Spawner,
     pub log: InstanceLog,
@@ -108,7 +114,7 @@ pub(crate) struct SlotCtx {
 /// Creates the channels of a new slot; the caller spawns `run(ctx)`.
 pub(crate) fn new_slot(
     id: InstanceId,
-    spec: Arc<ServiceSpec>,
+    spec_src: SpecCell,
     events: mpsc::UnboundedSender<InstanceEvent>,
     spawner: Spawner,
     log: InstanceLog,
@@ -123,9 +129,11 @@ pub(crate) fn new_slot(
         state: state_rx,
         shared: shared.clone(),
     };
+    let spec = lock(&spec_src).clone();
     let ctx = SlotCtx {
         id,
         spec,
+        spec_src,
         events,
         spawner,
         log,
@@ -403,6 +411,7 @@ async fn recv_opt<T>(rx: &mut Option<(AbortOnDrop, mpsc::Receiver<T>)>) -> Optio
 
 /// Spawns one process and supervises it until it exits or is stopped.
 async fn run_process(ctx: &mut SlotCtx) -> Ended {
+    ctx.spec = lock(&ctx.spec_src).clone();
     let port = ctx.port();
     {
         let mut s = ctx.shared();

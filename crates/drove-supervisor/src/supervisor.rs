@@ -14,7 +14,7 @@ use crate::error::SupervisorError;
 use crate::event::{InstanceEvent, InstanceId, InstanceState, InstanceStatus, RollingReport};
 use crate::logs::{self, InstanceLog};
 use crate::procfs;
-use crate::slot::{self, lock, ReplaceRequest, SlotCmd, SlotHandle};
+use crate::slot::{self, lock, ReplaceRequest, SlotCmd, SlotHandle, SpecCell};
 use crate::spawn::{port_bindable, Spawner};
 use crate::spec::{PortSpec, ServiceSpec};
 
@@ -68,7 +68,9 @@ struct Inner {
 }
 
 struct Service {
-    spec: Arc<ServiceSpec>,
+    name: String,
+    /// Current spec: used for every process started from now on (see `update`).
+    spec: SpecCell,
     slots: Mutex<BTreeMap<u32, SlotHandle>>,
     /// Serializes the operations that add or remove slots (start, scale, restart,
     /// replacements) and holds the desired instance count.
@@ -104,7 +106,8 @@ impl Supervisor {
                 receivers.push(rx);
                 Arc::new(Service {
                     ops: tokio::sync::Mutex::new(spec.instances),
-                    spec: Arc::new(spec),
+                    name: spec.name.clone(),
+                    spec: Arc::new(Mutex::new(Arc::new(spec))),
                     slots: Mutex::new(BTreeMap::new()),
                     started: AtomicBool::new(false),
                     replace: tx,
@@ -114,7 +117,7 @@ impl Supervisor {
         let by_name = services
             .iter()
             .enumerate()
-            .map(|(i, s)| (s.spec.name.clone(), i))
+            .map(|(i, s)| (s.name.clone(), i))
             .collect();
         let inner = Arc::new(Inner {
             services,
@@ -138,18 +141,14 @@ impl Supervisor {
 
     /// Names of the services, in the order given to `start`.
     pub fn services(&self) -> Vec<String> {
-        self.inner
-            .services
-            .iter()
-            .map(|s| s.spec.name.clone())
-            .collect()
+        self.inner.services.iter().map(|s| s.name.clone()).collect()
     }
 
     /// Live log file of an instance (`<logs.dir>/<service>.<index>.log`; rotated files
     /// add `.1`, `.2`, …); `None` for an unknown service.
     pub fn log_path(&self, id: &InstanceId) -> Option<PathBuf> {
         let svc = self.inner.service(&id.service).ok()?;
-        Some(logs::log_path(&svc.spec.logs.dir, id))
+        Some(logs::log_path(&svc.spec().logs.dir, id))
     }
 
     /// One entry per existing slot, services in start order, slots by index.
@@ -242,7 +241,7 @@ impl Supervisor {
             let Some(old) = svc.slot(index) else { continue };
             let new = inner.create_slot(&svc, svc.free_index()?)?;
             tracing::info!(old = %old.id, new = %new.id, "rolling restart: replacing");
-            if let Err(reason) = wait_ready(&new, svc.spec.start_timeout()).await {
+            if let Err(reason) = wait_ready(&new, svc.spec().start_timeout()).await {
                 stop_all(&svc, vec![new.clone()]).await;
                 inner.check_running()?;
                 return Err(SupervisorError::RolloutAborted {
@@ -261,6 +260,27 @@ impl Supervisor {
             replaced,
             elapsed: t0.elapsed(),
         })
+    }
+
+    /// Replaces the spec of a service (config reload). It applies to every process started
+    /// from now on — crash restarts, new slots, rolling restarts — while running processes
+    /// keep theirs: follow with [`Supervisor::restart`] to roll it out without downtime.
+    /// `instances` is not applied (use [`Supervisor::scale`]); `depends_on` cannot change
+    /// at runtime; a new `logs` applies to new slots; backoff timings to new slots.
+    pub async fn update(&self, spec: ServiceSpec) -> Result<(), SupervisorError> {
+        spec.validate()?;
+        let svc = self.inner.service(&spec.name)?;
+        let _ops = svc.ops.lock().await;
+        self.inner.check_running()?;
+        if spec.depends_on != svc.spec().depends_on {
+            return Err(SupervisorError::InvalidSpec {
+                service: spec.name,
+                reason: "depends_on cannot change at runtime".into(),
+            });
+        }
+        tracing::info!(service = %svc.name, "spec updated");
+        *lock(&svc.spec) = Arc::new(spec);
+        Ok(())
     }
 
     /// Takes a ready instance out of rotation (`Draining` event, waits for the runtime's
@@ -357,10 +377,11 @@ impl Inner {
 
     /// Creates slot `index` and starts its task.
     fn create_slot(&self, svc: &Arc<Service>, index: u32) -> Result<SlotHandle, SupervisorError> {
-        let id = InstanceId::new(svc.spec.name.clone(), index);
+        let spec = svc.spec();
+        let id = InstanceId::new(svc.name.clone(), index);
         let log = InstanceLog::new(
             &id,
-            &svc.spec.logs,
+            &spec.logs,
             self.opts.log_to_stdout,
             self.opts.color,
             self.id_width,
@@ -385,20 +406,25 @@ impl Inner {
 }
 
 impl Service {
+    fn spec(&self) -> Arc<ServiceSpec> {
+        lock(&self.spec).clone()
+    }
+
     fn slot(&self, index: u32) -> Option<SlotHandle> {
         lock(&self.slots).get(&index).cloned()
     }
 
     /// Lowest free index; with a base port, one whose port is bindable now.
     fn free_index(&self) -> Result<u32, SupervisorError> {
+        let spec = self.spec();
         let slots = lock(&self.slots);
         let mut i = 1u32;
         loop {
             if !slots.contains_key(&i) {
-                match self.spec.port {
+                match spec.port {
                     PortSpec::Base(b) => {
                         let Some(port) = u16::try_from(u32::from(b) + i - 1).ok() else {
-                            return Err(SupervisorError::NoFreeSlot(self.spec.name.clone()));
+                            return Err(SupervisorError::NoFreeSlot(self.name.clone()));
                         };
                         if port_bindable(port) {
                             return Ok(i);
@@ -466,8 +492,8 @@ async fn wait_ready(h: &SlotHandle, start_timeout: Duration) -> Result<(), Strin
 
 /// Creates the initial slots once every dependency is ready.
 async fn start_service(inner: Arc<Inner>, svc: Arc<Service>) {
-    let deps: Vec<Arc<Service>> = svc
-        .spec
+    let spec = svc.spec();
+    let deps: Vec<Arc<Service>> = spec
         .depends_on
         .iter()
         .filter_map(|d| inner.service(d).ok())
@@ -476,7 +502,7 @@ async fn start_service(inner: Arc<Inner>, svc: Arc<Service>) {
     let mut logged = false;
     while !deps.iter().all(|d| d.all_ready()) {
         if !logged {
-            tracing::info!(service = %svc.spec.name, deps = ?svc.spec.depends_on, "waiting for dependencies to be ready");
+            tracing::info!(service = %svc.name, deps = ?spec.depends_on, "waiting for dependencies to be ready");
             logged = true;
         }
         tokio::select! {
@@ -487,7 +513,7 @@ async fn start_service(inner: Arc<Inner>, svc: Arc<Service>) {
     let desired = svc.ops.lock().await;
     for index in 1..=*desired {
         if let Err(e) = inner.create_slot(&svc, index) {
-            tracing::debug!(service = %svc.spec.name, error = %e, "not starting");
+            tracing::debug!(service = %svc.name, error = %e, "not starting");
             return;
         }
     }
@@ -531,7 +557,7 @@ async fn replace_worker(
                 continue;
             }
         };
-        match wait_ready(&new, svc.spec.start_timeout()).await {
+        match wait_ready(&new, svc.spec().start_timeout()).await {
             Ok(()) => stop_all(&svc, vec![old]).await,
             Err(reason) => {
                 tracing::warn!(instance = %new.id, %reason, "replacement failed; restarting {} in place", old.id);
@@ -594,7 +620,7 @@ async fn monitor(inner: Arc<Inner>) {
             };
             s.rss_bytes = Some(u.rss_bytes);
             s.cpu_seconds = Some(u.cpu_seconds);
-            let Some(limit) = svc.spec.max_memory else {
+            let Some(limit) = svc.spec().max_memory else {
                 continue;
             };
             if u.rss_bytes > limit && state == InstanceState::Ready && !s.replace_requested {

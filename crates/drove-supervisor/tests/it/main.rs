@@ -669,3 +669,46 @@ async fn instances_die_with_a_killed_supervisor() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn updated_spec_applies_to_new_processes() {
+    bounded(30, async {
+        let dir = TempDir::new("update");
+        let mut web = service(
+            "web",
+            &dir,
+            "echo $VERSION > version.$INSTANCE_ID; exec sleep 1000",
+        );
+        web.env = vec![("VERSION".into(), "1".into())];
+        let (sup, mut ev) = start(vec![web.clone()]);
+        ev.ready_all(5, 1).await;
+        let read =
+            |i: u32| std::fs::read_to_string(dir.path().join(format!("version.{i}"))).unwrap();
+        assert_eq!(read(1).trim(), "1");
+        let before = sup.status().await;
+        web.env = vec![("VERSION".into(), "2".into())];
+        sup.update(web.clone()).await.unwrap();
+        assert_eq!(
+            sup.status().await[0].pid,
+            before[0].pid,
+            "running process untouched"
+        );
+        let report = ev.pump_while(sup.restart("web")).await.unwrap();
+        assert_eq!(
+            report.replaced,
+            [(InstanceId::new("web", 1), InstanceId::new("web", 2))]
+        );
+        assert_eq!(read(2).trim(), "2");
+        let mut bad = web.clone();
+        bad.depends_on = vec!["web".into()];
+        assert!(sup.update(bad).await.is_err());
+        let mut unknown = web.clone();
+        unknown.name = "other".into();
+        assert!(matches!(
+            sup.update(unknown).await,
+            Err(SupervisorError::UnknownService(_))
+        ));
+        finish(&sup, &mut ev, [before, sup.status().await].concat()).await;
+    })
+    .await;
+}

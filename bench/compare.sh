@@ -1,0 +1,490 @@
+#!/usr/bin/env bash
+# Compare drove's load balancer with nginx and HAProxy on this machine.
+#
+# Every proxy runs ONE worker pinned to core 0 and balances round-robin over the same 3
+# backends (a separate nginx returning "ok\n"); wrk and the backends share core 1.
+# Runs are interleaved (round -> scenario -> proxy) and medians are reported. Then each
+# proxy is restarted and holds 10,000 idle keep-alive client connections while its RSS
+# is measured. Results: bench/results/<date>-<rev>.md. See bench/README.md.
+#
+# Usage: bench/compare.sh [--quick] [--rounds N] [--duration SECS] [--warmup SECS]
+#                         [--idle-conns N] [--out FILE] [--profile] [--no-idle]
+# Env:   DROVE_BIN=path   use this drove binary instead of `cargo build --release`
+#        MAX_LOAD=1.0     wait (up to LOAD_WAIT=300 s) until the 1-min load average is
+#                         below this before starting; the load is recorded either way
+#        KEEP_TMP=1       keep the temp dir (configs, logs, raw data)
+set -euo pipefail
+
+ROUNDS=3
+DURATION=10
+WARMUP=2
+IDLE_CONNS=10000
+PROFILE=0
+IDLE=1
+QUICK=0
+OUT=""
+CMDLINE="bench/compare.sh $*"
+
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        --quick) QUICK=1; ROUNDS=1; DURATION=3; WARMUP=1 ;;
+        --rounds) ROUNDS="$2"; shift ;;
+        --duration) DURATION="$2"; shift ;;
+        --warmup) WARMUP="$2"; shift ;;
+        --idle-conns) IDLE_CONNS="$2"; shift ;;
+        --out) OUT="$2"; shift ;;
+        --profile) PROFILE=1 ;;
+        --no-idle) IDLE=0 ;;
+        -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+        *) echo "unknown argument: $1" >&2; exit 2 ;;
+    esac
+    shift
+done
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+BENCH="$ROOT/bench"
+NGINX="${NGINX:-/usr/sbin/nginx}"
+HAPROXY="${HAPROXY:-/usr/sbin/haproxy}"
+WRK="${WRK:-/usr/bin/wrk}"
+PROXY_CPU="${PROXY_CPU:-0}"
+LOAD_CPU="${LOAD_CPU:-1}"
+MAX_LOAD="${MAX_LOAD:-1.0}"
+LOAD_WAIT="${LOAD_WAIT:-300}"
+PROXIES=(nginx haproxy drove)
+SCENARIOS=(ka64 ka256 close64)
+
+for tool in "$NGINX" "$HAPROXY" "$WRK" taskset python3 curl; do
+    command -v "$tool" >/dev/null || { echo "missing: $tool (apt-get install -y nginx-light haproxy wrk curl util-linux python3)" >&2; exit 1; }
+done
+
+TMP="$(mktemp -d -t drove-bench.XXXXXX)"
+declare -a PIDS=()
+
+log() { printf '[%s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
+
+# Stop every process this script started, by PID (TERM, then KILL after 5 s).
+cleanup() {
+    local rc=$?
+    set +e
+    local pid
+    for pid in "${PIDS[@]}"; do
+        kill -TERM "$pid" 2>/dev/null
+    done
+    for _ in $(seq 50); do
+        local alive=0
+        for pid in "${PIDS[@]}"; do
+            kill -0 "$pid" 2>/dev/null && alive=1
+        done
+        [[ $alive == 0 ]] && break
+        sleep 0.1
+    done
+    for pid in "${PIDS[@]}"; do
+        kill -KILL "$pid" 2>/dev/null
+    done
+    wait 2>/dev/null
+    if [[ "${KEEP_TMP:-0}" == 1 ]]; then
+        echo "temp dir kept: $TMP" >&2
+    else
+        rm -rf "$TMP"
+    fi
+    exit $rc
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# Stops one process we started and forgets it.
+stop_pid() {
+    local pid="$1"
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 100); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.05
+    done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    forget_pid "$pid"
+}
+
+# Removes a PID (of a process that has exited) from the cleanup list.
+forget_pid() {
+    local keep=() p
+    for p in "${PIDS[@]}"; do [[ "$p" != "$1" ]] && keep+=("$p"); done
+    PIDS=("${keep[@]}")
+}
+
+# Raise the fd limit for everything started from here (proxies, wrk, the idle client).
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" || true
+NOFILE="$(ulimit -n)"
+
+# Free TCP ports on loopback, picked by the kernel.
+free_ports() {
+    python3 - "$1" <<'EOF'
+import socket, sys
+socks = []
+for _ in range(int(sys.argv[1])):
+    s = socket.socket(); s.bind(("127.0.0.1", 0)); socks.append(s)
+print(" ".join(str(s.getsockname()[1]) for s in socks))
+EOF
+}
+read -r B1 B2 B3 P_NGINX P_HAPROXY P_DROVE P_ADMIN <<<"$(free_ports 7)"
+PORT_nginx=$P_NGINX
+PORT_haproxy=$P_HAPROXY
+PORT_drove=$P_DROVE
+
+# ----------------------------------------------------------------------------- drove
+if [[ -n "${DROVE_BIN:-}" ]]; then
+    DROVE="$DROVE_BIN"
+else
+    log "building drove (cargo build --release)"
+    (cd "$ROOT" && cargo build --release --quiet)
+    DROVE="$ROOT/target/release/drove"
+fi
+[[ -x "$DROVE" ]] || { echo "drove binary not found: $DROVE" >&2; exit 1; }
+
+# ----------------------------------------------------------------------------- configs
+mkdir -p "$TMP/backend/logs" "$TMP/nginx/logs" "$TMP/haproxy" "$TMP/drove"
+
+# Backends: one nginx (2 workers, core 1) answering "ok\n" on 3 ports.
+cat >"$TMP/backend/nginx.conf" <<EOF
+daemon off;
+master_process on;
+worker_processes 2;
+worker_rlimit_nofile 65536;
+pid $TMP/backend/nginx.pid;
+error_log $TMP/backend/logs/error.log warn;
+events { worker_connections 20000; multi_accept on; }
+http {
+    access_log off;
+    client_body_temp_path $TMP/backend/body;
+    proxy_temp_path $TMP/backend/proxy;
+    fastcgi_temp_path $TMP/backend/fastcgi;
+    uwsgi_temp_path $TMP/backend/uwsgi;
+    scgi_temp_path $TMP/backend/scgi;
+    keepalive_timeout 300s;
+    keepalive_requests 100000000;
+    default_type text/plain;
+    server {
+        listen 127.0.0.1:$B1 backlog=4096;
+        listen 127.0.0.1:$B2 backlog=4096;
+        listen 127.0.0.1:$B3 backlog=4096;
+        location / { return 200 "ok\n"; }
+    }
+}
+EOF
+
+# nginx as the load balancer. The proxy_set_header lines add the same headers drove adds
+# by default (X-Forwarded-For/-Proto/-Host, X-Real-IP, X-Request-Id both ways; Host passed
+# through), so all three proxies do the same header work.
+cat >"$TMP/nginx/nginx.conf" <<EOF
+daemon off;
+master_process on;
+worker_processes 1;
+worker_rlimit_nofile 65536;
+pid $TMP/nginx/nginx.pid;
+error_log $TMP/nginx/logs/error.log warn;
+events { worker_connections 20000; }
+http {
+    access_log off;
+    client_body_temp_path $TMP/nginx/body;
+    proxy_temp_path $TMP/nginx/proxy;
+    fastcgi_temp_path $TMP/nginx/fastcgi;
+    uwsgi_temp_path $TMP/nginx/uwsgi;
+    scgi_temp_path $TMP/nginx/scgi;
+    keepalive_timeout 60s;
+    keepalive_requests 100000000;
+    upstream backends {
+        server 127.0.0.1:$B1;
+        server 127.0.0.1:$B2;
+        server 127.0.0.1:$B3;
+        keepalive 64;
+        keepalive_requests 100000000;
+        keepalive_timeout 60s;
+    }
+    server {
+        listen 127.0.0.1:$P_NGINX backlog=4096;
+        location / {
+            proxy_pass http://backends;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host \$http_host;
+            proxy_set_header X-Forwarded-For \$remote_addr;
+            proxy_set_header X-Forwarded-Proto \$scheme;
+            proxy_set_header X-Forwarded-Host \$http_host;
+            proxy_set_header X-Real-IP \$remote_addr;
+            proxy_set_header X-Request-Id \$request_id;
+            add_header X-Request-Id \$request_id always;
+            proxy_connect_timeout 1s;
+            proxy_read_timeout 60s;
+        }
+    }
+}
+EOF
+
+cat >"$TMP/haproxy/haproxy.cfg" <<EOF
+global
+    nbthread 1
+    maxconn 30000
+    pidfile $TMP/haproxy/haproxy.pid
+
+defaults
+    mode http
+    option http-keep-alive
+    http-reuse always
+    timeout connect 1s
+    timeout client 60s
+    timeout server 60s
+    timeout http-request 10s
+    timeout http-keep-alive 60s
+    retries 2
+
+frontend fe
+    bind 127.0.0.1:$P_HAPROXY
+    maxconn 30000
+    unique-id-format %{+X}o\ %ci:%cp_%fi:%fp_%Ts_%rt:%pid
+    http-request set-header X-Forwarded-For %[src]
+    http-request set-header X-Forwarded-Proto http
+    http-request set-header X-Forwarded-Host %[req.hdr(host)]
+    http-request set-header X-Real-IP %[src]
+    http-request set-header X-Request-Id %[unique-id]
+    http-response set-header X-Request-Id %[unique-id]
+    default_backend be
+
+backend be
+    balance roundrobin
+    server b1 127.0.0.1:$B1
+    server b2 127.0.0.1:$B2
+    server b3 127.0.0.1:$B3
+EOF
+
+cat >"$TMP/drove/drove.toml" <<EOF
+[balancer]
+listen = "127.0.0.1:$P_DROVE"
+workers = 1
+backends = ["127.0.0.1:$B1", "127.0.0.1:$B2", "127.0.0.1:$B3"]
+algorithm = "round_robin"
+access_log = "off"
+timeouts = { connect = "1s", header = "10s", response = "60s", idle = "60s" }
+
+[admin]
+listen = "127.0.0.1:$P_ADMIN"
+EOF
+
+# ----------------------------------------------------------------------------- processes
+declare -A PID_OF=()
+
+start_bg() { # name cpu cmd...
+    local name="$1" cpu="$2"; shift 2
+    taskset -c "$cpu" "$@" >"$TMP/$name.out" 2>&1 &
+    local pid=$!
+    PIDS+=("$pid")
+    PID_OF[$name]=$pid
+}
+
+wait_http() { # port
+    local port="$1"
+    for _ in $(seq 100); do
+        if curl -fsS -o /dev/null --max-time 1 "http://127.0.0.1:$port/"; then return 0; fi
+        sleep 0.1
+    done
+    echo "nothing answers on 127.0.0.1:$port" >&2
+    return 1
+}
+
+start_proxy() { # name
+    case "$1" in
+        nginx) start_bg nginx "$PROXY_CPU" "$NGINX" -p "$TMP/nginx" -c "$TMP/nginx/nginx.conf" ;;
+        haproxy) start_bg haproxy "$PROXY_CPU" "$HAPROXY" -db -f "$TMP/haproxy/haproxy.cfg" ;;
+        drove) start_bg drove "$PROXY_CPU" "$DROVE" up -c "$TMP/drove/drove.toml" ;;
+    esac
+    local port_var="PORT_$1"
+    wait_http "${!port_var}" || { cat "$TMP/$1.out" >&2; exit 1; }
+}
+
+# A process and all its descendants (nginx master + workers).
+proc_tree() {
+    local pid="$1" c
+    echo "$pid"
+    if [[ -r /proc/$pid/task/$pid/children ]]; then
+        for c in $(cat /proc/"$pid"/task/*/children 2>/dev/null); do proc_tree "$c"; done
+    else
+        for c in $(ps -o pid= --ppid "$pid" 2>/dev/null); do proc_tree "$c"; done
+    fi
+}
+
+# utime+stime (clock ticks) summed over a process tree.
+cpu_ticks() {
+    local total=0 p stat rest
+    for p in $(proc_tree "$1"); do
+        stat="$(cat /proc/"$p"/stat 2>/dev/null)" || continue
+        rest="${stat##*) }"             # fields from 3 (state) on
+        read -r -a f <<<"$rest"
+        total=$((total + f[11] + f[12]))  # fields 14 and 15: utime, stime
+    done
+    echo "$total"
+}
+
+# VmRSS (kB) summed over a process tree.
+rss_kb() {
+    local total=0 p v
+    for p in $(proc_tree "$1"); do
+        v="$(awk '/^VmRSS:/ {print $2}' /proc/"$p"/status 2>/dev/null)" || continue
+        total=$((total + ${v:-0}))
+    done
+    echo "$total"
+}
+
+load1() { cut -d' ' -f1 /proc/loadavg; }
+
+wrk_args() { # scenario port duration
+    local sc="$1" port="$2" d="$3"
+    case "$sc" in
+        ka64) echo "-t1 -c64 -d${d}s --latency http://127.0.0.1:$port/" ;;
+        ka256) echo "-t1 -c256 -d${d}s --latency http://127.0.0.1:$port/" ;;
+        close64) echo "-t1 -c64 -d${d}s --latency -H Connection:close http://127.0.0.1:$port/" ;;
+    esac
+}
+
+run_wrk() { # scenario port duration outfile
+    local sc="$1" port="$2" d="$3" out="$4"
+    local -a args
+    read -r -a args <<<"$(wrk_args "$sc" "$port" "$d")"
+    # "Connection:close" has no space so that it survives word splitting; wrk accepts it.
+    taskset -c "$LOAD_CPU" "$WRK" "${args[@]}" >"$out" 2>&1
+}
+
+# ----------------------------------------------------------------------------- load check
+wait_for_load() {
+    local waited=0
+    while awk -v l="$(load1)" -v m="$MAX_LOAD" 'BEGIN { exit !(l > m) }'; do
+        if (( waited >= LOAD_WAIT )); then
+            log "load average still $(load1) > $MAX_LOAD after ${LOAD_WAIT}s; running anyway (recorded)"
+            return
+        fi
+        log "load average $(load1) > $MAX_LOAD; waiting ($waited/${LOAD_WAIT}s)"
+        sleep 15
+        waited=$((waited + 15))
+    done
+}
+
+CLK_TCK="$(getconf CLK_TCK)"
+{
+    echo "date	$(date -u '+%Y-%m-%d %H:%M:%S UTC')"
+    echo "rev	$(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+    echo "dirty	$(cd "$ROOT" && git status --porcelain 2>/dev/null | grep -v '^??' | grep -c . || true)"
+    echo "nproc	$(nproc)"
+    echo "cpu	$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
+    echo "kernel	$(uname -sr)"
+    echo "nginx	$("$NGINX" -v 2>&1 | sed 's/^nginx version: //')"
+    echo "haproxy	$("$HAPROXY" -v 2>&1 | head -1)"
+    echo "wrk	$("$WRK" -v 2>&1 | head -1)"
+    echo "drove	$("$DROVE" --version 2>&1 | head -1)"
+    echo "cmdline	$CMDLINE"
+    echo "rounds	$ROUNDS"
+    echo "duration	$DURATION"
+    echo "warmup	$WARMUP"
+    echo "quick	$QUICK"
+    echo "nofile	$NOFILE"
+    echo "clk_tck	$CLK_TCK"
+    echo "idle_conns	$IDLE_CONNS"
+} >"$TMP/meta.tsv"
+
+wait_for_load
+echo "load_start	$(cut -d' ' -f1-3 /proc/loadavg)" >>"$TMP/meta.tsv"
+echo "top_start	$(top -bn1 | sed -n '3p')" >>"$TMP/meta.tsv"
+
+# ----------------------------------------------------------------------------- load runs
+log "backends on 127.0.0.1:$B1,$B2,$B3 (nginx, core $LOAD_CPU)"
+start_bg backend "$LOAD_CPU" "$NGINX" -p "$TMP/backend" -c "$TMP/backend/nginx.conf"
+wait_http "$B1"; wait_http "$B2"; wait_http "$B3"
+
+for p in "${PROXIES[@]}"; do
+    log "starting $p on 127.0.0.1:$(v=PORT_$p; echo "${!v}") (core $PROXY_CPU)"
+    start_proxy "$p"
+done
+
+printf 'round\tscenario\tproxy\trps\tp50_ms\tp99_ms\trequests\terrors\tcpu_ticks\tload1\n' >"$TMP/runs.tsv"
+for round in $(seq "$ROUNDS"); do
+    for sc in "${SCENARIOS[@]}"; do
+        for p in "${PROXIES[@]}"; do
+            port_var="PORT_$p"
+            port="${!port_var}"
+            run_wrk "$sc" "$port" "$WARMUP" "$TMP/warm.txt"
+            before="$(cpu_ticks "${PID_OF[$p]}")"
+            l="$(load1)"
+            out="$TMP/wrk-$round-$sc-$p.txt"
+            run_wrk "$sc" "$port" "$DURATION" "$out"
+            after="$(cpu_ticks "${PID_OF[$p]}")"
+            python3 "$BENCH/report.py" parse-wrk "$out" "$round" "$sc" "$p" "$((after - before))" "$l" >>"$TMP/runs.tsv"
+            log "round $round $sc $p: $(tail -1 "$TMP/runs.tsv" | cut -f4,6,8 | tr '\t' ' ') (req/s p99ms errors)"
+        done
+    done
+done
+echo "load_end	$(cut -d' ' -f1-3 /proc/loadavg)" >>"$TMP/meta.tsv"
+
+# ----------------------------------------------------------------------------- profile
+# Optional: syscalls per request (strace -c) and perf stat of each proxy during a
+# ka64 run. strace slows the proxy a lot: these runs are not part of the table.
+if [[ $PROFILE == 1 ]]; then
+    printf 'proxy\trequests\tsyscall\tcalls\n' >"$TMP/syscalls.tsv"
+    for p in "${PROXIES[@]}"; do
+        port_var="PORT_$p"; port="${!port_var}"
+        pids="$(proc_tree "${PID_OF[$p]}" | paste -sd, -)"
+        if command -v strace >/dev/null; then
+            args=()
+            for x in ${pids//,/ }; do args+=(-p "$x"); done
+            strace -f -c -o "$TMP/strace-$p.txt" "${args[@]}" 2>/dev/null &
+            spid=$!; PIDS+=("$spid")
+            sleep 0.5
+            run_wrk ka64 "$port" 5 "$TMP/wrk-strace-$p.txt"
+            stop_pid "$spid"
+            python3 "$BENCH/report.py" parse-strace "$TMP/strace-$p.txt" "$TMP/wrk-strace-$p.txt" "$p" >>"$TMP/syscalls.tsv" || true
+        fi
+        if command -v perf >/dev/null; then
+            perf stat -e task-clock,context-switches,instructions,cycles -p "$pids" -o "$TMP/perfstat-$p.txt" -- sleep "$DURATION" &
+            spid=$!; PIDS+=("$spid")
+            run_wrk ka64 "$port" "$DURATION" "$TMP/wrk-perfstat-$p.txt"
+            wait "$spid" 2>/dev/null || true
+            forget_pid "$spid"
+        fi
+    done
+fi
+
+# ----------------------------------------------------------------------------- idle conns
+if [[ $IDLE == 1 ]]; then
+    printf 'proxy\trss_before_kb\trss_with_kb\tok\tfailed\talive\n' >"$TMP/idle.tsv"
+    for p in "${PROXIES[@]}"; do
+        # Fresh process, so memory freed by the load runs does not hide the cost.
+        stop_pid "${PID_OF[$p]}"
+        start_proxy "$p"
+        port_var="PORT_$p"; port="${!port_var}"
+        run_wrk ka64 "$port" 1 "$TMP/warm.txt"   # upstream pool as in a ka64 run
+        sleep 1
+        before="$(rss_kb "${PID_OF[$p]}")"
+        python3 "$BENCH/idle_conns.py" 127.0.0.1 "$port" "$IDLE_CONNS" 4 64 >"$TMP/idle-$p.txt" 2>&1 &
+        ipid=$!; PIDS+=("$ipid")
+        for _ in $(seq 1200); do
+            grep -q '^READY' "$TMP/idle-$p.txt" && break
+            kill -0 "$ipid" 2>/dev/null || break
+            sleep 0.1
+        done
+        sleep 2
+        with="$(rss_kb "${PID_OF[$p]}")"
+        wait "$ipid" || true
+        forget_pid "$ipid"
+        read -r _ ok failed <<<"$(grep '^READY' "$TMP/idle-$p.txt" || echo 'READY 0 0')"
+        read -r _ alive <<<"$(grep '^ALIVE' "$TMP/idle-$p.txt" || echo 'ALIVE 0')"
+        printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$p" "$before" "$with" "$ok" "$failed" "$alive" >>"$TMP/idle.tsv"
+        log "idle $p: RSS ${before} kB -> ${with} kB with $ok idle connections ($failed failed, $alive alive at the end)"
+    done
+fi
+
+# ----------------------------------------------------------------------------- report
+if [[ -z "$OUT" ]]; then
+    mkdir -p "$BENCH/results"
+    rev="$(awk -F'\t' '$1=="rev"{print $2}' "$TMP/meta.tsv")"
+    suffix=""
+    [[ $QUICK == 1 ]] && suffix="-quick"
+    OUT="$BENCH/results/$(date -u +%Y-%m-%d)-$rev$suffix.md"
+fi
+python3 "$BENCH/report.py" render "$TMP" "$OUT"
+log "wrote $OUT"

@@ -1,0 +1,325 @@
+//! `drove up` with supervised services, under load: rolling restart, scale, SIGKILL of
+//! an instance, crashloop, max_memory, shutdown leaving no process, Redis sessions.
+
+use std::time::{Duration, Instant};
+
+use drove_test_support::load::{Load, LoadSpec};
+use drove_test_support::{alive, http, signal, wait_until, Drove};
+use nix::sys::signal::Signal;
+use serde_json::json;
+
+use crate::drove;
+
+/// A web service of `n` demo instances behind the balancer, plus `extra` TOML.
+fn web_config(n: u32, extra_service: &str, extra: &str) -> String {
+    format!(
+        r#"[services.web]
+command = ["{drove}", "demo"]
+instances = {n}
+port = "auto"
+ready = {{ http = "/ready", interval = "50ms" }}
+stop = {{ signal = "TERM", grace = "5s" }}
+restart = {{ initial_delay = "100ms", max_delay = "2s" }}
+logs = {{ dir = "logs" }}
+{extra_service}
+
+[balancer]
+service = "web"
+workers = 1
+instance_header = "X-Drove-Instance"
+health = {{ http = "/health", interval = "250ms", timeout = "200ms", rise = 1, fall = 2 }}
+passive = {{ max_fails = 2, fail_timeout = "2s" }}
+retries = {{ attempts = 2, per_try_timeout = "2s" }}
+{extra}
+"#,
+        drove = drove().display()
+    )
+}
+
+fn states(d: &Drove, service: &str) -> Vec<(String, String, u64)> {
+    d.status()["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["service"] == service)
+        .map(|i| {
+            (
+                i["id"].as_str().unwrap().to_string(),
+                i["state"].as_str().unwrap().to_string(),
+                i["pid"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect()
+}
+
+fn ready_count(d: &Drove, service: &str) -> usize {
+    states(d, service).iter().filter(|(_, s, _)| s == "ready").count()
+}
+
+#[test]
+fn rolling_restart_under_load_fails_no_request() {
+    let d = Drove::up(drove(), &web_config(3, "", ""));
+    assert!(d.wait_in_rotation(3, Duration::from_secs(20)), "{}", d.status());
+    let before: Vec<u64> = states(&d, "web").iter().map(|s| s.2).collect();
+    let load = Load::start(LoadSpec::get(d.addr(), "/whoami", 8));
+    std::thread::sleep(Duration::from_millis(500));
+    let r = d.post("/api/restart", &json!({"service": "web"}));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["replaced"].as_array().unwrap().len(), 3);
+    std::thread::sleep(Duration::from_millis(500));
+    let s = load.stop();
+    assert_eq!(s.failed, 0, "failed: {:?}", s.failures);
+    assert!(s.ok > 100);
+    let after: Vec<u64> = states(&d, "web").iter().map(|s| s.2).collect();
+    assert_eq!(after.len(), 3);
+    for p in &before {
+        assert!(!after.contains(p), "old instance {p} still there: {after:?}");
+        assert!(!alive(*p as u32), "old process {p} still alive");
+    }
+}
+
+#[test]
+fn scale_up_and_down_under_load_fails_no_request() {
+    let d = Drove::up(drove(), &web_config(2, "", ""));
+    assert!(d.wait_in_rotation(2, Duration::from_secs(20)));
+    let load = Load::start(LoadSpec::get(d.addr(), "/whoami", 8));
+    std::thread::sleep(Duration::from_millis(300));
+    let r = d.post("/api/scale", &json!({"service": "web", "instances": 10}));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(d.wait_in_rotation(10, Duration::from_secs(30)), "{}", d.status());
+    // Every new instance gets traffic within a second of joining.
+    std::thread::sleep(Duration::from_secs(1));
+    let mid = load.stop();
+    assert_eq!(mid.per_instance.len(), 10, "all 10 serve: {:?}", mid.per_instance);
+    let load = Load::start(LoadSpec::get(d.addr(), "/whoami", 8));
+    let r = d.post("/api/scale", &json!({"service": "web", "instances": 2}));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(d.wait_in_rotation(2, Duration::from_secs(30)));
+    std::thread::sleep(Duration::from_millis(300));
+    let s = load.stop();
+    assert_eq!(mid.failed + s.failed, 0, "failed: {:?} {:?}", mid.failures, s.failures);
+    assert!(wait_until(Duration::from_secs(10), || states(&d, "web").len() == 2));
+}
+
+#[test]
+fn a_killed_instance_fails_no_request_and_comes_back() {
+    let d = Drove::up(drove(), &web_config(3, "", ""));
+    assert!(d.wait_in_rotation(3, Duration::from_secs(20)));
+    let load = Load::start(LoadSpec::get(d.addr(), "/whoami", 8));
+    std::thread::sleep(Duration::from_millis(500));
+    let (id, _, pid) = states(&d, "web")[1].clone();
+    assert!(signal(pid as i32, Signal::SIGKILL));
+    // Back after backoff, with a new pid and a restart counted.
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            let s = d.status();
+            s["instances"].as_array().unwrap().iter().any(|i| {
+                i["id"] == id.as_str() && i["state"] == "ready" && i["pid"].as_u64() != Some(pid) && i["restarts"] == 1
+            })
+        }),
+        "{}",
+        d.status()
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let s = load.stop();
+    assert_eq!(s.failed, 0, "failed: {:?}", s.failures);
+    assert!(s.per_instance.contains_key(&id), "the restarted instance serves again");
+}
+
+#[test]
+fn a_crashing_service_shows_crashloop_while_web_keeps_serving() {
+    let bad = r#"
+[services.bad]
+command = "echo starting; exit 3"
+port = "none"
+restart = { initial_delay = "50ms", max_delay = "400ms", reset_after = "10s", crashloop_after = 3 }
+"#;
+    let d = Drove::up(drove(), &web_config(2, bad, ""));
+    assert!(d.wait_in_rotation(2, Duration::from_secs(20)));
+    assert!(
+        wait_until(Duration::from_secs(10), || states(&d, "bad").iter().any(|s| s.1 == "crashloop")),
+        "{}",
+        d.status()
+    );
+    let st = d.status();
+    let bad1 = st["instances"].as_array().unwrap().iter().find(|i| i["id"] == "bad.1").unwrap().clone();
+    // Three quick exits (two restarts) make a crashloop; it is still retried, slowly.
+    let restarts = bad1["restarts"].as_u64().unwrap();
+    assert!(restarts >= 2, "{bad1}");
+    assert_eq!(bad1["last_exit"]["code"], 3);
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            let s = d.status();
+            let b = s["instances"].as_array().unwrap().iter().find(|i| i["id"] == "bad.1").cloned().unwrap();
+            b["restarts"].as_u64().unwrap() > restarts
+        }),
+        "crashlooping instance is still retried"
+    );
+    for _ in 0..20 {
+        assert_eq!(http::get(d.addr(), "/health").unwrap().status, 200);
+    }
+    assert_eq!(ready_count(&d, "web"), 2);
+}
+
+#[test]
+fn max_memory_triggers_a_drained_restart_without_failures() {
+    let d = Drove::up(drove(), &web_config(2, "max_memory = \"60MiB\"", ""));
+    assert!(d.wait_in_rotation(2, Duration::from_secs(20)));
+    let load = Load::start(LoadSpec::get(d.addr(), "/whoami", 4));
+    std::thread::sleep(Duration::from_millis(300));
+    // One instance leaks past the limit (the request itself succeeds).
+    let r = http::get(d.addr(), "/leak?mb=80").unwrap();
+    assert_eq!(r.status, 200);
+    let leaker = r.header("x-drove-instance").unwrap().to_string();
+    let old_pid = states(&d, "web").iter().find(|s| s.0 == leaker).unwrap().2;
+    assert!(
+        wait_until(Duration::from_secs(15), || !alive(old_pid as u32) && ready_count(&d, "web") == 2),
+        "{}",
+        d.status()
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let s = load.stop();
+    assert_eq!(s.failed, 0, "failed: {:?}", s.failures);
+}
+
+/// The pids of every process in drove's tree (children, grandchildren).
+fn tree(root: u32) -> Vec<u32> {
+    let mut all = vec![root];
+    let mut i = 0;
+    while i < all.len() {
+        let p = all[i];
+        // Children are listed per thread (drove spawns from a dedicated thread).
+        let tasks = std::fs::read_dir(format!("/proc/{p}/task")).into_iter().flatten().flatten();
+        for t in tasks {
+            if let Ok(s) = std::fs::read_to_string(t.path().join("children")) {
+                all.extend(s.split_whitespace().filter_map(|x| x.parse::<u32>().ok()));
+            }
+        }
+        i += 1;
+    }
+    all
+}
+
+fn shutdown_leaves_nothing(how: &str) {
+    let extra = r#"
+[services.worker]
+command = "sleep 1000 & sleep 1000"
+port = "none"
+stop = { grace = "1s" }
+"#;
+    let d = Drove::up(drove(), &web_config(2, extra, ""));
+    assert!(d.wait_in_rotation(2, Duration::from_secs(20)));
+    assert!(wait_until(Duration::from_secs(5), || tree(d.proc.pid() as u32).len() >= 6));
+    let procs = tree(d.proc.pid() as u32);
+    assert!(procs.len() >= 6, "drove, 2 web, sh + 2 sleeps: {procs:?}");
+    let t0 = Instant::now();
+    match how {
+        "down" => {
+            let out = std::process::Command::new(drove())
+                .args(["down", "--admin", &d.admin.to_string()])
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        }
+        "int" => assert!(signal(d.proc.pid(), Signal::SIGINT)),
+        _ => assert!(signal(d.proc.pid(), Signal::SIGTERM)),
+    }
+    let mut d = d;
+    let status = d.proc.wait_exit(Duration::from_secs(30)).expect("drove exits");
+    assert!(status.success(), "{status:?}");
+    assert!(t0.elapsed() < Duration::from_secs(15));
+    for p in procs {
+        assert!(wait_until(Duration::from_secs(2), || !alive(p)), "process {p} survived `{how}`");
+    }
+}
+
+#[test]
+fn drove_down_leaves_no_process() {
+    shutdown_leaves_nothing("down");
+}
+
+#[test]
+fn ctrl_c_leaves_no_process() {
+    shutdown_leaves_nothing("int");
+}
+
+#[test]
+fn sigterm_leaves_no_process() {
+    shutdown_leaves_nothing("term");
+}
+
+#[test]
+fn drain_and_undrain_an_instance() {
+    let d = Drove::up(drove(), &web_config(3, "", ""));
+    assert!(d.wait_in_rotation(3, Duration::from_secs(20)));
+    let out = std::process::Command::new(drove())
+        .args(["drain", "web.2", "--admin", &d.admin.to_string()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..30 {
+        seen.insert(http::get(d.addr(), "/whoami").unwrap().header("x-drove-instance").unwrap().to_string());
+    }
+    assert!(!seen.contains("web.2"), "{seen:?}");
+    assert!(states(&d, "web").iter().any(|s| s.0 == "web.2" && s.1 == "drained"));
+    let out = std::process::Command::new(drove())
+        .args(["undrain", "web.2", "--admin", &d.admin.to_string()])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..30 {
+        seen.insert(http::get(d.addr(), "/whoami").unwrap().header("x-drove-instance").unwrap().to_string());
+    }
+    assert!(seen.contains("web.2"));
+    // `drove status` prints the table.
+    let out = std::process::Command::new(drove())
+        .args(["status", "--admin", &d.admin.to_string()])
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains("INSTANCE") && table.contains("web.3") && table.contains("ready"), "{table}");
+}
+
+#[test]
+fn sessions_through_redis_survive_a_change_of_instance() {
+    let Some(redis) = which("redis-server") else {
+        panic!("redis-server is required (scripts/test installs it)");
+    };
+    let port = drove_test_support::free_port();
+    let extra_service = format!(
+        r#"env = {{ REDIS_URL = "redis://127.0.0.1:{port}/" }}
+depends_on = ["redis"]
+
+[services.redis]
+command = ["{redis}", "--port", "{port}", "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+port = "none"
+ready = {{ tcp = "127.0.0.1:{port}" }}
+"#,
+        redis = redis.display()
+    );
+    let d = Drove::up(drove(), &web_config(3, &extra_service, ""));
+    assert!(d.wait_in_rotation(3, Duration::from_secs(20)), "{}", d.status());
+    let mut c = drove_test_support::http::Conn::open(d.addr(), Duration::from_secs(5)).unwrap();
+    let first = c.request("GET", "/session", &[], b"").unwrap();
+    assert_eq!(first.status, 200, "{}", first.text());
+    let cookie = first.header("set-cookie").unwrap().split(';').next().unwrap().to_string();
+    let mut instances = std::collections::BTreeSet::new();
+    for n in 2..=12 {
+        let r = c.request("GET", "/session", &[("Cookie", &cookie)], b"").unwrap();
+        let v = r.json();
+        assert_eq!(v["count"], n, "{v}");
+        assert_eq!(v["store"], "redis");
+        instances.insert(r.header("x-drove-instance").unwrap().to_string());
+    }
+    assert_eq!(instances.len(), 3, "requests landed on every instance: {instances:?}");
+}
+
+fn which(name: &str) -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| std::path::Path::new(d).join(name))
+        .find(|p| p.is_file())
+}
