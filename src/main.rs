@@ -4,6 +4,8 @@
 
 mod bench_cmd;
 mod cli_admin;
+mod export_cmd;
+mod verify_cmd;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -118,6 +120,13 @@ enum Command {
     },
     /// Gracefully stop a running drove: finish in-flight requests, stop every service.
     Down,
+    /// Prove it works: drills under load (distribution, stickiness, failover, freeze,
+    /// rolling restart, scale, limits, metrics) against a running drove, or one started
+    /// from -c FILE; one line per drill with its numbers; exit 1 if any fails.
+    Verify(verify_cmd::VerifyArgs),
+    /// Print a Grafana dashboard (`grafana`) or Prometheus alert rules (`alerts`) for
+    /// drove's metrics.
+    Export(export_cmd::ExportArgs),
 }
 
 fn main() -> ExitCode {
@@ -228,6 +237,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let code = bench_cmd::run(args)?;
             Ok(ExitCode::from(code as u8))
         }
+        Command::Verify(args) => Ok(ExitCode::from(verify_cmd::run(args, &cli.config, cli.admin, cli.token.as_deref())?)),
+        Command::Export(args) => Ok(ExitCode::from(export_cmd::run(args, &cli.config)?)),
         cmd => cli_admin::run(cmd, &cli.config, cli.admin, cli.token.as_deref()),
     }
 }

@@ -6,6 +6,8 @@ mod balancer;
 mod bad_input;
 mod failover;
 mod supervisor;
+mod verify;
+mod observe;
 
 use std::path::Path;
 

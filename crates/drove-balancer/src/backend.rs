@@ -83,6 +83,7 @@ pub(crate) struct State {
     requests: AtomicU64,
     failures: AtomicU64,
     ejections: AtomicU64,
+    responses: crate::stats::ResponseStats,
 }
 
 /// A backend of a [`Balancer`]: its spec and live state. Shared by every worker.
@@ -120,6 +121,7 @@ impl Backend {
                 requests: AtomicU64::new(0),
                 failures: AtomicU64::new(0),
                 ejections: AtomicU64::new(0),
+                responses: Default::default(),
             }),
         }
     }
@@ -163,6 +165,10 @@ impl Backend {
     /// Requests (and tunnels) in flight on it right now.
     pub fn in_flight(&self) -> u64 {
         self.state.in_flight.load(Ordering::Relaxed).max(0) as u64
+    }
+    /// Responses relayed from it (status classes, latency histogram).
+    pub fn responses(&self) -> &crate::stats::ResponseStats {
+        &self.state.responses
     }
     /// Attempts started on it since it was added.
     pub fn requests(&self) -> u64 {

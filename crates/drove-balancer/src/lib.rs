@@ -15,10 +15,12 @@ mod backend;
 mod health;
 mod maglev;
 mod select;
+mod stats;
 
 pub use backend::{Backend, BackendSpec, InFlight, Outcome};
 pub use health::{ActiveHealth, ProbeKind};
 pub use select::{Algorithm, PickContext};
+pub use stats::{ResponseSnapshot, ResponseStats, LATENCY_BUCKETS};
 
 use arc_swap::ArcSwap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};

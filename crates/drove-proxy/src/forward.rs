@@ -360,6 +360,8 @@ impl Forwarder {
                         if status.is_server_error() { Outcome::Http5xx } else { Outcome::Ok },
                         if warm { elapsed } else { Duration::ZERO },
                     );
+                    // What the client experiences: the whole time to the head, retries included.
+                    backend.responses().record(status.as_u16(), start.elapsed());
                     let resp = self.relay(
                         resp,
                         conn,

@@ -12,9 +12,34 @@
 //! only after that), `Undrained` (add back), `Gone` (remove).
 //!
 //! Main types: [`Supervisor`] (the cheap-to-clone handle: `start`, `status`, `scale`,
-//! `restart`, `drain`, `undrain`, `shutdown`), [`ServiceSpec`], [`InstanceEvent`],
+//! `restart`, `update`, `drain`, `undrain`, `shutdown`), [`ServiceSpec`], [`InstanceEvent`],
 //! [`InstanceStatus`]. The state machine of an instance, backoff and crash-loop rules are
-//! described in `LIFECYCLE.md` next to this file; the log file layout in [`log_path`].
+//! described in `LIFECYCLE.md` next to this file; the log file layout in [`log_path`]; [`tail`]
+//! prints and follows a log file.
+//!
+//! ```no_run
+//! use drove_supervisor::*;
+//! # async fn run() -> Result<(), SupervisorError> {
+//! let mut web = ServiceSpec::new("web", CommandSpec::Shell("python3 -m http.server {port}".into()));
+//! web.instances = 3;
+//! web.ready = Some(Probe::new(ProbeKind::Http { path: "/".into(), expect_status: None }));
+//! let (tx, mut events) = tokio::sync::mpsc::unbounded_channel();
+//! let sup = Supervisor::start(vec![web], tx, SupervisorOptions::default())?;
+//! while let Some(event) = events.recv().await {
+//!     match event {
+//!         InstanceEvent::Ready { id, addr } => { /* add `addr` to the backend set */ }
+//!         InstanceEvent::Draining { id, grace, done } => {
+//!             // disable it, wait for in-flight requests (at most `grace`), then:
+//!             let _ = done.send(());
+//!         }
+//!         InstanceEvent::Undrained { id, addr } => { /* enable it again */ }
+//!         InstanceEvent::Gone { id } => { /* remove it */ }
+//!         InstanceEvent::StateChanged { .. } => {}
+//!     }
+//! }
+//! sup.shutdown().await;
+//! # Ok(()) }
+//! ```
 //!
 //! Linux only: process-group accounting reads `/proc`, and children are spawned with
 //! `PR_SET_PDEATHSIG` so they die with drove even if drove is SIGKILLed.

@@ -682,9 +682,19 @@ async fn updated_spec_applies_to_new_processes() {
         web.env = vec![("VERSION".into(), "1".into())];
         let (sup, mut ev) = start(vec![web.clone()]);
         ev.ready_all(5, 1).await;
-        let read =
-            |i: u32| std::fs::read_to_string(dir.path().join(format!("version.{i}"))).unwrap();
-        assert_eq!(read(1).trim(), "1");
+        let read = |i: u32| {
+            let path = dir.path().join(format!("version.{i}"));
+            async move {
+                // Ready comes at spawn (no probe): the script may not have written yet.
+                loop {
+                    match std::fs::read_to_string(&path) {
+                        Ok(s) if s.ends_with('\n') => return s.trim().to_string(),
+                        _ => sleep(Duration::from_millis(20)).await,
+                    }
+                }
+            }
+        };
+        assert_eq!(read(1).await, "1");
         let before = sup.status().await;
         web.env = vec![("VERSION".into(), "2".into())];
         sup.update(web.clone()).await.unwrap();
@@ -698,7 +708,7 @@ async fn updated_spec_applies_to_new_processes() {
             report.replaced,
             [(InstanceId::new("web", 1), InstanceId::new("web", 2))]
         );
-        assert_eq!(read(2).trim(), "2");
+        assert_eq!(read(2).await, "2");
         let mut bad = web.clone();
         bad.depends_on = vec!["web".into()];
         assert!(sup.update(bad).await.is_err());

@@ -1,0 +1,1 @@
+//! Metrics, dashboard and status end to end (owned by the observability work).

@@ -1,0 +1,1 @@
+//! `drove verify` end to end (owned by the verify work).
