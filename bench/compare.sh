@@ -338,21 +338,15 @@ rss_kb() {
 
 load1() { cut -d' ' -f1 /proc/loadavg; }
 
-wrk_args() { # scenario port duration
-    local sc="$1" port="$2" d="$3"
-    case "$sc" in
-        ka64) echo "-t1 -c64 -d${d}s --latency http://127.0.0.1:$port/" ;;
-        ka256) echo "-t1 -c256 -d${d}s --latency http://127.0.0.1:$port/" ;;
-        close64) echo "-t1 -c64 -d${d}s --latency -H Connection:close http://127.0.0.1:$port/" ;;
-    esac
-}
-
 run_wrk() { # scenario port duration outfile
     local sc="$1" port="$2" d="$3" out="$4"
-    local -a args
-    read -r -a args <<<"$(wrk_args "$sc" "$port" "$d")"
-    # "Connection:close" has no space so that it survives word splitting; wrk accepts it.
-    taskset -c "$LOAD_CPU" "$WRK" "${args[@]}" >"$out" 2>&1
+    local -a args=(-t1 -c64 "-d${d}s" --latency)
+    case "$sc" in
+        ka64) ;;
+        ka256) args=(-t1 -c256 "-d${d}s" --latency) ;;
+        close64) args+=(-H "Connection: close") ;;   # wrk needs ": " between name and value
+    esac
+    taskset -c "$LOAD_CPU" "$WRK" "${args[@]}" "http://127.0.0.1:$port/" >"$out" 2>&1
 }
 
 # ----------------------------------------------------------------------------- load check
@@ -393,7 +387,7 @@ CLK_TCK="$(getconf CLK_TCK)"
 
 wait_for_load
 echo "load_start	$(cut -d' ' -f1-3 /proc/loadavg)" >>"$TMP/meta.tsv"
-echo "top_start	$(top -bn1 | sed -n '3p')" >>"$TMP/meta.tsv"
+echo "top_start	$(top -bn2 -d1 | grep '^%Cpu' | tail -1)" >>"$TMP/meta.tsv"
 
 # ----------------------------------------------------------------------------- load runs
 log "backends on 127.0.0.1:$B1,$B2,$B3 (nginx, core $LOAD_CPU)"

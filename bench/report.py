@@ -259,7 +259,7 @@ def render(tmp, out):
     w("taskset -c 0 drove up -c $TMP/drove/drove.toml")
     w("taskset -c 1 wrk -t1 -c64  -d%ss --latency http://127.0.0.1:PORT/" % meta["duration"])
     w("taskset -c 1 wrk -t1 -c256 -d%ss --latency http://127.0.0.1:PORT/" % meta["duration"])
-    w("taskset -c 1 wrk -t1 -c64  -d%ss --latency -H Connection:close http://127.0.0.1:PORT/" % meta["duration"])
+    w("taskset -c 1 wrk -t1 -c64  -d%ss --latency -H 'Connection: close' http://127.0.0.1:PORT/" % meta["duration"])
     w("python3 bench/idle_conns.py 127.0.0.1 PORT %s 4 64" % meta.get("idle_conns"))
     w("```")
 

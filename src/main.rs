@@ -80,7 +80,7 @@ enum Command {
     Demo,
     /// Load-test an HTTP endpoint (open or closed model) and report latency percentiles,
     /// errors and the share of requests per instance.
-    Bench(bench_cmd::BenchArgs),
+    Bench(Box<bench_cmd::BenchArgs>),
     /// Show every instance: pid, port, state, health, in-flight, restarts, RSS, uptime.
     Status {
         /// Print the full JSON status document instead of a table.
@@ -234,7 +234,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Bench(args) => {
-            let code = bench_cmd::run(args)?;
+            let code = bench_cmd::run(*args)?;
             Ok(ExitCode::from(code as u8))
         }
         Command::Verify(args) => Ok(ExitCode::from(verify_cmd::run(args, &cli.config, cli.admin, cli.token.as_deref())?)),

@@ -29,6 +29,9 @@ use crate::{BenchError, BenchOptions, Model, Progress, Stop};
 pub(crate) const HIST_MAX_US: u64 = 60_000_000;
 /// 3 significant digits: 0.1% precision, ~140 KB per histogram.
 const HIST_SIGFIG: u8 = 3;
+/// Distinct instance-header values tracked per thread. A fleet is far smaller; a header
+/// that is unique per response (a request id) must not grow memory or the scan.
+pub(crate) const MAX_INSTANCES: usize = 1024;
 /// Per-second histograms only feed the timeline's p99: 1% precision keeps them ~20 KB.
 const SECOND_SIGFIG: u8 = 2;
 
@@ -73,6 +76,8 @@ pub(crate) struct ThreadStats {
     /// (instance header value, count); linear scan: a handful of instances.
     pub instances: Vec<(Vec<u8>, u64)>,
     pub without_instance: u64,
+    /// Responses whose instance value came after [`MAX_INSTANCES`] others.
+    pub instances_overflow: u64,
     cur: Bucket,
     cur_idx: u64,
 }
@@ -90,6 +95,7 @@ impl ThreadStats {
             queued: 0,
             instances: Vec::new(),
             without_instance: 0,
+            instances_overflow: 0,
             cur: Bucket::new(),
             cur_idx: 0,
         }
@@ -119,8 +125,10 @@ impl ThreadStats {
                     self.cur.errors += 1;
                 }
                 if resp.has_instance {
+                    let full = self.instances.len() >= MAX_INSTANCES;
                     match self.instances.iter_mut().find(|(k, _)| k == instance) {
                         Some((_, n)) => *n += 1,
+                        None if full => self.instances_overflow += 1,
                         None => self.instances.push((instance.to_vec(), 1)),
                     }
                 } else {
@@ -589,5 +597,47 @@ impl Timeline {
 
     fn into_seconds(self) -> Vec<Second> {
         self.seconds
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bucket(requests: u64, latency_us: u64) -> Bucket {
+        let mut b = Bucket::new();
+        b.requests = requests;
+        for _ in 0..requests {
+            b.hist.record(latency_us).unwrap();
+        }
+        b
+    }
+
+    #[test]
+    fn timeline_waits_for_every_thread_then_publishes_in_order() {
+        let (tx, rx) = watch::channel(Progress::default());
+        let mut t = Timeline::new(2);
+        t.add(0, 0, bucket(10, 100));
+        t.add(0, 1, bucket(20, 100));
+        t.emit(Some(&tx));
+        assert!(t.seconds.is_empty(), "thread 1 has not reported second 0");
+        t.add(1, 0, bucket(5, 1000));
+        t.emit(Some(&tx));
+        assert_eq!(t.seconds.len(), 1);
+        assert_eq!(t.seconds[0].requests, 15);
+        assert!(t.seconds[0].p99 >= Duration::from_micros(990));
+        let p = rx.borrow().clone();
+        assert_eq!(
+            (p.elapsed, p.requests, p.rps),
+            (Duration::from_secs(1), 15, 15.0)
+        );
+        // Thread 1 ends: it no longer holds back later seconds.
+        t.finish(1);
+        t.emit(Some(&tx));
+        assert_eq!(
+            t.seconds.iter().map(|s| s.t).collect::<Vec<_>>(),
+            vec![0, 1]
+        );
+        assert_eq!(rx.borrow().requests, 35);
     }
 }

@@ -40,7 +40,9 @@ pub use {bytes, http};
 
 pub use engine::run;
 pub use fail_if::{parse_duration, parse_fail_if, Condition, FailIfError, Metric, Op};
-pub use report::{ChiSquare, CurvePoint, ErrorCounts, Percentiles, Report, Second};
+pub use report::{
+    ChiSquare, CurvePoint, ErrorCounts, Percentiles, Report, Second, OTHER_INSTANCES,
+};
 pub use stats::{chi_square_sf, chi_square_uniform};
 
 /// Default name of the response header that says which instance served a request.

@@ -184,6 +184,10 @@ pub struct Report {
     pub unsent: u64,
 }
 
+/// Key in [`Report::per_instance`] for responses whose instance value came after
+/// 1024 distinct others (a header unique per response is not an instance name).
+pub const OTHER_INSTANCES: &str = "(other)";
+
 /// Percentiles shown on the curve: 0, 50, 75, 87.5, … (halving the remainder), up to
 /// 99.9999 — the classic HdrHistogram plot, evenly spaced on a log(1/(1-p)) axis.
 fn curve_quantiles() -> Vec<f64> {
@@ -214,6 +218,7 @@ impl Report {
         let mut status = vec![0u64; 1000];
         let mut errors = ErrorCounts::default();
         let (mut responses, mut ok, mut queued, mut without_instance) = (0, 0, 0, 0);
+        let mut overflow = 0;
         let mut per_instance: BTreeMap<String, u64> = BTreeMap::new();
         for s in &stats {
             lat.add(&s.lat).expect("same bounds");
@@ -226,6 +231,7 @@ impl Report {
             ok += s.ok;
             queued += s.queued;
             without_instance += s.without_instance;
+            overflow += s.instances_overflow;
             for (k, n) in &s.instances {
                 *per_instance
                     .entry(String::from_utf8_lossy(k).into_owned())
@@ -238,7 +244,11 @@ impl Report {
             .filter(|(_, &n)| n > 0)
             .map(|(c, &n)| (c as u16, n))
             .collect();
+        // Not in the chi-square: "other" is not one instance.
         let counts: Vec<u64> = per_instance.values().copied().collect();
+        if overflow > 0 {
+            per_instance.insert(OTHER_INSTANCES.to_string(), overflow);
+        }
         let latency_curve = if lat.is_empty() {
             Vec::new()
         } else {

@@ -2,7 +2,9 @@
 //! (`${VAR}`, `{a,b}`, `{1..3}`) is left alone; `{{` and `}}` are literal braces.
 
 /// The placeholders drove substitutes.
-pub(crate) const KNOWN: &[&str] = &["port", "instance"];
+/// `{drove}` (the running drove executable, so a config can run `drove demo` without
+/// drove on the PATH) is substituted by the runtime when it starts the services.
+pub(crate) const KNOWN: &[&str] = &["port", "instance", "drove"];
 
 enum Piece<'a> {
     Text(&'a str),

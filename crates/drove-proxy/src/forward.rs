@@ -266,7 +266,7 @@ impl Forwarder {
             sticky: sticky_owned.as_deref(),
         };
 
-        let replayable = body.as_ref().map(|b| http_body::Body::is_end_stream(b)).unwrap_or(true);
+        let replayable = body.as_ref().is_none_or(http_body::Body::is_end_stream);
         let replay = (settings.retries > 0 && replayable && is_idempotent(&parts.method) && !upgrade).then(|| Replay {
             method: parts.method.clone(),
             uri: parts.uri.clone(),

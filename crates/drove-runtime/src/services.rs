@@ -33,6 +33,20 @@ fn signal(s: config::Signal) -> sup::Signal {
     }
 }
 
+/// Replaces `{drove}` with the running executable (shell-quoted in shell commands).
+fn with_drove_exe(c: &config::CommandSpec) -> sup::CommandSpec {
+    let exe = std::env::current_exe()
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_else(|_| "drove".into());
+    match c {
+        config::CommandSpec::Shell(s) => {
+            let quoted = format!("'{}'", exe.replace('\'', "'\\''"));
+            sup::CommandSpec::Shell(s.replace("{drove}", &quoted))
+        }
+        config::CommandSpec::Argv(v) => sup::CommandSpec::Argv(v.iter().map(|a| a.replace("{drove}", &exe)).collect()),
+    }
+}
+
 /// The supervisor's specs for every `[services.NAME]`.
 pub fn specs(config: &Config, balanced: Option<&str>) -> Vec<ServiceSpec> {
     config
@@ -40,10 +54,7 @@ pub fn specs(config: &Config, balanced: Option<&str>) -> Vec<ServiceSpec> {
         .iter()
         .map(|s| ServiceSpec {
             name: s.name.clone(),
-            command: match &s.command {
-                config::CommandSpec::Shell(c) => sup::CommandSpec::Shell(c.clone()),
-                config::CommandSpec::Argv(v) => sup::CommandSpec::Argv(v.clone()),
-            },
+            command: with_drove_exe(&s.command),
             instances: s.instances,
             port: match s.port {
                 config::PortSpec::Base(b) => sup::PortSpec::Base(b),

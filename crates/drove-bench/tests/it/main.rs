@@ -232,6 +232,7 @@ async fn open_model_counts_what_it_could_not_send() {
     .await;
     let mut o = opts(&s.url, 2, Stop::Duration(Duration::from_secs(1)));
     o.model = Model::Open { rate: 100.0 };
+    o.threads = 2; // one connection each; the schedule is shared
     let r = bench(o).await;
     assert!(r.requests <= 12, "{}", r.to_text());
     assert!(r.unsent >= 85, "{}", r.to_text());
@@ -273,6 +274,19 @@ async fn per_instance_counts_and_chi_square() {
     assert_eq!(c.statistic, 200.0); // (200-400)²/400 · 2
     assert!(c.p_value < 1e-10);
     assert!(r.to_text().contains("uneven shares"));
+
+    // A header unique per response is not an instance name: capped, the rest "(other)".
+    let s = serve(|i| async move {
+        let mut r = ok("x");
+        r.headers_mut()
+            .insert("x-drove-instance", i.to_string().parse().unwrap());
+        r
+    })
+    .await;
+    let r = bench(opts(&s.url, 1, Stop::Requests(1500))).await;
+    assert_eq!(r.per_instance.len(), 1025);
+    assert_eq!(r.per_instance.get(drove_bench::OTHER_INSTANCES), Some(&476));
+    assert_eq!(r.chi_square.unwrap().dof, 1023);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
