@@ -62,19 +62,50 @@ fn malformed_and_smuggling_requests_never_reach_a_backend() {
     assert_eq!(http::get(d.addr(), "/health").unwrap().status, 200);
 }
 
-#[test]
-fn slowloris_gets_cut_off() {
-    let b = demo(drove(), "only");
-    let d = Drove::up(drove(), &static_config(&[b.addr], "timeouts = { header = \"1s\", idle = \"1s\" }"));
-    let mut s = std::net::TcpStream::connect(d.addr()).unwrap();
+/// Reads until the peer closes; returns how long that took.
+fn time_to_close(s: &mut std::net::TcpStream) -> Duration {
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n").unwrap();
     let t0 = Instant::now();
-    let mut buf = Vec::new();
-    let _ = s.read_to_end(&mut buf);
-    let took = t0.elapsed();
-    assert!(took < Duration::from_secs(4), "connection held {took:?}");
-    assert!(took >= Duration::from_millis(800), "closed too early: {took:?}");
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = s.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+    }
+    t0.elapsed()
+}
+
+#[test]
+fn slowloris_is_cut_off_but_idle_and_slow_bodies_are_not() {
+    let b = demo(drove(), "only");
+    let d = Drove::up(drove(), &static_config(&[b.addr], "timeouts = { header = \"1s\", idle = \"3s\" }"));
+    // A head that never completes: closed after the header timeout.
+    let mut s = std::net::TcpStream::connect(d.addr()).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n").unwrap();
+    let took = time_to_close(&mut s);
+    assert!(took >= Duration::from_millis(800) && took < Duration::from_millis(2500), "slow head held {took:?}");
+
+    // An idle keep-alive connection outlives the header timeout, then the idle one.
+    let mut c = http::Conn::open(d.addr(), Duration::from_secs(10)).unwrap();
+    assert_eq!(c.request("GET", "/health", &[], b"").unwrap().status, 200);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(c.request("GET", "/health", &[], b"").unwrap().status, 200, "idle < 3s keeps the connection");
+    let mut s = std::net::TcpStream::connect(d.addr()).unwrap();
+    s.write_all(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    let took = time_to_close(&mut s);
+    assert!(took >= Duration::from_millis(2500) && took < Duration::from_millis(4500), "idle closed after {took:?}");
+
+    // A body sent slowly is not a slow head: it is served.
+    let mut s = std::net::TcpStream::connect(d.addr()).unwrap();
+    s.write_all(b"POST /count HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\n\r\n").unwrap();
+    for ch in [b"a", b"b", b"c", b"d"] {
+        std::thread::sleep(Duration::from_millis(500));
+        s.write_all(ch).unwrap();
+    }
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = [0u8; 256];
+    let n = s.read(&mut buf).unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"), "{}", String::from_utf8_lossy(&buf[..n]));
 }
 
 #[test]

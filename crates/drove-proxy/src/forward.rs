@@ -4,7 +4,6 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -40,18 +39,18 @@ pub(crate) struct Peer {
     addr: SocketAddr,
     ip_value: HeaderValue,
     trusted: bool,
-    /// A head with both Content-Length and Transfer-Encoding was read (see `framing`).
-    conflicting_framing: Arc<AtomicBool>,
+    /// The connection's state (conflicting framing seen, phase for the timeouts).
+    pub(crate) conn: Arc<crate::framing::ConnState>,
 }
 
 impl Peer {
-    pub(crate) fn new(addr: SocketAddr, settings: &crate::ProxySettings, conflicting_framing: Arc<AtomicBool>) -> Peer {
+    pub(crate) fn new(addr: SocketAddr, settings: &crate::ProxySettings, conn: Arc<crate::framing::ConnState>) -> Peer {
         let ip = canonical(addr.ip());
         Peer {
             addr,
             ip_value: HeaderValue::from_str(&ip.to_string()).unwrap_or(HeaderValue::from_static("unknown")),
             trusted: settings.trusted_proxies.iter().any(|c| c.contains(ip)),
-            conflicting_framing,
+            conn,
         }
     }
 }
@@ -166,7 +165,7 @@ impl Forwarder {
             )
         });
 
-        let conflicting = peer.conflicting_framing.load(std::sync::atomic::Ordering::Relaxed) && req.headers().contains_key(header::TRANSFER_ENCODING);
+        let conflicting = peer.conn.conflicting.load(std::sync::atomic::Ordering::Relaxed) && req.headers().contains_key(header::TRANSFER_ENCODING);
         if let Err(e) = validate(&req, settings.max_body_size, conflicting) {
             stats.rejected.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let resp = error_response(e, None);
@@ -371,6 +370,9 @@ impl Forwarder {
                         sticky_owned.as_deref(),
                         request_id.as_ref(),
                     );
+                    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+                        peer.conn.tunnelled();
+                    }
                     self.log_upstream(&log_head, client_ip, &resp, &backend, status, elapsed, start, retries, &request_id);
                     return resp;
                 }

@@ -14,7 +14,9 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::time::Duration;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -76,21 +78,73 @@ fn starts_with_ignore_case(s: &[u8], p: &[u8]) -> bool {
     s.len() >= p.len() && s[..p.len()].eq_ignore_ascii_case(p)
 }
 
-/// A client socket whose reads pass through a [`LineScanner`].
+/// What a client connection is doing, shared by its socket wrapper (which enforces the
+/// header and idle timeouts) and the forwarder (which knows when a request starts and
+/// its response ends).
+#[derive(Debug, Default)]
+pub(crate) struct ConnState {
+    /// A head with conflicting framing was read on this connection.
+    pub(crate) conflicting: AtomicBool,
+    phase: AtomicU8,
+}
+
+/// Waiting for the first byte of the next request head: the idle timeout runs.
+const IDLE: u8 = 0;
+/// Part of a head has arrived: the header timeout (slowloris) runs.
+const HEAD: u8 = 1;
+/// A request is being served: only the upstream timeouts apply.
+const BUSY: u8 = 2;
+/// The connection was upgraded to a tunnel: no timeout (the peers keep it alive).
+const TUNNEL: u8 = 3;
+
+impl ConnState {
+    /// The forwarder got a request head.
+    pub(crate) fn request_started(&self) {
+        self.phase.store(BUSY, Ordering::Relaxed);
+    }
+    /// The response was written (its body ended or was dropped).
+    pub(crate) fn response_finished(&self) {
+        let _ = self.phase.compare_exchange(BUSY, IDLE, Ordering::Relaxed, Ordering::Relaxed);
+    }
+    /// The connection became a tunnel.
+    pub(crate) fn tunnelled(&self) {
+        self.phase.store(TUNNEL, Ordering::Relaxed);
+    }
+}
+
+/// A client socket whose reads pass through a [`LineScanner`] and that enforces the
+/// header-read and idle timeouts: a read that waits past the deadline of the current
+/// phase fails with `TimedOut`, and hyper closes the connection. (hyper's own
+/// `header_read_timeout` also starts while a keep-alive connection is idle, so it cannot
+/// tell a slow head from an idle client; this can.)
 pub(crate) struct ScanStream {
     inner: TcpStream,
     scanner: LineScanner,
-    /// Set once a head with conflicting framing was read on this connection.
-    pub(crate) flag: Arc<AtomicBool>,
+    pub(crate) state: Arc<ConnState>,
+    timer: Pin<Box<tokio::time::Sleep>>,
+    /// The phase the timer is armed for (u8::MAX: none yet).
+    armed: u8,
+    header_timeout: Duration,
+    idle_timeout: Duration,
 }
 
 impl ScanStream {
-    pub(crate) fn new(inner: TcpStream) -> ScanStream {
+    pub(crate) fn new(inner: TcpStream, header_timeout: Duration, idle_timeout: Duration) -> ScanStream {
         ScanStream {
             inner,
             scanner: LineScanner::default(),
-            flag: Arc::new(AtomicBool::new(false)),
+            state: Arc::new(ConnState::default()),
+            timer: Box::pin(tokio::time::sleep(idle_timeout)),
+            armed: IDLE,
+            header_timeout,
+            idle_timeout,
         }
+    }
+
+    fn arm(&mut self, phase: u8) {
+        let after = if phase == HEAD { self.header_timeout } else { self.idle_timeout };
+        self.timer.as_mut().reset(tokio::time::Instant::now() + after);
+        self.armed = phase;
     }
 }
 
@@ -98,14 +152,39 @@ impl AsyncRead for ScanStream {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let before = buf.filled().len();
-        let r = Pin::new(&mut this.inner).poll_read(cx, buf);
-        if let Poll::Ready(Ok(())) = r {
-            this.scanner.scan(&buf.filled()[before..]);
-            if this.scanner.conflicting {
-                this.flag.store(true, Ordering::Relaxed);
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                let new = &buf.filled()[before..];
+                if !new.is_empty() {
+                    if this.state.phase.load(Ordering::Relaxed) == IDLE {
+                        this.state.phase.store(HEAD, Ordering::Relaxed);
+                        this.arm(HEAD);
+                    }
+                    this.scanner.scan(new);
+                    if this.scanner.conflicting {
+                        this.state.conflicting.store(true, Ordering::Relaxed);
+                    }
+                }
+                Poll::Ready(Ok(()))
             }
+            Poll::Pending => {
+                let phase = this.state.phase.load(Ordering::Relaxed);
+                if phase == BUSY || phase == TUNNEL {
+                    return Poll::Pending;
+                }
+                if this.armed != phase {
+                    this.arm(phase);
+                }
+                match this.timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => {
+                        let what = if phase == HEAD { "request head not received in time" } else { "idle keep-alive connection" };
+                        Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, what)))
+                    }
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+            other => other,
         }
-        r
     }
 }
 

@@ -35,7 +35,8 @@ async fn accept_loop(
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(Some(proxy.settings.header_timeout.max(proxy.settings.idle_timeout)))
+        // A backstop only: ScanStream enforces the header and idle timeouts precisely.
+        .header_read_timeout(Some(proxy.settings.header_timeout.max(proxy.settings.idle_timeout) * 2))
         .max_buf_size(proxy.settings.max_header_size.max(8192))
         .keep_alive(true);
     let builder = Rc::new(builder);
@@ -94,13 +95,19 @@ struct Connection {
 
 impl Connection {
     async fn serve(mut self, stream: tokio::net::TcpStream, peer: SocketAddr) {
-        let stream = crate::framing::ScanStream::new(stream);
-        let peer_info = Rc::new(crate::forward::Peer::new(peer, &self.proxy.settings, stream.flag.clone()));
+        let settings = &self.proxy.settings;
+        let stream = crate::framing::ScanStream::new(stream, settings.header_timeout, settings.idle_timeout);
+        let peer_info = Rc::new(crate::forward::Peer::new(peer, settings, stream.state.clone()));
         let fwd = self.forwarder.clone();
         let service = hyper::service::service_fn(move |req| {
             let fwd = fwd.clone();
             let peer = peer_info.clone();
-            async move { Ok::<_, std::convert::Infallible>(fwd.handle(req, &peer).await) }
+            async move {
+                peer.conn.request_started();
+                let resp = fwd.handle(req, &peer).await;
+                let conn = peer.conn.clone();
+                Ok::<_, std::convert::Infallible>(resp.map(|body| ClientBody { body, conn }))
+            }
         });
         let conn = self
             .builder
@@ -123,6 +130,37 @@ impl Connection {
         if self.open.get() == 0 {
             self.all_closed.notify_waiters();
         }
+    }
+}
+
+/// The response body as hyper sees it: when it is dropped (written, or abandoned), the
+/// connection goes back to waiting for the next request, and its idle timeout runs.
+struct ClientBody {
+    body: crate::body::ProxyBody,
+    conn: std::sync::Arc<crate::framing::ConnState>,
+}
+
+impl Drop for ClientBody {
+    fn drop(&mut self) {
+        self.conn.response_finished();
+    }
+}
+
+impl http_body::Body for ClientBody {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, hyper::Error>>> {
+        std::pin::Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
     }
 }
 
