@@ -315,3 +315,25 @@ fn sigterm_finishes_in_flight_requests_then_exits_zero() {
     // And the listener is closed.
     assert!(std::net::TcpStream::connect(addr).is_err());
 }
+
+#[test]
+fn combined_access_log_line() {
+    let b = three();
+    let addrs: Vec<_> = b.iter().map(|d| d.addr).collect();
+    let dir = drove_test_support::tempdir("clog");
+    let log = dir.join("access.log");
+    let d = Drove::up(
+        drove(),
+        &static_config(&addrs, &format!("access_log = \"combined\"\naccess_log_path = \"{}\"", log.display())),
+    );
+    http::request(d.addr(), "GET", "/whoami?x=1", &[("User-Agent", "curl/8"), ("X-Request-Id", "rid-c")], b"").unwrap();
+    assert!(drove_test_support::wait_until(Duration::from_secs(5), || std::fs::read_to_string(&log)
+        .map(|s| s.contains("rid-c"))
+        .unwrap_or(false)));
+    let line = std::fs::read_to_string(&log).unwrap();
+    let line = line.lines().last().unwrap();
+    assert!(line.starts_with("127.0.0.1 - - ["), "{line}");
+    assert!(line.contains("\"GET /whoami?x=1 HTTP/1.1\" 200 "), "{line}");
+    assert!(line.contains("\"curl/8\""), "{line}");
+    assert!(line.contains("upstream=127.0.0.1:") && line.contains("upstream_status=200") && line.contains("retries=0"), "{line}");
+}

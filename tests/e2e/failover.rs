@@ -146,3 +146,26 @@ fn passive_ejection_and_recovery() {
     }
     assert!(seen, "the recovered backend gets traffic again");
 }
+
+#[test]
+fn the_retry_budget_stops_hammering_a_sick_fleet() {
+    let b = three();
+    let addrs: Vec<_> = b.iter().map(|d| d.addr).collect();
+    // Every backend answers 503: with on_5xx retries, each request could be tried 3
+    // times; the 20% budget (plus its small initial credit) holds retries far below.
+    let d = Drove::up(
+        drove(),
+        &static_config(&addrs, "retries = { attempts = 2, budget = \"20%\", on_5xx = true }\npassive = { max_fails = 0 }"),
+    );
+    let n = 300u64;
+    let mut c = drove_test_support::http::Conn::open(d.addr(), Duration::from_secs(5)).unwrap();
+    for _ in 0..n {
+        assert_eq!(c.request("GET", "/status/503", &[], b"").unwrap().status, 503);
+    }
+    let st = d.status();
+    let retries = st["balancer"]["retries"].as_u64().unwrap();
+    let exhausted = st["balancer"]["retry_budget_exhausted"].as_u64().unwrap();
+    assert!(retries <= n / 5 + 10 + 2, "retries {retries} exceed the budget");
+    assert!(retries >= n / 5 - 10, "the budget is used: {retries}");
+    assert!(exhausted > 0, "{st}");
+}
