@@ -20,6 +20,9 @@ pub enum ProxyError {
     /// The request is malformed or ambiguous, e.g. conflicting framing (downstream).
     #[error("bad request")]
     BadRequest,
+    /// The request head exceeds the limit (downstream).
+    #[error("request head too large")]
+    HeaderTooLarge,
     /// The announced body exceeds the limit (downstream).
     #[error("request body too large")]
     BodyTooLarge,
@@ -36,6 +39,7 @@ impl ProxyError {
             ProxyError::Timeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::BadRequest => StatusCode::BAD_REQUEST,
             ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::HeaderTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
         }
     }
 
@@ -53,6 +57,7 @@ impl ProxyError {
             ProxyError::Timeout => "504 Gateway Timeout: the backend did not answer in time\n",
             ProxyError::BadRequest => "400 Bad Request\n",
             ProxyError::BodyTooLarge => "413 Payload Too Large\n",
+            ProxyError::HeaderTooLarge => "431 Request Header Fields Too Large\n",
         }
     }
 }

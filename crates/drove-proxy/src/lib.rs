@@ -12,14 +12,13 @@
 //! Main entry points: [`bind`] and [`serve`]; errors map to statuses in one place
 //! ([`error::ProxyError::status`]).
 
-mod body;
+mod conn;
 pub mod error;
-mod forward;
-mod framing;
+mod h1;
 mod headers;
 mod log;
-mod pool;
 mod stats;
+mod upstream;
 mod worker;
 
 pub use error::ProxyError;

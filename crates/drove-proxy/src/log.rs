@@ -158,7 +158,7 @@ mod tests {
     #[test]
     fn dates() {
         let t = UNIX_EPOCH + Duration::from_secs(1_795_000_000);
-        assert_eq!(rfc3339(t), "2026-11-17T07:06:40.000Z");
-        assert_eq!(clf_time(t), "17/Nov/2026:07:06:40 +0000");
+        assert_eq!(rfc3339(t), "2026-11-18T11:06:40.000Z");
+        assert_eq!(clf_time(t), "18/Nov/2026:11:06:40 +0000");
     }
 }

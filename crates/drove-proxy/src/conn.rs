@@ -1,0 +1,879 @@
+//! One client connection, start to end, in one task: read a request head, rewrite it,
+//! pick a backend, send, relay the response, and again (keep-alive, pipelining).
+//!
+//! The task owns the client socket and, during an exchange, the upstream socket: bytes
+//! move between them with no channel and no other task involved, which is what makes
+//! the data path cheap. Bodies keep their framing (Content-Length, chunked, until close)
+//! and are copied through one pooled buffer. An idle connection holds no buffer at all.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::rc::Rc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use drove_balancer::{Backend, InFlight, Outcome, PickContext};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::error::ProxyError;
+use crate::h1::{self, Chunked, Framing, Method, Reject, RequestHead};
+use crate::log::Entry;
+use crate::upstream::{ConnectError, Pool};
+use crate::{HashKey, Proxy};
+
+/// Tries that found a pooled connection already closed are retried for free, up to this.
+const MAX_STALE_RETRIES: u32 = 4;
+
+/// Per-worker state shared by its connections.
+pub(crate) struct Worker {
+    pub(crate) proxy: Proxy,
+    pub(crate) pool: Pool,
+    /// `X-Drove-Instance: web.2\r\n` lines per backend key: no formatting per response.
+    instance_lines: RefCell<HashMap<u64, Rc<[u8]>>>,
+    /// Request-id generator state (xorshift; per worker, so no lock).
+    rid: Cell<u64>,
+}
+
+impl Worker {
+    pub(crate) fn new(proxy: Proxy) -> Rc<Worker> {
+        let seed = (std::process::id() as u64) << 32
+            ^ std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(1);
+        let w = Rc::new(Worker {
+            proxy,
+            pool: Pool::default(),
+            instance_lines: RefCell::new(HashMap::new()),
+            rid: Cell::new(seed | 1),
+        });
+        // Sweeper: closes idle upstream connections that are too old or whose backend
+        // left rotation (removed or drained).
+        let weak = Rc::downgrade(&w);
+        tokio::task::spawn_local(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(500));
+            loop {
+                tick.tick().await;
+                let Some(w) = weak.upgrade() else { return };
+                let live: Vec<(u64, bool)> =
+                    w.proxy.balancer.snapshot().iter().map(|b| (b.key(), b.is_enabled())).collect();
+                w.pool.sweep(|k| live.iter().any(|&(key, en)| key == k && en));
+            }
+        });
+        w
+    }
+
+    fn new_request_id(&self) -> [u8; 16] {
+        let mut x = self.rid.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.rid.set(x);
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        std::array::from_fn(|i| HEX[((x >> (60 - 4 * i)) & 0xf) as usize])
+    }
+
+    fn instance_line(&self, b: &Backend) -> Option<Rc<[u8]>> {
+        let name = self.proxy.settings.instance_header.as_ref()?;
+        let mut m = self.instance_lines.borrow_mut();
+        Some(
+            m.entry(b.key())
+                .or_insert_with(|| {
+                    let mut v = Vec::with_capacity(name.as_str().len() + b.id().len() + 4);
+                    v.extend_from_slice(name.as_str().as_bytes());
+                    v.extend_from_slice(b": ");
+                    v.extend(b.id().bytes().filter(|c| c.is_ascii_graphic() || *c == b' '));
+                    v.extend_from_slice(b"\r\n");
+                    v.into()
+                })
+                .clone(),
+        )
+    }
+}
+
+/// The client side of a connection.
+struct Client {
+    stream: TcpStream,
+    /// Received, not yet consumed bytes are `buf[pos..]`.
+    buf: Vec<u8>,
+    pos: usize,
+    peer: SocketAddr,
+    peer_ip: Vec<u8>,
+    trusted: bool,
+}
+
+impl Client {
+    fn pending(&self) -> &[u8] {
+        &self.buf[self.pos..]
+    }
+    fn consume(&mut self, n: usize) {
+        self.pos += n;
+        if self.pos >= self.buf.len() {
+            self.buf.clear();
+            self.pos = 0;
+        }
+    }
+    /// Reads more bytes; 0 = EOF.
+    async fn fill(&mut self) -> io::Result<usize> {
+        if self.pos > 0 && self.buf.capacity() - self.buf.len() < 1024 {
+            self.buf.drain(..self.pos);
+            self.pos = 0;
+        }
+        if self.buf.capacity() - self.buf.len() < 1024 {
+            self.buf.reserve(crate::upstream::BUF_SIZE);
+        }
+        self.stream.read_buf(&mut self.buf).await
+    }
+}
+
+/// Serves one client connection until it closes, times out, or drove shuts down.
+pub(crate) async fn serve(w: Rc<Worker>, stream: TcpStream, peer: SocketAddr, mut shutdown: watch::Receiver<bool>) {
+    let settings = w.proxy.settings.clone();
+    let ip = canonical(peer.ip());
+    let mut client = Client {
+        stream,
+        buf: Vec::new(),
+        pos: 0,
+        peer,
+        peer_ip: h1::ip_bytes(ip),
+        trusted: settings.trusted_proxies.iter().any(|c| c.contains(ip)),
+    };
+    loop {
+        if client.pending().is_empty() {
+            // Idle between requests: give the buffer back, wait for bytes (idle timeout)
+            // or for shutdown.
+            w.pool.recycle(std::mem::take(&mut client.buf));
+            client.pos = 0;
+            if *shutdown.borrow() {
+                return;
+            }
+            let readable = tokio::select! {
+                r = tokio::time::timeout(settings.idle_timeout, client.stream.readable()) => r,
+                _ = shutdown.changed() => return,
+            };
+            match readable {
+                Ok(Ok(())) => {}
+                _ => return,
+            }
+            client.buf = w.pool.buffer();
+            match client.stream.try_read_buf(&mut client.buf) {
+                Ok(0) => return,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(_) => return,
+            }
+        }
+        // The head must be complete within the header timeout (slowloris).
+        let deadline = Instant::now() + settings.header_timeout;
+        let head = loop {
+            match h1::parse_request(client.pending(), settings.max_body_size) {
+                Ok(Some(h)) => break h,
+                Ok(None) if client.pending().len() >= settings.max_header_size => {
+                    reject(&w, &mut client, Reject::TooLarge).await;
+                    return;
+                }
+                Ok(None) => match tokio::time::timeout_at(deadline, client.fill()).await {
+                    Ok(Ok(n)) if n > 0 => {}
+                    _ => return,
+                },
+                Err(r) => {
+                    reject(&w, &mut client, r).await;
+                    return;
+                }
+            }
+        };
+        if head.len > settings.max_header_size {
+            reject(&w, &mut client, Reject::TooLarge).await;
+            return;
+        }
+        let keep = exchange(&w, &mut client, head, *shutdown.borrow()).await;
+        if !keep {
+            let _ = client.stream.shutdown().await;
+            return;
+        }
+    }
+}
+
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    }
+}
+
+async fn reject(w: &Worker, client: &mut Client, r: Reject) {
+    let e = match r {
+        Reject::BadRequest => ProxyError::BadRequest,
+        Reject::TooLarge => ProxyError::HeaderTooLarge,
+        Reject::BodyTooLarge => ProxyError::BodyTooLarge,
+    };
+    w.proxy.stats.request();
+    w.proxy.stats.rejected.fetch_add(1, Relaxed);
+    w.proxy.stats.response(e.status().as_u16());
+    let bytes = error_bytes(e, None, true);
+    let _ = client.stream.write_all(&bytes).await;
+    let _ = client.stream.shutdown().await;
+}
+
+/// A complete error response of drove's own.
+fn error_bytes(e: ProxyError, request_id: Option<(&[u8], &[u8])>, close: bool) -> Vec<u8> {
+    let status = e.status();
+    let body = e.body().as_bytes();
+    let mut out = Vec::with_capacity(256);
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: ");
+    let mut n = h1::itoa_buf(body.len() as u64);
+    out.extend_from_slice(n.as_bytes_mut());
+    out.extend_from_slice(b"\r\n");
+    if status == http::StatusCode::SERVICE_UNAVAILABLE {
+        // Tell clients (and retrying load generators) when to come back, at once.
+        out.extend_from_slice(b"Retry-After: 1\r\n");
+    }
+    if let Some((name, value)) = request_id {
+        out.extend_from_slice(name);
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value);
+        out.extend_from_slice(b"\r\n");
+    }
+    if close {
+        out.extend_from_slice(b"Connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body);
+    out
+}
+
+/// Logged fields, captured only when the access log is on.
+struct LogHead {
+    method: String,
+    target: String,
+    version: &'static str,
+    referer: String,
+    user_agent: String,
+}
+
+/// The cookie `name`'s value in the request's Cookie headers.
+fn cookie<'b>(buf: &'b [u8], head: &RequestHead, name: &[u8]) -> Option<&'b [u8]> {
+    for ((ns, ne), (vs, ve)) in &head.headers {
+        if !h1::eq(&buf[*ns..*ne], b"cookie") {
+            continue;
+        }
+        for pair in buf[*vs..*ve].split(|&b| b == b';') {
+            let pair = pair.trim_ascii_start();
+            if let Some(rest) = pair.strip_prefix(name) {
+                if let Some(v) = rest.strip_prefix(b"=") {
+                    let v = v.trim_ascii_end();
+                    return Some(v.strip_prefix(b"\"").and_then(|v| v.strip_suffix(b"\"")).unwrap_or(v));
+                }
+            }
+        }
+    }
+    None
+}
+
+/// The client's IP: the peer, or — from a trusted proxy — the right-most address of
+/// X-Forwarded-For that is not itself trusted.
+fn client_ip(buf: &[u8], head: &RequestHead, peer: IpAddr, trusted: &[crate::Cidr]) -> IpAddr {
+    let mut hops: Vec<&[u8]> = Vec::new();
+    for ((ns, ne), (vs, ve)) in &head.headers {
+        if h1::eq(&buf[*ns..*ne], b"x-forwarded-for") {
+            hops.extend(buf[*vs..*ve].split(|&b| b == b','));
+        }
+    }
+    let mut ip = peer;
+    for hop in hops.iter().rev() {
+        match std::str::from_utf8(hop.trim_ascii()).ok().and_then(|s| s.parse::<IpAddr>().ok()) {
+            Some(addr) => {
+                ip = canonical(addr);
+                if !trusted.iter().any(|c| c.contains(ip)) {
+                    break;
+                }
+            }
+            None => break,
+        }
+    }
+    ip
+}
+
+/// How an attempt to get a response head ended badly.
+enum TryError {
+    /// Nothing was sent, or a pooled connection was found closed before any response
+    /// byte: the request can go elsewhere whatever its method.
+    Stale,
+    /// The backend did not answer in time.
+    Timeout,
+    /// The connection broke or the response was malformed after the request was sent.
+    Broken,
+    /// The client went away while its body was being sent.
+    ClientGone,
+}
+
+/// One request/response exchange. Returns whether the client connection stays open.
+async fn exchange(w: &Worker, client: &mut Client, head: RequestHead, shutting_down: bool) -> bool {
+    let start = Instant::now();
+    let proxy = &w.proxy;
+    let settings = &*proxy.settings;
+    let stats = &proxy.stats;
+    stats.request();
+
+    // Everything needed from the head is taken now; then its bytes are consumed.
+    let buf = client.pending();
+    let peer_ip = canonical(client.peer.ip());
+    let cip = if client.trusted { client_ip(buf, &head, peer_ip, &settings.trusted_proxies) } else { peer_ip };
+    let cip_bytes;
+    let cip_ref: &[u8] = if cip == peer_ip {
+        &client.peer_ip
+    } else {
+        cip_bytes = h1::ip_bytes(cip);
+        &cip_bytes
+    };
+    let rid_name = settings.request_id_header.as_ref().map(|n| n.as_str().as_bytes());
+    let rid_value: Option<Vec<u8>> = rid_name.map(|name| match head.header(buf, name) {
+        Some(v) if !v.is_empty() && v.len() <= 200 => v.to_vec(),
+        _ => w.new_request_id().to_vec(),
+    });
+    let sticky: Option<String> = settings
+        .sticky
+        .as_ref()
+        .and_then(|s| cookie(buf, &head, s.name.as_bytes()))
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .map(str::to_owned);
+    let hash = match &settings.hash_key {
+        None => None,
+        Some(HashKey::Header(name)) => head.header(buf, name.as_str().as_bytes()).map(drove_balancer::hash_bytes),
+        Some(HashKey::Cookie(name)) => cookie(buf, &head, name.as_bytes()).map(drove_balancer::hash_bytes),
+        Some(HashKey::Path) => Some(drove_balancer::hash_bytes(head.path(buf))),
+        Some(HashKey::ClientIp) => Some(drove_balancer::hash_ip(cip)),
+    };
+    let log_head = proxy.log.enabled().then(|| LogHead {
+        method: String::from_utf8_lossy(head.method_bytes(buf)).into_owned(),
+        target: String::from_utf8_lossy(head.target(buf)).into_owned(),
+        version: if head.http10 { "HTTP/1.0" } else { "HTTP/1.1" },
+        referer: head.header(buf, b"referer").map(|v| String::from_utf8_lossy(v).into_owned()).unwrap_or_default(),
+        user_agent: head
+            .header(buf, b"user-agent")
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .unwrap_or_default(),
+    });
+    let mut up_head = w.pool.buffer();
+    h1::write_request(
+        buf,
+        &head,
+        &h1::RequestRewrite {
+            peer_ip: &client.peer_ip,
+            client_ip: cip_ref,
+            trusted: client.trusted,
+            request_id: rid_name.zip(rid_value.as_deref()),
+        },
+        &mut up_head,
+    );
+    let method = head.method;
+    let framing = head.framing;
+    let client_http10 = head.http10;
+    let mut client_keep = head.keep_alive && !shutting_down;
+    let upgrade = head.upgrade;
+    let expect_continue = head.expect_continue;
+    client.consume(head.len);
+    drop(head);
+
+    let replayable = framing == Framing::None && !upgrade;
+    let retry_sent = replayable && method.idempotent() && settings.retries > 0;
+    let ctx = PickContext {
+        client_ip: cip,
+        hash,
+        sticky: sticky.as_deref(),
+    };
+    let deadline = start + settings.response_timeout;
+    let mut tried: Vec<u64> = Vec::new();
+    let mut retries = 0u32;
+    let mut stale = 0u32;
+    let mut last_err = ProxyError::NoBackend;
+    let mut sent_continue = false;
+    let balancer = &proxy.balancer;
+    let rid = rid_name.zip(rid_value.as_deref());
+
+    let outcome = loop {
+        let Some(backend) = balancer.pick(&ctx, &tried) else {
+            if last_err == ProxyError::NoBackend {
+                stats.no_backend.fetch_add(1, Relaxed);
+            }
+            break Err(last_err);
+        };
+        let mut in_flight = balancer.start(&backend);
+        let try_start = Instant::now();
+        let try_deadline = (try_start + settings.per_try_timeout).min(deadline);
+
+        let pooled = w.pool.take(backend.key());
+        let warm = pooled.is_some();
+        let mut up = match pooled {
+            Some(s) => s,
+            None => {
+                let budget = settings.connect_timeout.min(try_deadline.saturating_duration_since(try_start));
+                match Pool::connect(backend.addr(), budget).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        stats.connect_errors.fetch_add(1, Relaxed);
+                        tracing::debug!(backend = %backend.id(), error = ?e, "connect failed");
+                        let outcome = match e {
+                            ConnectError::Timeout => Outcome::TimedOut,
+                            ConnectError::Io(_) => Outcome::ConnectFailed,
+                        };
+                        in_flight.finish(outcome, try_start.elapsed());
+                        tried.push(backend.key());
+                        last_err = ProxyError::ConnectFailed;
+                        // Never reached a backend: safe to retry whatever the method, and
+                        // exempt from the budget (it costs the fleet nothing).
+                        if retries < settings.retries && Instant::now() < deadline {
+                            retries += 1;
+                            stats.retries.fetch_add(1, Relaxed);
+                            continue;
+                        }
+                        break Err(last_err);
+                    }
+                }
+            }
+        };
+
+        // Send the request (and its body) and read the response head.
+        if expect_continue && framing != Framing::None && client.pending().is_empty() && !sent_continue {
+            // Like nginx, drove answers `Expect: 100-continue` itself before reading the body.
+            sent_continue = true;
+            let _ = client.stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await;
+        }
+        let send_start = Instant::now();
+        let mut ubuf = w.pool.buffer();
+        let result = tokio::time::timeout_at(
+            try_deadline,
+            send_and_read_head(client, &mut up, &up_head, framing, method, &mut ubuf, warm && method.idempotent(), settings.idle_timeout),
+        )
+        .await
+        .unwrap_or(Err(TryError::Timeout));
+        let rhead = match result {
+            Ok(h) => h,
+            Err(e) => {
+                w.pool.recycle(ubuf);
+                match e {
+                    TryError::Stale => {
+                        in_flight.finish(Outcome::Cancelled, try_start.elapsed());
+                        stale += 1;
+                        if stale <= MAX_STALE_RETRIES {
+                            continue;
+                        }
+                        last_err = ProxyError::Broken;
+                        break Err(last_err);
+                    }
+                    TryError::ClientGone => {
+                        in_flight.finish(Outcome::Cancelled, try_start.elapsed());
+                        w.pool.recycle(up_head);
+                        return false;
+                    }
+                    TryError::Timeout => {
+                        stats.timeouts.fetch_add(1, Relaxed);
+                        in_flight.finish(Outcome::TimedOut, try_start.elapsed());
+                        last_err = ProxyError::Timeout;
+                    }
+                    TryError::Broken => {
+                        in_flight.finish(Outcome::Broken, try_start.elapsed());
+                        last_err = ProxyError::Broken;
+                    }
+                }
+                tried.push(backend.key());
+                // Sent: retry only if it can be replayed, within the budget.
+                if retry_sent && retries < settings.retries && Instant::now() < deadline && stats.withdraw_retry() {
+                    retries += 1;
+                    stats.retries.fetch_add(1, Relaxed);
+                    continue;
+                }
+                break Err(last_err);
+            }
+        };
+        let status = rhead.status;
+        let elapsed = send_start.elapsed();
+        if settings.retry_on_5xx
+            && matches!(status, 502..=504)
+            && retry_sent
+            && retries < settings.retries
+            && Instant::now() < deadline
+            && stats.withdraw_retry()
+        {
+            in_flight.finish(Outcome::Http5xx, elapsed);
+            w.pool.recycle(ubuf);
+            tried.push(backend.key());
+            retries += 1;
+            stats.retries.fetch_add(1, Relaxed);
+            continue;
+        }
+        // Latency for the EWMA excludes connection setup: a fresh connection's first
+        // exchange says little about how fast the backend answers (zero = no sample).
+        in_flight.record(
+            if status >= 500 { Outcome::Http5xx } else { Outcome::Ok },
+            if warm { elapsed } else { Duration::ZERO },
+        );
+        backend.responses().record(status, start.elapsed());
+        break Ok((backend, in_flight, up, ubuf, rhead, elapsed));
+    };
+    w.pool.recycle(up_head);
+
+    let (backend, in_flight, up, ubuf, rhead, upstream_time) = match outcome {
+        Ok(x) => x,
+        Err(e) => {
+            let close = !client_keep || framing != Framing::None;
+            let bytes = error_bytes(e, rid, close);
+            stats.response(e.status().as_u16());
+            let _ = client.stream.write_all(&bytes).await;
+            log(w, &log_head, cip, e.status().as_u16(), None, None, start, retries, rid);
+            // A request whose body was not read cannot be followed by another.
+            return !close;
+        }
+    };
+    let status = rhead.status;
+    stats.response(status);
+    log(w, &log_head, cip, status, Some(&backend), Some((status, upstream_time)), start, retries, rid);
+    relay(w, client, &backend, in_flight, up, ubuf, rhead, &mut client_keep, client_http10, upgrade, sticky.as_deref(), rid)
+        .await;
+    client_keep
+}
+
+/// Writes the request head and body to `up` and reads the response head into `ubuf`
+/// (1xx other than 101 are skipped). `stale_ok`: the connection came from the pool and the
+/// request is idempotent, so a write error or a close before any response byte means
+/// "the pooled connection was already dead" and the request may go elsewhere.
+#[allow(clippy::too_many_arguments)]
+async fn send_and_read_head(
+    client: &mut Client,
+    up: &mut TcpStream,
+    head: &[u8],
+    framing: Framing,
+    method: Method,
+    ubuf: &mut Vec<u8>,
+    stale_ok: bool,
+    body_timeout: Duration,
+) -> Result<h1::ResponseHead, TryError> {
+    let warm = stale_ok;
+    match framing {
+        Framing::None => {
+            if up.write_all(head).await.is_err() {
+                return Err(if warm { TryError::Stale } else { TryError::Broken });
+            }
+        }
+        _ => {
+            send_body(client, up, head, framing, body_timeout).await?;
+        }
+    }
+    loop {
+        match h1::parse_response(ubuf, method) {
+            Ok(Some(h)) if (100..200).contains(&h.status) && h.status != 101 => {
+                ubuf.drain(..h.len);
+                continue;
+            }
+            Ok(Some(h)) => return Ok(h),
+            Ok(None) => {}
+            Err(_) => return Err(TryError::Broken),
+        }
+        if ubuf.len() >= 64 * 1024 {
+            return Err(TryError::Broken);
+        }
+        if ubuf.capacity() - ubuf.len() < 1024 {
+            ubuf.reserve(crate::upstream::BUF_SIZE);
+        }
+        match up.read_buf(ubuf).await {
+            Ok(0) | Err(_) if ubuf.is_empty() && warm && framing == Framing::None => return Err(TryError::Stale),
+            Ok(0) | Err(_) => return Err(TryError::Broken),
+            Ok(_) => {}
+        }
+    }
+}
+
+/// Sends the head and the client's body (Content-Length or chunked, passed through).
+async fn send_body(
+    client: &mut Client,
+    up: &mut TcpStream,
+    head: &[u8],
+    framing: Framing,
+    body_timeout: Duration,
+) -> Result<(), TryError> {
+    let mut first = true;
+    let mut left = match framing {
+        Framing::Length(n) => n,
+        _ => u64::MAX,
+    };
+    let mut chunked = Chunked::default();
+    loop {
+        // Bytes of the body already received.
+        let pending = client.pending();
+        let take = match framing {
+            Framing::Length(_) => (left.min(pending.len() as u64)) as usize,
+            Framing::Chunked => chunked.feed(pending, |_| {}).map_err(|_| TryError::ClientGone)?,
+            _ => 0,
+        };
+        if first {
+            // The head and the first body bytes in one write.
+            let mut v = Vec::with_capacity(head.len() + take);
+            v.extend_from_slice(head);
+            v.extend_from_slice(&pending[..take]);
+            up.write_all(&v).await.map_err(|_| TryError::Broken)?;
+            first = false;
+        } else if take > 0 {
+            up.write_all(&pending[..take]).await.map_err(|_| TryError::Broken)?;
+        }
+        client.consume(take);
+        if framing == Framing::Length(0) {
+            return Ok(());
+        }
+        if let Framing::Length(_) = framing {
+            left -= take as u64;
+            if left == 0 {
+                return Ok(());
+            }
+        } else if chunked.done() {
+            return Ok(());
+        }
+        match tokio::time::timeout(body_timeout, client.fill()).await {
+            Ok(Ok(n)) if n > 0 => {}
+            _ => return Err(TryError::ClientGone),
+        }
+    }
+}
+
+/// Relays the response: head (rewritten) and body in its framing; returns the upstream
+/// connection to the pool when the exchange ended cleanly. Sets `client_keep` false when
+/// the client connection cannot continue.
+#[allow(clippy::too_many_arguments)]
+async fn relay(
+    w: &Worker,
+    client: &mut Client,
+    backend: &Backend,
+    in_flight: InFlight,
+    mut up: TcpStream,
+    mut ubuf: Vec<u8>,
+    rhead: h1::ResponseHead,
+    client_keep: &mut bool,
+    client_http10: bool,
+    upgrade: bool,
+    sticky_seen: Option<&str>,
+    rid: Option<(&[u8], &[u8])>,
+) {
+    let settings = &*w.proxy.settings;
+    // Headers drove adds.
+    let mut extra = Vec::new();
+    if let Some(line) = w.instance_line(backend) {
+        extra.extend_from_slice(&line);
+    }
+    if let Some((name, value)) = rid {
+        extra.extend_from_slice(name);
+        extra.extend_from_slice(b": ");
+        extra.extend_from_slice(value);
+        extra.extend_from_slice(b"\r\n");
+    }
+    if let Some(s) = &settings.sticky {
+        if sticky_seen != Some(backend.sticky_token()) {
+            extra.extend_from_slice(b"Set-Cookie: ");
+            extra.extend_from_slice(s.name.as_bytes());
+            extra.push(b'=');
+            extra.extend_from_slice(backend.sticky_token().as_bytes());
+            extra.extend_from_slice(b"; Path=/; HttpOnly; SameSite=Lax");
+            if let Some(age) = s.max_age {
+                extra.extend_from_slice(format!("; Max-Age={}", age.as_secs()).as_bytes());
+            }
+            extra.extend_from_slice(b"\r\n");
+        }
+    }
+    let tunnel = rhead.status == 101 && upgrade;
+    if rhead.status == 101 && !upgrade {
+        // A 101 nobody asked for cannot be relayed.
+        *client_keep = false;
+        let _ = client.stream.write_all(&error_bytes(ProxyError::Broken, rid, true)).await;
+        return;
+    }
+    let dechunk = client_http10 && rhead.framing == Framing::Chunked;
+    if rhead.framing == Framing::Close || dechunk {
+        *client_keep = false;
+    }
+    let mut out = w.pool.buffer();
+    h1::write_response(&ubuf, &rhead, &extra, !*client_keep && !tunnel, client_http10, dechunk, &mut out);
+    ubuf.drain(..rhead.len);
+
+    if tunnel {
+        // Both sides become one byte stream; the attempt stays in flight (least_conn
+        // counts the tunnel) until either side closes.
+        *client_keep = false;
+        out.extend_from_slice(&ubuf);
+        w.pool.recycle(ubuf);
+        if client.stream.write_all(&out).await.is_err() {
+            return;
+        }
+        w.pool.recycle(out);
+        let leftover = client.pending().to_vec();
+        client.consume(leftover.len());
+        if !leftover.is_empty() && up.write_all(&leftover).await.is_err() {
+            return;
+        }
+        let stats = w.proxy.stats.clone();
+        stats.active_tunnels.fetch_add(1, Relaxed);
+        let _ = tokio::io::copy_bidirectional(&mut client.stream, &mut up).await;
+        stats.active_tunnels.fetch_sub(1, Relaxed);
+        drop(in_flight);
+        return;
+    }
+
+    let mut reusable = rhead.keep_alive;
+    match rhead.framing {
+        Framing::None => {
+            if !ubuf.is_empty() {
+                reusable = false; // bytes after a body-less response: not trustworthy
+            }
+            if client.stream.write_all(&out).await.is_err() {
+                *client_keep = false;
+            }
+        }
+        Framing::Length(n) => {
+            let mut left = n;
+            let take = left.min(ubuf.len() as u64) as usize;
+            out.extend_from_slice(&ubuf[..take]);
+            left -= take as u64;
+            if take < ubuf.len() {
+                reusable = false;
+            }
+            ubuf.clear();
+            if client.stream.write_all(&out).await.is_err() {
+                *client_keep = false;
+                reusable = false;
+                left = 0;
+            }
+            while left > 0 {
+                match up.read_buf(&mut ubuf).await {
+                    Ok(0) | Err(_) => {
+                        // The backend broke mid-body: the client cannot be told with a
+                        // status any more; closing is the only honest signal.
+                        *client_keep = false;
+                        reusable = false;
+                        break;
+                    }
+                    Ok(_) => {
+                        let take = left.min(ubuf.len() as u64) as usize;
+                        left -= take as u64;
+                        if take < ubuf.len() {
+                            reusable = false;
+                        }
+                        if client.stream.write_all(&ubuf[..take]).await.is_err() {
+                            *client_keep = false;
+                            reusable = false;
+                            break;
+                        }
+                        ubuf.clear();
+                    }
+                }
+            }
+        }
+        Framing::Chunked => {
+            let mut chunked = Chunked::default();
+            let mut first = true;
+            loop {
+                let mut data = Vec::new();
+                let fed = chunked.feed(&ubuf, |p| data.push(p));
+                let Ok(n) = fed else {
+                    *client_keep = false;
+                    reusable = false;
+                    break;
+                };
+                if dechunk {
+                    let mut at = 0;
+                    for p in data {
+                        if p.data {
+                            out.extend_from_slice(&ubuf[at..at + p.len]);
+                        }
+                        at += p.len;
+                    }
+                } else {
+                    out.extend_from_slice(&ubuf[..n]);
+                }
+                if n < ubuf.len() {
+                    reusable = false;
+                }
+                ubuf.clear();
+                if (first || !out.is_empty()) && client.stream.write_all(&out).await.is_err() {
+                    *client_keep = false;
+                    reusable = false;
+                    break;
+                }
+                first = false;
+                out.clear();
+                if chunked.done() {
+                    break;
+                }
+                match up.read_buf(&mut ubuf).await {
+                    Ok(0) | Err(_) => {
+                        *client_keep = false;
+                        reusable = false;
+                        break;
+                    }
+                    Ok(_) => {}
+                }
+            }
+        }
+        Framing::Close => {
+            reusable = false;
+            out.extend_from_slice(&ubuf);
+            ubuf.clear();
+            if client.stream.write_all(&out).await.is_ok() {
+                loop {
+                    match up.read_buf(&mut ubuf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(_) => {
+                            if client.stream.write_all(&ubuf).await.is_err() {
+                                break;
+                            }
+                            ubuf.clear();
+                        }
+                    }
+                }
+            }
+        }
+    }
+    w.pool.recycle(out);
+    w.pool.recycle(ubuf);
+    if reusable {
+        w.pool.put(backend.key(), up);
+    }
+    drop(in_flight);
+}
+
+#[allow(clippy::too_many_arguments)]
+fn log(
+    w: &Worker,
+    head: &Option<LogHead>,
+    client: IpAddr,
+    status: u16,
+    backend: Option<&Backend>,
+    upstream: Option<(u16, Duration)>,
+    start: Instant,
+    retries: u32,
+    rid: Option<(&[u8], &[u8])>,
+) {
+    let Some(h) = head else { return };
+    w.proxy.log.write(&Entry {
+        client,
+        method: &h.method,
+        target: &h.target,
+        version: h.version,
+        status,
+        bytes: None,
+        referer: &h.referer,
+        user_agent: &h.user_agent,
+        upstream: backend.map(|b| b.addr()),
+        upstream_id: backend.map(|b| b.id()),
+        upstream_status: upstream.map(|u| u.0),
+        upstream_time: upstream.map(|u| u.1),
+        total_time: start.elapsed(),
+        retries,
+        request_id: rid.and_then(|(_, v)| std::str::from_utf8(v).ok()).unwrap_or(""),
+    });
+}
