@@ -39,7 +39,7 @@ pub(crate) fn run(cmd: Command, config: &Path, admin: Option<SocketAddr>, token:
     let long = Duration::from_secs(600);
     let short = Duration::from_secs(10);
     match cmd {
-        Command::Status { json } => {
+        Command::Status { json, .. } => {
             let v = call(addr, "GET", "/api/status", token, None, short)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&v)?);
@@ -47,7 +47,7 @@ pub(crate) fn run(cmd: Command, config: &Path, admin: Option<SocketAddr>, token:
                 print!("{}", status_table(&v));
             }
         }
-        Command::Scale { targets } => {
+        Command::Scale { targets, .. } => {
             for t in targets {
                 let (service, n) = t
                     .split_once('=')
@@ -57,25 +57,25 @@ pub(crate) fn run(cmd: Command, config: &Path, admin: Option<SocketAddr>, token:
                 println!("{service}: scaled to {n}");
             }
         }
-        Command::Restart { service } => {
+        Command::Restart { service, .. } => {
             let v = call(addr, "POST", "/api/restart", token, Some(json!({"service": service})), long)?;
             let n = v.get("replaced").and_then(Value::as_array).map(Vec::len).unwrap_or(0);
             let secs = v.get("elapsed").and_then(Value::as_f64).unwrap_or(0.0);
             println!("{service}: rolling restart done, {n} instance(s) replaced in {secs:.1}s");
         }
-        Command::Drain { instance } => {
+        Command::Drain { instance, .. } => {
             call(addr, "POST", "/api/drain", token, Some(json!({"instance": instance})), long)?;
             println!("{instance}: drained (out of rotation, still running)");
         }
-        Command::Undrain { instance } => {
+        Command::Undrain { instance, .. } => {
             call(addr, "POST", "/api/undrain", token, Some(json!({"instance": instance})), short)?;
             println!("{instance}: back in rotation");
         }
-        Command::Down => {
+        Command::Down { .. } => {
             call(addr, "POST", "/api/down", token, None, short)?;
             println!("drove at {addr}: shutting down");
         }
-        Command::Logs { follow, instance } => return logs(config, instance.as_deref(), follow),
+        Command::Logs { follow, instance, .. } => return logs(config, instance.as_deref(), follow),
         _ => unreachable!("handled in main"),
     }
     Ok(ExitCode::SUCCESS)
@@ -88,6 +88,25 @@ fn human_bytes(b: f64) -> String {
         format!("{:.1}M", b / (1024.0 * 1024.0))
     } else {
         format!("{:.0}K", b / 1024.0)
+    }
+}
+
+/// Requests per second: whole numbers from 10 up, one decimal below.
+fn human_rate(r: f64) -> String {
+    if r >= 10.0 {
+        format!("{r:.0}")
+    } else {
+        format!("{r:.1}")
+    }
+}
+
+fn human_ms(ms: f64) -> String {
+    if ms >= 1000.0 {
+        format!("{:.2}s", ms / 1000.0)
+    } else if ms >= 10.0 {
+        format!("{ms:.0}ms")
+    } else {
+        format!("{ms:.1}ms")
     }
 }
 
@@ -107,14 +126,17 @@ pub(crate) fn status_table(v: &Value) -> String {
     let mut out = String::new();
     if let Some(b) = v.get("balancer").filter(|b| !b.is_null()) {
         out.push_str(&format!(
-            "balancer {} ({}), {} requests, {} retries\n",
+            "balancer {} ({}), {} requests, {} req/s, {} retries\n",
             b["listen"].as_str().unwrap_or("-"),
             b["algorithm"].as_str().unwrap_or("-"),
             b["requests"],
+            b["rps"].as_f64().map(human_rate).unwrap_or_else(|| "-".into()),
             b["retries"]
         ));
     }
-    let header = ["INSTANCE", "PID", "PORT", "STATE", "HEALTH", "INFLIGHT", "REQUESTS", "RESTARTS", "RSS", "UPTIME"];
+    let header = [
+        "INSTANCE", "PID", "PORT", "STATE", "HEALTH", "INFLIGHT", "REQ/S", "P99", "REQUESTS", "RESTARTS", "RSS", "UPTIME",
+    ];
     let mut rows: Vec<Vec<String>> = vec![header.iter().map(|s| s.to_string()).collect()];
     for i in v["instances"].as_array().into_iter().flatten() {
         let s = |k: &str| match &i[k] {
@@ -139,6 +161,8 @@ pub(crate) fn status_table(v: &Value) -> String {
             s("state"),
             health.to_string(),
             s("in_flight"),
+            i["rps"].as_f64().map(human_rate).unwrap_or_else(|| "-".into()),
+            i["p99_ms"].as_f64().map(human_ms).unwrap_or_else(|| "-".into()),
             s("requests"),
             s("restarts"),
             i["rss_bytes"].as_f64().map(human_bytes).unwrap_or_else(|| "-".into()),

@@ -24,10 +24,6 @@ const EXIT_CONFIG: u8 = 64;
 #[derive(Debug, Parser)]
 #[command(name = "drove", version, about, long_about, verbatim_doc_comment)]
 struct Cli {
-    /// Config file.
-    #[arg(short = 'c', long, global = true, default_value = "drove.toml", value_name = "FILE")]
-    config: PathBuf,
-
     /// Admin API address of a running drove (default: `[admin] listen` of the config
     /// file if there is one, else 127.0.0.1:9900).
     #[arg(long, global = true, env = "DROVE_ADMIN", value_name = "ADDR")]
@@ -45,6 +41,15 @@ struct Cli {
     command: Command,
 }
 
+/// `-c FILE`, on every command that reads a config (not on `bench`, where `-c` is the
+/// connection count, as in wrk).
+#[derive(Debug, Clone, clap::Args)]
+struct ConfigArg {
+    /// Config file.
+    #[arg(short = 'c', long = "config", default_value = "drove.toml", value_name = "FILE")]
+    path: PathBuf,
+}
+
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum LogFormat {
     Text,
@@ -56,6 +61,8 @@ enum Command {
     /// Start the services, the balancer and the admin API (the built-in demo when there
     /// is no drove.toml here). Runs in the foreground; Ctrl-C or `drove down` stops it.
     Up {
+        #[command(flatten)]
+        cfg: ConfigArg,
         /// Override `[balancer] listen` (e.g. 127.0.0.1:0 for a free port).
         #[arg(long, value_name = "ADDR")]
         listen: Option<SocketAddr>,
@@ -68,9 +75,14 @@ enum Command {
     },
     /// Validate the config file; errors as file:line:col with the offending line. Exit 64
     /// if there are any.
-    Check,
+    Check {
+        #[command(flatten)]
+        cfg: ConfigArg,
+    },
     /// Write a commented drove.toml (to -c FILE, default ./drove.toml).
     Init {
+        #[command(flatten)]
+        cfg: ConfigArg,
         /// Overwrite an existing file.
         #[arg(long)]
         force: bool,
@@ -83,12 +95,16 @@ enum Command {
     Bench(Box<bench_cmd::BenchArgs>),
     /// Show every instance: pid, port, state, health, in-flight, restarts, RSS, uptime.
     Status {
+        #[command(flatten)]
+        cfg: ConfigArg,
         /// Print the full JSON status document instead of a table.
         #[arg(long)]
         json: bool,
     },
     /// Change the number of instances of services at runtime: `drove scale web=5`.
     Scale {
+        #[command(flatten)]
+        cfg: ConfigArg,
         /// SERVICE=N pairs.
         #[arg(required = true, value_name = "SERVICE=N")]
         targets: Vec<String>,
@@ -96,22 +112,30 @@ enum Command {
     /// Rolling restart of a service: one new instance up and ready before each old one
     /// is drained and stopped. Zero failed requests.
     Restart {
+        #[command(flatten)]
+        cfg: ConfigArg,
         /// Service name.
         service: String,
     },
     /// Take an instance (e.g. web.2) out of rotation and wait for its in-flight requests;
     /// it keeps running.
     Drain {
+        #[command(flatten)]
+        cfg: ConfigArg,
         /// Instance id, SERVICE.N.
         instance: String,
     },
     /// Put a drained instance back into rotation.
     Undrain {
+        #[command(flatten)]
+        cfg: ConfigArg,
         /// Instance id, SERVICE.N.
         instance: String,
     },
     /// Print instance logs (all instances, or one), from the per-instance log files.
     Logs {
+        #[command(flatten)]
+        cfg: ConfigArg,
         /// Keep printing new lines.
         #[arg(short = 'f', long)]
         follow: bool,
@@ -119,14 +143,27 @@ enum Command {
         instance: Option<String>,
     },
     /// Gracefully stop a running drove: finish in-flight requests, stop every service.
-    Down,
+    Down {
+        #[command(flatten)]
+        cfg: ConfigArg,
+    },
     /// Prove it works: drills under load (distribution, stickiness, failover, freeze,
     /// rolling restart, scale, limits, metrics) against a running drove, or one started
     /// from -c FILE; one line per drill with its numbers; exit 1 if any fails.
-    Verify(verify_cmd::VerifyArgs),
+    Verify {
+        #[command(flatten)]
+        cfg: ConfigArg,
+        #[command(flatten)]
+        args: verify_cmd::VerifyArgs,
+    },
     /// Print a Grafana dashboard (`grafana`) or Prometheus alert rules (`alerts`) for
     /// drove's metrics.
-    Export(export_cmd::ExportArgs),
+    Export {
+        #[command(flatten)]
+        cfg: ConfigArg,
+        #[command(flatten)]
+        args: export_cmd::ExportArgs,
+    },
 }
 
 fn main() -> ExitCode {
@@ -167,14 +204,36 @@ fn load_config(path: &Path) -> Result<drove_config::Config, ExitCode> {
     }
 }
 
+impl Command {
+    /// The config file this command reads (drove.toml for those that take none).
+    fn config(&self) -> PathBuf {
+        match self {
+            Command::Up { cfg, .. }
+            | Command::Check { cfg }
+            | Command::Init { cfg, .. }
+            | Command::Status { cfg, .. }
+            | Command::Scale { cfg, .. }
+            | Command::Restart { cfg, .. }
+            | Command::Drain { cfg, .. }
+            | Command::Undrain { cfg, .. }
+            | Command::Logs { cfg, .. }
+            | Command::Down { cfg }
+            | Command::Verify { cfg, .. }
+            | Command::Export { cfg, .. } => cfg.path.clone(),
+            Command::Demo | Command::Bench(_) => PathBuf::from("drove.toml"),
+        }
+    }
+}
+
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let config = cli.command.config();
     match cli.command {
-        Command::Check => match load_config(&cli.config) {
+        Command::Check { .. } => match load_config(&config) {
             Ok(c) => {
                 let services = c.services.len();
                 println!(
                     "{}: ok ({} service{}{})",
-                    cli.config.display(),
+                    config.display(),
                     services,
                     if services == 1 { "" } else { "s" },
                     if c.balancer.is_some() { ", balancer" } else { "" }
@@ -183,32 +242,33 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Err(code) => Ok(code),
         },
-        Command::Init { force } => {
-            if cli.config.exists() && !force {
-                anyhow::bail!("{} exists; use --force to overwrite it", cli.config.display());
+        Command::Init { force, .. } => {
+            if config.exists() && !force {
+                anyhow::bail!("{} exists; use --force to overwrite it", config.display());
             }
-            std::fs::write(&cli.config, drove_config::INIT_TEMPLATE)?;
-            println!("wrote {} — edit it, then `drove check` and `drove up`", cli.config.display());
+            std::fs::write(&config, drove_config::INIT_TEMPLATE)?;
+            println!("wrote {} — edit it, then `drove check` and `drove up`", config.display());
             Ok(ExitCode::SUCCESS)
         }
         Command::Up {
             listen,
             admin_listen,
             quiet,
+            ..
         } => {
-            let config = if cli.config.exists() {
-                match load_config(&cli.config) {
+            let config = if config.exists() {
+                match load_config(&config) {
                     Ok(c) => c,
                     Err(code) => return Ok(code),
                 }
-            } else if cli.config == Path::new("drove.toml") {
+            } else if config == Path::new("drove.toml") {
                 let exe = std::env::current_exe()?;
                 println!(
                     "drove: no drove.toml here: running the built-in demo (3 instances of `drove demo`); `drove init` writes a config to start from"
                 );
                 drove_config::builtin_demo(&exe.to_string_lossy())
             } else {
-                anyhow::bail!("config file {} not found", cli.config.display());
+                anyhow::bail!("config file {} not found", config.display());
             };
             let rt = tokio::runtime::Runtime::new()?;
             let color = std::io::IsTerminal::is_terminal(&std::io::stdout());
@@ -237,8 +297,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let code = bench_cmd::run(*args)?;
             Ok(ExitCode::from(code as u8))
         }
-        Command::Verify(args) => Ok(ExitCode::from(verify_cmd::run(args, &cli.config, cli.admin, cli.token.as_deref())?)),
-        Command::Export(args) => Ok(ExitCode::from(export_cmd::run(args, &cli.config)?)),
-        cmd => cli_admin::run(cmd, &cli.config, cli.admin, cli.token.as_deref()),
+        Command::Verify { args, .. } => Ok(ExitCode::from(verify_cmd::run(args, &config, cli.admin, cli.token.as_deref())?)),
+        Command::Export { args, .. } => Ok(ExitCode::from(export_cmd::run(args, &config)?)),
+        cmd => cli_admin::run(cmd, &config, cli.admin, cli.token.as_deref()),
     }
 }

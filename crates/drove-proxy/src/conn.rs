@@ -15,7 +15,6 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use drove_balancer::{Backend, InFlight, Outcome, PickContext};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -23,6 +22,7 @@ use tokio::time::Instant;
 use crate::error::ProxyError;
 use crate::h1::{self, Chunked, Framing, Method, Reject, RequestHead};
 use crate::log::Entry;
+use crate::sock::{Buf, Sock};
 use crate::upstream::{ConnectError, Pool};
 use crate::{HashKey, Proxy};
 
@@ -98,10 +98,9 @@ impl Worker {
 
 /// The client side of a connection.
 struct Client {
-    stream: TcpStream,
-    /// Received, not yet consumed bytes are `buf[pos..]`.
-    buf: Vec<u8>,
-    pos: usize,
+    sock: Sock,
+    /// Received, not yet consumed bytes; an empty, unallocated buffer while idle.
+    buf: Buf,
     peer: SocketAddr,
     peer_ip: Vec<u8>,
     trusted: bool,
@@ -109,25 +108,14 @@ struct Client {
 
 impl Client {
     fn pending(&self) -> &[u8] {
-        &self.buf[self.pos..]
+        self.buf.filled()
     }
     fn consume(&mut self, n: usize) {
-        self.pos += n;
-        if self.pos >= self.buf.len() {
-            self.buf.clear();
-            self.pos = 0;
-        }
+        self.buf.consume(n);
     }
     /// Reads more bytes; 0 = EOF.
     async fn fill(&mut self) -> io::Result<usize> {
-        if self.pos > 0 && self.buf.capacity() - self.buf.len() < 1024 {
-            self.buf.drain(..self.pos);
-            self.pos = 0;
-        }
-        if self.buf.capacity() - self.buf.len() < 1024 {
-            self.buf.reserve(crate::upstream::BUF_SIZE);
-        }
-        self.stream.read_buf(&mut self.buf).await
+        self.sock.read(&mut self.buf).await
     }
 }
 
@@ -135,10 +123,10 @@ impl Client {
 pub(crate) async fn serve(w: Rc<Worker>, stream: TcpStream, peer: SocketAddr, mut shutdown: watch::Receiver<bool>) {
     let settings = w.proxy.settings.clone();
     let ip = canonical(peer.ip());
+    let Ok(sock) = Sock::new(stream) else { return };
     let mut client = Client {
-        stream,
-        buf: Vec::new(),
-        pos: 0,
+        sock,
+        buf: Buf::with_capacity(0),
         peer,
         peer_ip: h1::ip_bytes(ip),
         trusted: settings.trusted_proxies.iter().any(|c| c.contains(ip)),
@@ -146,26 +134,31 @@ pub(crate) async fn serve(w: Rc<Worker>, stream: TcpStream, peer: SocketAddr, mu
     loop {
         if client.pending().is_empty() {
             // Idle between requests: give the buffer back, wait for bytes (idle timeout)
-            // or for shutdown.
-            w.pool.recycle(std::mem::take(&mut client.buf));
-            client.pos = 0;
+            // or for shutdown. Only then take a buffer: an idle connection holds none.
+            w.pool.recycle_input(std::mem::replace(&mut client.buf, Buf::with_capacity(0)));
             if *shutdown.borrow() {
                 return;
             }
-            let readable = tokio::select! {
-                r = tokio::time::timeout(settings.idle_timeout, client.stream.readable()) => r,
-                _ = shutdown.changed() => return,
-            };
-            match readable {
-                Ok(Ok(())) => {}
-                _ => return,
-            }
-            client.buf = w.pool.buffer();
-            match client.stream.try_read_buf(&mut client.buf) {
-                Ok(0) => return,
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(_) => return,
+            let idle_until = Instant::now() + settings.idle_timeout;
+            loop {
+                let readable = tokio::select! {
+                    r = tokio::time::timeout_at(idle_until, client.sock.readable()) => r,
+                    _ = shutdown.changed() => return,
+                };
+                match readable {
+                    Ok(Ok(())) => {}
+                    _ => return,
+                }
+                let mut buf = w.pool.input();
+                match client.sock.try_read(&mut buf) {
+                    Ok(Some(0)) | Err(_) => return,
+                    Ok(Some(_)) => {
+                        client.buf = buf;
+                        break;
+                    }
+                    // Spurious readiness: wait again.
+                    Ok(None) => w.pool.recycle_input(buf),
+                }
             }
         }
         // The head must be complete within the header timeout (slowloris).
@@ -193,7 +186,8 @@ pub(crate) async fn serve(w: Rc<Worker>, stream: TcpStream, peer: SocketAddr, mu
         }
         let keep = exchange(&w, &mut client, head, *shutdown.borrow()).await;
         if !keep {
-            let _ = client.stream.shutdown().await;
+            client.sock.shutdown_write();
+            w.pool.recycle_input(std::mem::replace(&mut client.buf, Buf::with_capacity(0)));
             return;
         }
     }
@@ -216,8 +210,8 @@ async fn reject(w: &Worker, client: &mut Client, r: Reject) {
     w.proxy.stats.rejected.fetch_add(1, Relaxed);
     w.proxy.stats.response(e.status().as_u16());
     let bytes = error_bytes(e, None, true);
-    let _ = client.stream.write_all(&bytes).await;
-    let _ = client.stream.shutdown().await;
+    let _ = client.sock.write_all(&bytes).await;
+    client.sock.shutdown_write();
 }
 
 /// A complete error response of drove's own.
@@ -413,7 +407,7 @@ async fn exchange(w: &Worker, client: &mut Client, head: RequestHead, shutting_d
 
         let pooled = w.pool.take(backend.key());
         let warm = pooled.is_some();
-        let mut up = match pooled {
+        let up = match pooled {
             Some(s) => s,
             None => {
                 let budget = settings.connect_timeout.min(try_deadline.saturating_duration_since(try_start));
@@ -446,20 +440,20 @@ async fn exchange(w: &Worker, client: &mut Client, head: RequestHead, shutting_d
         if expect_continue && framing != Framing::None && client.pending().is_empty() && !sent_continue {
             // Like nginx, drove answers `Expect: 100-continue` itself before reading the body.
             sent_continue = true;
-            let _ = client.stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await;
+            let _ = client.sock.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await;
         }
         let send_start = Instant::now();
-        let mut ubuf = w.pool.buffer();
+        let mut ubuf = w.pool.input();
         let result = tokio::time::timeout_at(
             try_deadline,
-            send_and_read_head(client, &mut up, &up_head, framing, method, &mut ubuf, warm && method.idempotent(), settings.idle_timeout),
+            send_and_read_head(client, &up, &up_head, framing, method, &mut ubuf, warm && method.idempotent(), settings.idle_timeout),
         )
         .await
         .unwrap_or(Err(TryError::Timeout));
         let rhead = match result {
             Ok(h) => h,
             Err(e) => {
-                w.pool.recycle(ubuf);
+                w.pool.recycle_input(ubuf);
                 match e {
                     TryError::Stale => {
                         in_flight.finish(Outcome::Cancelled, try_start.elapsed());
@@ -505,7 +499,7 @@ async fn exchange(w: &Worker, client: &mut Client, head: RequestHead, shutting_d
             && stats.withdraw_retry()
         {
             in_flight.finish(Outcome::Http5xx, elapsed);
-            w.pool.recycle(ubuf);
+            w.pool.recycle_input(ubuf);
             tried.push(backend.key());
             retries += 1;
             stats.retries.fetch_add(1, Relaxed);
@@ -528,7 +522,7 @@ async fn exchange(w: &Worker, client: &mut Client, head: RequestHead, shutting_d
             let close = !client_keep || framing != Framing::None;
             let bytes = error_bytes(e, rid, close);
             stats.response(e.status().as_u16());
-            let _ = client.stream.write_all(&bytes).await;
+            let _ = client.sock.write_all(&bytes).await;
             log(w, &log_head, cip, e.status().as_u16(), None, None, start, retries, rid);
             // A request whose body was not read cannot be followed by another.
             return !close;
@@ -549,11 +543,11 @@ async fn exchange(w: &Worker, client: &mut Client, head: RequestHead, shutting_d
 #[allow(clippy::too_many_arguments)]
 async fn send_and_read_head(
     client: &mut Client,
-    up: &mut TcpStream,
+    up: &Sock,
     head: &[u8],
     framing: Framing,
     method: Method,
-    ubuf: &mut Vec<u8>,
+    ubuf: &mut Buf,
     stale_ok: bool,
     body_timeout: Duration,
 ) -> Result<h1::ResponseHead, TryError> {
@@ -569,9 +563,9 @@ async fn send_and_read_head(
         }
     }
     loop {
-        match h1::parse_response(ubuf, method) {
+        match h1::parse_response(ubuf.filled(), method) {
             Ok(Some(h)) if (100..200).contains(&h.status) && h.status != 101 => {
-                ubuf.drain(..h.len);
+                ubuf.consume(h.len);
                 continue;
             }
             Ok(Some(h)) => return Ok(h),
@@ -581,10 +575,7 @@ async fn send_and_read_head(
         if ubuf.len() >= 64 * 1024 {
             return Err(TryError::Broken);
         }
-        if ubuf.capacity() - ubuf.len() < 1024 {
-            ubuf.reserve(crate::upstream::BUF_SIZE);
-        }
-        match up.read_buf(ubuf).await {
+        match up.read(ubuf).await {
             Ok(0) | Err(_) if ubuf.is_empty() && warm && framing == Framing::None => return Err(TryError::Stale),
             Ok(0) | Err(_) => return Err(TryError::Broken),
             Ok(_) => {}
@@ -595,7 +586,7 @@ async fn send_and_read_head(
 /// Sends the head and the client's body (Content-Length or chunked, passed through).
 async fn send_body(
     client: &mut Client,
-    up: &mut TcpStream,
+    up: &Sock,
     head: &[u8],
     framing: Framing,
     body_timeout: Duration,
@@ -652,8 +643,8 @@ async fn relay(
     client: &mut Client,
     backend: &Backend,
     in_flight: InFlight,
-    mut up: TcpStream,
-    mut ubuf: Vec<u8>,
+    up: Sock,
+    mut ubuf: Buf,
     rhead: h1::ResponseHead,
     client_keep: &mut bool,
     client_http10: bool,
@@ -690,7 +681,8 @@ async fn relay(
     if rhead.status == 101 && !upgrade {
         // A 101 nobody asked for cannot be relayed.
         *client_keep = false;
-        let _ = client.stream.write_all(&error_bytes(ProxyError::Broken, rid, true)).await;
+        let _ = client.sock.write_all(&error_bytes(ProxyError::Broken, rid, true)).await;
+        w.pool.recycle_input(ubuf);
         return;
     }
     let dechunk = client_http10 && rhead.framing == Framing::Chunked;
@@ -698,28 +690,34 @@ async fn relay(
         *client_keep = false;
     }
     let mut out = w.pool.buffer();
-    h1::write_response(&ubuf, &rhead, &extra, !*client_keep && !tunnel, client_http10, dechunk, &mut out);
-    ubuf.drain(..rhead.len);
+    h1::write_response(ubuf.filled(), &rhead, &extra, !*client_keep && !tunnel, client_http10, dechunk, &mut out);
+    ubuf.consume(rhead.len);
 
     if tunnel {
         // Both sides become one byte stream; the attempt stays in flight (least_conn
         // counts the tunnel) until either side closes.
         *client_keep = false;
-        out.extend_from_slice(&ubuf);
-        w.pool.recycle(ubuf);
-        if client.stream.write_all(&out).await.is_err() {
+        out.extend_from_slice(ubuf.filled());
+        ubuf.clear();
+        let ok = client.sock.write_all(&out).await.is_ok();
+        w.pool.recycle(out);
+        if !ok {
+            w.pool.recycle_input(ubuf);
             return;
         }
-        w.pool.recycle(out);
         let leftover = client.pending().to_vec();
         client.consume(leftover.len());
         if !leftover.is_empty() && up.write_all(&leftover).await.is_err() {
+            w.pool.recycle_input(ubuf);
             return;
         }
         let stats = w.proxy.stats.clone();
         stats.active_tunnels.fetch_add(1, Relaxed);
-        let _ = tokio::io::copy_bidirectional(&mut client.stream, &mut up).await;
+        let mut other = w.pool.input();
+        crate::sock::tunnel(&client.sock, &up, (&mut ubuf, &mut other)).await;
         stats.active_tunnels.fetch_sub(1, Relaxed);
+        w.pool.recycle_input(other);
+        w.pool.recycle_input(ubuf);
         drop(in_flight);
         return;
     }
@@ -730,26 +728,26 @@ async fn relay(
             if !ubuf.is_empty() {
                 reusable = false; // bytes after a body-less response: not trustworthy
             }
-            if client.stream.write_all(&out).await.is_err() {
+            if client.sock.write_all(&out).await.is_err() {
                 *client_keep = false;
             }
         }
         Framing::Length(n) => {
             let mut left = n;
             let take = left.min(ubuf.len() as u64) as usize;
-            out.extend_from_slice(&ubuf[..take]);
+            out.extend_from_slice(&ubuf.filled()[..take]);
             left -= take as u64;
             if take < ubuf.len() {
                 reusable = false;
             }
             ubuf.clear();
-            if client.stream.write_all(&out).await.is_err() {
+            if client.sock.write_all(&out).await.is_err() {
                 *client_keep = false;
                 reusable = false;
                 left = 0;
             }
             while left > 0 {
-                match up.read_buf(&mut ubuf).await {
+                match up.read(&mut ubuf).await {
                     Ok(0) | Err(_) => {
                         // The backend broke mid-body: the client cannot be told with a
                         // status any more; closing is the only honest signal.
@@ -763,7 +761,7 @@ async fn relay(
                         if take < ubuf.len() {
                             reusable = false;
                         }
-                        if client.stream.write_all(&ubuf[..take]).await.is_err() {
+                        if client.sock.write_all(&ubuf.filled()[..take]).await.is_err() {
                             *client_keep = false;
                             reusable = false;
                             break;
@@ -776,30 +774,30 @@ async fn relay(
         Framing::Chunked => {
             let mut chunked = Chunked::default();
             let mut first = true;
+            let mut pieces = Vec::new();
             loop {
-                let mut data = Vec::new();
-                let fed = chunked.feed(&ubuf, |p| data.push(p));
-                let Ok(n) = fed else {
+                pieces.clear();
+                let Ok(n) = chunked.feed(ubuf.filled(), |p| pieces.push(p)) else {
                     *client_keep = false;
                     reusable = false;
                     break;
                 };
                 if dechunk {
                     let mut at = 0;
-                    for p in data {
+                    for p in &pieces {
                         if p.data {
-                            out.extend_from_slice(&ubuf[at..at + p.len]);
+                            out.extend_from_slice(&ubuf.filled()[at..at + p.len]);
                         }
                         at += p.len;
                     }
                 } else {
-                    out.extend_from_slice(&ubuf[..n]);
+                    out.extend_from_slice(&ubuf.filled()[..n]);
                 }
                 if n < ubuf.len() {
                     reusable = false;
                 }
                 ubuf.clear();
-                if (first || !out.is_empty()) && client.stream.write_all(&out).await.is_err() {
+                if (first || !out.is_empty()) && client.sock.write_all(&out).await.is_err() {
                     *client_keep = false;
                     reusable = false;
                     break;
@@ -809,7 +807,7 @@ async fn relay(
                 if chunked.done() {
                     break;
                 }
-                match up.read_buf(&mut ubuf).await {
+                match up.read(&mut ubuf).await {
                     Ok(0) | Err(_) => {
                         *client_keep = false;
                         reusable = false;
@@ -821,14 +819,14 @@ async fn relay(
         }
         Framing::Close => {
             reusable = false;
-            out.extend_from_slice(&ubuf);
+            out.extend_from_slice(ubuf.filled());
             ubuf.clear();
-            if client.stream.write_all(&out).await.is_ok() {
+            if client.sock.write_all(&out).await.is_ok() {
                 loop {
-                    match up.read_buf(&mut ubuf).await {
+                    match up.read(&mut ubuf).await {
                         Ok(0) | Err(_) => break,
                         Ok(_) => {
-                            if client.stream.write_all(&ubuf).await.is_err() {
+                            if client.sock.write_all(ubuf.filled()).await.is_err() {
                                 break;
                             }
                             ubuf.clear();
@@ -839,7 +837,7 @@ async fn relay(
         }
     }
     w.pool.recycle(out);
-    w.pool.recycle(ubuf);
+    w.pool.recycle_input(ubuf);
     if reusable {
         w.pool.put(backend.key(), up);
     }

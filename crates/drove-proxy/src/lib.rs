@@ -3,12 +3,17 @@
 //!
 //! `drove-proxy` owns the listener workers (one OS thread and one single-threaded tokio
 //! runtime per worker, each with its own `SO_REUSEPORT` socket, so nothing on the hot path
-//! is shared but the lock-free backend set and a few atomic counters), the per-worker
-//! upstream keep-alive pool, streaming of bodies both ways, retries with a budget,
-//! timeouts, header handling (X-Forwarded-*, X-Request-Id, hop-by-hop), cookie
-//! stickiness and hash keys, `Upgrade` tunnels (WebSocket), the access log, and graceful
-//! shutdown. It does not know where backends come from (static list or supervisor) nor
-//! any configuration file: the runtime builds a [`ProxySettings`].
+//! is shared but the lock-free backend set and a few atomic counters), and in each worker
+//! one task per client connection that reads a request head (httparse), rewrites it on raw
+//! bytes (hop-by-hop headers out; X-Forwarded-*, X-Request-Id in), takes an idle
+//! connection to the picked backend from the worker's keep-alive pool, and moves the body
+//! and the response through itself in their own framing (Content-Length, chunked, until
+//! close) — no header map, no channel, no second task per request. It also owns retries
+//! with a budget, timeouts (connect, header read, per try, response, idle), cookie
+//! stickiness and hash keys, `Upgrade` tunnels (WebSocket), rejection of malformed and
+//! smuggling-shaped requests, the access log, and graceful shutdown. It does not know
+//! where backends come from (static list or supervisor) nor any configuration file: the
+//! runtime builds a [`ProxySettings`].
 //! Main entry points: [`bind`] and [`serve`]; errors map to statuses in one place
 //! ([`error::ProxyError::status`]).
 
@@ -17,6 +22,7 @@ pub mod error;
 mod h1;
 mod headers;
 mod log;
+mod sock;
 mod stats;
 mod upstream;
 mod worker;

@@ -5,11 +5,11 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::net::TcpStream;
 use tokio::time::Instant;
+
+use crate::sock::{Buf, Sock};
 
 /// Idle connections kept per backend and worker; beyond this, returned ones are closed.
 /// Sized for 256 concurrent client connections on one worker.
@@ -27,14 +27,17 @@ pub(crate) const BUF_SIZE: usize = 16 * 1024;
 const MAX_FREE_BUFFERS: usize = 1024;
 
 pub(crate) struct Idle {
-    stream: TcpStream,
+    sock: Sock,
     since: Instant,
 }
 
 #[derive(Default)]
 pub(crate) struct Pool {
     idle: RefCell<HashMap<u64, Vec<Idle>>>,
+    /// Output buffers (heads being written).
     buffers: RefCell<Vec<Vec<u8>>>,
+    /// Input buffers (reads).
+    inputs: RefCell<Vec<Buf>>,
 }
 
 /// Why a new connection could not be made.
@@ -44,40 +47,26 @@ pub(crate) enum ConnectError {
     Timeout,
 }
 
-/// Whether an idle connection is still usable: nothing to read (no EOF, no stray bytes).
-/// Uses the readiness tokio already has from epoll, so a quiet connection costs no syscall.
-fn usable(stream: &TcpStream) -> bool {
-    let mut cx = Context::from_waker(std::task::Waker::noop());
-    match stream.poll_read_ready(&mut cx) {
-        Poll::Pending => true,
-        Poll::Ready(Err(_)) => false,
-        Poll::Ready(Ok(())) => {
-            let mut probe = [0u8; 1];
-            matches!(stream.try_read(&mut probe), Err(ref e) if e.kind() == std::io::ErrorKind::WouldBlock)
-        }
-    }
-}
-
 impl Pool {
     /// A usable idle connection to backend `key`, newest first (the warmest).
-    pub(crate) fn take(&self, key: u64) -> Option<TcpStream> {
+    pub(crate) fn take(&self, key: u64) -> Option<Sock> {
         let mut idle = self.idle.borrow_mut();
         let list = idle.get_mut(&key)?;
         while let Some(c) = list.pop() {
-            if c.since.elapsed() < UPSTREAM_MAX_IDLE && usable(&c.stream) {
-                return Some(c.stream);
+            if c.since.elapsed() < UPSTREAM_MAX_IDLE && c.sock.idle_usable() {
+                return Some(c.sock);
             }
         }
         None
     }
 
     /// Returns a connection that finished an exchange cleanly.
-    pub(crate) fn put(&self, key: u64, stream: TcpStream) {
+    pub(crate) fn put(&self, key: u64, sock: Sock) {
         let mut idle = self.idle.borrow_mut();
         let list = idle.entry(key).or_default();
         if list.len() < MAX_IDLE_PER_BACKEND {
             list.push(Idle {
-                stream,
+                sock,
                 since: Instant::now(),
             });
         }
@@ -91,24 +80,40 @@ impl Pool {
             if !keep(*key) {
                 return false;
             }
-            list.retain(|c| c.since.elapsed() < UPSTREAM_MAX_IDLE && usable(&c.stream));
+            list.retain(|c| c.since.elapsed() < UPSTREAM_MAX_IDLE && c.sock.idle_usable());
             !list.is_empty()
         });
     }
 
     /// A new connection to `addr`.
-    pub(crate) async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, ConnectError> {
-        match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+    pub(crate) async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Sock, ConnectError> {
+        match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr)).await {
             Ok(Ok(s)) => {
                 let _ = s.set_nodelay(true);
-                Ok(s)
+                Sock::new(s).map_err(ConnectError::Io)
             }
             Ok(Err(e)) => Err(ConnectError::Io(e)),
             Err(_) => Err(ConnectError::Timeout),
         }
     }
 
-    /// An empty buffer with room for [`BUF_SIZE`] bytes.
+    /// An empty input buffer of [`BUF_SIZE`] bytes.
+    pub(crate) fn input(&self) -> Buf {
+        self.inputs.borrow_mut().pop().unwrap_or_else(|| Buf::with_capacity(BUF_SIZE))
+    }
+
+    /// Gives an input buffer back for reuse (grown ones are dropped: memory stays bounded).
+    pub(crate) fn recycle_input(&self, mut buf: Buf) {
+        if buf.capacity() == BUF_SIZE {
+            buf.clear();
+            let mut free = self.inputs.borrow_mut();
+            if free.len() < MAX_FREE_BUFFERS {
+                free.push(buf);
+            }
+        }
+    }
+
+    /// An empty output buffer with room for [`BUF_SIZE`] bytes.
     pub(crate) fn buffer(&self) -> Vec<u8> {
         self.buffers.borrow_mut().pop().unwrap_or_else(|| Vec::with_capacity(BUF_SIZE))
     }
