@@ -4,6 +4,7 @@
 
 mod balancer;
 mod bad_input;
+mod bench;
 mod cli;
 mod failover;
 mod supervisor;
