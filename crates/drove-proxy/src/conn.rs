@@ -141,23 +141,18 @@ pub(crate) async fn serve(w: Rc<Worker>, stream: TcpStream, peer: SocketAddr, mu
             }
             let idle_until = Instant::now() + settings.idle_timeout;
             loop {
-                let readable = tokio::select! {
-                    r = tokio::time::timeout_at(idle_until, client.sock.readable()) => r,
+                let read = tokio::select! {
+                    r = tokio::time::timeout_at(idle_until, client.sock.read_fresh(|| w.pool.input())) => r,
                     _ = shutdown.changed() => return,
                 };
-                match readable {
-                    Ok(Ok(())) => {}
-                    _ => return,
-                }
-                let mut buf = w.pool.input();
-                match client.sock.try_read(&mut buf) {
-                    Ok(Some(0)) | Err(_) => return,
-                    Ok(Some(_)) => {
+                match read {
+                    Ok(Ok((buf, Some(n)))) if n > 0 => {
                         client.buf = buf;
                         break;
                     }
                     // Spurious readiness: wait again.
-                    Ok(None) => w.pool.recycle_input(buf),
+                    Ok(Ok((buf, None))) => w.pool.recycle_input(buf),
+                    _ => return,
                 }
             }
         }

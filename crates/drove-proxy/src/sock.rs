@@ -57,17 +57,24 @@ impl Sock {
         }
     }
 
-    /// Reads into `buf` only if bytes are there now: `Ok(None)` when there are none (the
-    /// readiness was stale; it is cleared).
-    pub(crate) fn try_read(&self, buf: &mut Buf) -> io::Result<Option<usize>> {
+    /// Waits until the socket is readable, then takes a buffer from `make` and reads into
+    /// it: an idle connection holds no buffer while it waits. `None` when the readiness
+    /// was stale (nothing to read; the buffer is handed back unused).
+    pub(crate) async fn read_fresh(&self, make: impl FnOnce() -> Buf) -> io::Result<(Buf, Option<usize>)> {
+        let mut guard = self.fd.readable().await?;
+        let mut buf = make();
         buf.make_room();
-        match self.fd.try_io(tokio::io::Interest::READABLE, |s| (&mut &*s).read(buf.spare())) {
-            Ok(n) => {
+        let room = buf.spare().len();
+        match guard.try_io(|s| (&mut s.get_ref()).read(buf.spare())) {
+            Ok(Ok(n)) => {
+                if n < room {
+                    guard.clear_ready();
+                }
                 buf.end += n;
-                Ok(Some(n))
+                Ok((buf, Some(n)))
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
-            Err(e) => Err(e),
+            Ok(Err(e)) => Err(e),
+            Err(_would_block) => Ok((buf, None)),
         }
     }
 
@@ -90,13 +97,6 @@ impl Sock {
                 Err(e) => return Err(e),
             }
         }
-        Ok(())
-    }
-
-    /// Waits until there is something to read (or EOF), without reading.
-    pub(crate) async fn readable(&self) -> io::Result<()> {
-        let mut guard = self.fd.readable().await?;
-        guard.retain_ready();
         Ok(())
     }
 
