@@ -20,6 +20,9 @@ const EXIT_USAGE: i32 = 2;
 ///   drove bench http://127.0.0.1:8080/
 ///   drove bench http://127.0.0.1:8080/api --rate 2000 -d 30s -c 128 --fail-if 'p99>50ms,errors>0'
 ///   drove bench http://127.0.0.1:8080/ -n 10000 --json > run.json
+///
+/// Ctrl-C stops early and still prints the report.
+/// Exit codes: 0 done, 2 bad arguments or target unreachable, 3 a --fail-if condition held.
 #[derive(Debug, Clone, clap::Args)]
 #[command(verbatim_doc_comment)]
 pub struct BenchArgs {
@@ -42,9 +45,11 @@ pub struct BenchArgs {
     pub requests: Option<u64>,
 
     /// Open model: send R requests per second in total, on a fixed schedule, whatever
-    /// the server does. Latency is then measured from each request's scheduled time
-    /// (stalls are not hidden) and also from its actual send. Without `--rate`, each
-    /// connection sends its next request as soon as the previous response arrives.
+    /// the server does. A request that has to wait for a free connection is measured
+    /// from its scheduled time ("corrected": server stalls are not hidden); the summary
+    /// also shows latency from the actual send. Requests due but never sent are counted.
+    /// Without `--rate`, each connection sends its next request as soon as the previous
+    /// response arrives.
     #[arg(long, value_name = "R")]
     pub rate: Option<f64>,
 
@@ -210,6 +215,13 @@ fn options(args: &BenchArgs) -> anyhow::Result<(BenchOptions, Vec<drove_bench::C
     o.threads = args.threads;
     o.instance_header = args.instance_header.clone();
     o.validate()?;
+    if let Some(path) = &args.html {
+        // Fail before a long run, not after it.
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+        if dir.is_some_and(|d| !d.is_dir()) {
+            anyhow::bail!("--html {}: directory does not exist", path.display());
+        }
+    }
     let conditions = match &args.fail_if {
         Some(e) => drove_bench::parse_fail_if(e).context("--fail-if")?,
         None => Vec::new(),

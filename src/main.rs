@@ -46,7 +46,7 @@ struct Cli {
 #[derive(Debug, Clone, clap::Args)]
 struct ConfigArg {
     /// Config file.
-    #[arg(short = 'c', long = "config", default_value = "drove.toml", value_name = "FILE")]
+    #[arg(id = "config", short = 'c', long = "config", default_value = "drove.toml", value_name = "FILE")]
     path: PathBuf,
 }
 

@@ -81,3 +81,44 @@ fn logs_prints_each_instance_output() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("web.1 | ") && text.contains("web.2 | "), "{text}");
 }
+
+#[test]
+fn admin_token_is_required_when_set() {
+    let b = drove_test_support::demo(drove(), "only");
+    let cfg = format!(
+        "{}\n[admin]\nlisten = \"127.0.0.1:9900\"\ntoken = \"s3cret\"\n",
+        crate::static_config(&[b.addr], "")
+    );
+    let d = Drove::up(drove(), &cfg);
+    let r = http::get(d.admin, "/api/status").unwrap();
+    assert_eq!(r.status, 401);
+    assert!(r.json()["error"].as_str().unwrap().contains("token"));
+    let r = http::request(d.admin, "GET", "/api/status", &[("Authorization", "Bearer wrong")], b"").unwrap();
+    assert_eq!(r.status, 401);
+    let r = http::request(d.admin, "GET", "/api/status", &[("Authorization", "Bearer s3cret")], b"").unwrap();
+    assert_eq!(r.status, 200);
+    // The CLI passes --token (or DROVE_TOKEN).
+    let admin = d.admin.to_string();
+    let out = Command::new(drove()).args(["status", "--admin", &admin]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("401"));
+    let out = Command::new(drove())
+        .args(["status", "--admin", &admin])
+        .env("DROVE_TOKEN", "s3cret")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // Unknown endpoints and bad bodies are JSON errors.
+    let r = http::request(d.admin, "GET", "/api/nope", &[("Authorization", "Bearer s3cret")], b"").unwrap();
+    assert_eq!(r.status, 404);
+    let r = http::request(
+        d.admin,
+        "POST",
+        "/api/scale",
+        &[("Authorization", "Bearer s3cret"), ("Content-Type", "application/json")],
+        b"{\"service\":\"web\"}",
+    )
+    .unwrap();
+    assert_eq!(r.status, 400);
+    assert!(r.json()["error"].as_str().unwrap().contains("instances"));
+}

@@ -103,6 +103,12 @@ pub(crate) struct Conn {
     pub instance: Vec<u8>,
     instance_header: Box<[u8]>,
     head_request: bool,
+    /// Responses read on the current connection.
+    served: u64,
+    /// Some response byte arrived during the current exchange.
+    got_bytes: bool,
+    /// Requests resent on a new connection (see [`Conn::exchange`]).
+    pub retried: u64,
 }
 
 impl Conn {
@@ -115,11 +121,15 @@ impl Conn {
             instance: Vec::with_capacity(64),
             instance_header: instance_header.as_bytes().into(),
             head_request,
+            served: 0,
+            got_bytes: false,
+            retried: 0,
         }
     }
 
     pub fn set_stream(&mut self, s: TcpStream) {
         self.stream = Some(s);
+        self.served = 0;
         self.start = 0;
         self.end = 0;
     }
@@ -132,6 +142,28 @@ impl Conn {
 
     /// Sends `req` (connecting first if needed) and reads the whole response.
     pub async fn exchange(&mut self, addr: SocketAddr, req: &[u8]) -> Result<Response, Fail> {
+        let reused = self.stream.is_some() && self.served > 0;
+        let mut r = self.exchange_fresh_or_open(addr, req).await;
+        if reused && matches!(r, Err(Fail::Reset)) && !self.got_bytes {
+            // The server closed this idle connection before our request reached it (its
+            // keep-alive timeout racing our send). Browsers and client pools resend such
+            // a request once on a new connection; so do we, and count it.
+            self.close();
+            self.retried += 1;
+            r = self.exchange_fresh_or_open(addr, req).await;
+        }
+        match r {
+            Ok(resp) if resp.reusable => self.served += 1,
+            _ => self.close(),
+        }
+        r
+    }
+
+    async fn exchange_fresh_or_open(
+        &mut self,
+        addr: SocketAddr,
+        req: &[u8],
+    ) -> Result<Response, Fail> {
         if self.stream.is_none() {
             let s = connect(addr).await.map_err(|e| match e.kind() {
                 io::ErrorKind::TimedOut => Fail::Timeout,
@@ -139,12 +171,7 @@ impl Conn {
             })?;
             self.set_stream(s);
         }
-        let r = self.exchange_open(req).await;
-        match r {
-            Ok(resp) if resp.reusable => {}
-            _ => self.close(),
-        }
-        r
+        self.exchange_open(req).await
     }
 
     async fn exchange_open(&mut self, req: &[u8]) -> Result<Response, Fail> {
@@ -152,6 +179,7 @@ impl Conn {
         // response; they cannot belong to this request.
         self.start = 0;
         self.end = 0;
+        self.got_bytes = false;
         let stream = self.stream.as_mut().expect("connected");
         stream.write_all(req).await.map_err(|e| Fail::from_io(&e))?;
         let head = self.read_head().await?;
@@ -192,6 +220,7 @@ impl Conn {
             .await
             .map_err(|e| Fail::from_io(&e))?;
         self.end += n;
+        self.got_bytes |= n > 0;
         Ok(n)
     }
 

@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, watch, Notify};
 use tokio::time::{sleep_until, Instant};
 
 use crate::client::{self, Conn, Fail, Response};
-use crate::pace::Pacer;
+use crate::pace::{Pacer, EARLY};
 use crate::report::{self, ErrorCounts, Second};
 use crate::{BenchError, BenchOptions, Model, Progress, Stop};
 
@@ -73,6 +73,7 @@ pub(crate) struct ThreadStats {
     pub ok: u64,
     pub sent: u64,
     pub queued: u64,
+    pub retried: u64,
     /// (instance header value, count); linear scan: a handful of instances.
     pub instances: Vec<(Vec<u8>, u64)>,
     pub without_instance: u64,
@@ -93,6 +94,7 @@ impl ThreadStats {
             ok: 0,
             sent: 0,
             queued: 0,
+            retried: 0,
             instances: Vec::new(),
             without_instance: 0,
             instances_overflow: 0,
@@ -174,8 +176,9 @@ struct Ctx {
     tickets: AtomicU64,
 }
 
-/// Runs a benchmark to its end (or until `cancel` resolves; requests then in flight are
-/// abandoned and not counted). `progress`, if given, receives a [`Progress`] after each
+/// Runs a benchmark to its end, or until `cancel` resolves: then requests in flight are
+/// abandoned and not counted, or, with [`BenchOptions::drain_on_cancel`], finished and
+/// counted. Dropping the returned future stops the worker threads as well. `progress`, if given, receives a [`Progress`] after each
 /// complete second.
 ///
 /// Fails only if the options are invalid or the host does not resolve; an unreachable
@@ -218,20 +221,21 @@ pub async fn run(
 
     let (msg_tx, mut msg_rx) = mpsc::unbounded_channel();
     let (t0_tx, t0_rx) = watch::channel(None::<Instant>);
-    let (abort_tx, abort_rx) = watch::channel(false);
+    let (ctrl_tx, ctrl_rx) = watch::channel(Control::Run);
+    // If this future is dropped mid-run (a caller's timeout), the threads stop too.
+    let abort = AbortOnDrop(ctx.clone(), ctrl_tx);
     let mut handles = Vec::with_capacity(threads);
     for t in 0..threads {
         let conns = (t..opts.connections).step_by(threads).count();
-        let (ctx2, msg_tx, t0_rx, abort_rx) =
-            (ctx.clone(), msg_tx.clone(), t0_rx.clone(), abort_rx.clone());
+        let (ctx2, msg_tx, t0_rx, ctrl_rx) =
+            (ctx.clone(), msg_tx.clone(), t0_rx.clone(), ctrl_rx.clone());
         let h = std::thread::Builder::new()
             .name(format!("drove-bench-{t}"))
-            .spawn(move || thread_main(t, conns, ctx2, msg_tx, t0_rx, abort_rx));
+            .spawn(move || thread_main(t, conns, ctx2, msg_tx, t0_rx, ctrl_rx));
         match h {
             Ok(h) => handles.push(h),
             Err(e) => {
-                ctx.stop.store(true, Relaxed);
-                let _ = abort_tx.send(true);
+                abort.abort();
                 let _ = t0_tx.send(Some(Instant::now()));
                 return Err(BenchError::Thread(e));
             }
@@ -275,8 +279,11 @@ pub async fn run(
             },
             _ = &mut cancel, if cancelled_at.is_none() => {
                 cancelled_at = Some(Instant::now());
-                ctx.stop.store(true, Relaxed);
-                let _ = abort_tx.send(true);
+                if opts.drain_on_cancel {
+                    abort.drain();
+                } else {
+                    abort.abort();
+                }
                 if t0.is_none() {
                     // Nobody has started; release the workers waiting for the clock.
                     let _ = t0_tx.send(Some(Instant::now()));
@@ -326,13 +333,49 @@ pub async fn run(
     ))
 }
 
+/// What the coordinator tells the worker threads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Control {
+    Run,
+    /// No new requests; those in flight finish (each within the timeout).
+    Drain,
+    /// Stop now; requests in flight are abandoned.
+    Abort,
+}
+
+struct AbortOnDrop(Arc<Ctx>, watch::Sender<Control>);
+
+impl AbortOnDrop {
+    fn abort(&self) {
+        self.0.stop.store(true, Relaxed);
+        self.1.send_replace(Control::Abort);
+    }
+
+    fn drain(&self) {
+        self.0.stop.store(true, Relaxed);
+        self.1.send_if_modified(|c| {
+            let run = *c == Control::Run;
+            if run {
+                *c = Control::Drain;
+            }
+            run
+        });
+    }
+}
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.abort();
+    }
+}
+
 fn thread_main(
     t: usize,
     conns: usize,
     ctx: Arc<Ctx>,
     msg_tx: mpsc::UnboundedSender<Msg>,
     t0_rx: watch::Receiver<Option<Instant>>,
-    mut abort_rx: watch::Receiver<bool>,
+    mut ctrl_rx: watch::Receiver<Control>,
 ) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -354,12 +397,25 @@ fn thread_main(
             ));
         }
         let ticker = tokio::task::spawn_local(ticker(t, stats.clone(), msg_tx.clone(), t0_rx));
-        tokio::select! {
-            _ = async { while set.join_next().await.is_some() {} } => {}
-            _ = abort_rx.wait_for(|a| *a) => {}
+        let mut abort = false;
+        loop {
+            tokio::select! {
+                r = set.join_next() => if r.is_none() { break },
+                c = ctrl_rx.changed() => match c.map(|_| *ctrl_rx.borrow_and_update()) {
+                    Ok(Control::Run) => {}
+                    // Connections waiting for a future slot must not wait it out.
+                    Ok(Control::Drain) => pacer.release_all(),
+                    Ok(Control::Abort) | Err(_) => {
+                        abort = true;
+                        break;
+                    }
+                },
+            }
         }
-        set.abort_all();
-        while set.join_next().await.is_some() {}
+        if abort {
+            set.abort_all();
+            while set.join_next().await.is_some() {}
+        }
         ticker.abort();
         let _ = ticker.await;
         pacer_task.abort();
@@ -459,7 +515,7 @@ async fn worker(
                 if end.is_some_and(|e| sched >= e || now >= e) {
                     break;
                 }
-                if sched > now {
+                if sched + EARLY > now {
                     // An idle connection waits for the slot. The wake-up's lateness is
                     // the generator's, not the server's, so latency counts from the
                     // actual send, below.
@@ -469,8 +525,9 @@ async fn worker(
                     }
                     None
                 } else {
-                    // Due already: it waited for a free connection, and that wait is
-                    // what coordinated omission would hide. Count from the schedule.
+                    // Overdue: it waited for a free connection, and that wait is what
+                    // coordinated omission would hide. Count from the schedule. (Within
+                    // EARLY it is just the wake-up of a free connection, as at t0.)
                     stats.borrow_mut().queued += 1;
                     Some(sched)
                 }
@@ -502,6 +559,9 @@ async fn worker(
             conn.close();
         }
         let done = Instant::now();
+        if conn.retried > 0 {
+            stats.borrow_mut().retried += std::mem::take(&mut conn.retried);
+        }
         stats
             .borrow_mut()
             .record(result, sched.unwrap_or(start), start, done, &conn.instance);

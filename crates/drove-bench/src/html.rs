@@ -53,8 +53,8 @@ pub(crate) fn render(r: &Report) -> String {
     let _ = writeln!(
         o,
         "<table><tr><th>duration</th><th>requests</th><th>req/s</th><th>ok</th><th>errors</th>\
-         <th>error rate</th><th>queued</th><th>unsent</th></tr>\
-         <tr><td>{:.2}s</td><td>{}</td><td>{:.1}</td><td>{}</td><td>{}</td><td>{:.2}%</td><td>{}</td><td>{}</td></tr></table>",
+         <th>error rate</th><th>queued</th><th>unsent</th><th>retried</th></tr>\
+         <tr><td>{:.2}s</td><td>{}</td><td>{:.1}</td><td>{}</td><td>{}</td><td>{:.2}%</td><td>{}</td><td>{}</td><td>{}</td></tr></table>",
         r.duration.as_secs_f64(),
         r.requests,
         r.rps,
@@ -62,7 +62,8 @@ pub(crate) fn render(r: &Report) -> String {
         r.errors.total(),
         r.error_rate(),
         r.queued,
-        r.unsent
+        r.unsent,
+        r.retried
     );
     let _ = writeln!(
         o,

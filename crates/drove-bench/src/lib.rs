@@ -8,13 +8,14 @@
 //!   previous response has been read in full (wrk, ab).
 //! - [`Model::Open`]: constant arrival rate (wrk2). Request *i* is scheduled at
 //!   `t0 + i / rate`; whichever connection is free takes the next request and waits for
-//!   its time. A request that is already due when a connection frees up (every connection
-//!   was busy) is counted in [`Report::queued`] and its latency runs from its scheduled
-//!   time ([`Report::latency`], corrected for coordinated omission); one that was due
-//!   before the end but never sent is counted in [`Report::unsent`].
-//!   [`Report::latency_uncorrected`] always runs from the actual send. (A request whose
-//!   connection was idle and waiting for it is measured from its send: the millisecond
-//!   granularity of the timer that woke it is the generator's, not the server's.)
+//!   its time (a per-thread timerfd pacer, see `pace.rs`). A request that is overdue by
+//!   more than 50 µs when a connection frees up (every connection was busy) is counted
+//!   in [`Report::queued`] and its latency runs from its scheduled time
+//!   ([`Report::latency`], corrected for coordinated omission); one that was due before
+//!   the end but never sent is counted in [`Report::unsent`].
+//!   [`Report::latency_uncorrected`] always runs from the actual send. A request whose
+//!   connection was idle and waiting for it is measured from its send: the lateness of
+//!   the wake-up is the generator's, not the server's.
 //!
 //! The client is hand-written for speed: one pre-built request per run, `httparse` for
 //! responses, one reused buffer per connection, no allocation per request. Each of
@@ -24,6 +25,8 @@
 //!
 //! Main types: [`BenchOptions`] → [`run`] → [`Report`] (text, JSON, HTML; [`Report::check`]
 //! against [`parse_fail_if`] conditions).
+
+#![deny(missing_docs)]
 
 mod client;
 mod engine;
@@ -94,6 +97,10 @@ pub struct BenchOptions {
     pub instance_header: String,
     /// OS threads, each with a current-thread runtime and its share of the connections.
     pub threads: usize,
+    /// What the `cancel` future of [`run`] does: `false` (default, Ctrl-C) abandons the
+    /// requests in flight; `true` sends no new request but lets those in flight finish
+    /// (each within `timeout`) and counts them — for drills that stop the load on cue.
+    pub drain_on_cancel: bool,
 }
 
 impl BenchOptions {
@@ -115,6 +122,7 @@ impl BenchOptions {
             timeout: Duration::from_secs(5),
             instance_header: DEFAULT_INSTANCE_HEADER.to_string(),
             threads: 1,
+            drain_on_cancel: false,
         };
         opts.target()?;
         Ok(opts)

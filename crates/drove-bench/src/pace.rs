@@ -19,7 +19,7 @@ use tokio::time::Instant;
 
 /// Slots due this soon are released in the same wake-up: caps timer wake-ups at
 /// ~20 000/s, while keeping sends within a few tens of microseconds of their schedule.
-const EARLY: Duration = Duration::from_micros(50);
+pub(crate) const EARLY: Duration = Duration::from_micros(50);
 
 #[derive(Default)]
 pub(crate) struct Pacer {
@@ -43,6 +43,13 @@ impl Pacer {
             self.kick.notify_one();
         }
         me.notified().await;
+    }
+
+    /// Releases every waiter now (the run is stopping).
+    pub fn release_all(&self) {
+        for (_, n) in self.queue.borrow_mut().drain(..) {
+            n.notify_one();
+        }
     }
 
     /// The releasing task; runs until aborted.

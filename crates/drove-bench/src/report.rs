@@ -176,12 +176,17 @@ pub struct Report {
     pub chi_square: Option<ChiSquare>,
     /// Responses per second over `duration`.
     pub rps: f64,
-    /// Open model: requests that were due while every connection was busy, and so were
-    /// sent late (their corrected latency includes the wait).
+    /// Open model: requests that were overdue (by more than 50 µs) when a connection
+    /// became free, because every connection was busy; their corrected latency includes
+    /// the wait.
     pub queued: u64,
     /// Open model: requests due before the end that were never sent (all connections
     /// stayed busy). Not hidden: raise `connections` or lower the rate.
     pub unsent: u64,
+    /// Requests resent once on a new connection because the server had closed the
+    /// reused idle connection before any response byte (keep-alive timeout racing the
+    /// send), as browsers and client pools do. Not errors, but counted.
+    pub retried: u64,
 }
 
 /// Key in [`Report::per_instance`] for responses whose instance value came after
@@ -219,6 +224,7 @@ impl Report {
         let mut errors = ErrorCounts::default();
         let (mut responses, mut ok, mut queued, mut without_instance) = (0, 0, 0, 0);
         let mut overflow = 0;
+        let mut retried = 0;
         let mut per_instance: BTreeMap<String, u64> = BTreeMap::new();
         for s in &stats {
             lat.add(&s.lat).expect("same bounds");
@@ -232,6 +238,7 @@ impl Report {
             queued += s.queued;
             without_instance += s.without_instance;
             overflow += s.instances_overflow;
+            retried += s.retried;
             for (k, n) in &s.instances {
                 *per_instance
                     .entry(String::from_utf8_lossy(k).into_owned())
@@ -291,6 +298,7 @@ impl Report {
             },
             queued,
             unsent,
+            retried,
         }
     }
 
@@ -334,6 +342,7 @@ impl Report {
             "latency_uncorrected": self.latency_uncorrected.to_json(),
             "queued": self.queued,
             "unsent": self.unsent,
+            "retried": self.retried,
             "per_instance": self.per_instance,
             "without_instance": self.without_instance,
             "chi_square": self.chi_square.map(|c| json!({
@@ -422,13 +431,23 @@ impl Report {
             );
         }
         if self.queued > 0 || self.unsent > 0 {
-            let _ =
-                writeln!(
+            let _ = writeln!(
                 o,
-                "  schedule   {} requests waited for a free connection, {} due but never sent{}",
+                "  schedule   waited for a free connection: {}; due but never sent: {}{}",
                 self.queued,
                 self.unsent,
-                if self.unsent > 0 { " (raise -c or lower --rate)" } else { "" }
+                if self.unsent > 0 {
+                    " (raise -c or lower --rate)"
+                } else {
+                    ""
+                }
+            );
+        }
+        if self.retried > 0 {
+            let _ = writeln!(
+                o,
+                "  retried    {} requests resent on a new connection (server closed an idle one)",
+                self.retried
             );
         }
         if !self.per_instance.is_empty() {

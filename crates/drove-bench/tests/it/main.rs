@@ -237,7 +237,7 @@ async fn open_model_counts_what_it_could_not_send() {
     assert!(r.requests <= 12, "{}", r.to_text());
     assert!(r.unsent >= 85, "{}", r.to_text());
     assert_eq!(r.requests + r.unsent, 100, "{}", r.to_text());
-    assert!(r.to_text().contains("never sent"));
+    assert!(r.to_text().contains("due but never sent: "));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -428,6 +428,15 @@ async fn body_framings_are_read_fully() {
     assert_eq!(r.status_counts.get(&201), Some(&20), "{}", r.to_text());
     t3.abort();
 
+    // A server that closes each connection right after a keep-alive response (an idle
+    // timeout racing the next send): resent once on a new connection, not an error.
+    let (url, t6) = raw_server(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", true).await;
+    let r = bench(opts(&url, 1, Stop::Requests(20))).await;
+    assert_eq!((r.ok, r.errors.total()), (20, 0), "{}", r.to_text());
+    assert!(r.retried >= 15, "{}", r.to_text());
+    assert!(r.to_text().contains("resent on a new connection"));
+    t6.abort();
+
     // Garbage is an "other" error; a close mid-body is a "reset".
     let (url, t4) = raw_server(b"SMTP ready\r\n\r\n", true).await;
     let r = bench(opts(&url, 1, Stop::Requests(5))).await;
@@ -515,6 +524,58 @@ async fn reports_render_and_fail_if_checks() {
     assert!(r
         .check(&drove_bench::parse_fail_if("error_rate>0.1%").unwrap())
         .is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_on_cancel_finishes_and_counts_requests_in_flight() {
+    let s = serve(|_| async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        ok("x")
+    })
+    .await;
+    // Closed model: 4 requests in flight when the cancel comes, 4 answered.
+    let mut o = opts(&s.url, 4, Stop::Duration(Duration::from_secs(60)));
+    o.drain_on_cancel = true;
+    let cancel = tokio::time::sleep(Duration::from_millis(450));
+    let r = tokio::time::timeout(LIMIT, run(o, None, cancel))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(r.cancelled);
+    assert_eq!(r.ok, 8, "{}", r.to_text());
+    assert_eq!(s.requests.load(SeqCst), 8);
+    // Open model at a low rate: connections waiting for far slots are released at once.
+    let mut o = opts(&s.url, 8, Stop::Duration(Duration::from_secs(60)));
+    o.model = Model::Open { rate: 2.0 };
+    o.drain_on_cancel = true;
+    let started = std::time::Instant::now();
+    let cancel = tokio::time::sleep(Duration::from_millis(600));
+    let r = tokio::time::timeout(LIMIT, run(o, None, cancel))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(r.ok, 2, "{}", r.to_text()); // due at 0 and 500 ms
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_run_stops_the_workers() {
+    let s = serve(|_| async { ok("x") }).await;
+    let o = opts(&s.url, 4, Stop::Duration(Duration::from_secs(60)));
+    let r = tokio::time::timeout(
+        Duration::from_millis(300),
+        run(o, None, std::future::pending()),
+    )
+    .await;
+    assert!(r.is_err(), "still running");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after_drop = s.requests.load(SeqCst);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(s.requests.load(SeqCst), after_drop, "workers kept sending");
 }
 
 #[tokio::test]
