@@ -162,7 +162,7 @@ pub(crate) async fn serve(w: Rc<Worker>, stream: TcpStream, peer: SocketAddr, mu
             match h1::parse_request(client.pending(), settings.max_body_size) {
                 Ok(Some(h)) => break h,
                 Ok(None) if client.pending().len() >= settings.max_header_size => {
-                    reject(&w, &mut client, Reject::TooLarge).await;
+                    Box::pin(reject(&w, &mut client, Reject::TooLarge)).await;
                     return;
                 }
                 Ok(None) => match tokio::time::timeout_at(deadline, client.fill()).await {
@@ -170,16 +170,20 @@ pub(crate) async fn serve(w: Rc<Worker>, stream: TcpStream, peer: SocketAddr, mu
                     _ => return,
                 },
                 Err(r) => {
-                    reject(&w, &mut client, r).await;
+                    Box::pin(reject(&w, &mut client, r)).await;
                     return;
                 }
             }
         };
         if head.len > settings.max_header_size {
-            reject(&w, &mut client, Reject::TooLarge).await;
+            Box::pin(reject(&w, &mut client, Reject::TooLarge)).await;
             return;
         }
-        let keep = exchange(&w, &mut client, head, *shutdown.borrow()).await;
+        // Boxed: the exchange's state is large (timers, buffers, nested futures) and
+        // would otherwise sit in every idle connection's task; boxing per request costs
+        // one allocation and keeps an idle connection to a few hundred bytes.
+        let shutting_down = *shutdown.borrow();
+        let keep = Box::pin(exchange(&w, &mut client, head, shutting_down)).await;
         if !keep {
             client.sock.shutdown_write();
             w.pool.recycle_input(std::mem::replace(&mut client.buf, Buf::with_capacity(0)));
@@ -869,4 +873,29 @@ fn log(
         retries,
         request_id: rid.and_then(|(_, v)| std::str::from_utf8(v).ok()).unwrap_or(""),
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An idle connection's memory is mostly its task's future: keep it small.
+    #[tokio::test]
+    async fn idle_connection_future_is_small() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let s = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let b = drove_balancer::Balancer::new(Default::default());
+        let proxy = Proxy::new(b, Default::default()).unwrap();
+        let local = tokio::task::LocalSet::new();
+        local
+            .run_until(async move {
+                let w = Worker::new(proxy);
+                let (_tx, rx) = watch::channel(false);
+                let fut = serve(w, s, "127.0.0.1:1".parse().unwrap(), rx);
+                let size = std::mem::size_of_val(&fut);
+                assert!(size < 1024, "serve future is {size} bytes");
+                eprintln!("serve future: {size} bytes");
+            })
+            .await;
+    }
 }
