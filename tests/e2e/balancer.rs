@@ -347,3 +347,61 @@ fn combined_access_log_line() {
     assert!(line.contains("\"curl/8\""), "{line}");
     assert!(line.contains("upstream=127.0.0.1:") && line.contains("upstream_status=200") && line.contains("retries=0"), "{line}");
 }
+
+#[test]
+fn http10_expect_continue_pipelining_and_absolute_form() {
+    use std::io::{Read, Write};
+    let b = demo(drove(), "only");
+    let d = Drove::up(drove(), &static_config(&[b.addr], ""));
+    // HTTP/1.0 without keep-alive: answered as 1.0, then closed.
+    let mut s = std::net::TcpStream::connect(d.addr()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET /whoami HTTP/1.0\r\n\r\n").unwrap();
+    let mut all = Vec::new();
+    s.read_to_end(&mut all).unwrap();
+    let text = String::from_utf8_lossy(&all);
+    assert!(text.starts_with("HTTP/1.0 200"), "{text}");
+    assert!(text.contains("\"instance\":\"only\""), "{text}");
+    // A chunked response reaches an HTTP/1.0 client de-chunked.
+    let mut s = std::net::TcpStream::connect(d.addr()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"POST /echo HTTP/1.0\r\nContent-Length: 5\r\n\r\nhello").unwrap();
+    let mut all = Vec::new();
+    s.read_to_end(&mut all).unwrap();
+    let text = String::from_utf8_lossy(&all);
+    assert!(text.ends_with("\r\n\r\nhello"), "{text}");
+
+    // Expect: 100-continue: drove says 100 before the body is sent.
+    let mut s = std::net::TcpStream::connect(d.addr()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\n").unwrap();
+    let mut buf = [0u8; 64];
+    let n = s.read(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"HTTP/1.1 100 Continue\r\n\r\n");
+    s.write_all(b"abc").unwrap();
+    let mut resp = Vec::new();
+    while !String::from_utf8_lossy(&resp).ends_with("abc") {
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0);
+        resp.extend_from_slice(&buf[..n]);
+    }
+    assert!(String::from_utf8_lossy(&resp).starts_with("HTTP/1.1 200"));
+
+    // Pipelined requests are answered in order on one connection.
+    let mut c = http::Conn::open(d.addr(), Duration::from_secs(5)).unwrap();
+    c.send_raw(b"GET /status/201 HTTP/1.1\r\nHost: t\r\n\r\nGET /status/202 HTTP/1.1\r\nHost: t\r\n\r\nGET /status/203 HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    for want in [201, 202, 203] {
+        assert_eq!(c.read_response(false).unwrap().status, want);
+    }
+    // Absolute-form targets reach the backend in origin-form.
+    let r = http::raw(d.addr(), b"GET http://example.test/echo/headers HTTP/1.1\r\nHost: example.test\r\n\r\n").unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["host"], "example.test");
+    // HEAD gets the headers without a body, and the connection stays usable.
+    let mut c = http::Conn::open(d.addr(), Duration::from_secs(5)).unwrap();
+    let h = c.request("HEAD", "/whoami", &[], b"").unwrap();
+    assert_eq!(h.status, 200);
+    assert!(h.body.is_empty());
+    assert_eq!(c.request("GET", "/health", &[], b"").unwrap().status, 200);
+}
