@@ -11,13 +11,18 @@ use crate::{drove, static_config};
 
 /// Requests the backend has seen (the /stats call itself included).
 fn backend_requests(addr: std::net::SocketAddr) -> u64 {
-    http::get(addr, "/stats").unwrap().json()["requests"].as_u64().unwrap()
+    http::get(addr, "/stats").unwrap().json()["requests"]
+        .as_u64()
+        .unwrap()
 }
 
 #[test]
 fn malformed_and_smuggling_requests_never_reach_a_backend() {
     let b = demo(drove(), "only");
-    let d = Drove::up(drove(), &static_config(&[b.addr], "max_body_size = \"1KiB\""));
+    let d = Drove::up(
+        drove(),
+        &static_config(&[b.addr], "max_body_size = \"1KiB\""),
+    );
     let mut seen = backend_requests(b.addr);
     let cases: Vec<(&str, Vec<u8>, u16)> = vec![
         ("garbage request line", b"HELLO\r\n\r\n".to_vec(), 400),
@@ -54,10 +59,17 @@ fn malformed_and_smuggling_requests_never_reach_a_backend() {
         seen = now;
     }
     // Oversize head: 431.
-    let big = format!("GET / HTTP/1.1\r\nHost: t\r\nX-Big: {}\r\n\r\n", "a".repeat(64 * 1024));
+    let big = format!(
+        "GET / HTTP/1.1\r\nHost: t\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(64 * 1024)
+    );
     let r = http::raw(d.addr(), big.as_bytes()).expect("a response to an oversize head");
     assert_eq!(r.status, 431);
-    assert_eq!(backend_requests(b.addr), seen + 1, "the oversize head did not reach the backend");
+    assert_eq!(
+        backend_requests(b.addr),
+        seen + 1,
+        "the oversize head did not reach the backend"
+    );
     // And drove still serves.
     assert_eq!(http::get(d.addr(), "/health").unwrap().status, 200);
 }
@@ -78,26 +90,41 @@ fn time_to_close(s: &mut std::net::TcpStream) -> Duration {
 #[test]
 fn slowloris_is_cut_off_but_idle_and_slow_bodies_are_not() {
     let b = demo(drove(), "only");
-    let d = Drove::up(drove(), &static_config(&[b.addr], "timeouts = { header = \"1s\", idle = \"3s\" }"));
+    let d = Drove::up(
+        drove(),
+        &static_config(&[b.addr], "timeouts = { header = \"1s\", idle = \"3s\" }"),
+    );
     // A head that never completes: closed after the header timeout.
     let mut s = std::net::TcpStream::connect(d.addr()).unwrap();
     s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n").unwrap();
     let took = time_to_close(&mut s);
-    assert!(took >= Duration::from_millis(800) && took < Duration::from_millis(2500), "slow head held {took:?}");
+    assert!(
+        took >= Duration::from_millis(800) && took < Duration::from_millis(2500),
+        "slow head held {took:?}"
+    );
 
     // An idle keep-alive connection outlives the header timeout, then the idle one.
     let mut c = http::Conn::open(d.addr(), Duration::from_secs(10)).unwrap();
     assert_eq!(c.request("GET", "/health", &[], b"").unwrap().status, 200);
     std::thread::sleep(Duration::from_millis(1500));
-    assert_eq!(c.request("GET", "/health", &[], b"").unwrap().status, 200, "idle < 3s keeps the connection");
+    assert_eq!(
+        c.request("GET", "/health", &[], b"").unwrap().status,
+        200,
+        "idle < 3s keeps the connection"
+    );
     let mut s = std::net::TcpStream::connect(d.addr()).unwrap();
-    s.write_all(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    s.write_all(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
     let took = time_to_close(&mut s);
-    assert!(took >= Duration::from_millis(2500) && took < Duration::from_millis(4500), "idle closed after {took:?}");
+    assert!(
+        took >= Duration::from_millis(2500) && took < Duration::from_millis(4500),
+        "idle closed after {took:?}"
+    );
 
     // A body sent slowly is not a slow head: it is served.
     let mut s = std::net::TcpStream::connect(d.addr()).unwrap();
-    s.write_all(b"POST /count HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\n\r\n").unwrap();
+    s.write_all(b"POST /count HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\n\r\n")
+        .unwrap();
     for ch in [b"a", b"b", b"c", b"d"] {
         std::thread::sleep(Duration::from_millis(500));
         s.write_all(ch).unwrap();
@@ -105,20 +132,32 @@ fn slowloris_is_cut_off_but_idle_and_slow_bodies_are_not() {
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let mut buf = [0u8; 256];
     let n = s.read(&mut buf).unwrap();
-    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"), "{}", String::from_utf8_lossy(&buf[..n]));
+    assert!(
+        String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&buf[..n])
+    );
 }
 
 #[test]
 fn all_backends_down_is_an_immediate_503_with_retry_after() {
     let dead: Vec<std::net::SocketAddr> = (0..2)
-        .map(|_| format!("127.0.0.1:{}", drove_test_support::free_port()).parse().unwrap())
+        .map(|_| {
+            format!("127.0.0.1:{}", drove_test_support::free_port())
+                .parse()
+                .unwrap()
+        })
         .collect();
     let d = Drove::up(drove(), &static_config(&dead, ""));
     for _ in 0..5 {
         let t0 = Instant::now();
         let r = http::get(d.addr(), "/").unwrap();
         assert!(r.status == 502 || r.status == 503, "{}", r.status);
-        assert!(t0.elapsed() < Duration::from_secs(2), "never a hang: {:?}", t0.elapsed());
+        assert!(
+            t0.elapsed() < Duration::from_secs(2),
+            "never a hang: {:?}",
+            t0.elapsed()
+        );
     }
     // After the passive ejections, nothing is available: 503 + Retry-After at once.
     let r = http::get(d.addr(), "/").unwrap();
@@ -131,17 +170,43 @@ fn config_errors_are_reported_with_position_and_exit_64() {
     let dir = drove_test_support::tempdir("check");
     let path = dir.join("drove.toml");
     std::fs::write(&path, "[balancer]\nlisten = \"127.0.0.1:8080\"\nbackends = [\"127.0.0.1:5001\"]\nalgoritm = \"least_conn\"\n").unwrap();
-    let out = std::process::Command::new(drove()).arg("check").arg("-c").arg(&path).output().unwrap();
+    let out = std::process::Command::new(drove())
+        .arg("check")
+        .arg("-c")
+        .arg(&path)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(64));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("drove.toml:4:1"), "{err}");
-    assert!(err.contains("algoritm = \"least_conn\""), "the offending line is shown: {err}");
+    assert!(
+        err.contains("algoritm = \"least_conn\""),
+        "the offending line is shown: {err}"
+    );
     assert!(err.contains("algorithm"), "a suggestion: {err}");
     // `drove up` refuses it the same way.
-    let out = std::process::Command::new(drove()).arg("up").arg("-c").arg(&path).output().unwrap();
+    let out = std::process::Command::new(drove())
+        .arg("up")
+        .arg("-c")
+        .arg(&path)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(64));
     // A good file checks clean.
-    std::fs::write(&path, "[balancer]\nlisten = \"127.0.0.1:8080\"\nbackends = [\"127.0.0.1:5001\"]\n").unwrap();
-    let out = std::process::Command::new(drove()).arg("check").arg("-c").arg(&path).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    std::fs::write(
+        &path,
+        "[balancer]\nlisten = \"127.0.0.1:8080\"\nbackends = [\"127.0.0.1:5001\"]\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(drove())
+        .arg("check")
+        .arg("-c")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

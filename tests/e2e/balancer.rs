@@ -13,13 +13,19 @@ fn three() -> Vec<Demo> {
     (1..=3).map(|i| demo(drove(), &format!("b{i}"))).collect()
 }
 
-fn count_instances(addr: std::net::SocketAddr, n: usize, path: &str, headers: &[(&str, &str)]) -> BTreeMap<String, u64> {
+fn count_instances(
+    addr: std::net::SocketAddr,
+    n: usize,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> BTreeMap<String, u64> {
     let mut c = Conn::open(addr, Duration::from_secs(5)).unwrap();
     let mut m = BTreeMap::new();
     for _ in 0..n {
         let r = c.request("GET", path, headers, b"").unwrap();
         assert_eq!(r.status, 200, "{}", r.text());
-        *m.entry(r.header("x-drove-instance").unwrap().to_string()).or_insert(0) += 1;
+        *m.entry(r.header("x-drove-instance").unwrap().to_string())
+            .or_insert(0) += 1;
     }
     m
 }
@@ -66,9 +72,13 @@ fn backup_only_when_primaries_are_gone() {
     );
     let d = Drove::up(drove(), &cfg);
     let m = count_instances(d.addr(), 50, "/health", &[]);
-    assert_eq!(m.get("bk"), None, "backup used while a primary is up: {m:?}");
+    assert_eq!(
+        m.get("bk"),
+        None,
+        "backup used while a primary is up: {m:?}"
+    );
     drop(b.remove(0)); // kill p1's process
-    // Connect failures are retried, then p1 is ejected; the backup takes over.
+                       // Connect failures are retried, then p1 is ejected; the backup takes over.
     let m = count_instances(d.addr(), 30, "/health", &[]);
     assert_eq!(m.get("bk"), Some(&30), "{m:?}");
 }
@@ -77,7 +87,10 @@ fn backup_only_when_primaries_are_gone() {
 fn least_conn_avoids_the_busy_backend() {
     let b: Vec<Demo> = (1..=2).map(|i| demo(drove(), &format!("b{i}"))).collect();
     let addrs: Vec<_> = b.iter().map(|d| d.addr).collect();
-    let d = Drove::up(drove(), &static_config(&addrs, "algorithm = \"least_conn\""));
+    let d = Drove::up(
+        drove(),
+        &static_config(&addrs, "algorithm = \"least_conn\""),
+    );
     // Hold 3 slow requests: least_conn puts them 2/1; then every quick request goes to
     // the backend with fewer in flight.
     let addr = d.addr();
@@ -92,10 +105,18 @@ fn least_conn_avoids_the_busy_backend() {
         .iter()
         .map(|b| b["in_flight"].as_u64().unwrap())
         .collect();
-    assert_eq!(inflight.iter().sum::<u64>(), 3, "exact in-flight counts: {inflight:?}");
+    assert_eq!(
+        inflight.iter().sum::<u64>(),
+        3,
+        "exact in-flight counts: {inflight:?}"
+    );
     let busy = if inflight[0] > inflight[1] { 0 } else { 1 };
     let m = count_instances(addr, 20, "/health", &[]);
-    assert_eq!(m.get(&addrs[1 - busy].to_string()), Some(&20), "{m:?} in flight {inflight:?}");
+    assert_eq!(
+        m.get(&addrs[1 - busy].to_string()),
+        Some(&20),
+        "{m:?} in flight {inflight:?}"
+    );
     for t in slow {
         assert_eq!(t.join().unwrap().status, 200);
     }
@@ -105,7 +126,10 @@ fn least_conn_avoids_the_busy_backend() {
 fn hash_on_a_header_is_consistent_and_ip_hash_pins_a_client() {
     let b = three();
     let addrs: Vec<_> = b.iter().map(|d| d.addr).collect();
-    let d = Drove::up(drove(), &static_config(&addrs, "algorithm = \"hash\"\nhash_key = \"header:X-User\""));
+    let d = Drove::up(
+        drove(),
+        &static_config(&addrs, "algorithm = \"hash\"\nhash_key = \"header:X-User\""),
+    );
     let mut owners = BTreeMap::new();
     for u in 0..60 {
         let user = format!("user-{u}");
@@ -127,7 +151,10 @@ fn p2c_and_random_two_use_every_backend() {
     let b = three();
     let addrs: Vec<_> = b.iter().map(|d| d.addr).collect();
     // random_two on idle equal backends is a coin toss between two: roughly even.
-    let d = Drove::up(drove(), &static_config(&addrs, "algorithm = \"random_two\""));
+    let d = Drove::up(
+        drove(),
+        &static_config(&addrs, "algorithm = \"random_two\""),
+    );
     let m = count_instances(d.addr(), 300, "/health", &[]);
     assert_eq!(m.len(), 3, "{m:?}");
     for n in m.values() {
@@ -145,7 +172,11 @@ fn p2c_and_random_two_use_every_backend() {
     assert_eq!(s.failed, 0);
     assert_eq!(s.per_instance.len(), 3, "{:?}", s.per_instance);
     for n in s.per_instance.values() {
-        assert!(*n * 20 >= s.ok, "p2c_ewma starves a backend: {:?}", s.per_instance);
+        assert!(
+            *n * 20 >= s.ok,
+            "p2c_ewma starves a backend: {:?}",
+            s.per_instance
+        );
     }
 }
 
@@ -153,9 +184,15 @@ fn p2c_and_random_two_use_every_backend() {
 fn sticky_cookie_pins_and_falls_back_when_drained() {
     let b = three();
     let addrs: Vec<_> = b.iter().map(|d| d.addr).collect();
-    let d = Drove::up(drove(), &static_config(&addrs, "sticky = { cookie = \"drove_sticky\" }"));
+    let d = Drove::up(
+        drove(),
+        &static_config(&addrs, "sticky = { cookie = \"drove_sticky\" }"),
+    );
     let first = http::get(d.addr(), "/health").unwrap();
-    let set = first.header("set-cookie").expect("a sticky cookie is set").to_string();
+    let set = first
+        .header("set-cookie")
+        .expect("a sticky cookie is set")
+        .to_string();
     let cookie = set.split(';').next().unwrap().to_string();
     let pinned = first.header("x-drove-instance").unwrap().to_string();
     let m = count_instances(d.addr(), 50, "/health", &[("Cookie", &cookie)]);
@@ -171,7 +208,14 @@ fn sticky_cookie_pins_and_falls_back_when_drained() {
     assert_ne!(moved.header("x-drove-instance").unwrap(), pinned);
     assert!(moved.header("set-cookie").is_some());
     // Garbage cookies fall back cleanly.
-    let g = http::request(d.addr(), "GET", "/health", &[("Cookie", "drove_sticky=zzz")], b"").unwrap();
+    let g = http::request(
+        d.addr(),
+        "GET",
+        "/health",
+        &[("Cookie", "drove_sticky=zzz")],
+        b"",
+    )
+    .unwrap();
     assert_eq!(g.status, 200);
 }
 
@@ -201,20 +245,46 @@ fn forwarded_headers_request_id_and_hop_by_hop() {
     assert_eq!(h["x-real-ip"], "127.0.0.1");
     assert_eq!(h["x-forwarded-proto"], "http");
     assert_eq!(h["x-forwarded-host"], "test");
-    assert!(h.get("x-secret").is_none(), "headers named by Connection are stripped: {h}");
+    assert!(
+        h.get("x-secret").is_none(),
+        "headers named by Connection are stripped: {h}"
+    );
     assert!(h.get("keep-alive").is_none());
     assert!(h.get("proxy-connection").is_none());
-    let rid = h["x-request-id"].as_str().expect("a request id is generated");
+    let rid = h["x-request-id"]
+        .as_str()
+        .expect("a request id is generated");
     assert_eq!(rid.len(), 16);
-    assert_eq!(r.header("x-request-id"), Some(rid), "the client sees the same id");
+    assert_eq!(
+        r.header("x-request-id"),
+        Some(rid),
+        "the client sees the same id"
+    );
     // A client's id is propagated.
-    let r = http::request(d.addr(), "GET", "/echo/headers", &[("X-Request-Id", "abc-123")], b"").unwrap();
+    let r = http::request(
+        d.addr(),
+        "GET",
+        "/echo/headers",
+        &[("X-Request-Id", "abc-123")],
+        b"",
+    )
+    .unwrap();
     assert_eq!(r.json()["x-request-id"], "abc-123");
     drop(d);
 
     // From a trusted proxy, X-Forwarded-For is kept and extended.
-    let d = Drove::up(drove(), &static_config(&addrs, "trusted_proxies = [\"127.0.0.0/8\"]"));
-    let r = http::request(d.addr(), "GET", "/echo/headers", &[("X-Forwarded-For", "6.6.6.6")], b"").unwrap();
+    let d = Drove::up(
+        drove(),
+        &static_config(&addrs, "trusted_proxies = [\"127.0.0.0/8\"]"),
+    );
+    let r = http::request(
+        d.addr(),
+        "GET",
+        "/echo/headers",
+        &[("X-Forwarded-For", "6.6.6.6")],
+        b"",
+    )
+    .unwrap();
     let h = r.json();
     assert_eq!(h["x-forwarded-for"], "6.6.6.6, 127.0.0.1", "{h}");
     assert_eq!(h["x-real-ip"], "6.6.6.6");
@@ -228,7 +298,14 @@ fn bodies_stream_both_ways() {
     let body: Vec<u8> = (0..4 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
     let mut c = Conn::open(d.addr(), Duration::from_secs(10)).unwrap();
     for _ in 0..3 {
-        let r = c.request("POST", "/echo", &[("Content-Type", "application/octet-stream")], &body).unwrap();
+        let r = c
+            .request(
+                "POST",
+                "/echo",
+                &[("Content-Type", "application/octet-stream")],
+                &body,
+            )
+            .unwrap();
         assert_eq!(r.status, 200);
         assert_eq!(r.body.len(), body.len());
         assert!(r.body == body, "echoed body differs");
@@ -245,7 +322,10 @@ fn websocket_is_tunnelled_and_counted_in_flight() {
     use std::io::{Read, Write};
     let b: Vec<Demo> = (1..=2).map(|i| demo(drove(), &format!("b{i}"))).collect();
     let addrs: Vec<_> = b.iter().map(|d| d.addr).collect();
-    let d = Drove::up(drove(), &static_config(&addrs, "algorithm = \"least_conn\""));
+    let d = Drove::up(
+        drove(),
+        &static_config(&addrs, "algorithm = \"least_conn\""),
+    );
     let mut s = std::net::TcpStream::connect(d.addr()).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     s.write_all(
@@ -260,7 +340,10 @@ fn websocket_is_tunnelled_and_counted_in_flight() {
     }
     let head = String::from_utf8_lossy(&head).to_lowercase();
     assert!(head.starts_with("http/1.1 101"), "{head}");
-    assert!(head.contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="), "{head}");
+    assert!(
+        head.contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="),
+        "{head}"
+    );
     // A masked text frame "hi".
     let mask = [1u8, 2, 3, 4];
     let payload = b"hi";
@@ -273,13 +356,19 @@ fn websocket_is_tunnelled_and_counted_in_flight() {
     assert_eq!(resp, [0x81, 2, b'h', b'i']);
     // The tunnel counts as in flight on its backend.
     let st = d.status();
-    let inflight: u64 = st["balancer"]["backends"].as_array().unwrap().iter().map(|b| b["in_flight"].as_u64().unwrap()).sum();
+    let inflight: u64 = st["balancer"]["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["in_flight"].as_u64().unwrap())
+        .sum();
     assert_eq!(inflight, 1, "{st}");
     assert_eq!(st["balancer"]["active_tunnels"], 1);
     drop(s);
-    assert!(drove_test_support::wait_until(Duration::from_secs(5), || {
-        d.status()["balancer"]["active_tunnels"] == 0
-    }));
+    assert!(drove_test_support::wait_until(
+        Duration::from_secs(5),
+        || { d.status()["balancer"]["active_tunnels"] == 0 }
+    ));
 }
 
 #[test]
@@ -290,13 +379,29 @@ fn json_access_log_records_upstream_and_retries() {
     let log = dir.join("access.log");
     let d = Drove::up(
         drove(),
-        &static_config(&addrs, &format!("access_log = \"json\"\naccess_log_path = \"{}\"", log.display())),
+        &static_config(
+            &addrs,
+            &format!(
+                "access_log = \"json\"\naccess_log_path = \"{}\"",
+                log.display()
+            ),
+        ),
     );
-    let r = http::request(d.addr(), "GET", "/status/201", &[("X-Request-Id", "rid-1")], b"").unwrap();
+    let r = http::request(
+        d.addr(),
+        "GET",
+        "/status/201",
+        &[("X-Request-Id", "rid-1")],
+        b"",
+    )
+    .unwrap();
     assert_eq!(r.status, 201);
-    assert!(drove_test_support::wait_until(Duration::from_secs(5), || std::fs::read_to_string(&log)
-        .map(|s| s.contains("rid-1"))
-        .unwrap_or(false)));
+    assert!(drove_test_support::wait_until(
+        Duration::from_secs(5),
+        || std::fs::read_to_string(&log)
+            .map(|s| s.contains("rid-1"))
+            .unwrap_or(false)
+    ));
     let line = std::fs::read_to_string(&log).unwrap();
     let v: serde_json::Value = serde_json::from_str(line.lines().last().unwrap()).unwrap();
     assert_eq!(v["status"], 201);
@@ -319,9 +424,15 @@ fn sigterm_finishes_in_flight_requests_then_exits_zero() {
     let t0 = Instant::now();
     let status = d.stop();
     assert!(status.success(), "exit status {status:?}");
-    let r = slow.join().unwrap().expect("the in-flight request completes");
+    let r = slow
+        .join()
+        .unwrap()
+        .expect("the in-flight request completes");
     assert_eq!(r.status, 200);
-    assert!(t0.elapsed() >= Duration::from_millis(500), "waited for the in-flight request");
+    assert!(
+        t0.elapsed() >= Duration::from_millis(500),
+        "waited for the in-flight request"
+    );
     // And the listener is closed.
     assert!(std::net::TcpStream::connect(addr).is_err());
 }
@@ -334,18 +445,39 @@ fn combined_access_log_line() {
     let log = dir.join("access.log");
     let d = Drove::up(
         drove(),
-        &static_config(&addrs, &format!("access_log = \"combined\"\naccess_log_path = \"{}\"", log.display())),
+        &static_config(
+            &addrs,
+            &format!(
+                "access_log = \"combined\"\naccess_log_path = \"{}\"",
+                log.display()
+            ),
+        ),
     );
-    http::request(d.addr(), "GET", "/whoami?x=1", &[("User-Agent", "curl/8"), ("X-Request-Id", "rid-c")], b"").unwrap();
-    assert!(drove_test_support::wait_until(Duration::from_secs(5), || std::fs::read_to_string(&log)
-        .map(|s| s.contains("rid-c"))
-        .unwrap_or(false)));
+    http::request(
+        d.addr(),
+        "GET",
+        "/whoami?x=1",
+        &[("User-Agent", "curl/8"), ("X-Request-Id", "rid-c")],
+        b"",
+    )
+    .unwrap();
+    assert!(drove_test_support::wait_until(
+        Duration::from_secs(5),
+        || std::fs::read_to_string(&log)
+            .map(|s| s.contains("rid-c"))
+            .unwrap_or(false)
+    ));
     let line = std::fs::read_to_string(&log).unwrap();
     let line = line.lines().last().unwrap();
     assert!(line.starts_with("127.0.0.1 - - ["), "{line}");
     assert!(line.contains("\"GET /whoami?x=1 HTTP/1.1\" 200 "), "{line}");
     assert!(line.contains("\"curl/8\""), "{line}");
-    assert!(line.contains("upstream=127.0.0.1:") && line.contains("upstream_status=200") && line.contains("retries=0"), "{line}");
+    assert!(
+        line.contains("upstream=127.0.0.1:")
+            && line.contains("upstream_status=200")
+            && line.contains("retries=0"),
+        "{line}"
+    );
 }
 
 #[test]
@@ -365,7 +497,8 @@ fn http10_expect_continue_pipelining_and_absolute_form() {
     // A chunked response reaches an HTTP/1.0 client de-chunked.
     let mut s = std::net::TcpStream::connect(d.addr()).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    s.write_all(b"POST /echo HTTP/1.0\r\nContent-Length: 5\r\n\r\nhello").unwrap();
+    s.write_all(b"POST /echo HTTP/1.0\r\nContent-Length: 5\r\n\r\nhello")
+        .unwrap();
     let mut all = Vec::new();
     s.read_to_end(&mut all).unwrap();
     let text = String::from_utf8_lossy(&all);
@@ -374,7 +507,10 @@ fn http10_expect_continue_pipelining_and_absolute_form() {
     // Expect: 100-continue: drove says 100 before the body is sent.
     let mut s = std::net::TcpStream::connect(d.addr()).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    s.write_all(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\n").unwrap();
+    s.write_all(
+        b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\n",
+    )
+    .unwrap();
     let mut buf = [0u8; 64];
     let n = s.read(&mut buf).unwrap();
     assert_eq!(&buf[..n], b"HTTP/1.1 100 Continue\r\n\r\n");
@@ -395,7 +531,11 @@ fn http10_expect_continue_pipelining_and_absolute_form() {
         assert_eq!(c.read_response(false).unwrap().status, want);
     }
     // Absolute-form targets reach the backend in origin-form.
-    let r = http::raw(d.addr(), b"GET http://example.test/echo/headers HTTP/1.1\r\nHost: example.test\r\n\r\n").unwrap();
+    let r = http::raw(
+        d.addr(),
+        b"GET http://example.test/echo/headers HTTP/1.1\r\nHost: example.test\r\n\r\n",
+    )
+    .unwrap();
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["host"], "example.test");
     // HEAD gets the headers without a body, and the connection stays usable.

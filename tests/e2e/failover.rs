@@ -11,7 +11,8 @@ use crate::{drove, static_config};
 
 /// Demo-style health: active HTTP probes every 250 ms, down after 2 failures, plus
 /// passive ejection and a per-try timeout that bounds a frozen backend's cost.
-const HEALTH: &str = "health = { http = \"/health\", interval = \"250ms\", timeout = \"200ms\", rise = 2, fall = 2 }
+const HEALTH: &str =
+    "health = { http = \"/health\", interval = \"250ms\", timeout = \"200ms\", rise = 2, fall = 2 }
 passive = { max_fails = 2, fail_timeout = \"5s\" }
 retries = { attempts = 2, per_try_timeout = \"500ms\" }";
 
@@ -43,13 +44,19 @@ fn sigkill_of_a_backend_under_load_fails_no_request() {
     assert!(signal(victim.proc.pid(), Signal::SIGKILL));
     std::thread::sleep(Duration::from_millis(1500));
     let (healthy, enabled) = backend_state(&d, &victim_id);
-    assert!(!healthy && enabled, "the dead backend is unhealthy, still enabled (health != enabled)");
+    assert!(
+        !healthy && enabled,
+        "the dead backend is unhealthy, still enabled (health != enabled)"
+    );
     let s = load.stop();
     assert_eq!(s.failed, 0, "failed requests: {:?}", s.failures);
     assert!(s.ok > 200, "steady load: {s:?}");
     drop(victim);
     let st = d.status();
-    assert!(st["balancer"]["retries"].as_u64().unwrap() >= 1 || st["balancer"]["connect_errors"] == 0, "{st}");
+    assert!(
+        st["balancer"]["retries"].as_u64().unwrap() >= 1 || st["balancer"]["connect_errors"] == 0,
+        "{st}"
+    );
 }
 
 #[test]
@@ -69,12 +76,22 @@ fn sigstop_of_a_backend_fails_no_get_and_ejects_it_within_a_second() {
     let s = load.stop();
     assert!(signal(victim.proc.pid(), Signal::SIGCONT));
     assert!(ejected, "frozen backend never ejected");
-    assert!(eject_time < Duration::from_secs(1), "ejected after {eject_time:?}");
+    assert!(
+        eject_time < Duration::from_secs(1),
+        "ejected after {eject_time:?}"
+    );
     assert_eq!(s.failed, 0, "failed requests: {:?}", s.failures);
     // None slower than the per-try timeout plus one retry (plus scheduling slack).
-    assert!(s.max_latency < Duration::from_millis(500 + 400), "slowest {:?}", s.max_latency);
+    assert!(
+        s.max_latency < Duration::from_millis(500 + 400),
+        "slowest {:?}",
+        s.max_latency
+    );
     // After SIGCONT, it comes back (rise = 2 probes).
-    assert!(wait_until(Duration::from_secs(5), || backend_state(&d, &victim_id).0), "never healthy again");
+    assert!(
+        wait_until(Duration::from_secs(5), || backend_state(&d, &victim_id).0),
+        "never healthy again"
+    );
 }
 
 #[test]
@@ -101,13 +118,29 @@ fn a_post_that_reached_a_frozen_backend_is_not_replayed() {
     }
     // Round robin over 3 sends exactly every third POST to the frozen backend; each of
     // those times out (504) and is NOT sent again elsewhere.
-    assert_eq!(timeouts, sent / 3, "POSTs to the frozen backend must fail, not be replayed");
+    assert_eq!(
+        timeouts,
+        sent / 3,
+        "POSTs to the frozen backend must fail, not be replayed"
+    );
     let others: u64 = b[1..]
         .iter()
-        .map(|x| http::get(x.addr, "/stats").unwrap().json()["post_count"].as_u64().unwrap())
+        .map(|x| {
+            http::get(x.addr, "/stats").unwrap().json()["post_count"]
+                .as_u64()
+                .unwrap()
+        })
         .sum();
-    assert_eq!(others, sent - timeouts, "the other backends saw only their own POSTs");
-    assert_eq!(d.status()["balancer"]["retries"], 0, "no retry of a POST that was sent");
+    assert_eq!(
+        others,
+        sent - timeouts,
+        "the other backends saw only their own POSTs"
+    );
+    assert_eq!(
+        d.status()["balancer"]["retries"],
+        0,
+        "no retry of a POST that was sent"
+    );
     // GETs to the same frozen backend are retried instead: none fails.
     assert!(signal(b[0].proc.pid(), Signal::SIGSTOP));
     for _ in 0..12 {
@@ -136,9 +169,14 @@ fn passive_ejection_and_recovery() {
     assert!(!backend_state(&d, &id).0, "ejected after a connect failure");
     // Bring a backend back on the same port: after fail_timeout it serves again.
     let mut cmd = std::process::Command::new(drove());
-    cmd.arg("demo").env("PORT", port.to_string()).env("DROVE_INSTANCE", "b3-again");
+    cmd.arg("demo")
+        .env("PORT", port.to_string())
+        .env("DROVE_INSTANCE", "b3-again");
     let _again = drove_test_support::Proc::spawn(cmd);
-    assert!(wait_until(Duration::from_secs(5), || backend_state(&d, &id).0));
+    assert!(wait_until(Duration::from_secs(5), || backend_state(
+        &d, &id
+    )
+    .0));
     let mut seen = false;
     for _ in 0..30 {
         let r = http::get(d.addr(), "/whoami").unwrap();
@@ -160,12 +198,18 @@ fn the_retry_budget_stops_hammering_a_sick_fleet() {
     let n = 300u64;
     let mut c = drove_test_support::http::Conn::open(d.addr(), Duration::from_secs(5)).unwrap();
     for _ in 0..n {
-        assert_eq!(c.request("GET", "/status/503", &[], b"").unwrap().status, 503);
+        assert_eq!(
+            c.request("GET", "/status/503", &[], b"").unwrap().status,
+            503
+        );
     }
     let st = d.status();
     let retries = st["balancer"]["retries"].as_u64().unwrap();
     let exhausted = st["balancer"]["retry_budget_exhausted"].as_u64().unwrap();
-    assert!(retries <= n / 5 + 10 + 2, "retries {retries} exceed the budget");
+    assert!(
+        retries <= n / 5 + 10 + 2,
+        "retries {retries} exceed the budget"
+    );
     assert!(retries >= n / 5 - 10, "the budget is used: {retries}");
     assert!(exhausted > 0, "{st}");
 }

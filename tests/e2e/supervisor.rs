@@ -53,13 +53,20 @@ fn states(d: &Drove, service: &str) -> Vec<(String, String, u64)> {
 }
 
 fn ready_count(d: &Drove, service: &str) -> usize {
-    states(d, service).iter().filter(|(_, s, _)| s == "ready").count()
+    states(d, service)
+        .iter()
+        .filter(|(_, s, _)| s == "ready")
+        .count()
 }
 
 #[test]
 fn rolling_restart_under_load_fails_no_request() {
     let d = Drove::up(drove(), &web_config(3, "", ""));
-    assert!(d.wait_in_rotation(3, Duration::from_secs(20)), "{}", d.status());
+    assert!(
+        d.wait_in_rotation(3, Duration::from_secs(20)),
+        "{}",
+        d.status()
+    );
     let before: Vec<u64> = states(&d, "web").iter().map(|s| s.2).collect();
     let load = Load::start(LoadSpec::get(d.addr(), "/whoami", 8));
     std::thread::sleep(Duration::from_millis(500));
@@ -73,7 +80,10 @@ fn rolling_restart_under_load_fails_no_request() {
     let after: Vec<u64> = states(&d, "web").iter().map(|s| s.2).collect();
     assert_eq!(after.len(), 3);
     for p in &before {
-        assert!(!after.contains(p), "old instance {p} still there: {after:?}");
+        assert!(
+            !after.contains(p),
+            "old instance {p} still there: {after:?}"
+        );
         assert!(!alive(*p as u32), "old process {p} still alive");
     }
 }
@@ -86,19 +96,36 @@ fn scale_up_and_down_under_load_fails_no_request() {
     std::thread::sleep(Duration::from_millis(300));
     let r = d.post("/api/scale", &json!({"service": "web", "instances": 10}));
     assert_eq!(r.status, 200, "{}", r.text());
-    assert!(d.wait_in_rotation(10, Duration::from_secs(30)), "{}", d.status());
+    assert!(
+        d.wait_in_rotation(10, Duration::from_secs(30)),
+        "{}",
+        d.status()
+    );
     // Every new instance gets traffic within a second of joining.
     std::thread::sleep(Duration::from_secs(1));
     let mid = load.stop();
-    assert_eq!(mid.per_instance.len(), 10, "all 10 serve: {:?}", mid.per_instance);
+    assert_eq!(
+        mid.per_instance.len(),
+        10,
+        "all 10 serve: {:?}",
+        mid.per_instance
+    );
     let load = Load::start(LoadSpec::get(d.addr(), "/whoami", 8));
     let r = d.post("/api/scale", &json!({"service": "web", "instances": 2}));
     assert_eq!(r.status, 200, "{}", r.text());
     assert!(d.wait_in_rotation(2, Duration::from_secs(30)));
     std::thread::sleep(Duration::from_millis(300));
     let s = load.stop();
-    assert_eq!(mid.failed + s.failed, 0, "failed: {:?} {:?}", mid.failures, s.failures);
-    assert!(wait_until(Duration::from_secs(10), || states(&d, "web").len() == 2));
+    assert_eq!(
+        mid.failed + s.failed,
+        0,
+        "failed: {:?} {:?}",
+        mid.failures,
+        s.failures
+    );
+    assert!(wait_until(Duration::from_secs(10), || states(&d, "web")
+        .len()
+        == 2));
 }
 
 #[test]
@@ -114,7 +141,10 @@ fn a_killed_instance_fails_no_request_and_comes_back() {
         wait_until(Duration::from_secs(10), || {
             let s = d.status();
             s["instances"].as_array().unwrap().iter().any(|i| {
-                i["id"] == id.as_str() && i["state"] == "ready" && i["pid"].as_u64() != Some(pid) && i["restarts"] == 1
+                i["id"] == id.as_str()
+                    && i["state"] == "ready"
+                    && i["pid"].as_u64() != Some(pid)
+                    && i["restarts"] == 1
             })
         }),
         "{}",
@@ -123,7 +153,10 @@ fn a_killed_instance_fails_no_request_and_comes_back() {
     std::thread::sleep(Duration::from_millis(500));
     let s = load.stop();
     assert_eq!(s.failed, 0, "failed: {:?}", s.failures);
-    assert!(s.per_instance.contains_key(&id), "the restarted instance serves again");
+    assert!(
+        s.per_instance.contains_key(&id),
+        "the restarted instance serves again"
+    );
 }
 
 #[test]
@@ -137,12 +170,20 @@ restart = { initial_delay = "50ms", max_delay = "400ms", reset_after = "10s", cr
     let d = Drove::up(drove(), &web_config(2, bad, ""));
     assert!(d.wait_in_rotation(2, Duration::from_secs(20)));
     assert!(
-        wait_until(Duration::from_secs(10), || states(&d, "bad").iter().any(|s| s.1 == "crashloop")),
+        wait_until(Duration::from_secs(10), || states(&d, "bad")
+            .iter()
+            .any(|s| s.1 == "crashloop")),
         "{}",
         d.status()
     );
     let st = d.status();
-    let bad1 = st["instances"].as_array().unwrap().iter().find(|i| i["id"] == "bad.1").unwrap().clone();
+    let bad1 = st["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["id"] == "bad.1")
+        .unwrap()
+        .clone();
     // Three quick exits (two restarts) make a crashloop; it is still retried, slowly.
     let restarts = bad1["restarts"].as_u64().unwrap();
     assert!(restarts >= 2, "{bad1}");
@@ -150,7 +191,13 @@ restart = { initial_delay = "50ms", max_delay = "400ms", reset_after = "10s", cr
     assert!(
         wait_until(Duration::from_secs(5), || {
             let s = d.status();
-            let b = s["instances"].as_array().unwrap().iter().find(|i| i["id"] == "bad.1").cloned().unwrap();
+            let b = s["instances"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|i| i["id"] == "bad.1")
+                .cloned()
+                .unwrap();
             b["restarts"].as_u64().unwrap() > restarts
         }),
         "crashlooping instance is still retried"
@@ -173,7 +220,8 @@ fn max_memory_triggers_a_drained_restart_without_failures() {
     let leaker = r.header("x-drove-instance").unwrap().to_string();
     let old_pid = states(&d, "web").iter().find(|s| s.0 == leaker).unwrap().2;
     assert!(
-        wait_until(Duration::from_secs(15), || !alive(old_pid as u32) && ready_count(&d, "web") == 2),
+        wait_until(Duration::from_secs(15), || !alive(old_pid as u32)
+            && ready_count(&d, "web") == 2),
         "{}",
         d.status()
     );
@@ -189,7 +237,10 @@ fn tree(root: u32) -> Vec<u32> {
     while i < all.len() {
         let p = all[i];
         // Children are listed per thread (drove spawns from a dedicated thread).
-        let tasks = std::fs::read_dir(format!("/proc/{p}/task")).into_iter().flatten().flatten();
+        let tasks = std::fs::read_dir(format!("/proc/{p}/task"))
+            .into_iter()
+            .flatten()
+            .flatten();
         for t in tasks {
             if let Ok(s) = std::fs::read_to_string(t.path().join("children")) {
                 all.extend(s.split_whitespace().filter_map(|x| x.parse::<u32>().ok()));
@@ -209,7 +260,11 @@ stop = { grace = "1s" }
 "#;
     let d = Drove::up(drove(), &web_config(2, extra, ""));
     assert!(d.wait_in_rotation(2, Duration::from_secs(20)));
-    assert!(wait_until(Duration::from_secs(5), || tree(d.proc.pid() as u32).len() >= 6));
+    assert!(wait_until(Duration::from_secs(5), || tree(
+        d.proc.pid() as u32
+    )
+    .len()
+        >= 6));
     let procs = tree(d.proc.pid() as u32);
     assert!(procs.len() >= 6, "drove, 2 web, sh + 2 sleeps: {procs:?}");
     let t0 = Instant::now();
@@ -219,17 +274,27 @@ stop = { grace = "1s" }
                 .args(["down", "--admin", &d.admin.to_string()])
                 .output()
                 .unwrap();
-            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         "int" => assert!(signal(d.proc.pid(), Signal::SIGINT)),
         _ => assert!(signal(d.proc.pid(), Signal::SIGTERM)),
     }
     let mut d = d;
-    let status = d.proc.wait_exit(Duration::from_secs(30)).expect("drove exits");
+    let status = d
+        .proc
+        .wait_exit(Duration::from_secs(30))
+        .expect("drove exits");
     assert!(status.success(), "{status:?}");
     assert!(t0.elapsed() < Duration::from_secs(15));
     for p in procs {
-        assert!(wait_until(Duration::from_secs(2), || !alive(p)), "process {p} survived `{how}`");
+        assert!(
+            wait_until(Duration::from_secs(2), || !alive(p)),
+            "process {p} survived `{how}`"
+        );
     }
 }
 
@@ -256,13 +321,25 @@ fn drain_and_undrain_an_instance() {
         .args(["drain", "web.2", "--admin", &d.admin.to_string()])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let mut seen = std::collections::BTreeSet::new();
     for _ in 0..30 {
-        seen.insert(http::get(d.addr(), "/whoami").unwrap().header("x-drove-instance").unwrap().to_string());
+        seen.insert(
+            http::get(d.addr(), "/whoami")
+                .unwrap()
+                .header("x-drove-instance")
+                .unwrap()
+                .to_string(),
+        );
     }
     assert!(!seen.contains("web.2"), "{seen:?}");
-    assert!(states(&d, "web").iter().any(|s| s.0 == "web.2" && s.1 == "drained"));
+    assert!(states(&d, "web")
+        .iter()
+        .any(|s| s.0 == "web.2" && s.1 == "drained"));
     let out = std::process::Command::new(drove())
         .args(["undrain", "web.2", "--admin", &d.admin.to_string()])
         .output()
@@ -270,7 +347,13 @@ fn drain_and_undrain_an_instance() {
     assert!(out.status.success());
     let mut seen = std::collections::BTreeSet::new();
     for _ in 0..30 {
-        seen.insert(http::get(d.addr(), "/whoami").unwrap().header("x-drove-instance").unwrap().to_string());
+        seen.insert(
+            http::get(d.addr(), "/whoami")
+                .unwrap()
+                .header("x-drove-instance")
+                .unwrap()
+                .to_string(),
+        );
     }
     assert!(seen.contains("web.2"));
     // `drove status` prints the table.
@@ -279,7 +362,10 @@ fn drain_and_undrain_an_instance() {
         .output()
         .unwrap();
     let table = String::from_utf8_lossy(&out.stdout);
-    assert!(table.contains("INSTANCE") && table.contains("web.3") && table.contains("ready"), "{table}");
+    assert!(
+        table.contains("INSTANCE") && table.contains("web.3") && table.contains("ready"),
+        "{table}"
+    );
 }
 
 #[test]
@@ -300,20 +386,36 @@ ready = {{ tcp = "127.0.0.1:{port}" }}
         redis = redis.display()
     );
     let d = Drove::up(drove(), &web_config(3, &extra_service, ""));
-    assert!(d.wait_in_rotation(3, Duration::from_secs(20)), "{}", d.status());
+    assert!(
+        d.wait_in_rotation(3, Duration::from_secs(20)),
+        "{}",
+        d.status()
+    );
     let mut c = drove_test_support::http::Conn::open(d.addr(), Duration::from_secs(5)).unwrap();
     let first = c.request("GET", "/session", &[], b"").unwrap();
     assert_eq!(first.status, 200, "{}", first.text());
-    let cookie = first.header("set-cookie").unwrap().split(';').next().unwrap().to_string();
+    let cookie = first
+        .header("set-cookie")
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
     let mut instances = std::collections::BTreeSet::new();
     for n in 2..=12 {
-        let r = c.request("GET", "/session", &[("Cookie", &cookie)], b"").unwrap();
+        let r = c
+            .request("GET", "/session", &[("Cookie", &cookie)], b"")
+            .unwrap();
         let v = r.json();
         assert_eq!(v["count"], n, "{v}");
         assert_eq!(v["store"], "redis");
         instances.insert(r.header("x-drove-instance").unwrap().to_string());
     }
-    assert_eq!(instances.len(), 3, "requests landed on every instance: {instances:?}");
+    assert_eq!(
+        instances.len(),
+        3,
+        "requests landed on every instance: {instances:?}"
+    );
 }
 
 fn which(name: &str) -> Option<std::path::PathBuf> {

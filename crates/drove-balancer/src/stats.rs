@@ -40,7 +40,10 @@ impl ResponseStats {
         let class = (status / 100).clamp(1, 5) as usize - 1;
         self.classes[class].fetch_add(1, Relaxed);
         let secs = latency.as_secs_f64();
-        let i = LATENCY_BUCKETS.iter().position(|&b| secs <= b).unwrap_or(LATENCY_BUCKETS.len());
+        let i = LATENCY_BUCKETS
+            .iter()
+            .position(|&b| secs <= b)
+            .unwrap_or(LATENCY_BUCKETS.len());
         self.buckets[i].fetch_add(1, Relaxed);
         self.sum_us.fetch_add(latency.as_micros() as u64, Relaxed);
     }
@@ -126,6 +129,9 @@ mod tests {
         s2.record(200, Duration::from_millis(400));
         let w = s2.snapshot().quantile(0.5, Some(&old)).unwrap();
         assert!(w > 0.25, "{w}");
-        assert!(ResponseStats::default().snapshot().quantile(0.99, None).is_none());
+        assert!(ResponseStats::default()
+            .snapshot()
+            .quantile(0.99, None)
+            .is_none());
     }
 }

@@ -60,9 +60,15 @@ impl Worker {
             loop {
                 tick.tick().await;
                 let Some(w) = weak.upgrade() else { return };
-                let live: Vec<(u64, bool)> =
-                    w.proxy.balancer.snapshot().iter().map(|b| (b.key(), b.is_enabled())).collect();
-                w.pool.sweep(|k| live.iter().any(|&(key, en)| key == k && en));
+                let live: Vec<(u64, bool)> = w
+                    .proxy
+                    .balancer
+                    .snapshot()
+                    .iter()
+                    .map(|b| (b.key(), b.is_enabled()))
+                    .collect();
+                w.pool
+                    .sweep(|k| live.iter().any(|&(key, en)| key == k && en));
             }
         });
         w
@@ -87,7 +93,11 @@ impl Worker {
                     let mut v = Vec::with_capacity(name.as_str().len() + b.id().len() + 4);
                     v.extend_from_slice(name.as_str().as_bytes());
                     v.extend_from_slice(b": ");
-                    v.extend(b.id().bytes().filter(|c| c.is_ascii_graphic() || *c == b' '));
+                    v.extend(
+                        b.id()
+                            .bytes()
+                            .filter(|c| c.is_ascii_graphic() || *c == b' '),
+                    );
                     v.extend_from_slice(b"\r\n");
                     v.into()
                 })
@@ -120,7 +130,12 @@ impl Client {
 }
 
 /// Serves one client connection until it closes, times out, or drove shuts down.
-pub(crate) async fn serve(w: Rc<Worker>, stream: TcpStream, peer: SocketAddr, mut shutdown: watch::Receiver<bool>) {
+pub(crate) async fn serve(
+    w: Rc<Worker>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let settings = w.proxy.settings.clone();
     let ip = canonical(peer.ip());
     let Ok(sock) = Sock::new(stream) else { return };
@@ -135,7 +150,8 @@ pub(crate) async fn serve(w: Rc<Worker>, stream: TcpStream, peer: SocketAddr, mu
         if client.pending().is_empty() {
             // Idle between requests: give the buffer back, wait for bytes (idle timeout)
             // or for shutdown. Only then take a buffer: an idle connection holds none.
-            w.pool.recycle_input(std::mem::replace(&mut client.buf, Buf::with_capacity(0)));
+            w.pool
+                .recycle_input(std::mem::replace(&mut client.buf, Buf::with_capacity(0)));
             if *shutdown.borrow() {
                 return;
             }
@@ -186,7 +202,8 @@ pub(crate) async fn serve(w: Rc<Worker>, stream: TcpStream, peer: SocketAddr, mu
         let keep = Box::pin(exchange(&w, &mut client, head, shutting_down)).await;
         if !keep {
             client.sock.shutdown_write();
-            w.pool.recycle_input(std::mem::replace(&mut client.buf, Buf::with_capacity(0)));
+            w.pool
+                .recycle_input(std::mem::replace(&mut client.buf, Buf::with_capacity(0)));
             return;
         }
     }
@@ -264,7 +281,11 @@ fn cookie<'b>(buf: &'b [u8], head: &RequestHead, name: &[u8]) -> Option<&'b [u8]
             if let Some(rest) = pair.strip_prefix(name) {
                 if let Some(v) = rest.strip_prefix(b"=") {
                     let v = v.trim_ascii_end();
-                    return Some(v.strip_prefix(b"\"").and_then(|v| v.strip_suffix(b"\"")).unwrap_or(v));
+                    return Some(
+                        v.strip_prefix(b"\"")
+                            .and_then(|v| v.strip_suffix(b"\""))
+                            .unwrap_or(v),
+                    );
                 }
             }
         }
@@ -283,7 +304,10 @@ fn client_ip(buf: &[u8], head: &RequestHead, peer: IpAddr, trusted: &[crate::Cid
     }
     let mut ip = peer;
     for hop in hops.iter().rev() {
-        match std::str::from_utf8(hop.trim_ascii()).ok().and_then(|s| s.parse::<IpAddr>().ok()) {
+        match std::str::from_utf8(hop.trim_ascii())
+            .ok()
+            .and_then(|s| s.parse::<IpAddr>().ok())
+        {
             Some(addr) => {
                 ip = canonical(addr);
                 if !trusted.iter().any(|c| c.contains(ip)) {
@@ -320,7 +344,11 @@ async fn exchange(w: &Worker, client: &mut Client, head: RequestHead, shutting_d
     // Everything needed from the head is taken now; then its bytes are consumed.
     let buf = client.pending();
     let peer_ip = canonical(client.peer.ip());
-    let cip = if client.trusted { client_ip(buf, &head, peer_ip, &settings.trusted_proxies) } else { peer_ip };
+    let cip = if client.trusted {
+        client_ip(buf, &head, peer_ip, &settings.trusted_proxies)
+    } else {
+        peer_ip
+    };
     let cip_bytes;
     let cip_ref: &[u8] = if cip == peer_ip {
         &client.peer_ip
@@ -328,7 +356,10 @@ async fn exchange(w: &Worker, client: &mut Client, head: RequestHead, shutting_d
         cip_bytes = h1::ip_bytes(cip);
         &cip_bytes
     };
-    let rid_name = settings.request_id_header.as_ref().map(|n| n.as_str().as_bytes());
+    let rid_name = settings
+        .request_id_header
+        .as_ref()
+        .map(|n| n.as_str().as_bytes());
     let rid_value: Option<Vec<u8>> = rid_name.map(|name| match head.header(buf, name) {
         Some(v) if !v.is_empty() && v.len() <= 200 => v.to_vec(),
         _ => w.new_request_id().to_vec(),
@@ -341,8 +372,12 @@ async fn exchange(w: &Worker, client: &mut Client, head: RequestHead, shutting_d
         .map(str::to_owned);
     let hash = match &settings.hash_key {
         None => None,
-        Some(HashKey::Header(name)) => head.header(buf, name.as_str().as_bytes()).map(drove_balancer::hash_bytes),
-        Some(HashKey::Cookie(name)) => cookie(buf, &head, name.as_bytes()).map(drove_balancer::hash_bytes),
+        Some(HashKey::Header(name)) => head
+            .header(buf, name.as_str().as_bytes())
+            .map(drove_balancer::hash_bytes),
+        Some(HashKey::Cookie(name)) => {
+            cookie(buf, &head, name.as_bytes()).map(drove_balancer::hash_bytes)
+        }
         Some(HashKey::Path) => Some(drove_balancer::hash_bytes(head.path(buf))),
         Some(HashKey::ClientIp) => Some(drove_balancer::hash_ip(cip)),
     };
@@ -350,7 +385,10 @@ async fn exchange(w: &Worker, client: &mut Client, head: RequestHead, shutting_d
         method: String::from_utf8_lossy(head.method_bytes(buf)).into_owned(),
         target: String::from_utf8_lossy(head.target(buf)).into_owned(),
         version: if head.http10 { "HTTP/1.0" } else { "HTTP/1.1" },
-        referer: head.header(buf, b"referer").map(|v| String::from_utf8_lossy(v).into_owned()).unwrap_or_default(),
+        referer: head
+            .header(buf, b"referer")
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .unwrap_or_default(),
         user_agent: head
             .header(buf, b"user-agent")
             .map(|v| String::from_utf8_lossy(v).into_owned())
@@ -409,7 +447,9 @@ async fn exchange(w: &Worker, client: &mut Client, head: RequestHead, shutting_d
         let up = match pooled {
             Some(s) => s,
             None => {
-                let budget = settings.connect_timeout.min(try_deadline.saturating_duration_since(try_start));
+                let budget = settings
+                    .connect_timeout
+                    .min(try_deadline.saturating_duration_since(try_start));
                 match Pool::connect(backend.addr(), budget).await {
                     Ok(s) => s,
                     Err(e) => {
@@ -436,16 +476,32 @@ async fn exchange(w: &Worker, client: &mut Client, head: RequestHead, shutting_d
         };
 
         // Send the request (and its body) and read the response head.
-        if expect_continue && framing != Framing::None && client.pending().is_empty() && !sent_continue {
+        if expect_continue
+            && framing != Framing::None
+            && client.pending().is_empty()
+            && !sent_continue
+        {
             // Like nginx, drove answers `Expect: 100-continue` itself before reading the body.
             sent_continue = true;
-            let _ = client.sock.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await;
+            let _ = client
+                .sock
+                .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+                .await;
         }
         let send_start = Instant::now();
         let mut ubuf = w.pool.input();
         let result = tokio::time::timeout_at(
             try_deadline,
-            send_and_read_head(client, &up, &up_head, framing, method, &mut ubuf, warm && method.idempotent(), settings.idle_timeout),
+            send_and_read_head(
+                client,
+                &up,
+                &up_head,
+                framing,
+                method,
+                &mut ubuf,
+                warm && method.idempotent(),
+                settings.idle_timeout,
+            ),
         )
         .await
         .unwrap_or(Err(TryError::Timeout));
@@ -480,7 +536,11 @@ async fn exchange(w: &Worker, client: &mut Client, head: RequestHead, shutting_d
                 }
                 tried.push(backend.key());
                 // Sent: retry only if it can be replayed, within the budget.
-                if retry_sent && retries < settings.retries && Instant::now() < deadline && stats.withdraw_retry() {
+                if retry_sent
+                    && retries < settings.retries
+                    && Instant::now() < deadline
+                    && stats.withdraw_retry()
+                {
                     retries += 1;
                     stats.retries.fetch_add(1, Relaxed);
                     continue;
@@ -507,7 +567,11 @@ async fn exchange(w: &Worker, client: &mut Client, head: RequestHead, shutting_d
         // Latency for the EWMA excludes connection setup: a fresh connection's first
         // exchange says little about how fast the backend answers (zero = no sample).
         in_flight.record(
-            if status >= 500 { Outcome::Http5xx } else { Outcome::Ok },
+            if status >= 500 {
+                Outcome::Http5xx
+            } else {
+                Outcome::Ok
+            },
             if warm { elapsed } else { Duration::ZERO },
         );
         backend.responses().record(status, start.elapsed());
@@ -522,16 +586,49 @@ async fn exchange(w: &Worker, client: &mut Client, head: RequestHead, shutting_d
             let bytes = error_bytes(e, rid, close);
             stats.response(e.status().as_u16());
             let _ = client.sock.write_all(&bytes).await;
-            log(w, &log_head, cip, e.status().as_u16(), None, None, start, retries, rid);
+            log(
+                w,
+                &log_head,
+                cip,
+                e.status().as_u16(),
+                None,
+                None,
+                start,
+                retries,
+                rid,
+            );
             // A request whose body was not read cannot be followed by another.
             return !close;
         }
     };
     let status = rhead.status;
     stats.response(status);
-    log(w, &log_head, cip, status, Some(&backend), Some((status, upstream_time)), start, retries, rid);
-    relay(w, client, &backend, in_flight, up, ubuf, rhead, &mut client_keep, client_http10, upgrade, sticky.as_deref(), rid)
-        .await;
+    log(
+        w,
+        &log_head,
+        cip,
+        status,
+        Some(&backend),
+        Some((status, upstream_time)),
+        start,
+        retries,
+        rid,
+    );
+    relay(
+        w,
+        client,
+        &backend,
+        in_flight,
+        up,
+        ubuf,
+        rhead,
+        &mut client_keep,
+        client_http10,
+        upgrade,
+        sticky.as_deref(),
+        rid,
+    )
+    .await;
     client_keep
 }
 
@@ -554,7 +651,11 @@ async fn send_and_read_head(
     match framing {
         Framing::None => {
             if up.write_all(head).await.is_err() {
-                return Err(if warm { TryError::Stale } else { TryError::Broken });
+                return Err(if warm {
+                    TryError::Stale
+                } else {
+                    TryError::Broken
+                });
             }
         }
         _ => {
@@ -575,7 +676,9 @@ async fn send_and_read_head(
             return Err(TryError::Broken);
         }
         match up.read(ubuf).await {
-            Ok(0) | Err(_) if ubuf.is_empty() && warm && framing == Framing::None => return Err(TryError::Stale),
+            Ok(0) | Err(_) if ubuf.is_empty() && warm && framing == Framing::None => {
+                return Err(TryError::Stale)
+            }
             Ok(0) | Err(_) => return Err(TryError::Broken),
             Ok(_) => {}
         }
@@ -601,7 +704,9 @@ async fn send_body(
         let pending = client.pending();
         let take = match framing {
             Framing::Length(_) => (left.min(pending.len() as u64)) as usize,
-            Framing::Chunked => chunked.feed(pending, |_| {}).map_err(|_| TryError::ClientGone)?,
+            Framing::Chunked => chunked
+                .feed(pending, |_| {})
+                .map_err(|_| TryError::ClientGone)?,
             _ => 0,
         };
         if first {
@@ -612,7 +717,9 @@ async fn send_body(
             up.write_all(&v).await.map_err(|_| TryError::Broken)?;
             first = false;
         } else if take > 0 {
-            up.write_all(&pending[..take]).await.map_err(|_| TryError::Broken)?;
+            up.write_all(&pending[..take])
+                .await
+                .map_err(|_| TryError::Broken)?;
         }
         client.consume(take);
         if framing == Framing::Length(0) {
@@ -680,7 +787,10 @@ async fn relay(
     if rhead.status == 101 && !upgrade {
         // A 101 nobody asked for cannot be relayed.
         *client_keep = false;
-        let _ = client.sock.write_all(&error_bytes(ProxyError::Broken, rid, true)).await;
+        let _ = client
+            .sock
+            .write_all(&error_bytes(ProxyError::Broken, rid, true))
+            .await;
         w.pool.recycle_input(ubuf);
         return;
     }
@@ -689,7 +799,15 @@ async fn relay(
         *client_keep = false;
     }
     let mut out = w.pool.buffer();
-    h1::write_response(ubuf.filled(), &rhead, &extra, !*client_keep && !tunnel, client_http10, dechunk, &mut out);
+    h1::write_response(
+        ubuf.filled(),
+        &rhead,
+        &extra,
+        !*client_keep && !tunnel,
+        client_http10,
+        dechunk,
+        &mut out,
+    );
     ubuf.consume(rhead.len);
 
     if tunnel {
@@ -871,7 +989,9 @@ fn log(
         upstream_time: upstream.map(|u| u.1),
         total_time: start.elapsed(),
         retries,
-        request_id: rid.and_then(|(_, v)| std::str::from_utf8(v).ok()).unwrap_or(""),
+        request_id: rid
+            .and_then(|(_, v)| std::str::from_utf8(v).ok())
+            .unwrap_or(""),
     });
 }
 

@@ -45,14 +45,19 @@ impl ProxyError {
 
     /// Whether the fault lies with the backend side (counted against it).
     pub fn is_upstream(self) -> bool {
-        matches!(self, ProxyError::ConnectFailed | ProxyError::Timeout | ProxyError::Broken)
+        matches!(
+            self,
+            ProxyError::ConnectFailed | ProxyError::Timeout | ProxyError::Broken
+        )
     }
 
     /// The short body drove sends.
     pub(crate) fn body(self) -> &'static str {
         match self {
             ProxyError::NoBackend => "503 Service Unavailable: no backend available\n",
-            ProxyError::ConnectFailed => "503 Service Unavailable: could not connect to any backend\n",
+            ProxyError::ConnectFailed => {
+                "503 Service Unavailable: could not connect to any backend\n"
+            }
             ProxyError::Broken => "502 Bad Gateway: the backend connection broke\n",
             ProxyError::Timeout => "504 Gateway Timeout: the backend did not answer in time\n",
             ProxyError::BadRequest => "400 Bad Request\n",

@@ -38,7 +38,9 @@ pub(crate) fn eq(a: &[u8], b: &[u8]) -> bool {
 
 /// Whether a comma-separated header value has `token` (case-insensitive).
 pub(crate) fn has_token(value: &[u8], token: &[u8]) -> bool {
-    value.split(|&b| b == b',').any(|t| eq(t.trim_ascii(), token))
+    value
+        .split(|&b| b == b',')
+        .any(|t| eq(t.trim_ascii(), token))
 }
 
 fn parse_length(v: &[u8]) -> Option<u64> {
@@ -79,7 +81,15 @@ impl Method {
     }
     /// RFC 9110 9.2.2: may be repeated without changing the outcome.
     pub(crate) fn idempotent(self) -> bool {
-        matches!(self, Method::Get | Method::Head | Method::Options | Method::Trace | Method::Put | Method::Delete)
+        matches!(
+            self,
+            Method::Get
+                | Method::Head
+                | Method::Options
+                | Method::Trace
+                | Method::Put
+                | Method::Delete
+        )
     }
 }
 
@@ -241,7 +251,11 @@ pub(crate) fn parse_request(buf: &[u8], max_body: u64) -> Result<Option<RequestH
         target_range: offset(buf, target.as_bytes()),
         http10,
         framing,
-        keep_alive: if http10 { conn_keep_alive && !conn_close } else { !conn_close },
+        keep_alive: if http10 {
+            conn_keep_alive && !conn_close
+        } else {
+            !conn_close
+        },
         upgrade: conn_upgrade && has_upgrade && !http10,
         expect_continue,
         headers: offsets,
@@ -265,7 +279,10 @@ pub(crate) struct ResponseHead {
 pub(crate) struct BadResponse;
 
 /// Parses a response head to a request with `method`. `Ok(None)`: incomplete.
-pub(crate) fn parse_response(buf: &[u8], method: Method) -> Result<Option<ResponseHead>, BadResponse> {
+pub(crate) fn parse_response(
+    buf: &[u8],
+    method: Method,
+) -> Result<Option<ResponseHead>, BadResponse> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut headers);
     let len = match resp.parse(buf) {
@@ -275,7 +292,10 @@ pub(crate) fn parse_response(buf: &[u8], method: Method) -> Result<Option<Respon
     };
     let status = resp.code.ok_or(BadResponse)?;
     let http10 = resp.version == Some(0);
-    let reason = resp.reason.map(|r| offset(buf, r.as_bytes())).unwrap_or((len, len));
+    let reason = resp
+        .reason
+        .map(|r| offset(buf, r.as_bytes()))
+        .unwrap_or((len, len));
     let mut cl: Option<u64> = None;
     let mut chunked = false;
     let mut close = http10;
@@ -290,7 +310,11 @@ pub(crate) fn parse_response(buf: &[u8], method: Method) -> Result<Option<Respon
             }
             cl = Some(n);
         } else if eq(name, b"transfer-encoding") {
-            chunked = h.value.split(|&b| b == b',').next_back().is_some_and(|t| eq(t.trim_ascii(), b"chunked"));
+            chunked = h
+                .value
+                .split(|&b| b == b',')
+                .next_back()
+                .is_some_and(|t| eq(t.trim_ascii(), b"chunked"));
             if !chunked {
                 // Another coding last: the body ends at close.
                 close = true;
@@ -303,23 +327,25 @@ pub(crate) fn parse_response(buf: &[u8], method: Method) -> Result<Option<Respon
             }
         }
     }
-    let framing = if method == Method::Head || status == 204 || status == 304 || (100..200).contains(&status) {
-        Framing::None
-    } else if chunked {
-        Framing::Chunked
-    } else if let Some(n) = cl {
-        if n == 0 {
+    let framing =
+        if method == Method::Head || status == 204 || status == 304 || (100..200).contains(&status)
+        {
             Framing::None
+        } else if chunked {
+            Framing::Chunked
+        } else if let Some(n) = cl {
+            if n == 0 {
+                Framing::None
+            } else {
+                Framing::Length(n)
+            }
+        } else if close || http10 {
+            Framing::Close
         } else {
-            Framing::Length(n)
-        }
-    } else if close || http10 {
-        Framing::Close
-    } else {
-        // No length and no chunking on a keep-alive HTTP/1.1 response: the body runs to
-        // close, so the connection cannot be reused.
-        Framing::Close
-    };
+            // No length and no chunking on a keep-alive HTTP/1.1 response: the body runs to
+            // close, so the connection cannot be reused.
+            Framing::Close
+        };
     let keep_alive = !close && framing != Framing::Close;
     Ok(Some(ResponseHead {
         len,
@@ -355,7 +381,8 @@ fn connection_named<'b>(buf: &'b [u8], head: &RequestHead) -> Vec<&'b [u8]> {
         if eq(&buf[*ns..*ne], b"connection") {
             for t in buf[*vs..*ve].split(|&b| b == b',') {
                 let t = t.trim_ascii();
-                if !t.is_empty() && !eq(t, b"close") && !eq(t, b"keep-alive") && !eq(t, b"upgrade") {
+                if !t.is_empty() && !eq(t, b"close") && !eq(t, b"keep-alive") && !eq(t, b"upgrade")
+                {
                     out.push(t);
                 }
             }
@@ -378,7 +405,12 @@ pub(crate) struct RequestRewrite<'a> {
 
 /// Writes the request head for a backend into `out`: origin-form target, HTTP/1.1,
 /// hop-by-hop headers dropped, forwarded headers set.
-pub(crate) fn write_request(buf: &[u8], head: &RequestHead, rw: &RequestRewrite<'_>, out: &mut Vec<u8>) {
+pub(crate) fn write_request(
+    buf: &[u8],
+    head: &RequestHead,
+    rw: &RequestRewrite<'_>,
+    out: &mut Vec<u8>,
+) {
     out.extend_from_slice(head.method_bytes(buf));
     out.push(b' ');
     out.extend_from_slice(origin_form(head.target(buf)));
@@ -474,7 +506,11 @@ pub(crate) fn write_response(
     out: &mut Vec<u8>,
 ) {
     let upgrade = head.status == 101;
-    out.extend_from_slice(if client_http10 { b"HTTP/1.0 " } else { b"HTTP/1.1 " });
+    out.extend_from_slice(if client_http10 {
+        b"HTTP/1.0 "
+    } else {
+        b"HTTP/1.1 "
+    });
     let mut code = itoa_buf(head.status as u64);
     out.extend_from_slice(code.as_bytes_mut());
     out.push(b' ');
@@ -580,7 +616,11 @@ impl Chunked {
 
     /// Consumes bytes of `input` up to the end of the body; calls `piece` for each run of
     /// data or framing bytes, in order. Returns how many bytes belong to the body.
-    pub(crate) fn feed(&mut self, input: &[u8], mut piece: impl FnMut(Piece)) -> Result<usize, BadChunk> {
+    pub(crate) fn feed(
+        &mut self,
+        input: &[u8],
+        mut piece: impl FnMut(Piece),
+    ) -> Result<usize, BadChunk> {
         let mut i = 0;
         let mut run_start = 0;
         let mut run_data = false;
@@ -588,7 +628,10 @@ impl Chunked {
             ($data:expr) => {
                 if run_data != $data {
                     if i > run_start {
-                        piece(Piece { len: i - run_start, data: run_data });
+                        piece(Piece {
+                            len: i - run_start,
+                            data: run_data,
+                        });
                     }
                     run_start = i;
                     run_data = $data;
@@ -635,7 +678,11 @@ impl Chunked {
                         return Err(BadChunk);
                     }
                     self.size_digits = 0;
-                    self.state = if self.remaining == 0 { ChunkState::TrailerStart } else { ChunkState::Data };
+                    self.state = if self.remaining == 0 {
+                        ChunkState::TrailerStart
+                    } else {
+                        ChunkState::Data
+                    };
                 }
                 ChunkState::DataCr => {
                     if b != b'\r' {
@@ -676,7 +723,10 @@ impl Chunked {
             i += 1;
         }
         if i > run_start {
-            piece(Piece { len: i - run_start, data: run_data });
+            piece(Piece {
+                len: i - run_start,
+                data: run_data,
+            });
         }
         Ok(i)
     }
@@ -692,24 +742,50 @@ mod tests {
 
     #[test]
     fn request_framing_and_smuggling() {
-        let h = req("GET /a?b HTTP/1.1\r\nHost: x\r\n\r\n").unwrap().unwrap();
+        let h = req("GET /a?b HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap()
+            .unwrap();
         assert_eq!(h.framing, Framing::None);
         assert!(h.keep_alive);
         assert_eq!(h.path(b"GET /a?b HTTP/1.1\r\nHost: x\r\n\r\n"), b"/a");
-        assert!(req("GET / HTTP/1.1\r\nHost: x\r\n").unwrap().is_none(), "partial");
+        assert!(
+            req("GET / HTTP/1.1\r\nHost: x\r\n").unwrap().is_none(),
+            "partial"
+        );
         let r = |s| req(s).unwrap_err();
         assert_eq!(r("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n"), Reject::BadRequest);
         assert_eq!(r("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n"), Reject::BadRequest);
-        assert_eq!(r("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nContent-Length: 4\r\n\r\n"), Reject::BadRequest);
-        assert_eq!(r("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"), Reject::BadRequest);
-        assert_eq!(r("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n"), Reject::BadRequest);
+        assert_eq!(
+            r("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nContent-Length: 4\r\n\r\n"),
+            Reject::BadRequest
+        );
+        assert_eq!(
+            r("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"),
+            Reject::BadRequest
+        );
+        assert_eq!(
+            r("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n"),
+            Reject::BadRequest
+        );
         assert_eq!(r("GET / HTTP/1.1\r\n\r\n"), Reject::BadRequest);
-        assert_eq!(r("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"), Reject::BadRequest);
+        assert_eq!(
+            r("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"),
+            Reject::BadRequest
+        );
         assert_eq!(r("HELLO\r\n\r\n"), Reject::BadRequest);
-        assert_eq!(parse_request(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n", 1024).unwrap_err(), Reject::BodyTooLarge);
+        assert_eq!(
+            parse_request(
+                b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n",
+                1024
+            )
+            .unwrap_err(),
+            Reject::BodyTooLarge
+        );
         let h = req("GET / HTTP/1.0\r\n\r\n").unwrap().unwrap();
         assert!(!h.keep_alive);
-        let h = req("GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap().unwrap();
+        let h = req("GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .unwrap()
+            .unwrap();
         assert!(!h.keep_alive);
     }
 
@@ -718,7 +794,12 @@ mod tests {
         let raw = b"GET http://x/p HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, X-Secret\r\nX-Secret: 1\r\nX-Forwarded-For: 6.6.6.6\r\nKeep-Alive: 5\r\nAccept: */*\r\n\r\n";
         let h = parse_request(raw, 0).unwrap().unwrap();
         let mut out = Vec::new();
-        let rw = RequestRewrite { peer_ip: b"127.0.0.1", client_ip: b"127.0.0.1", trusted: false, request_id: Some((b"X-Request-Id", b"abc")) };
+        let rw = RequestRewrite {
+            peer_ip: b"127.0.0.1",
+            client_ip: b"127.0.0.1",
+            trusted: false,
+            request_id: Some((b"X-Request-Id", b"abc")),
+        };
         write_request(raw, &h, &rw, &mut out);
         let s = String::from_utf8(out).unwrap();
         assert_eq!(
@@ -756,15 +837,32 @@ mod tests {
 
     #[test]
     fn response_framing() {
-        let r = parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc", Method::Get).unwrap().unwrap();
+        let r = parse_response(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc",
+            Method::Get,
+        )
+        .unwrap()
+        .unwrap();
         assert_eq!(r.framing, Framing::Length(3));
         assert!(r.keep_alive);
-        let r = parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n", Method::Head).unwrap().unwrap();
+        let r = parse_response(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n",
+            Method::Head,
+        )
+        .unwrap()
+        .unwrap();
         assert_eq!(r.framing, Framing::None);
-        let r = parse_response(b"HTTP/1.0 200 OK\r\n\r\n", Method::Get).unwrap().unwrap();
+        let r = parse_response(b"HTTP/1.0 200 OK\r\n\r\n", Method::Get)
+            .unwrap()
+            .unwrap();
         assert_eq!(r.framing, Framing::Close);
         assert!(!r.keep_alive);
-        let r = parse_response(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", Method::Get).unwrap().unwrap();
+        let r = parse_response(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+            Method::Get,
+        )
+        .unwrap()
+        .unwrap();
         assert_eq!(r.framing, Framing::Chunked);
     }
 }

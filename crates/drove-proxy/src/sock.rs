@@ -60,7 +60,10 @@ impl Sock {
     /// Waits until the socket is readable, then takes a buffer from `make` and reads into
     /// it: an idle connection holds no buffer while it waits. `None` when the readiness
     /// was stale (nothing to read; the buffer is handed back unused).
-    pub(crate) async fn read_fresh(&self, make: impl FnOnce() -> Buf) -> io::Result<(Buf, Option<usize>)> {
+    pub(crate) async fn read_fresh(
+        &self,
+        make: impl FnOnce() -> Buf,
+    ) -> io::Result<(Buf, Option<usize>)> {
         let mut guard = self.fd.readable().await?;
         let mut buf = make();
         buf.make_room();

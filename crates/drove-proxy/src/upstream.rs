@@ -99,7 +99,10 @@ impl Pool {
 
     /// An empty input buffer of [`BUF_SIZE`] bytes.
     pub(crate) fn input(&self) -> Buf {
-        self.inputs.borrow_mut().pop().unwrap_or_else(|| Buf::with_capacity(BUF_SIZE))
+        self.inputs
+            .borrow_mut()
+            .pop()
+            .unwrap_or_else(|| Buf::with_capacity(BUF_SIZE))
     }
 
     /// Gives an input buffer back for reuse (grown ones are dropped: memory stays bounded).
@@ -115,7 +118,10 @@ impl Pool {
 
     /// An empty output buffer with room for [`BUF_SIZE`] bytes.
     pub(crate) fn buffer(&self) -> Vec<u8> {
-        self.buffers.borrow_mut().pop().unwrap_or_else(|| Vec::with_capacity(BUF_SIZE))
+        self.buffers
+            .borrow_mut()
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(BUF_SIZE))
     }
 
     /// Gives a buffer back for reuse.

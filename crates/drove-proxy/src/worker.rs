@@ -16,7 +16,9 @@ pub(crate) fn run(
     proxy: Proxy,
     shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let local = tokio::task::LocalSet::new();
     local.block_on(&rt, accept_loop(listener, proxy, shutdown))
 }
@@ -50,7 +52,12 @@ async fn accept_loop(
         let _ = stream.set_nodelay(true);
         proxy.stats.connection_opened();
         open.set(open.get() + 1);
-        let (worker, open, all_closed, shutdown) = (worker.clone(), open.clone(), all_closed.clone(), shutdown.clone());
+        let (worker, open, all_closed, shutdown) = (
+            worker.clone(),
+            open.clone(),
+            all_closed.clone(),
+            shutdown.clone(),
+        );
         tokio::task::spawn_local(async move {
             conn::serve(worker.clone(), stream, peer, shutdown).await;
             worker.proxy.stats.connection_closed();

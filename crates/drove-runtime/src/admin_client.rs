@@ -50,7 +50,10 @@ async fn request_inner(
         req.push_str(&format!("Authorization: Bearer {t}\r\n"));
     }
     if !body.is_empty() || method == "POST" {
-        req.push_str(&format!("Content-Type: application/json\r\nContent-Length: {}\r\n", body.len()));
+        req.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            body.len()
+        ));
     }
     req.push_str("\r\n");
     req.push_str(&body);
@@ -67,8 +70,14 @@ async fn request_inner(
         .nth(1)
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| AdminError::Protocol(addr, "no status".into()))?;
-    let chunked = head.to_ascii_lowercase().contains("transfer-encoding: chunked");
-    let payload = if chunked { dechunk(rest) } else { rest.to_string() };
+    let chunked = head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked");
+    let payload = if chunked {
+        dechunk(rest)
+    } else {
+        rest.to_string()
+    };
     let json = serde_json::from_str(&payload).unwrap_or(serde_json::Value::String(payload));
     Ok((status, json))
 }
@@ -77,7 +86,9 @@ fn dechunk(s: &str) -> String {
     let mut out = String::new();
     let mut rest = s;
     while let Some((size, tail)) = rest.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(size.trim(), 16) else { break };
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
         if n == 0 || tail.len() < n {
             break;
         }

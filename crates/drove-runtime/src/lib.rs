@@ -19,7 +19,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
-use drove_balancer::{Balancer, BackendSpec};
+use drove_balancer::{BackendSpec, Balancer};
 use drove_config::{Backends, Config};
 use drove_proxy::Proxy;
 use drove_supervisor::{InstanceEvent, Supervisor, SupervisorOptions};
@@ -93,8 +93,13 @@ pub async fn up(config: Config, opts: UpOptions) -> anyhow::Result<()> {
         let listeners = drove_proxy::bind(addr, proxy_settings::workers(b))
             .with_context(|| format!("cannot listen on {addr} (balancer.listen)"))?;
         listen = Some(listeners[0].local_addr()?);
-        let p = Proxy::new(bal.clone(), proxy_settings::proxy_settings(b)).context("cannot open the access log")?;
-        proxy_task = Some(tokio::spawn(drove_proxy::serve(listeners, p.clone(), shutdown_rx.clone())));
+        let p = Proxy::new(bal.clone(), proxy_settings::proxy_settings(b))
+            .context("cannot open the access log")?;
+        proxy_task = Some(tokio::spawn(drove_proxy::serve(
+            listeners,
+            p.clone(),
+            shutdown_rx.clone(),
+        )));
         proxy = Some(p);
         balancer = Some(bal);
     }
@@ -130,13 +135,23 @@ pub async fn up(config: Config, opts: UpOptions) -> anyhow::Result<()> {
         shutdown: shutdown_tx.clone(),
         started: tokio::time::Instant::now(),
     });
-    let events_task = tokio::spawn(apply_events(events_rx, balancer.clone(), balanced_service.clone()));
-    let admin_task = tokio::spawn(admin::serve(admin_listener, running.clone(), shutdown_rx.clone()));
+    let events_task = tokio::spawn(apply_events(
+        events_rx,
+        balancer.clone(),
+        balanced_service.clone(),
+    ));
+    let admin_task = tokio::spawn(admin::serve(
+        admin_listener,
+        running.clone(),
+        shutdown_rx.clone(),
+    ));
 
     if let Some(l) = listen {
         println!("drove: balancer on http://{l}/");
     }
-    println!("drove: admin API, metrics and dashboard on http://{admin}/ (drove status, drove down)");
+    println!(
+        "drove: admin API, metrics and dashboard on http://{admin}/ (drove status, drove down)"
+    );
 
     // Wait for a reason to stop.
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

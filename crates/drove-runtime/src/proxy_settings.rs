@@ -105,6 +105,8 @@ pub fn workers(b: &BalancerConfig) -> usize {
     if b.workers > 0 {
         b.workers
     } else {
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
     }
 }

@@ -43,7 +43,9 @@ fn with_drove_exe(c: &config::CommandSpec) -> sup::CommandSpec {
             let quoted = format!("'{}'", exe.replace('\'', "'\\''"));
             sup::CommandSpec::Shell(s.replace("{drove}", &quoted))
         }
-        config::CommandSpec::Argv(v) => sup::CommandSpec::Argv(v.iter().map(|a| a.replace("{drove}", &exe)).collect()),
+        config::CommandSpec::Argv(v) => {
+            sup::CommandSpec::Argv(v.iter().map(|a| a.replace("{drove}", &exe)).collect())
+        }
     }
 }
 

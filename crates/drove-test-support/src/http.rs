@@ -19,12 +19,19 @@ impl Response {
     /// First value of a header.
     pub fn header(&self, name: &str) -> Option<&str> {
         let name = name.to_ascii_lowercase();
-        self.headers.iter().find(|(n, _)| *n == name).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.as_str())
     }
     /// All values of a header.
     pub fn headers_all(&self, name: &str) -> Vec<&str> {
         let name = name.to_ascii_lowercase();
-        self.headers.iter().filter(|(n, _)| *n == name).map(|(_, v)| v.as_str()).collect()
+        self.headers
+            .iter()
+            .filter(|(n, _)| *n == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
     }
     /// Body as text.
     pub fn text(&self) -> String {
@@ -48,7 +55,10 @@ impl Conn {
         let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
         stream.set_read_timeout(Some(read_timeout))?;
         stream.set_nodelay(true)?;
-        Ok(Conn { stream, buf: Vec::new() })
+        Ok(Conn {
+            stream,
+            buf: Vec::new(),
+        })
     }
 
     /// Writes raw bytes.
@@ -57,7 +67,13 @@ impl Conn {
     }
 
     /// Sends a request (a `Host` header is added) and reads the response.
-    pub fn request(&mut self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> std::io::Result<Response> {
+    pub fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> std::io::Result<Response> {
         let mut req = format!("{method} {path} HTTP/1.1\r\nHost: test\r\n");
         for (k, v) in headers {
             req.push_str(&format!("{k}: {v}\r\n"));
@@ -81,7 +97,12 @@ impl Conn {
 
     /// Reads one response.
     pub fn read_response(&mut self, head_only: bool) -> std::io::Result<Response> {
-        let eof = || std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "connection closed before a full response");
+        let eof = || {
+            std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "connection closed before a full response",
+            )
+        };
         let (status, headers, head_len) = loop {
             let mut hs = [httparse::EMPTY_HEADER; 64];
             let mut r = httparse::Response::new(&mut hs);
@@ -90,7 +111,12 @@ impl Conn {
                     let headers: Vec<(String, String)> = r
                         .headers
                         .iter()
-                        .map(|h| (h.name.to_ascii_lowercase(), String::from_utf8_lossy(h.value).into_owned()))
+                        .map(|h| {
+                            (
+                                h.name.to_ascii_lowercase(),
+                                String::from_utf8_lossy(h.value).into_owned(),
+                            )
+                        })
                         .collect();
                     break (r.code.unwrap_or(0), headers, n);
                 }
@@ -99,7 +125,12 @@ impl Conn {
                         return Err(eof());
                     }
                 }
-                Err(e) => return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string())),
+                Err(e) => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        e.to_string(),
+                    ))
+                }
             }
         };
         self.buf.drain(..head_len);
@@ -107,7 +138,9 @@ impl Conn {
         let mut body = Vec::new();
         if head_only || status == 204 || status == 304 || (100..200).contains(&status) {
             // no body
-        } else if get("transfer-encoding").is_some_and(|v| v.to_ascii_lowercase().contains("chunked")) {
+        } else if get("transfer-encoding")
+            .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"))
+        {
             loop {
                 let line_end = loop {
                     if let Some(p) = self.buf.windows(2).position(|w| w == b"\r\n") {
@@ -118,8 +151,11 @@ impl Conn {
                     }
                 };
                 let size_str = String::from_utf8_lossy(&self.buf[..line_end]).to_string();
-                let size = usize::from_str_radix(size_str.split(';').next().unwrap_or("").trim(), 16)
-                    .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "bad chunk size"))?;
+                let size =
+                    usize::from_str_radix(size_str.split(';').next().unwrap_or("").trim(), 16)
+                        .map_err(|_| {
+                            std::io::Error::new(std::io::ErrorKind::InvalidData, "bad chunk size")
+                        })?;
                 self.buf.drain(..line_end + 2);
                 while self.buf.len() < size + 2 {
                     if self.fill()? == 0 {
@@ -132,7 +168,8 @@ impl Conn {
                     break;
                 }
             }
-        } else if let Some(len) = get("content-length").and_then(|v| v.trim().parse::<usize>().ok()) {
+        } else if let Some(len) = get("content-length").and_then(|v| v.trim().parse::<usize>().ok())
+        {
             while self.buf.len() < len {
                 if self.fill()? == 0 {
                     return Err(eof());
@@ -144,12 +181,22 @@ impl Conn {
             while self.fill()? > 0 {}
             body = std::mem::take(&mut self.buf);
         }
-        Ok(Response { status, headers, body })
+        Ok(Response {
+            status,
+            headers,
+            body,
+        })
     }
 }
 
 /// One request on a new connection.
-pub fn request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> std::io::Result<Response> {
+pub fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<Response> {
     let mut c = Conn::open(addr, Duration::from_secs(10))?;
     c.request(method, path, headers, body)
 }
@@ -160,10 +207,19 @@ pub fn get(addr: SocketAddr, path: &str) -> std::io::Result<Response> {
 }
 
 /// POST JSON on a new connection.
-pub fn post_json(addr: SocketAddr, path: &str, body: &serde_json::Value) -> std::io::Result<Response> {
+pub fn post_json(
+    addr: SocketAddr,
+    path: &str,
+    body: &serde_json::Value,
+) -> std::io::Result<Response> {
     let b = body.to_string();
     let mut c = Conn::open(addr, Duration::from_secs(120))?;
-    c.request("POST", path, &[("Content-Type", "application/json")], b.as_bytes())
+    c.request(
+        "POST",
+        path,
+        &[("Content-Type", "application/json")],
+        b.as_bytes(),
+    )
 }
 
 /// Sends raw bytes on a new connection and reads one response (or the error).

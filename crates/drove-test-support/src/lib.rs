@@ -59,7 +59,9 @@ pub fn alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(s) => {
             // Field 3, after the parenthesised command name.
-            let state = s.rsplit_once(')').and_then(|(_, r)| r.split_whitespace().next());
+            let state = s
+                .rsplit_once(')')
+                .and_then(|(_, r)| r.split_whitespace().next());
             !matches!(state, Some("Z") | Some("X") | None)
         }
         Err(_) => false,
@@ -77,7 +79,9 @@ pub struct Proc {
 impl Proc {
     /// Spawns `cmd` in a new process group with stdout captured (stderr inherited).
     pub fn spawn(mut cmd: Command) -> Proc {
-        cmd.process_group(0).stdout(Stdio::piped()).stdin(Stdio::null());
+        cmd.process_group(0)
+            .stdout(Stdio::piped())
+            .stdin(Stdio::null());
         let mut child = cmd.spawn().expect("spawn child");
         let out = child.stdout.take().expect("stdout");
         let lines = Arc::new(Mutex::new(Vec::new()));
@@ -87,7 +91,10 @@ impl Proc {
                 l2.lock().unwrap().push(line);
             }
         });
-        Proc { child, stdout: lines }
+        Proc {
+            child,
+            stdout: lines,
+        }
     }
 
     /// The pid.
@@ -146,11 +153,15 @@ pub struct Demo {
 pub fn demo(drove: &Path, name: &str) -> Demo {
     let port = free_port();
     let mut cmd = Command::new(drove);
-    cmd.arg("demo").env("PORT", port.to_string()).env("DROVE_INSTANCE", name);
+    cmd.arg("demo")
+        .env("PORT", port.to_string())
+        .env("DROVE_INSTANCE", name);
     let proc = Proc::spawn(cmd);
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     assert!(
-        wait_until(Duration::from_secs(10), || http::get(addr, "/health").map(|r| r.status == 200).unwrap_or(false)),
+        wait_until(Duration::from_secs(10), || http::get(addr, "/health")
+            .map(|r| r.status == 200)
+            .unwrap_or(false)),
         "demo {name} did not come up on {addr}"
     );
     Demo { proc, addr }
@@ -192,7 +203,9 @@ impl Drove {
             .current_dir(path.parent().unwrap());
         let proc = Proc::spawn(cmd);
         let admin_line = proc
-            .wait_line(Duration::from_secs(20), |l| l.starts_with("drove: admin API"))
+            .wait_line(Duration::from_secs(20), |l| {
+                l.starts_with("drove: admin API")
+            })
             .unwrap_or_else(|| panic!("drove did not start: {:?}", proc.stdout.lock().unwrap()));
         let admin = parse_url_addr(&admin_line);
         let listen = proc
@@ -230,8 +243,15 @@ impl Drove {
     pub fn wait_in_rotation(&self, n: usize, timeout: Duration) -> bool {
         wait_until(timeout, || {
             let s = self.status();
-            let backends = s["balancer"]["backends"].as_array().cloned().unwrap_or_default();
-            backends.iter().filter(|b| b["enabled"] == true && b["healthy"] == true).count() == n
+            let backends = s["balancer"]["backends"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            backends
+                .iter()
+                .filter(|b| b["enabled"] == true && b["healthy"] == true)
+                .count()
+                == n
         })
     }
 

@@ -148,7 +148,12 @@ fn run(spec: LoadSpec, stop: Arc<AtomicBool>) -> Stats {
                 if r.status >= 500 {
                     s.failed += 1;
                     if s.failures.len() < 20 {
-                        s.failures.push(format!("status {} after {:?}: {}", r.status, lat, r.text().trim()));
+                        s.failures.push(format!(
+                            "status {} after {:?}: {}",
+                            r.status,
+                            lat,
+                            r.text().trim()
+                        ));
                     }
                 } else {
                     s.ok += 1;
@@ -156,14 +161,17 @@ fn run(spec: LoadSpec, stop: Arc<AtomicBool>) -> Stats {
                         *s.per_instance.entry(i.to_string()).or_default() += 1;
                     }
                 }
-                if r.header("connection").is_some_and(|v| v.eq_ignore_ascii_case("close")) {
+                if r.header("connection")
+                    .is_some_and(|v| v.eq_ignore_ascii_case("close"))
+                {
                     conn = None;
                 }
             }
             Err(e) => {
                 s.failed += 1;
                 if s.failures.len() < 20 {
-                    s.failures.push(format!("transport after {:?}: {e}", t0.elapsed()));
+                    s.failures
+                        .push(format!("transport after {:?}: {e}", t0.elapsed()));
                 }
                 conn = None;
             }
