@@ -10,8 +10,10 @@
 # Usage: bench/compare.sh [--quick] [--rounds N] [--duration SECS] [--warmup SECS]
 #                         [--idle-conns N] [--out FILE] [--profile] [--no-idle]
 # Env:   DROVE_BIN=path   use this drove binary instead of `cargo build --release`
+#        DROVE_REV=rev    the revision DROVE_BIN was built from (default: HEAD)
 #        MAX_LOAD=1.0     wait (up to LOAD_WAIT=300 s) until the 1-min load average is
-#                         below this before starting; the load is recorded either way
+#                         below this, or the CPUs were MIN_IDLE=95 % idle over 5 s,
+#                         before starting; the load is recorded either way
 #        KEEP_TMP=1       keep the temp dir (configs, logs, raw data)
 set -euo pipefail
 
@@ -350,15 +352,30 @@ run_wrk() { # scenario port duration outfile
 }
 
 # ----------------------------------------------------------------------------- load check
+# Share of CPU time idle over the next 5 s (from /proc/stat), in percent.
+idle_pct() {
+    local a b
+    a=($(head -1 /proc/stat)); sleep 5; b=($(head -1 /proc/stat))
+    awk -v i1="${a[4]}" -v i2="${b[4]}" -v t1="$(IFS=+; echo $((${a[*]:1})))" -v t2="$(IFS=+; echo $((${b[*]:1})))" \
+        'BEGIN { d = t2 - t1; if (d <= 0) d = 1; printf "%d", 100 * (i2 - i1) / d }'
+}
+
+# Waits (up to LOAD_WAIT s) until the 1-min load average is below MAX_LOAD, or the
+# machine was at least MIN_IDLE % idle over 5 s (the load average lags behind).
 wait_for_load() {
-    local waited=0
+    local waited=0 idle
     while awk -v l="$(load1)" -v m="$MAX_LOAD" 'BEGIN { exit !(l > m) }'; do
+        idle="$(idle_pct)"
+        if (( idle >= ${MIN_IDLE:-95} )); then
+            log "load average $(load1) > $MAX_LOAD but ${idle}% idle over 5 s: starting"
+            return
+        fi
         if (( waited >= LOAD_WAIT )); then
             log "load average still $(load1) > $MAX_LOAD after ${LOAD_WAIT}s; running anyway (recorded)"
             return
         fi
-        log "load average $(load1) > $MAX_LOAD; waiting ($waited/${LOAD_WAIT}s)"
-        sleep 15
+        log "load average $(load1) > $MAX_LOAD, ${idle}% idle; waiting ($waited/${LOAD_WAIT}s)"
+        sleep 10
         waited=$((waited + 15))
     done
 }
@@ -366,7 +383,8 @@ wait_for_load() {
 CLK_TCK="$(getconf CLK_TCK)"
 {
     echo "date	$(date -u '+%Y-%m-%d %H:%M:%S UTC')"
-    echo "rev	$(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+    # With DROVE_BIN, say which revision it was built from (DROVE_REV); default: HEAD.
+    echo "rev	${DROVE_REV:-$(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo unknown)}"
     echo "dirty	$(cd "$ROOT" && git status --porcelain 2>/dev/null | grep -v '^??' | grep -c . || true)"
     echo "nproc	$(nproc)"
     echo "cpu	$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
@@ -375,6 +393,8 @@ CLK_TCK="$(getconf CLK_TCK)"
     echo "haproxy	$("$HAPROXY" -v 2>&1 | head -1)"
     echo "wrk	$("$WRK" -v 2>&1 | head -1)"
     echo "drove	$("$DROVE" --version 2>&1 | head -1)"
+    echo "drove_bin	$DROVE, built $(date -u -r "$DROVE" '+%Y-%m-%d %H:%M:%S UTC'), sha256 $(sha256sum "$DROVE" | cut -c1-12)"
+    echo "dirty_files	$(cd "$ROOT" && git status --porcelain -- crates src Cargo.toml Cargo.lock 2>/dev/null | grep -v '^??' | awk '{print $2}' | paste -sd' ' -)"
     echo "cmdline	$CMDLINE"
     echo "rounds	$ROUNDS"
     echo "duration	$DURATION"
@@ -442,6 +462,16 @@ if [[ $PROFILE == 1 ]]; then
             run_wrk ka64 "$port" "$DURATION" "$TMP/wrk-perfstat-$p.txt"
             wait "$spid" 2>/dev/null || true
             forget_pid "$spid"
+            # Flat profile (no call graphs: -g needs frame pointers, which the binaries
+            # lack; use `--call-graph dwarf` by hand for callers).
+            perf record -F 999 -p "$pids" -o "$TMP/perf-$p.data" -- sleep 5 >/dev/null 2>&1 &
+            spid=$!; PIDS+=("$spid")
+            run_wrk ka64 "$port" 5 "$TMP/wrk-perfrec-$p.txt"
+            wait "$spid" 2>/dev/null || true
+            forget_pid "$spid"
+            perf report -i "$TMP/perf-$p.data" --no-children --stdio --sort dso >"$TMP/perfdso-$p.txt" 2>/dev/null || true
+            perf report -i "$TMP/perf-$p.data" --no-children --stdio --sort dso,symbol 2>/dev/null \
+                | grep -E '^ +[0-9]' | head -30 | cut -c1-150 >"$TMP/perftop-$p.txt" || true
         fi
     done
 fi

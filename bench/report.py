@@ -123,7 +123,11 @@ def render(tmp, out):
     w("| wrk | %s |" % meta["wrk"])
     dirty = meta.get("dirty", "0")
     w("| drove | %s, rev %s%s |" % (meta["drove"], meta["rev"],
-                                     " (+%s uncommitted changed files in the tree)" % dirty if dirty not in ("", "0") else ""))
+                                     " (+%s uncommitted changed files in the tree when the benchmark ran)" % dirty if dirty not in ("", "0") else ""))
+    if meta.get("drove_bin"):
+        w("| drove binary | %s |" % meta["drove_bin"])
+    if meta.get("dirty_files"):
+        w("| uncommitted changes in the measured tree | %s |" % meta["dirty_files"])
     w("| load average (1/5/15 min) | start: %s · end: %s · 1-min at each run: %s–%s |" % (
         meta.get("load_start", "?"), meta.get("load_end", "?"),
         fmt(min(float(r["load1"]) for r in runs), 2), fmt(max(float(r["load1"]) for r in runs), 2)))
@@ -198,6 +202,15 @@ def render(tmp, out):
             f = os.path.join(tmp, "perfstat-%s.txt" % p)
             if os.path.exists(f):
                 w("`perf stat` of %s during a keep-alive 64 run:\n\n```\n%s\n```\n" % (p, open(f).read().strip()))
+        for p in ps:
+            f = os.path.join(tmp, "perftop-%s.txt" % p)
+            g = os.path.join(tmp, "perfdso-%s.txt" % p)
+            if os.path.exists(f) and os.path.getsize(f):
+                dso = ""
+                if os.path.exists(g):
+                    dso = "\n".join(l.rstrip() for l in open(g) if re.match(r"^ +[0-9]", l))
+                w("`perf record` (flat, %s, keep-alive 64, 5 s): by object, then the top symbols:\n\n```\n%s\n\n%s\n```\n" % (
+                    p, dso, open(f).read().rstrip()))
 
     # Targets.
     w("## Targets\n")

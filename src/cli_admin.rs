@@ -23,17 +23,42 @@ fn admin_addr(config: &Path, admin: Option<SocketAddr>) -> SocketAddr {
     drove_config::AdminConfig::default().listen
 }
 
-fn call(addr: SocketAddr, method: &str, path: &str, token: Option<&str>, body: Option<Value>, timeout: Duration) -> anyhow::Result<Value> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let (status, v) = rt.block_on(drove_runtime::admin_client::request(addr, method, path, token, body.as_ref(), timeout))?;
+fn call(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<Value>,
+    timeout: Duration,
+) -> anyhow::Result<Value> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (status, v) = rt.block_on(drove_runtime::admin_client::request(
+        addr,
+        method,
+        path,
+        token,
+        body.as_ref(),
+        timeout,
+    ))?;
     if !(200..300).contains(&status) {
-        let msg = v.get("error").and_then(Value::as_str).map(str::to_owned).unwrap_or_else(|| v.to_string());
+        let msg = v
+            .get("error")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .unwrap_or_else(|| v.to_string());
         anyhow::bail!("{msg} (HTTP {status})");
     }
     Ok(v)
 }
 
-pub(crate) fn run(cmd: Command, config: &Path, admin: Option<SocketAddr>, token: Option<&str>) -> anyhow::Result<ExitCode> {
+pub(crate) fn run(
+    cmd: Command,
+    config: &Path,
+    admin: Option<SocketAddr>,
+    token: Option<&str>,
+) -> anyhow::Result<ExitCode> {
     let addr = admin_addr(config, admin);
     // Rolling restarts and drains wait for real work: allow them time.
     let long = Duration::from_secs(600);
@@ -53,29 +78,63 @@ pub(crate) fn run(cmd: Command, config: &Path, admin: Option<SocketAddr>, token:
                     .split_once('=')
                     .and_then(|(s, n)| Some((s, n.parse::<u32>().ok()?)))
                     .ok_or_else(|| anyhow::anyhow!("`{t}`: expected SERVICE=N, e.g. web=5"))?;
-                call(addr, "POST", "/api/scale", token, Some(json!({"service": service, "instances": n})), long)?;
+                call(
+                    addr,
+                    "POST",
+                    "/api/scale",
+                    token,
+                    Some(json!({"service": service, "instances": n})),
+                    long,
+                )?;
                 println!("{service}: scaled to {n}");
             }
         }
         Command::Restart { service, .. } => {
-            let v = call(addr, "POST", "/api/restart", token, Some(json!({"service": service})), long)?;
-            let n = v.get("replaced").and_then(Value::as_array).map(Vec::len).unwrap_or(0);
+            let v = call(
+                addr,
+                "POST",
+                "/api/restart",
+                token,
+                Some(json!({"service": service})),
+                long,
+            )?;
+            let n = v
+                .get("replaced")
+                .and_then(Value::as_array)
+                .map(Vec::len)
+                .unwrap_or(0);
             let secs = v.get("elapsed").and_then(Value::as_f64).unwrap_or(0.0);
             println!("{service}: rolling restart done, {n} instance(s) replaced in {secs:.1}s");
         }
         Command::Drain { instance, .. } => {
-            call(addr, "POST", "/api/drain", token, Some(json!({"instance": instance})), long)?;
+            call(
+                addr,
+                "POST",
+                "/api/drain",
+                token,
+                Some(json!({"instance": instance})),
+                long,
+            )?;
             println!("{instance}: drained (out of rotation, still running)");
         }
         Command::Undrain { instance, .. } => {
-            call(addr, "POST", "/api/undrain", token, Some(json!({"instance": instance})), short)?;
+            call(
+                addr,
+                "POST",
+                "/api/undrain",
+                token,
+                Some(json!({"instance": instance})),
+                short,
+            )?;
             println!("{instance}: back in rotation");
         }
         Command::Down { .. } => {
             call(addr, "POST", "/api/down", token, None, short)?;
             println!("drove at {addr}: shutting down");
         }
-        Command::Logs { follow, instance, .. } => return logs(config, instance.as_deref(), follow),
+        Command::Logs {
+            follow, instance, ..
+        } => return logs(config, instance.as_deref(), follow),
         _ => unreachable!("handled in main"),
     }
     Ok(ExitCode::SUCCESS)
@@ -130,12 +189,16 @@ pub(crate) fn status_table(v: &Value) -> String {
             b["listen"].as_str().unwrap_or("-"),
             b["algorithm"].as_str().unwrap_or("-"),
             b["requests"],
-            b["rps"].as_f64().map(human_rate).unwrap_or_else(|| "-".into()),
+            b["rps"]
+                .as_f64()
+                .map(human_rate)
+                .unwrap_or_else(|| "-".into()),
             b["retries"]
         ));
     }
     let header = [
-        "INSTANCE", "PID", "PORT", "STATE", "HEALTH", "INFLIGHT", "REQ/S", "P99", "REQUESTS", "RESTARTS", "RSS", "UPTIME",
+        "INSTANCE", "PID", "PORT", "STATE", "HEALTH", "INFLIGHT", "REQ/S", "P99", "REQUESTS",
+        "RESTARTS", "RSS", "UPTIME",
     ];
     let mut rows: Vec<Vec<String>> = vec![header.iter().map(|s| s.to_string()).collect()];
     for i in v["instances"].as_array().into_iter().flatten() {
@@ -161,19 +224,35 @@ pub(crate) fn status_table(v: &Value) -> String {
             s("state"),
             health.to_string(),
             s("in_flight"),
-            i["rps"].as_f64().map(human_rate).unwrap_or_else(|| "-".into()),
-            i["p99_ms"].as_f64().map(human_ms).unwrap_or_else(|| "-".into()),
+            i["rps"]
+                .as_f64()
+                .map(human_rate)
+                .unwrap_or_else(|| "-".into()),
+            i["p99_ms"]
+                .as_f64()
+                .map(human_ms)
+                .unwrap_or_else(|| "-".into()),
             s("requests"),
             s("restarts"),
-            i["rss_bytes"].as_f64().map(human_bytes).unwrap_or_else(|| "-".into()),
-            i["uptime"].as_f64().map(human_secs).unwrap_or_else(|| "-".into()),
+            i["rss_bytes"]
+                .as_f64()
+                .map(human_bytes)
+                .unwrap_or_else(|| "-".into()),
+            i["uptime"]
+                .as_f64()
+                .map(human_secs)
+                .unwrap_or_else(|| "-".into()),
         ]);
     }
     let widths: Vec<usize> = (0..header.len())
         .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
         .collect();
     for r in rows {
-        let line: Vec<String> = r.iter().enumerate().map(|(c, x)| format!("{x:<w$}", w = widths[c])).collect();
+        let line: Vec<String> = r
+            .iter()
+            .enumerate()
+            .map(|(c, x)| format!("{x:<w$}", w = widths[c]))
+            .collect();
         out.push_str(line.join("  ").trim_end());
         out.push('\n');
     }
@@ -195,11 +274,19 @@ fn logs(config: &Path, which: Option<&str>, follow: bool) -> anyhow::Result<Exit
     };
     let mut files: Vec<PathBuf> = Vec::new();
     for d in dirs.iter().collect::<std::collections::BTreeSet<_>>() {
-        let Ok(rd) = std::fs::read_dir(d) else { continue };
+        let Ok(rd) = std::fs::read_dir(d) else {
+            continue;
+        };
         for e in rd.flatten() {
             let p = e.path();
-            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("").to_string();
-            let Some(stem) = name.strip_suffix(".log") else { continue };
+            let name = p
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or("")
+                .to_string();
+            let Some(stem) = name.strip_suffix(".log") else {
+                continue;
+            };
             let keep = match which {
                 None => true,
                 Some(w) if w.contains('.') => stem == w,
@@ -212,13 +299,21 @@ fn logs(config: &Path, which: Option<&str>, follow: bool) -> anyhow::Result<Exit
     }
     files.sort();
     if files.is_empty() {
-        anyhow::bail!("no log files found{} in {:?}", which.map(|w| format!(" for {w}")).unwrap_or_default(), dirs);
+        anyhow::bail!(
+            "no log files found{} in {:?}",
+            which.map(|w| format!(" for {w}")).unwrap_or_default(),
+            dirs
+        );
     }
     let many = files.len() > 1;
     let mut readers = Vec::new();
     let stdout = std::io::stdout();
     for f in &files {
-        let label = f.file_stem().and_then(|s| s.to_str()).unwrap_or("?").to_string();
+        let label = f
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("?")
+            .to_string();
         let mut r = std::io::BufReader::new(std::fs::File::open(f)?);
         let mut line = String::new();
         let mut out = stdout.lock();

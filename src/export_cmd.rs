@@ -1,7 +1,12 @@
 //! `drove export grafana|alerts`: a Grafana dashboard and Prometheus alert rules for
-//! drove's metrics, printed to stdout.
+//! drove's metrics (docs/metrics.md), printed to stdout.
+//!
+//! Both use only series that `/metrics` exposes; the e2e tests check that against a
+//! running drove and run `promtool check rules` on the alerts.
 
 use std::path::Path;
+
+use serde_json::{json, Value};
 
 /// What to export.
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -22,6 +27,311 @@ pub struct ExportArgs {
 
 /// Prints the export; returns the exit code.
 pub fn run(args: ExportArgs, _config: &Path) -> anyhow::Result<u8> {
-    let _ = args;
-    anyhow::bail!("drove export is not implemented yet")
+    match args.kind {
+        ExportKind::Grafana => println!("{}", serde_json::to_string_pretty(&grafana_dashboard())?),
+        ExportKind::Alerts => print!("{ALERT_RULES}"),
+    }
+    Ok(0)
+}
+
+/// Prometheus alerting rules. Thresholds are starting points: edit them to your service.
+/// Series of one drove carry the same `job` (and, with `honor_labels`, drove's own
+/// `instance`), so the ratios below match series one to one.
+pub const ALERT_RULES: &str = r#"# Prometheus alerting rules for drove (`drove export alerts`).
+# Load with `rule_files: [drove-alerts.yml]`. Scrape drove with `honor_labels: true` so
+# that its per-instance label `instance` (web.2) is kept (see docs/metrics.md).
+# Thresholds are starting points: adjust them to your service.
+groups:
+  - name: drove
+    rules:
+      - alert: DroveAllInstancesDown
+        expr: drove_balancer_backends_available == 0
+        for: 30s
+        labels:
+          severity: critical
+        annotations:
+          summary: "drove: no instance of {{ $labels.service }} can take traffic"
+          description: "Every instance of {{ $labels.service }} is out of rotation or unhealthy: clients get 503."
+
+      - alert: DroveInstanceDown
+        expr: drove_backend_healthy == 0 and drove_backend_enabled == 1
+        for: 1m
+        labels:
+          severity: warning
+        annotations:
+          summary: "drove: instance {{ $labels.instance }} is unhealthy"
+          description: "{{ $labels.instance }} is in rotation but fails its health probes or was ejected after failures; the balancer routes around it."
+
+      - alert: DroveInstanceNotRunning
+        expr: drove_instance_state{state=~"backoff|exited"} == 1
+        for: 2m
+        labels:
+          severity: warning
+        annotations:
+          summary: "drove: instance {{ $labels.instance }} is not running ({{ $labels.state }})"
+          description: "{{ $labels.instance }} exited and has not been running for 2 minutes."
+
+      - alert: DroveInstanceCrashloop
+        expr: drove_instance_state{state="crashloop"} == 1
+        for: 1m
+        labels:
+          severity: critical
+        annotations:
+          summary: "drove: instance {{ $labels.instance }} is crash-looping"
+          description: "{{ $labels.instance }} exits soon after every start; drove retries it with backoff. See `drove logs {{ $labels.instance }}`."
+
+      - alert: DroveHighErrorRatio
+        expr: |
+          sum by (job) (rate(drove_balancer_responses_total{class="5xx"}[5m]))
+            / sum by (job) (rate(drove_balancer_responses_total[5m]))
+            > 0.05
+        for: 5m
+        labels:
+          severity: warning
+        annotations:
+          summary: "drove: {{ $value | humanizePercentage }} of responses are 5xx"
+          description: "More than 5% of the responses to clients were 5xx over 5 minutes (drove's own 502/503/504 included)."
+
+      - alert: DroveHighLatencyP99
+        expr: |
+          histogram_quantile(0.99,
+            sum by (job, service, le) (rate(drove_request_duration_seconds_bucket[5m]))
+          ) > 1
+        for: 10m
+        labels:
+          severity: warning
+        annotations:
+          summary: "drove: p99 latency of {{ $labels.service }} is {{ $value | humanizeDuration }}"
+          description: "The 99th percentile of the time to the response head has been above 1s for 10 minutes."
+
+      - alert: DroveInstanceMemoryNearLimit
+        expr: drove_instance_rss_bytes / drove_instance_max_memory_bytes > 0.9
+        for: 5m
+        labels:
+          severity: warning
+        annotations:
+          summary: "drove: {{ $labels.instance }} uses {{ $value | humanizePercentage }} of max_memory"
+          description: "Above max_memory drove restarts the instance (drained first). A steady climb is a leak."
+
+      - alert: DroveRetryBudgetExhausted
+        expr: increase(drove_balancer_retry_budget_exhausted_total[5m]) > 0
+        labels:
+          severity: warning
+        annotations:
+          summary: "drove: the retry budget ran out"
+          description: "{{ $value | humanize }} retries were not made in 5 minutes because retries already took their share of traffic: instances are failing faster than retries can hide."
+"#;
+
+fn target(expr: &str, legend: &str) -> Value {
+    json!({"datasource": {"type": "prometheus", "uid": "${datasource}"}, "expr": expr, "legendFormat": legend, "refId": "A"})
+}
+
+fn with_ref(mut t: Vec<Value>) -> Vec<Value> {
+    for (i, x) in t.iter_mut().enumerate() {
+        x["refId"] = json!(((b'A' + i as u8) as char).to_string());
+    }
+    t
+}
+
+fn stat(id: u32, title: &str, x: u32, expr: &str, unit: &str, thresholds: Value) -> Value {
+    json!({
+        "id": id, "type": "stat", "title": title,
+        "gridPos": {"h": 4, "w": 4, "x": x, "y": 0},
+        "datasource": {"type": "prometheus", "uid": "${datasource}"},
+        "targets": [target(expr, "")],
+        "fieldConfig": {"defaults": {"unit": unit, "thresholds": {"mode": "absolute", "steps": thresholds}}, "overrides": []},
+        "options": {"reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": false}, "colorMode": "value", "graphMode": "area"},
+    })
+}
+
+fn series(id: u32, title: &str, pos: (u32, u32, u32), unit: &str, targets: Vec<Value>) -> Value {
+    let (x, y, w) = pos;
+    json!({
+        "id": id, "type": "timeseries", "title": title,
+        "gridPos": {"h": 8, "w": w, "x": x, "y": y},
+        "datasource": {"type": "prometheus", "uid": "${datasource}"},
+        "targets": with_ref(targets),
+        "fieldConfig": {"defaults": {"unit": unit, "custom": {"lineWidth": 2, "fillOpacity": 8, "showPoints": "never"}}, "overrides": []},
+        "options": {"legend": {"displayMode": "table", "placement": "right", "calcs": ["lastNotNull", "max"]}, "tooltip": {"mode": "multi", "sort": "desc"}},
+    })
+}
+
+/// The Grafana dashboard (schema 39; import it, pick the Prometheus data source).
+pub fn grafana_dashboard() -> Value {
+    let g = r#"job=~"$job""#;
+    let gs = r#"job=~"$job", service=~"$service""#;
+    let green_red =
+        |red: f64| json!([{"color": "green", "value": null}, {"color": "red", "value": red}]);
+    let red_green = json!([{"color": "red", "value": null}, {"color": "green", "value": 1}]);
+    let panels = vec![
+        stat(1, "Requests/s", 0, &format!("sum(rate(drove_balancer_requests_total{{{g}}}[$__rate_interval]))"), "reqps", json!([{"color": "blue", "value": null}])),
+        stat(
+            2,
+            "5xx ratio",
+            4,
+            &format!("sum(rate(drove_balancer_responses_total{{{g}, class=\"5xx\"}}[$__rate_interval])) / sum(rate(drove_balancer_responses_total{{{g}}}[$__rate_interval]))"),
+            "percentunit",
+            green_red(0.05),
+        ),
+        stat(
+            3,
+            "p99 latency",
+            8,
+            &format!("histogram_quantile(0.99, sum by (le) (rate(drove_request_duration_seconds_bucket{{{gs}}}[$__rate_interval])))"),
+            "s",
+            green_red(1.0),
+        ),
+        stat(4, "Instances available", 12, &format!("sum(drove_balancer_backends_available{{{gs}}})"), "short", red_green),
+        stat(5, "Client connections", 16, &format!("sum(drove_balancer_connections_active{{{g}}})"), "short", json!([{"color": "blue", "value": null}])),
+        stat(6, "Restarts (1h)", 20, &format!("sum(increase(drove_instance_restarts_total{{{gs}}}[1h]))"), "short", green_red(1.0)),
+        series(
+            7,
+            "Requests/s per instance",
+            (0, 4, 12),
+            "reqps",
+            vec![target(&format!("sum by (instance) (rate(drove_requests_total{{{gs}}}[$__rate_interval]))"), "{{instance}}")],
+        ),
+        series(
+            8,
+            "Responses to clients by class",
+            (12, 4, 12),
+            "reqps",
+            vec![target(&format!("sum by (class) (rate(drove_balancer_responses_total{{{g}}}[$__rate_interval]))"), "{{class}}")],
+        ),
+        series(
+            9,
+            "Latency per instance (p50, p99)",
+            (0, 12, 12),
+            "s",
+            vec![
+                target(&format!("histogram_quantile(0.99, sum by (instance, le) (rate(drove_request_duration_seconds_bucket{{{gs}}}[$__rate_interval])))"), "p99 {{instance}}"),
+                target(&format!("histogram_quantile(0.5, sum by (instance, le) (rate(drove_request_duration_seconds_bucket{{{gs}}}[$__rate_interval])))"), "p50 {{instance}}"),
+            ],
+        ),
+        series(
+            10,
+            "In flight per instance",
+            (12, 12, 12),
+            "short",
+            vec![target(&format!("sum by (instance) (drove_backend_in_flight{{{gs}}})"), "{{instance}}")],
+        ),
+        series(
+            11,
+            "Memory (RSS) per instance",
+            (0, 20, 12),
+            "bytes",
+            vec![
+                target(&format!("sum by (instance) (drove_instance_rss_bytes{{{gs}}})"), "{{instance}}"),
+                target(&format!("max by (service) (drove_instance_max_memory_bytes{{{gs}}})"), "max_memory {{service}}"),
+            ],
+        ),
+        series(
+            12,
+            "CPU per instance",
+            (12, 20, 12),
+            "percentunit",
+            vec![target(&format!("sum by (instance) (rate(drove_instance_cpu_seconds_total{{{gs}}}[$__rate_interval]))"), "{{instance}}")],
+        ),
+        series(
+            13,
+            "Health: healthy and in rotation",
+            (0, 28, 12),
+            "short",
+            vec![
+                target(&format!("sum by (instance) (drove_backend_healthy{{{gs}}})"), "healthy {{instance}}"),
+                target(&format!("sum by (instance) (drove_backend_enabled{{{gs}}})"), "in rotation {{instance}}"),
+            ],
+        ),
+        series(
+            14,
+            "Instances by state",
+            (12, 28, 12),
+            "short",
+            vec![target(&format!("sum by (state) (drove_instance_state{{{gs}}})"), "{{state}}")],
+        ),
+        series(
+            15,
+            "Retries, upstream errors, ejections",
+            (0, 36, 12),
+            "short",
+            vec![
+                target(&format!("sum(rate(drove_balancer_retries_total{{{g}}}[$__rate_interval]))"), "retries/s"),
+                target(&format!("sum(rate(drove_balancer_retry_budget_exhausted_total{{{g}}}[$__rate_interval]))"), "retry budget exhausted/s"),
+                target(&format!("sum(rate(drove_balancer_upstream_connect_errors_total{{{g}}}[$__rate_interval]))"), "connect errors/s"),
+                target(&format!("sum(rate(drove_balancer_upstream_timeouts_total{{{g}}}[$__rate_interval]))"), "timeouts/s"),
+                target(&format!("sum(rate(drove_backend_ejections_total{{{gs}}}[$__rate_interval]))"), "ejections/s"),
+            ],
+        ),
+        series(
+            16,
+            "Refused by drove",
+            (12, 36, 12),
+            "reqps",
+            vec![
+                target(&format!("sum(rate(drove_balancer_no_backend_total{{{g}}}[$__rate_interval]))"), "503 no instance available"),
+                target(&format!("sum(rate(drove_balancer_rejected_total{{{g}}}[$__rate_interval]))"), "400/413 rejected"),
+                target(&format!("sum(rate(drove_balancer_rate_limited_total{{{g}}}[$__rate_interval]))"), "429 rate limited"),
+            ],
+        ),
+        series(
+            17,
+            "Restarts per instance",
+            (0, 44, 24),
+            "short",
+            vec![target(&format!("sum by (instance) (increase(drove_instance_restarts_total{{{gs}}}[$__rate_interval]))"), "{{instance}}")],
+        ),
+    ];
+    let var = |name: &str, query: &str| {
+        json!({
+            "name": name, "label": name, "type": "query",
+            "datasource": {"type": "prometheus", "uid": "${datasource}"},
+            "query": {"query": query, "refId": name},
+            "definition": query, "refresh": 2, "includeAll": true, "multi": true,
+            "current": {"selected": true, "text": ["All"], "value": ["$__all"]}, "sort": 1,
+        })
+    };
+    json!({
+        "title": "drove",
+        "uid": "drove",
+        "description": "drove: instances, traffic, latency, health and processes (drove export grafana).",
+        "tags": ["drove"],
+        "schemaVersion": 39,
+        "version": 1,
+        "editable": true,
+        "timezone": "browser",
+        "refresh": "10s",
+        "time": {"from": "now-1h", "to": "now"},
+        "templating": {"list": [
+            {"name": "datasource", "label": "Data source", "type": "datasource", "query": "prometheus", "current": {}, "hide": 0},
+            var("job", "label_values(drove_build_info, job)"),
+            var("service", "label_values(drove_requests_total, service)"),
+        ]},
+        "annotations": {"list": []},
+        "panels": panels,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grafana_panels_have_unique_ids_and_targets() {
+        let d = grafana_dashboard();
+        let panels = d["panels"].as_array().unwrap();
+        let mut ids: Vec<u64> = panels.iter().map(|p| p["id"].as_u64().unwrap()).collect();
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), panels.len());
+        for p in panels {
+            assert!(
+                !p["targets"].as_array().unwrap().is_empty(),
+                "{}",
+                p["title"]
+            );
+            for t in p["targets"].as_array().unwrap() {
+                assert!(t["expr"].as_str().unwrap().contains("drove_"));
+            }
+        }
+    }
 }

@@ -30,7 +30,13 @@ struct Cli {
     admin: Option<SocketAddr>,
 
     /// Bearer token for the admin API (`[admin] token`).
-    #[arg(long, global = true, env = "DROVE_TOKEN", value_name = "TOKEN", hide_env_values = true)]
+    #[arg(
+        long,
+        global = true,
+        env = "DROVE_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
     token: Option<String>,
 
     /// Format of drove's own log lines.
@@ -46,7 +52,13 @@ struct Cli {
 #[derive(Debug, Clone, clap::Args)]
 struct ConfigArg {
     /// Config file.
-    #[arg(id = "config", short = 'c', long = "config", default_value = "drove.toml", value_name = "FILE")]
+    #[arg(
+        id = "config",
+        short = 'c',
+        long = "config",
+        default_value = "drove.toml",
+        value_name = "FILE"
+    )]
     path: PathBuf,
 }
 
@@ -93,7 +105,8 @@ enum Command {
     /// Load-test an HTTP endpoint (open or closed model) and report latency percentiles,
     /// errors and the share of requests per instance.
     Bench(Box<bench_cmd::BenchArgs>),
-    /// Show every instance: pid, port, state, health, in-flight, restarts, RSS, uptime.
+    /// Show every instance: pid, port, state, health, req/s, p99, in-flight, restarts,
+    /// RSS, uptime (`--json` for the full status document).
     Status {
         #[command(flatten)]
         cfg: ConfigArg,
@@ -181,7 +194,9 @@ fn main() -> ExitCode {
 fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("DROVE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -236,7 +251,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     config.display(),
                     services,
                     if services == 1 { "" } else { "s" },
-                    if c.balancer.is_some() { ", balancer" } else { "" }
+                    if c.balancer.is_some() {
+                        ", balancer"
+                    } else {
+                        ""
+                    }
                 );
                 Ok(ExitCode::SUCCESS)
             }
@@ -247,7 +266,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 anyhow::bail!("{} exists; use --force to overwrite it", config.display());
             }
             std::fs::write(&config, drove_config::INIT_TEMPLATE)?;
-            println!("wrote {} — edit it, then `drove check` and `drove up`", config.display());
+            println!(
+                "wrote {} — edit it, then `drove check` and `drove up`",
+                config.display()
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Up {
@@ -297,7 +319,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let code = bench_cmd::run(*args)?;
             Ok(ExitCode::from(code as u8))
         }
-        Command::Verify { args, .. } => Ok(ExitCode::from(verify_cmd::run(args, &config, cli.admin, cli.token.as_deref())?)),
+        Command::Verify { args, .. } => Ok(ExitCode::from(verify_cmd::run(
+            args,
+            &config,
+            cli.admin,
+            cli.token.as_deref(),
+        )?)),
         Command::Export { args, .. } => Ok(ExitCode::from(export_cmd::run(args, &config)?)),
         cmd => cli_admin::run(cmd, &config, cli.admin, cli.token.as_deref()),
     }

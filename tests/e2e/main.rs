@@ -2,14 +2,14 @@
 //! real signals. Every test is bounded in time and leaves no process behind (children
 //! run in their own process groups, killed on drop).
 
-mod balancer;
 mod bad_input;
+mod balancer;
 mod bench;
 mod cli;
 mod failover;
+mod observe;
 mod supervisor;
 mod verify;
-mod observe;
 
 use std::path::Path;
 

@@ -1,12 +1,18 @@
 //! The admin listener: a JSON API over the running parts (the `drove status|scale|
-//! restart|drain|undrain|down` commands are thin clients of it). Loopback by default;
-//! when `admin.token` is set, every `/api/` request needs `Authorization: Bearer TOKEN`.
+//! restart|drain|undrain|down` commands are thin clients of it), Prometheus metrics at
+//! `/metrics` ([`metrics`]) and the live dashboard at `/` (one HTML page compiled into
+//! the binary, polling `/api/dashboard`, which the [`history`] sampler feeds).
+//! Loopback by default; when `admin.token` is set, every `/api/` request and `/metrics`
+//! need `Authorization: Bearer TOKEN` (the page itself holds no data and is open).
 //! Errors are JSON: `{"error": "..."}` with a 4xx/5xx status.
+
+pub mod history;
+pub mod metrics;
 
 use std::sync::Arc;
 
-use axum::extract::{Request, State};
-use axum::http::StatusCode;
+use axum::extract::{Query, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -17,7 +23,33 @@ use tokio::sync::watch;
 
 use crate::Running;
 
-type Shared = Arc<Running>;
+use self::history::History;
+use self::metrics::Metrics;
+
+/// What the admin handlers share: the running parts, the traffic history, the metrics.
+#[derive(Clone)]
+pub struct AdminState {
+    running: Arc<Running>,
+    history: Arc<History>,
+    metrics: Arc<Metrics>,
+}
+
+impl AdminState {
+    /// Builds the metrics registry over `running`, with an empty history.
+    pub fn new(running: Arc<Running>) -> AdminState {
+        AdminState {
+            metrics: Arc::new(Metrics::new(&running)),
+            history: History::new(),
+            running,
+        }
+    }
+}
+
+type Shared = AdminState;
+
+/// The dashboard page: plain HTML, CSS and JavaScript, no build step, nothing fetched
+/// from elsewhere.
+const DASHBOARD_HTML: &str = include_str!("admin/dashboard.html");
 
 /// A JSON error response.
 struct ApiError(StatusCode, String);
@@ -32,35 +64,56 @@ fn bad(msg: impl Into<String>) -> ApiError {
     ApiError(StatusCode::BAD_REQUEST, msg.into())
 }
 
-/// Serves the admin API until shutdown.
-pub async fn serve(listener: tokio::net::TcpListener, running: Shared, mut shutdown: watch::Receiver<bool>) {
-    let app = router(running);
+/// Serves the admin API until shutdown, with the history sampler beside it.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    running: Arc<Running>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let state = AdminState::new(running);
+    let r = &state.running;
+    let sampler = tokio::spawn(history::run(
+        state.history.clone(),
+        r.balancer.clone(),
+        r.proxy.as_ref().map(|p| p.stats().clone()),
+        shutdown.clone(),
+    ));
+    let app = router(state);
     let _ = axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             let _ = shutdown.wait_for(|v| *v).await;
         })
         .await;
+    sampler.abort();
 }
 
 /// The admin routes.
-pub fn router(running: Shared) -> Router {
+pub fn router(state: AdminState) -> Router {
     let api = Router::new()
         .route("/api/status", get(status))
+        .route("/api/dashboard", get(dashboard_json))
+        .route("/metrics", get(metrics_text))
         .route("/api/scale", post(scale))
         .route("/api/restart", post(restart))
         .route("/api/drain", post(drain))
         .route("/api/undrain", post(undrain))
         .route("/api/down", post(down))
-        .route_layer(axum::middleware::from_fn_with_state(running.clone(), auth));
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
         .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/", get(dashboard_page))
         .merge(api)
-        .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such endpoint; see docs/admin-api.md".into()) })
-        .with_state(running)
+        .fallback(|| async {
+            ApiError(
+                StatusCode::NOT_FOUND,
+                "no such endpoint; see docs/admin-api.md".into(),
+            )
+        })
+        .with_state(state)
 }
 
-async fn auth(State(r): State<Shared>, req: Request, next: Next) -> Response {
-    if let Some(token) = &r.config.admin.token {
+async fn auth(State(s): State<Shared>, req: Request, next: Next) -> Response {
+    if let Some(token) = &s.running.config.admin.token {
         let ok = req
             .headers()
             .get(axum::http::header::AUTHORIZATION)
@@ -68,7 +121,11 @@ async fn auth(State(r): State<Shared>, req: Request, next: Next) -> Response {
             .and_then(|v| v.strip_prefix("Bearer "))
             .is_some_and(|t| constant_time_eq(t.as_bytes(), token.as_bytes()));
         if !ok {
-            return ApiError(StatusCode::UNAUTHORIZED, "missing or wrong bearer token".into()).into_response();
+            return ApiError(
+                StatusCode::UNAUTHORIZED,
+                "missing or wrong bearer token".into(),
+            )
+            .into_response();
         }
     }
     next.run(req).await
@@ -78,10 +135,18 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// The full status document (also used by `drove status`).
-pub async fn status_json(r: &Running) -> Value {
+/// The full status document (also used by `drove status`): instances also get `rps`,
+/// `p50_ms`, `p99_ms` (over the history's last window) and `share` (of the last minute).
+pub async fn status_json(state: &AdminState) -> Value {
+    let r = &*state.running;
+    let rates = state.history.current();
+    let share = state.history.share();
     let instances = r.supervisor.status().await;
-    let backends = r.balancer.as_ref().map(|b| b.snapshot()).unwrap_or_default();
+    let backends = r
+        .balancer
+        .as_ref()
+        .map(|b| b.snapshot())
+        .unwrap_or_default();
     let now_backend = |id: &str| backends.iter().find(|b| b.id() == id).cloned();
     let mut rows: Vec<Value> = instances
         .iter()
@@ -91,8 +156,14 @@ pub async fn status_json(r: &Running) -> Value {
             let mut v = serde_json::to_value(s).unwrap_or(Value::Null);
             if let Value::Object(m) = &mut v {
                 m.insert("service".into(), json!(s.id.service));
-                m.insert("in_rotation".into(), json!(b.as_ref().map(|b| b.is_enabled())));
-                m.insert("healthy".into(), json!(b.as_ref().map(|b| b.probe_up() && b.is_healthy_now())));
+                m.insert(
+                    "in_rotation".into(),
+                    json!(b.as_ref().map(|b| b.is_enabled())),
+                );
+                m.insert(
+                    "healthy".into(),
+                    json!(b.as_ref().map(|b| b.probe_up() && b.is_healthy_now())),
+                );
                 m.insert("in_flight".into(), json!(b.as_ref().map(|b| b.in_flight())));
                 m.insert("requests".into(), json!(b.as_ref().map(|b| b.requests())));
                 m.insert("failures".into(), json!(b.as_ref().map(|b| b.failures())));
@@ -100,22 +171,52 @@ pub async fn status_json(r: &Running) -> Value {
             v
         })
         .collect();
+    for row in &mut rows {
+        let Value::Object(m) = row else { continue };
+        let id = m
+            .get("id")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        let rate = rates.get(&id);
+        m.insert("rps".into(), json!(rate.map(|r| round2(r.rps))));
+        m.insert(
+            "p50_ms".into(),
+            json!(rate.and_then(|r| r.p50_ms).map(round2)),
+        );
+        m.insert(
+            "p99_ms".into(),
+            json!(rate.and_then(|r| r.p99_ms).map(round2)),
+        );
+        m.insert(
+            "share".into(),
+            json!(share.get(&id).map(|s| round2(*s * 100.0) / 100.0)),
+        );
+    }
     // Static backends are not supervised: list them too.
     if r.balanced_service.is_none() {
         for b in &backends {
+            let rate = rates.get(b.id());
             rows.push(json!({
                 "id": b.id(), "service": null, "addr": b.addr().to_string(), "state": "remote",
                 "in_rotation": b.is_enabled(), "healthy": b.is_healthy_now(),
                 "in_flight": b.in_flight(), "requests": b.requests(), "failures": b.failures(),
                 "weight": b.weight(), "backup": b.is_backup(),
+                "rps": rate.map(|r| round2(r.rps)),
+                "p50_ms": rate.and_then(|r| r.p50_ms).map(round2),
+                "p99_ms": rate.and_then(|r| r.p99_ms).map(round2),
+                "share": share.get(b.id()).map(|s| round2(*s * 100.0) / 100.0),
             }));
         }
     }
     let balancer = r.proxy.as_ref().map(|p| {
         let s = p.stats();
         let l = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+        let totals = state.history.current_totals();
         json!({
             "listen": r.listen.map(|a| a.to_string()),
+            "rps": totals.map(|t| round2(t.0)),
+            "errors_per_s": totals.map(|t| round2(t.1)),
             "algorithm": p.balancer().settings().algorithm.as_str(),
             "service": r.balanced_service,
             "requests": l(&s.requests),
@@ -150,16 +251,77 @@ pub async fn status_json(r: &Running) -> Value {
     })
 }
 
-async fn status(State(r): State<Shared>) -> Json<Value> {
-    Json(status_json(&r).await)
+async fn status(State(s): State<Shared>) -> Json<Value> {
+    Json(status_json(&s).await)
+}
+
+fn round2(v: f64) -> f64 {
+    (v * 100.0).round() / 100.0
+}
+
+async fn dashboard_page() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        DASHBOARD_HTML,
+    )
+        .into_response()
+}
+
+#[derive(serde::Deserialize)]
+struct DashboardQuery {
+    /// Chart points wanted (seconds of history), at most the history's length.
+    points: Option<usize>,
+}
+
+/// The dashboard's one poll: the status document plus `max_memory` per service and the
+/// chart series of the last `points` seconds.
+async fn dashboard_json(State(s): State<Shared>, Query(q): Query<DashboardQuery>) -> Json<Value> {
+    let mut v = status_json(&s).await;
+    let limits: serde_json::Map<String, Value> = s
+        .running
+        .config
+        .services
+        .iter()
+        .map(|c| {
+            (
+                c.name.clone(),
+                json!({"instances": c.instances, "max_memory": c.max_memory}),
+            )
+        })
+        .collect();
+    v["service_config"] = Value::Object(limits);
+    v["token_required"] = json!(s.running.config.admin.token.is_some());
+    v["history"] = s
+        .history
+        .series(q.points.unwrap_or(history::KEEP).min(history::KEEP));
+    Json(v)
+}
+
+async fn metrics_text(State(s): State<Shared>, headers: HeaderMap) -> Response {
+    let open =
+        metrics::wants_openmetrics(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()));
+    let body = s.metrics.render(open).await;
+    let ct = if open {
+        metrics::OPENMETRICS_CONTENT_TYPE
+    } else {
+        metrics::CLASSIC_CONTENT_TYPE
+    };
+    ([(header::CONTENT_TYPE, ct)], body).into_response()
 }
 
 fn field<'a>(body: &'a Value, name: &str) -> Result<&'a Value, ApiError> {
-    body.get(name).ok_or_else(|| bad(format!("missing field `{name}`")))
+    body.get(name)
+        .ok_or_else(|| bad(format!("missing field `{name}`")))
 }
 
-async fn scale(State(r): State<Shared>, Json(body): Json<Value>) -> Result<Json<Value>, ApiError> {
-    let service = field(&body, "service")?.as_str().ok_or_else(|| bad("`service` must be a string"))?;
+async fn scale(State(s): State<Shared>, Json(body): Json<Value>) -> Result<Json<Value>, ApiError> {
+    let r = &s.running;
+    let service = field(&body, "service")?
+        .as_str()
+        .ok_or_else(|| bad("`service` must be a string"))?;
     let n = field(&body, "instances")?
         .as_u64()
         .filter(|&n| n <= 1000)
@@ -171,8 +333,14 @@ async fn scale(State(r): State<Shared>, Json(body): Json<Value>) -> Result<Json<
     Ok(Json(json!({ "service": service, "instances": n })))
 }
 
-async fn restart(State(r): State<Shared>, Json(body): Json<Value>) -> Result<Json<Value>, ApiError> {
-    let service = field(&body, "service")?.as_str().ok_or_else(|| bad("`service` must be a string"))?;
+async fn restart(
+    State(s): State<Shared>,
+    Json(body): Json<Value>,
+) -> Result<Json<Value>, ApiError> {
+    let r = &s.running;
+    let service = field(&body, "service")?
+        .as_str()
+        .ok_or_else(|| bad("`service` must be a string"))?;
     let report = r
         .supervisor
         .restart(service)
@@ -182,7 +350,9 @@ async fn restart(State(r): State<Shared>, Json(body): Json<Value>) -> Result<Jso
 }
 
 async fn drain_or_undrain(r: &Running, body: &Value, drain: bool) -> Result<Json<Value>, ApiError> {
-    let name = field(body, "instance")?.as_str().ok_or_else(|| bad("`instance` must be a string"))?;
+    let name = field(body, "instance")?
+        .as_str()
+        .ok_or_else(|| bad("`instance` must be a string"))?;
     // A static backend (not supervised) is taken out of rotation directly.
     if r.balanced_service.is_none() {
         if let Some(b) = &r.balancer {
@@ -204,15 +374,18 @@ async fn drain_or_undrain(r: &Running, body: &Value, drain: bool) -> Result<Json
     Ok(Json(json!({ "instance": name, "in_rotation": !drain })))
 }
 
-async fn drain(State(r): State<Shared>, Json(body): Json<Value>) -> Result<Json<Value>, ApiError> {
-    drain_or_undrain(&r, &body, true).await
+async fn drain(State(s): State<Shared>, Json(body): Json<Value>) -> Result<Json<Value>, ApiError> {
+    drain_or_undrain(&s.running, &body, true).await
 }
 
-async fn undrain(State(r): State<Shared>, Json(body): Json<Value>) -> Result<Json<Value>, ApiError> {
-    drain_or_undrain(&r, &body, false).await
+async fn undrain(
+    State(s): State<Shared>,
+    Json(body): Json<Value>,
+) -> Result<Json<Value>, ApiError> {
+    drain_or_undrain(&s.running, &body, false).await
 }
 
-async fn down(State(r): State<Shared>) -> Json<Value> {
-    let _ = r.shutdown.send(true);
+async fn down(State(s): State<Shared>) -> Json<Value> {
+    let _ = s.running.shutdown.send(true);
     Json(json!({ "status": "shutting down" }))
 }
