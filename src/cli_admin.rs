@@ -95,7 +95,12 @@ pub(crate) fn run(
                 "POST",
                 "/api/restart",
                 token,
-                Some(json!({"service": service})),
+                // `web.2` (an instance id) restarts one instance, `web` all of them.
+                Some(if service.parse::<drove_supervisor::InstanceId>().is_ok() {
+                    json!({"instance": service})
+                } else {
+                    json!({"service": service})
+                }),
                 long,
             )?;
             let n = v

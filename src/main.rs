@@ -122,12 +122,13 @@ enum Command {
         #[arg(required = true, value_name = "SERVICE=N")]
         targets: Vec<String>,
     },
-    /// Rolling restart of a service: one new instance up and ready before each old one
-    /// is drained and stopped. Zero failed requests.
+    /// Rolling restart of a service (`drove restart web`) or of one instance (`drove
+    /// restart web.2`): a new instance up and ready before each old one is drained and
+    /// stopped. Zero failed requests.
     Restart {
         #[command(flatten)]
         cfg: ConfigArg,
-        /// Service name.
+        /// Service name, or an instance id (SERVICE.N).
         service: String,
     },
     /// Take an instance (e.g. web.2) out of rotation and wait for its in-flight requests;

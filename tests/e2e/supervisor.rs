@@ -425,3 +425,41 @@ fn which(name: &str) -> Option<std::path::PathBuf> {
         .map(|d| std::path::Path::new(d).join(name))
         .find(|p| p.is_file())
 }
+
+#[test]
+fn restarting_one_instance_replaces_only_it_without_failures() {
+    let d = Drove::up(drove(), &web_config(3, "", ""));
+    assert!(d.wait_in_rotation(3, Duration::from_secs(20)));
+    let before = states(&d, "web");
+    let (_, _, old_pid) = before.iter().find(|s| s.0 == "web.2").cloned().unwrap();
+    let load = Load::start(LoadSpec::get(d.addr(), "/whoami", 8));
+    std::thread::sleep(Duration::from_millis(300));
+    let out = std::process::Command::new(drove())
+        .args(["restart", "web.2", "--admin", &d.admin.to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let s = load.stop();
+    assert_eq!(s.failed, 0, "failed: {:?}", s.failures);
+    let after = states(&d, "web");
+    assert_eq!(after.len(), 3, "{after:?}");
+    assert!(
+        !after.iter().any(|x| x.0 == "web.2"),
+        "web.2 was replaced: {after:?}"
+    );
+    assert!(!alive(old_pid as u32));
+    // The others kept their processes.
+    for (id, _, pid) in before.iter().filter(|x| x.0 != "web.2") {
+        assert!(
+            after.iter().any(|x| &x.0 == id && x.2 == *pid),
+            "{id} untouched"
+        );
+    }
+    let r = d.post("/api/restart", &json!({"instance": "web.9"}));
+    assert_eq!(r.status, 422, "{}", r.text());
+}

@@ -338,14 +338,21 @@ async fn restart(
     Json(body): Json<Value>,
 ) -> Result<Json<Value>, ApiError> {
     let r = &s.running;
-    let service = field(&body, "service")?
-        .as_str()
-        .ok_or_else(|| bad("`service` must be a string"))?;
-    let report = r
-        .supervisor
-        .restart(service)
-        .await
-        .map_err(|e| ApiError(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
+    // `{"service": "web"}` restarts every instance; `{"instance": "web.2"}` one.
+    let report = if let Some(instance) = body.get("instance") {
+        let id: InstanceId = instance
+            .as_str()
+            .ok_or_else(|| bad("`instance` must be a string"))?
+            .parse()
+            .map_err(bad)?;
+        r.supervisor.restart_instance(&id).await
+    } else {
+        let service = field(&body, "service")?
+            .as_str()
+            .ok_or_else(|| bad("`service` must be a string"))?;
+        r.supervisor.restart(service).await
+    }
+    .map_err(|e| ApiError(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
     Ok(Json(serde_json::to_value(report).unwrap_or(Value::Null)))
 }
 

@@ -230,33 +230,59 @@ impl Supervisor {
     /// stop the old one. If a new instance does not become ready it is stopped, the
     /// remaining old instances keep running, and `RolloutAborted` is returned.
     pub async fn restart(&self, service: &str) -> Result<RollingReport, SupervisorError> {
-        let inner = &self.inner;
-        let svc = inner.service(service)?;
-        let t0 = Instant::now();
+        let svc = self.inner.service(service)?;
         let _ops = svc.ops.lock().await;
-        inner.check_running()?;
+        self.inner.check_running()?;
         let old: Vec<u32> = lock(&svc.slots).keys().copied().collect();
+        self.replace_slots(&svc, old).await
+    }
+
+    /// Restarts one instance the same way: a new instance in a new slot first, ready,
+    /// then the old one drained and stopped. If the new one never gets ready, the old one
+    /// keeps running and `RolloutAborted` is returned.
+    pub async fn restart_instance(
+        &self,
+        id: &InstanceId,
+    ) -> Result<RollingReport, SupervisorError> {
+        let svc = self.inner.service(&id.service)?;
+        let _ops = svc.ops.lock().await;
+        self.inner.check_running()?;
+        if svc.slot(id.index).is_none() {
+            return Err(SupervisorError::UnknownInstance(id.clone()));
+        }
+        self.replace_slots(&svc, vec![id.index]).await
+    }
+
+    /// Replaces the instances in `indexes`, one at a time (the service's op lock held).
+    async fn replace_slots(
+        &self,
+        svc: &Arc<Service>,
+        indexes: Vec<u32>,
+    ) -> Result<RollingReport, SupervisorError> {
+        let inner = &self.inner;
+        let service = svc.spec().name.clone();
+        let t0 = Instant::now();
         let mut replaced = Vec::new();
-        for index in old {
+        for index in indexes {
             let Some(old) = svc.slot(index) else { continue };
-            let new = inner.create_slot(&svc, svc.free_index()?)?;
+            let new = inner.create_slot(svc, svc.free_index()?)?;
             tracing::info!(old = %old.id, new = %new.id, "rolling restart: replacing");
             if let Err(reason) = wait_ready(&new, svc.spec().start_timeout()).await {
-                stop_all(&svc, vec![new.clone()]).await;
+                stop_all(svc, vec![new.clone()]).await;
                 inner.check_running()?;
                 return Err(SupervisorError::RolloutAborted {
-                    service: service.to_string(),
+                    service,
                     instance: new.id,
                     replaced: replaced.len() as u32,
                     reason,
                     elapsed: t0.elapsed(),
                 });
             }
-            stop_all(&svc, vec![old.clone()]).await;
+            stop_all(svc, vec![old.clone()]).await;
             replaced.push((old.id, new.id));
         }
         Ok(RollingReport {
-            service: service.to_string(),
+            service,
             replaced,
             elapsed: t0.elapsed(),
         })
