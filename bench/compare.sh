@@ -394,7 +394,13 @@ CLK_TCK="$(getconf CLK_TCK)"
     echo "wrk	$("$WRK" -v 2>&1 | head -1)"
     echo "drove	$("$DROVE" --version 2>&1 | head -1)"
     echo "drove_bin	$DROVE, built $(date -u -r "$DROVE" '+%Y-%m-%d %H:%M:%S UTC'), sha256 $(sha256sum "$DROVE" | cut -c1-12)"
-    echo "dirty_files	$(cd "$ROOT" && git status --porcelain -- crates src Cargo.toml Cargo.lock 2>/dev/null | grep -v '^??' | awk '{print $2}' | paste -sd' ' -)"
+    # Uncommitted changes in the tree now; with DROVE_BIN, the binary may predate them
+    # (DROVE_TREE_NOTE can say what it was built from).
+    if [[ -n "${DROVE_TREE_NOTE:-}" ]]; then
+        echo "dirty_files	$DROVE_TREE_NOTE"
+    else
+        echo "dirty_files	$(cd "$ROOT" && git status --porcelain -- crates src Cargo.toml Cargo.lock 2>/dev/null | grep -v '^??' | awk '{print $2}' | paste -sd' ' -)${DROVE_BIN:+ (tree at run time; DROVE_BIN was built separately)}"
+    fi
     echo "cmdline	$CMDLINE"
     echo "rounds	$ROUNDS"
     echo "duration	$DURATION"

@@ -123,7 +123,7 @@ def render(tmp, out):
     w("| wrk | %s |" % meta["wrk"])
     dirty = meta.get("dirty", "0")
     w("| drove | %s, rev %s%s |" % (meta["drove"], meta["rev"],
-                                     " (+%s uncommitted changed files in the tree when the benchmark ran)" % dirty if dirty not in ("", "0") else ""))
+                                     " (+%s uncommitted changed files, see below)" % dirty if dirty not in ("", "0") else ""))
     if meta.get("drove_bin"):
         w("| drove binary | %s |" % meta["drove_bin"])
     if meta.get("dirty_files"):

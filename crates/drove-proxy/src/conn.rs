@@ -15,7 +15,6 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use drove_balancer::{Backend, InFlight, Outcome, PickContext};
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -132,13 +131,12 @@ impl Client {
 /// Serves one client connection until it closes, times out, or drove shuts down.
 pub(crate) async fn serve(
     w: Rc<Worker>,
-    stream: TcpStream,
+    sock: Sock,
     peer: SocketAddr,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let settings = w.proxy.settings.clone();
     let ip = canonical(peer.ip());
-    let Ok(sock) = Sock::new(stream) else { return };
     let mut client = Client {
         sock,
         buf: Buf::with_capacity(0),
@@ -201,7 +199,11 @@ pub(crate) async fn serve(
         let shutting_down = *shutdown.borrow();
         let keep = Box::pin(exchange(&w, &mut client, head, shutting_down)).await;
         if !keep {
-            client.sock.shutdown_write();
+            // With unread input, close would answer it with a reset that can destroy the
+            // response still in flight: half-close first. Without, a plain close suffices.
+            if !client.pending().is_empty() {
+                client.sock.shutdown_write();
+            }
             w.pool
                 .recycle_input(std::mem::replace(&mut client.buf, Buf::with_capacity(0)));
             return;
@@ -1003,7 +1005,9 @@ mod tests {
     #[tokio::test]
     async fn idle_connection_future_is_small() {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let s = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let s = tokio::net::TcpStream::connect(l.local_addr().unwrap())
+            .await
+            .unwrap();
         let b = drove_balancer::Balancer::new(Default::default());
         let proxy = Proxy::new(b, Default::default()).unwrap();
         let local = tokio::task::LocalSet::new();
@@ -1011,7 +1015,8 @@ mod tests {
             .run_until(async move {
                 let w = Worker::new(proxy);
                 let (_tx, rx) = watch::channel(false);
-                let fut = serve(w, s, "127.0.0.1:1".parse().unwrap(), rx);
+                let sock = Sock::new(s).unwrap();
+                let fut = serve(w, sock, "127.0.0.1:1".parse().unwrap(), rx);
                 let size = std::mem::size_of_val(&fut);
                 assert!(size < 1024, "serve future is {size} bytes");
                 eprintln!("serve future: {size} bytes");

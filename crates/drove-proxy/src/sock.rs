@@ -24,16 +24,14 @@ pub(crate) struct Sock {
 
 impl Sock {
     /// Takes over a tokio stream (it is deregistered from tokio's own registration and
-    /// registered here).
+    /// registered here; used for upstream connections, which are made once and pooled).
     pub(crate) fn new(s: tokio::net::TcpStream) -> io::Result<Sock> {
-        let std = s.into_std()?;
-        std.set_nonblocking(true)?;
-        // AsyncFd::new is deprecated because a `T: AsRawFd` that does not own its fd could
-        // close it while registered; a `std::net::TcpStream` owns its fd, and the AsyncFd
-        // owns the stream, so that cannot happen here.
-        #[allow(deprecated)]
-        let fd = AsyncFd::new(std)?;
-        Ok(Sock { fd })
+        Sock::from_std(s.into_std()?)
+    }
+
+    /// Registers a non-blocking std stream.
+    pub(crate) fn from_std(s: std::net::TcpStream) -> io::Result<Sock> {
+        Ok(Sock { fd: register(s)? })
     }
 
     /// Reads into the spare room of `buf`; 0 = EOF.
@@ -123,6 +121,47 @@ impl Sock {
     /// Half-closes the write side (the peer sees EOF after what was sent).
     pub(crate) fn shutdown_write(&self) {
         let _ = self.fd.get_ref().shutdown(Shutdown::Write);
+    }
+}
+
+/// Registers `t` with tokio's reactor. AsyncFd::new is deprecated because a `T: AsRawFd`
+/// that does not own its fd could close it while registered; the std socket types own
+/// their fd, and the AsyncFd owns the socket, so that cannot happen here.
+fn register<T: std::os::fd::AsRawFd>(t: T) -> io::Result<AsyncFd<T>> {
+    #[allow(deprecated)]
+    AsyncFd::new(t)
+}
+
+/// A listening socket accepting straight into [`Sock`]s: one epoll registration per
+/// connection (accepting through tokio's listener and converting would register,
+/// deregister and register again).
+pub(crate) struct Listener {
+    fd: AsyncFd<std::net::TcpListener>,
+}
+
+impl Listener {
+    /// Wraps a bound, listening, non-blocking socket.
+    pub(crate) fn new(l: std::net::TcpListener) -> io::Result<Listener> {
+        l.set_nonblocking(true)?;
+        Ok(Listener { fd: register(l)? })
+    }
+
+    /// The next connection, non-blocking with TCP_NODELAY set.
+    pub(crate) async fn accept(&self) -> io::Result<(Sock, std::net::SocketAddr)> {
+        loop {
+            let mut guard = self.fd.readable().await?;
+            match guard.try_io(|l| l.get_ref().accept()) {
+                Ok(Ok((s, peer))) => {
+                    s.set_nonblocking(true)?;
+                    // Responses go out in one write, but on a keep-alive connection Nagle
+                    // would hold the next one until the previous is acknowledged.
+                    let _ = s.set_nodelay(true);
+                    return Ok((Sock::from_std(s)?, peer));
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(_would_block) => continue,
+            }
+        }
     }
 }
 

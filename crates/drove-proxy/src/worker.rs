@@ -5,10 +5,10 @@
 use std::cell::Cell;
 use std::rc::Rc;
 
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::conn::{self, Worker};
+use crate::sock::Listener;
 use crate::Proxy;
 
 pub(crate) fn run(
@@ -28,7 +28,7 @@ async fn accept_loop(
     proxy: Proxy,
     mut shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
-    let listener = TcpListener::from_std(listener)?;
+    let listener = Listener::new(listener)?;
     let worker = Worker::new(proxy.clone());
     let open = Rc::new(Cell::new(0usize));
     let all_closed = Rc::new(tokio::sync::Notify::new());
@@ -37,7 +37,7 @@ async fn accept_loop(
         if *shutdown.borrow() {
             break;
         }
-        let (stream, peer) = tokio::select! {
+        let (sock, peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(x) => x,
                 Err(e) => {
@@ -49,7 +49,6 @@ async fn accept_loop(
             },
             _ = shutdown.changed() => break,
         };
-        let _ = stream.set_nodelay(true);
         proxy.stats.connection_opened();
         open.set(open.get() + 1);
         let (worker, open, all_closed, shutdown) = (
@@ -59,7 +58,7 @@ async fn accept_loop(
             shutdown.clone(),
         );
         tokio::task::spawn_local(async move {
-            conn::serve(worker.clone(), stream, peer, shutdown).await;
+            conn::serve(worker.clone(), sock, peer, shutdown).await;
             worker.proxy.stats.connection_closed();
             open.set(open.get() - 1);
             if open.get() == 0 {

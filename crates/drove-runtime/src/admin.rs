@@ -378,6 +378,15 @@ async fn drain_or_undrain(r: &Running, body: &Value, drain: bool) -> Result<Json
         r.supervisor.undrain(&id).await
     };
     res.map_err(|e| ApiError(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
+    if !drain {
+        // The Undrained event does the same, asynchronously; doing it here too means the
+        // instance is back in rotation when the call returns.
+        if let (Some(b), Some(svc)) = (&r.balancer, &r.balanced_service) {
+            if *svc == id.service {
+                b.set_enabled(name, true);
+            }
+        }
+    }
     Ok(Json(json!({ "instance": name, "in_rotation": !drain })))
 }
 
