@@ -444,6 +444,22 @@ for round in $(seq "$ROUNDS"); do
 done
 echo "load_end	$(cut -d' ' -f1-3 /proc/loadavg)" >>"$TMP/meta.tsv"
 
+# ----------------------------------------------------------------------------- load generators
+# `drove bench` against wrk: each alone on core 0 (the proxies are idle now), straight at
+# one backend on core 1, 64 keep-alive connections, interleaved. drove bench must reach at
+# least wrk's request rate.
+printf 'round\ttool\trps\n' >"$TMP/generators.tsv"
+for round in $(seq "$ROUNDS"); do
+    taskset -c "$PROXY_CPU" "$WRK" -t1 -c64 -d"${DURATION}s" "http://127.0.0.1:$B1/" >"$TMP/gen-wrk-$round.txt" 2>&1
+    rps="$(awk '/^Requests\/sec:/{print $2}' "$TMP/gen-wrk-$round.txt")"
+    printf '%s\twrk\t%s\n' "$round" "${rps:-0}" >>"$TMP/generators.tsv"
+    taskset -c "$PROXY_CPU" "$DROVE" bench "http://127.0.0.1:$B1/" -c 64 -d "${DURATION}s" --json --quiet \
+        >"$TMP/gen-drove-$round.json" 2>/dev/null || true
+    rps="$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["rps"])' "$TMP/gen-drove-$round.json" 2>/dev/null || echo 0)"
+    printf '%s\tdrove bench\t%s\n' "$round" "$rps" >>"$TMP/generators.tsv"
+    log "generators round $round: $(tail -2 "$TMP/generators.tsv" | cut -f2,3 | tr '\t\n' '  ')"
+done
+
 # ----------------------------------------------------------------------------- profile
 # Optional: syscalls per request (strace -c) and perf stat of each proxy during a
 # ka64 run. strace slows the proxy a lot: these runs are not part of the table.

@@ -243,6 +243,25 @@ def render(tmp, out):
                 fmt(r["per10k"], 1), r["ok"], verdict(r["per10k"] <= 20 and int(r["ok"]) > 0)))
     w("")
 
+    gp = os.path.join(tmp, "generators.tsv")
+    if os.path.exists(gp):
+        gens = read_tsv(gp)
+        by = {}
+        for r in gens:
+            by.setdefault(r["tool"], []).append(float(r["rps"]))
+        if "wrk" in by and "drove bench" in by:
+            wm, dm = med(by["wrk"]), med(by["drove bench"])
+            w("## Load generators: `drove bench` against wrk\n")
+            w("Each alone on core 0, straight at one backend (core 1), 64 keep-alive connections, "
+              "%s-second runs, interleaved; medians of the rounds.\n" % meta["duration"])
+            w("| tool | req/s (median) | every round |")
+            w("|---|--:|---|")
+            for tool in ("wrk", "drove bench"):
+                w("| %s | %s | %s |" % (tool, fmt(med(by[tool])), ", ".join(fmt(x) for x in by[tool])))
+            w("")
+            w("drove bench reaches %.2f× wrk's request rate: %s (target: at least wrk's).\n" % (
+                dm / wm if wm else 0, verdict(dm >= wm)))
+
     analysis = os.environ.get("ANALYSIS_FILE")
     if analysis and os.path.exists(analysis):
         w(open(analysis).read().rstrip() + "\n")
