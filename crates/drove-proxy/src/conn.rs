@@ -113,9 +113,20 @@ struct Client {
     peer: SocketAddr,
     peer_ip: Vec<u8>,
     trusted: bool,
+    /// TCP_NODELAY was set (on the first reuse of the connection).
+    nodelay: bool,
 }
 
 impl Client {
+    /// TCP_NODELAY once it matters: before a second write of one response, or when the
+    /// connection is reused (a single-write response on a new connection never waits for
+    /// Nagle, so `Connection: close` traffic saves the syscall, as with nginx).
+    fn nodelay(&mut self) {
+        if !self.nodelay {
+            self.sock.set_nodelay();
+            self.nodelay = true;
+        }
+    }
     fn pending(&self) -> &[u8] {
         self.buf.filled()
     }
@@ -143,6 +154,7 @@ pub(crate) async fn serve(
         peer,
         peer_ip: h1::ip_bytes(ip),
         trusted: settings.trusted_proxies.iter().any(|c| c.contains(ip)),
+        nodelay: false,
     };
     loop {
         if client.pending().is_empty() {
@@ -198,6 +210,9 @@ pub(crate) async fn serve(
         // one allocation and keeps an idle connection to a few hundred bytes.
         let shutting_down = *shutdown.borrow();
         let keep = Box::pin(exchange(&w, &mut client, head, shutting_down)).await;
+        if keep {
+            client.nodelay();
+        }
         if !keep {
             // With unread input, close would answer it with a reset that can destroy the
             // response still in flight: half-close first. Without, a plain close suffices.
@@ -830,6 +845,7 @@ async fn relay(
             w.pool.recycle_input(ubuf);
             return;
         }
+        client.nodelay();
         let stats = w.proxy.stats.clone();
         stats.active_tunnels.fetch_add(1, Relaxed);
         let mut other = w.pool.input();
@@ -864,6 +880,9 @@ async fn relay(
                 *client_keep = false;
                 reusable = false;
                 left = 0;
+            }
+            if left > 0 {
+                client.nodelay();
             }
             while left > 0 {
                 match up.read(&mut ubuf).await {
@@ -926,6 +945,7 @@ async fn relay(
                 if chunked.done() {
                     break;
                 }
+                client.nodelay();
                 match up.read(&mut ubuf).await {
                     Ok(0) | Err(_) => {
                         *client_keep = false;
@@ -941,6 +961,7 @@ async fn relay(
             out.extend_from_slice(ubuf.filled());
             ubuf.clear();
             if client.sock.write_all(&out).await.is_ok() {
+                client.nodelay();
                 loop {
                     match up.read(&mut ubuf).await {
                         Ok(0) | Err(_) => break,

@@ -118,6 +118,12 @@ impl Sock {
         }
     }
 
+    /// Sets TCP_NODELAY: a keep-alive connection's next response must not wait for the
+    /// acknowledgement of the previous one (Nagle).
+    pub(crate) fn set_nodelay(&self) {
+        let _ = self.fd.get_ref().set_nodelay(true);
+    }
+
     /// Half-closes the write side (the peer sees EOF after what was sent).
     pub(crate) fn shutdown_write(&self) {
         let _ = self.fd.get_ref().shutdown(Shutdown::Write);
@@ -136,27 +142,33 @@ fn register<T: std::os::fd::AsRawFd>(t: T) -> io::Result<AsyncFd<T>> {
 /// connection (accepting through tokio's listener and converting would register,
 /// deregister and register again).
 pub(crate) struct Listener {
-    fd: AsyncFd<std::net::TcpListener>,
+    fd: AsyncFd<socket2::Socket>,
 }
 
 impl Listener {
     /// Wraps a bound, listening, non-blocking socket.
     pub(crate) fn new(l: std::net::TcpListener) -> io::Result<Listener> {
         l.set_nonblocking(true)?;
-        Ok(Listener { fd: register(l)? })
+        Ok(Listener {
+            fd: register(socket2::Socket::from(l))?,
+        })
     }
 
-    /// The next connection, non-blocking with TCP_NODELAY set.
+    /// The next connection, already non-blocking (`accept4` with `SOCK_NONBLOCK`: no
+    /// extra syscall). TCP_NODELAY is left to the connection: it matters only once the
+    /// connection is reused (see [`Sock::set_nodelay`]), as nginx does it.
     pub(crate) async fn accept(&self) -> io::Result<(Sock, std::net::SocketAddr)> {
         loop {
             let mut guard = self.fd.readable().await?;
-            match guard.try_io(|l| l.get_ref().accept()) {
+            match guard.try_io(|l| {
+                l.get_ref()
+                    .accept4(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC)
+            }) {
                 Ok(Ok((s, peer))) => {
-                    s.set_nonblocking(true)?;
-                    // Responses go out in one write, but on a keep-alive connection Nagle
-                    // would hold the next one until the previous is acknowledged.
-                    let _ = s.set_nodelay(true);
-                    return Ok((Sock::from_std(s)?, peer));
+                    let peer = peer
+                        .as_socket()
+                        .unwrap_or_else(|| std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
+                    return Ok((Sock::from_std(s.into())?, peer));
                 }
                 Ok(Err(e)) => return Err(e),
                 Err(_would_block) => continue,
