@@ -545,3 +545,52 @@ fn http10_expect_continue_pipelining_and_absolute_form() {
     assert!(h.body.is_empty());
     assert_eq!(c.request("GET", "/health", &[], b"").unwrap().status, 200);
 }
+
+#[test]
+fn rate_limits_answer_429_with_retry_after_on_their_routes_only() {
+    let b = demo(drove(), "only");
+    let cfg = format!(
+        "{}\n[[balancer.routes]]\npath = \"/whoami\"\nlimit = \"strict\"\n\n[[balancer.routes]]\npath = \"/status/\"\nlimit = \"per_key\"\n\n[limits.strict]\nkey = \"client_ip\"\nrate = \"10/s\"\nburst = 5\n\n[limits.per_key]\nkey = \"header:X-API-Key\"\nrate = \"1/m\"\nburst = 2\n",
+        static_config(&[b.addr], "")
+    );
+    let d = Drove::up(drove(), &cfg);
+    let mut c = Conn::open(d.addr(), Duration::from_secs(5)).unwrap();
+    let mut ok = 0;
+    let mut limited = 0;
+    for _ in 0..20 {
+        let r = c.request("GET", "/whoami", &[], b"").unwrap();
+        match r.status {
+            200 => ok += 1,
+            429 => {
+                limited += 1;
+                assert_eq!(r.header("retry-after"), Some("1"));
+            }
+            s => panic!("status {s}"),
+        }
+    }
+    // A burst of 5 passes at once (plus at most one more interval while the loop runs).
+    assert!((5..=7).contains(&ok), "{ok} passed, {limited} limited");
+    // Other paths are not limited, on the same connection.
+    for _ in 0..20 {
+        assert_eq!(c.request("GET", "/health", &[], b"").unwrap().status, 200);
+    }
+    // Per-key limits: each API key has its own bucket.
+    for key in ["a", "b"] {
+        let codes: Vec<u16> = (0..3)
+            .map(|_| {
+                c.request("GET", "/status/204", &[("X-API-Key", key)], b"")
+                    .unwrap()
+                    .status
+            })
+            .collect();
+        assert_eq!(codes, [204, 204, 429], "key {key}");
+    }
+    let st = d.status();
+    assert_eq!(
+        st["balancer"]["rate_limited"].as_u64().unwrap(),
+        limited + 2
+    );
+    // And the limit refills: after 100 ms one more passes.
+    std::thread::sleep(Duration::from_millis(250));
+    assert_eq!(c.request("GET", "/whoami", &[], b"").unwrap().status, 200);
+}

@@ -478,3 +478,39 @@ fn interrupted_verify_stops_the_drove_it_started() {
         "the drove verify started is gone"
     );
 }
+
+#[test]
+fn limits_drill_counts_429s_against_rate_and_burst() {
+    let cfg = write_config("vlimits", |_| {
+        format!(
+            r#"[services.web]
+command = ["{drove}", "demo"]
+instances = 2
+port = "auto"
+ready = {{ http = "/ready", interval = "100ms" }}
+
+[balancer]
+service = "web"
+instance_header = "X-Drove-Instance"
+
+[[balancer.routes]]
+path = "/api/"
+limit = "api"
+
+[limits.api]
+key = "header:X-API-Key"
+rate = "40/s"
+burst = 10
+"#,
+            drove = drove().display()
+        )
+    });
+    let dir = cfg.parent().unwrap().to_path_buf();
+    let (code, lines) = verify(
+        &dir,
+        &["--start", "-c", cfg.to_str().unwrap(), "--only", "limits"],
+    );
+    assert_eq!(code, 0, "{lines:#?}");
+    let l = line(&lines, "limits");
+    assert!(l.starts_with('✓') && l.contains("got 429"), "{l}");
+}

@@ -278,6 +278,34 @@ fn error_bytes(e: ProxyError, request_id: Option<(&[u8], &[u8])>, close: bool) -
     out
 }
 
+/// drove's 429 for a request over a rate limit, with `Retry-After` in whole seconds.
+fn too_many_requests(
+    retry_after: Duration,
+    request_id: Option<(&[u8], &[u8])>,
+    close: bool,
+) -> Vec<u8> {
+    let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+    let body = b"429 Too Many Requests: rate limit exceeded\n";
+    let mut out = Vec::with_capacity(256);
+    out.extend_from_slice(b"HTTP/1.1 429 Too Many Requests\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: ");
+    out.extend_from_slice(h1::itoa_buf(body.len() as u64).as_bytes_mut());
+    out.extend_from_slice(b"\r\nRetry-After: ");
+    out.extend_from_slice(h1::itoa_buf(secs.max(1)).as_bytes_mut());
+    out.extend_from_slice(b"\r\n");
+    if let Some((name, value)) = request_id {
+        out.extend_from_slice(name);
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value);
+        out.extend_from_slice(b"\r\n");
+    }
+    if close {
+        out.extend_from_slice(b"Connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body);
+    out
+}
+
 /// Logged fields, captured only when the access log is on.
 struct LogHead {
     method: String,
@@ -398,6 +426,37 @@ async fn exchange(w: &Worker, client: &mut Client, head: RequestHead, shutting_d
         Some(HashKey::Path) => Some(drove_balancer::hash_bytes(head.path(buf))),
         Some(HashKey::ClientIp) => Some(drove_balancer::hash_ip(cip)),
     };
+    // Rate limits: the longest matching route prefix (routes are sorted longest first).
+    let path = head.path(buf);
+    if let Some(route) = settings
+        .routes
+        .iter()
+        .find(|r| path.starts_with(r.prefix.as_bytes()))
+    {
+        let key = match &route.key {
+            crate::LimitKey::ClientIp => drove_balancer::hash_ip(cip),
+            crate::LimitKey::Header(name) => head
+                .header(buf, name.as_str().as_bytes())
+                .map_or(0, drove_balancer::hash_bytes),
+            crate::LimitKey::Cookie(name) => {
+                cookie(buf, &head, name.as_bytes()).map_or(0, drove_balancer::hash_bytes)
+            }
+        };
+        if let Err(refused) = route.limiter.check(key) {
+            stats.rate_limited.fetch_add(1, Relaxed);
+            stats.response(429);
+            // The body (if any) is not read: the connection cannot be reused after it.
+            let close = !head.keep_alive || head.framing != Framing::None;
+            let bytes = too_many_requests(
+                refused.retry_after,
+                rid_name.zip(rid_value.as_deref()),
+                close,
+            );
+            client.consume(head.len);
+            let _ = client.sock.write_all(&bytes).await;
+            return !close;
+        }
+    }
     let log_head = proxy.log.enabled().then(|| LogHead {
         method: String::from_utf8_lossy(head.method_bytes(buf)).into_owned(),
         target: String::from_utf8_lossy(head.target(buf)).into_owned(),

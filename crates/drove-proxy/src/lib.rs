@@ -72,6 +72,30 @@ pub struct StickyCookie {
     pub max_age: Option<Duration>,
 }
 
+/// What a rate limit counts by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LimitKey {
+    /// The client IP (after trusted X-Forwarded-For).
+    ClientIp,
+    /// A request header's value (requests without it share one bucket).
+    Header(HeaderName),
+    /// A cookie's value (requests without it share one bucket).
+    Cookie(String),
+}
+
+/// A rate limit applied to requests whose path starts with `prefix`.
+#[derive(Debug, Clone)]
+pub struct RouteLimit {
+    /// Path prefix.
+    pub prefix: String,
+    /// The limit's name (for logs).
+    pub name: String,
+    /// What requests are counted by.
+    pub key: LimitKey,
+    /// The shared limiter (one per `[limits.NAME]`, whatever the number of routes).
+    pub limiter: Arc<drove_limits::Limiter>,
+}
+
 /// Everything the data path needs to know, already validated.
 #[derive(Debug, Clone)]
 pub struct ProxySettings {
@@ -112,6 +136,8 @@ pub struct ProxySettings {
     pub sticky: Option<StickyCookie>,
     /// Key for the `hash` algorithm.
     pub hash_key: Option<HashKey>,
+    /// Rate-limited routes; the longest matching prefix applies.
+    pub routes: Vec<RouteLimit>,
 }
 
 impl Default for ProxySettings {
@@ -135,6 +161,7 @@ impl Default for ProxySettings {
             max_body_size: 0,
             sticky: None,
             hash_key: None,
+            routes: Vec::new(),
         }
     }
 }

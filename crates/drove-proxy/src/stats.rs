@@ -21,6 +21,8 @@ pub struct ProxyStats {
     pub no_backend: AtomicU64,
     /// Requests rejected before reaching a backend (400, 413).
     pub rejected: AtomicU64,
+    /// Requests refused by a rate limit (429).
+    pub rate_limited: AtomicU64,
     /// Client connections open now.
     pub active_connections: AtomicI64,
     /// Client connections accepted in total.
@@ -49,6 +51,7 @@ impl ProxyStats {
             timeouts: AtomicU64::new(0),
             no_backend: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
+            rate_limited: AtomicU64::new(0),
             active_connections: AtomicI64::new(0),
             connections: AtomicU64::new(0),
             active_tunnels: AtomicI64::new(0),

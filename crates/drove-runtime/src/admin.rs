@@ -230,6 +230,7 @@ pub async fn status_json(state: &AdminState) -> Value {
             "timeouts": l(&s.timeouts),
             "no_backend": l(&s.no_backend),
             "rejected": l(&s.rejected),
+            "rate_limited": l(&s.rate_limited),
             "active_connections": s.active_connections.load(std::sync::atomic::Ordering::Relaxed),
             "active_tunnels": s.active_tunnels.load(std::sync::atomic::Ordering::Relaxed),
             "backends": backends.iter().map(|b| json!({

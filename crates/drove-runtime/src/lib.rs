@@ -93,8 +93,9 @@ pub async fn up(config: Config, opts: UpOptions) -> anyhow::Result<()> {
         let listeners = drove_proxy::bind(addr, proxy_settings::workers(b))
             .with_context(|| format!("cannot listen on {addr} (balancer.listen)"))?;
         listen = Some(listeners[0].local_addr()?);
-        let p = Proxy::new(bal.clone(), proxy_settings::proxy_settings(b))
-            .context("cannot open the access log")?;
+        let mut settings = proxy_settings::proxy_settings(b);
+        settings.routes = proxy_settings::route_limits(&config);
+        let p = Proxy::new(bal.clone(), settings).context("cannot open the access log")?;
         proxy_task = Some(tokio::spawn(drove_proxy::serve(
             listeners,
             p.clone(),

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use drove_balancer::{ActiveHealth, Algorithm, BalancerSettings, PassiveHealth, ProbeKind};
 use drove_config::{self as config, BalancerConfig};
-use drove_proxy::{AccessLogFormat, HashKey, ProxySettings, StickyCookie};
+use drove_proxy::{AccessLogFormat, HashKey, LimitKey, ProxySettings, RouteLimit, StickyCookie};
 use http::HeaderName;
 
 /// Balancer settings for a `[balancer]` section.
@@ -49,6 +49,52 @@ pub fn active_health(p: &config::ProbeConfig) -> Option<ActiveHealth> {
 
 fn header_name(s: &str) -> Option<HeaderName> {
     HeaderName::from_bytes(s.to_ascii_lowercase().as_bytes()).ok()
+}
+
+/// The rate-limited routes of a config: one limiter per `[limits.NAME]`, shared by every
+/// route naming it; longest prefixes first (the first match applies).
+pub fn route_limits(config: &config::Config) -> Vec<RouteLimit> {
+    let Some(b) = &config.balancer else {
+        return Vec::new();
+    };
+    let mut limiters: std::collections::HashMap<&str, std::sync::Arc<drove_limits::Limiter>> =
+        Default::default();
+    let mut routes: Vec<RouteLimit> = Vec::new();
+    for r in &b.routes {
+        let Some(l) = config.limits.get(&r.limit) else {
+            continue;
+        };
+        let limiter = match limiters.get(r.limit.as_str()) {
+            Some(x) => x.clone(),
+            None => match drove_limits::Limiter::try_new(l.rate.count, l.rate.per, l.burst) {
+                Ok(x) => {
+                    let x = std::sync::Arc::new(x);
+                    limiters.insert(&r.limit, x.clone());
+                    x
+                }
+                Err(e) => {
+                    tracing::warn!(limit = %r.limit, error = %e, "rate limit ignored");
+                    continue;
+                }
+            },
+        };
+        let key = match &l.key {
+            config::LimitKey::ClientIp => LimitKey::ClientIp,
+            config::LimitKey::Header(h) => match header_name(h) {
+                Some(h) => LimitKey::Header(h),
+                None => LimitKey::ClientIp,
+            },
+            config::LimitKey::Cookie(c) => LimitKey::Cookie(c.clone()),
+        };
+        routes.push(RouteLimit {
+            prefix: r.path.clone(),
+            name: r.limit.clone(),
+            key,
+            limiter,
+        });
+    }
+    routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
+    routes
 }
 
 /// Data path settings for a `[balancer]` section.
@@ -97,6 +143,7 @@ pub fn proxy_settings(b: &BalancerConfig) -> ProxySettings {
             }),
             _ => None,
         },
+        routes: Vec::new(),
     }
 }
 

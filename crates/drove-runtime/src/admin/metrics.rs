@@ -285,8 +285,8 @@ impl Collector for ProxyCollector {
             ),
             (
                 "balancer_rate_limited",
-                "Requests refused by a rate limit (429). Rate limits are not built yet: always 0.",
-                0,
+                "Requests refused by a rate limit (429).",
+                s.rate_limited.load(Relaxed),
             ),
             (
                 "balancer_connections",
