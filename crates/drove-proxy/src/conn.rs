@@ -250,32 +250,9 @@ async fn reject(w: &Worker, client: &mut Client, r: Reject) {
 /// A complete error response of drove's own.
 fn error_bytes(e: ProxyError, request_id: Option<(&[u8], &[u8])>, close: bool) -> Vec<u8> {
     let status = e.status();
-    let body = e.body().as_bytes();
-    let mut out = Vec::with_capacity(256);
-    out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(status.as_str().as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
-    out.extend_from_slice(b"\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: ");
-    let mut n = h1::itoa_buf(body.len() as u64);
-    out.extend_from_slice(n.as_bytes_mut());
-    out.extend_from_slice(b"\r\n");
-    if status == http::StatusCode::SERVICE_UNAVAILABLE {
-        // Tell clients (and retrying load generators) when to come back, at once.
-        out.extend_from_slice(b"Retry-After: 1\r\n");
-    }
-    if let Some((name, value)) = request_id {
-        out.extend_from_slice(name);
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value);
-        out.extend_from_slice(b"\r\n");
-    }
-    if close {
-        out.extend_from_slice(b"Connection: close\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(body);
-    out
+    // Tell clients (and retrying load generators) when to come back, at once.
+    let retry = (status == http::StatusCode::SERVICE_UNAVAILABLE).then_some(1);
+    own_response(status, e.body().as_bytes(), retry, request_id, close)
 }
 
 /// drove's 429 for a request over a rate limit, with `Retry-After` in whole seconds.
@@ -285,13 +262,37 @@ fn too_many_requests(
     close: bool,
 ) -> Vec<u8> {
     let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
-    let body = b"429 Too Many Requests: rate limit exceeded\n";
+    own_response(
+        http::StatusCode::TOO_MANY_REQUESTS,
+        b"429 Too Many Requests: rate limit exceeded\n",
+        Some(secs.max(1)),
+        request_id,
+        close,
+    )
+}
+
+/// A response drove writes itself: status, a short text body, optional `Retry-After`,
+/// the request id, `Connection: close` when the connection ends after it.
+fn own_response(
+    status: http::StatusCode,
+    body: &[u8],
+    retry_after: Option<u64>,
+    request_id: Option<(&[u8], &[u8])>,
+    close: bool,
+) -> Vec<u8> {
     let mut out = Vec::with_capacity(256);
-    out.extend_from_slice(b"HTTP/1.1 429 Too Many Requests\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: ");
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: ");
     out.extend_from_slice(h1::itoa_buf(body.len() as u64).as_bytes_mut());
-    out.extend_from_slice(b"\r\nRetry-After: ");
-    out.extend_from_slice(h1::itoa_buf(secs.max(1)).as_bytes_mut());
     out.extend_from_slice(b"\r\n");
+    if let Some(secs) = retry_after {
+        out.extend_from_slice(b"Retry-After: ");
+        out.extend_from_slice(h1::itoa_buf(secs).as_bytes_mut());
+        out.extend_from_slice(b"\r\n");
+    }
     if let Some((name, value)) = request_id {
         out.extend_from_slice(name);
         out.extend_from_slice(b": ");
