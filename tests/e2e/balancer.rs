@@ -371,8 +371,9 @@ fn websocket_is_tunnelled_and_counted_in_flight() {
     ));
 }
 
-#[test]
-fn json_access_log_records_upstream_and_retries() {
+/// Runs drove with an access log in `format` over three backends, sends one request
+/// carrying `X-Request-Id: rid`, and returns its status and the log line that names `rid`.
+fn access_log_line(format: &str, path: &str, headers: &[(&str, &str)], rid: &str) -> (u16, String) {
     let b = three();
     let addrs: Vec<_> = b.iter().map(|d| d.addr).collect();
     let dir = drove_test_support::tempdir("alog");
@@ -382,28 +383,32 @@ fn json_access_log_records_upstream_and_retries() {
         &static_config(
             &addrs,
             &format!(
-                "access_log = \"json\"\naccess_log_path = \"{}\"",
+                "access_log = \"{format}\"\naccess_log_path = \"{}\"",
                 log.display()
             ),
         ),
     );
-    let r = http::request(
-        d.addr(),
-        "GET",
-        "/status/201",
-        &[("X-Request-Id", "rid-1")],
-        b"",
-    )
-    .unwrap();
-    assert_eq!(r.status, 201);
+    let mut all: Vec<(&str, &str)> = headers.to_vec();
+    all.push(("X-Request-Id", rid));
+    let r = http::request(d.addr(), "GET", path, &all, b"").unwrap();
     assert!(drove_test_support::wait_until(
         Duration::from_secs(5),
-        || std::fs::read_to_string(&log)
-            .map(|s| s.contains("rid-1"))
-            .unwrap_or(false)
+        || {
+            std::fs::read_to_string(&log)
+                .map(|s| s.contains(rid))
+                .unwrap_or(false)
+        }
     ));
-    let line = std::fs::read_to_string(&log).unwrap();
-    let v: serde_json::Value = serde_json::from_str(line.lines().last().unwrap()).unwrap();
+    let text = std::fs::read_to_string(&log).unwrap();
+    let line = text.lines().find(|l| l.contains(rid)).unwrap().to_string();
+    (r.status, line)
+}
+
+#[test]
+fn json_access_log_records_upstream_and_retries() {
+    let (status, line) = access_log_line("json", "/status/201", &[], "rid-1");
+    assert_eq!(status, 201);
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
     assert_eq!(v["status"], 201);
     assert_eq!(v["upstream_status"], 201);
     assert_eq!(v["method"], "GET");
@@ -439,36 +444,12 @@ fn sigterm_finishes_in_flight_requests_then_exits_zero() {
 
 #[test]
 fn combined_access_log_line() {
-    let b = three();
-    let addrs: Vec<_> = b.iter().map(|d| d.addr).collect();
-    let dir = drove_test_support::tempdir("clog");
-    let log = dir.join("access.log");
-    let d = Drove::up(
-        drove(),
-        &static_config(
-            &addrs,
-            &format!(
-                "access_log = \"combined\"\naccess_log_path = \"{}\"",
-                log.display()
-            ),
-        ),
-    );
-    http::request(
-        d.addr(),
-        "GET",
+    let (_, line) = access_log_line(
+        "combined",
         "/whoami?x=1",
-        &[("User-Agent", "curl/8"), ("X-Request-Id", "rid-c")],
-        b"",
-    )
-    .unwrap();
-    assert!(drove_test_support::wait_until(
-        Duration::from_secs(5),
-        || std::fs::read_to_string(&log)
-            .map(|s| s.contains("rid-c"))
-            .unwrap_or(false)
-    ));
-    let line = std::fs::read_to_string(&log).unwrap();
-    let line = line.lines().last().unwrap();
+        &[("User-Agent", "curl/8")],
+        "rid-c",
+    );
     assert!(line.starts_with("127.0.0.1 - - ["), "{line}");
     assert!(line.contains("\"GET /whoami?x=1 HTTP/1.1\" 200 "), "{line}");
     assert!(line.contains("\"curl/8\""), "{line}");

@@ -180,10 +180,7 @@ fn admin_token_is_required_when_set() {
     assert_eq!(r.status, 200);
     // The CLI passes --token (or DROVE_TOKEN).
     let admin = d.admin.to_string();
-    let out = Command::new(drove())
-        .args(["status", "--admin", &admin])
-        .output()
-        .unwrap();
+    let out = d.cli(&["status"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("401"));
     let out = Command::new(drove())

@@ -270,15 +270,7 @@ stop = { grace = "1s" }
     let t0 = Instant::now();
     match how {
         "down" => {
-            let out = std::process::Command::new(drove())
-                .args(["down", "--admin", &d.admin.to_string()])
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            d.cli_ok(&["down"]);
         }
         "int" => assert!(signal(d.proc.pid(), Signal::SIGINT)),
         _ => assert!(signal(d.proc.pid(), Signal::SIGTERM)),
@@ -317,15 +309,7 @@ fn sigterm_leaves_no_process() {
 fn drain_and_undrain_an_instance() {
     let d = Drove::up(drove(), &web_config(3, "", ""));
     assert!(d.wait_in_rotation(3, Duration::from_secs(20)));
-    let out = std::process::Command::new(drove())
-        .args(["drain", "web.2", "--admin", &d.admin.to_string()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    d.cli_ok(&["drain", "web.2"]);
     let mut seen = std::collections::BTreeSet::new();
     for _ in 0..30 {
         seen.insert(
@@ -340,11 +324,7 @@ fn drain_and_undrain_an_instance() {
     assert!(states(&d, "web")
         .iter()
         .any(|s| s.0 == "web.2" && s.1 == "drained"));
-    let out = std::process::Command::new(drove())
-        .args(["undrain", "web.2", "--admin", &d.admin.to_string()])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+    d.cli_ok(&["undrain", "web.2"]);
     let mut seen = std::collections::BTreeSet::new();
     for _ in 0..30 {
         seen.insert(
@@ -357,11 +337,7 @@ fn drain_and_undrain_an_instance() {
     }
     assert!(seen.contains("web.2"));
     // `drove status` prints the table.
-    let out = std::process::Command::new(drove())
-        .args(["status", "--admin", &d.admin.to_string()])
-        .output()
-        .unwrap();
-    let table = String::from_utf8_lossy(&out.stdout);
+    let table = d.cli_ok(&["status"]);
     assert!(
         table.contains("INSTANCE") && table.contains("web.3") && table.contains("ready"),
         "{table}"
@@ -434,15 +410,7 @@ fn restarting_one_instance_replaces_only_it_without_failures() {
     let (_, _, old_pid) = before.iter().find(|s| s.0 == "web.2").cloned().unwrap();
     let load = Load::start(LoadSpec::get(d.addr(), "/whoami", 8));
     std::thread::sleep(Duration::from_millis(300));
-    let out = std::process::Command::new(drove())
-        .args(["restart", "web.2", "--admin", &d.admin.to_string()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    d.cli_ok(&["restart", "web.2"]);
     std::thread::sleep(Duration::from_millis(300));
     let s = load.stop();
     assert_eq!(s.failed, 0, "failed: {:?}", s.failures);

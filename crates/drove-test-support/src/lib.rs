@@ -177,6 +177,8 @@ pub struct Drove {
     pub admin: SocketAddr,
     /// The config file.
     pub config: PathBuf,
+    /// The drove executable it runs.
+    pub exe: PathBuf,
 }
 
 impl Drove {
@@ -220,12 +222,34 @@ impl Drove {
             listen,
             admin,
             config: path.to_path_buf(),
+            exe: drove.to_path_buf(),
         }
     }
 
     /// The balancer address (panics without one).
     pub fn addr(&self) -> SocketAddr {
         self.listen.expect("drove has a balancer")
+    }
+
+    /// Runs a CLI command against this drove (`drove ARGS --admin ADDR`).
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(&self.exe)
+            .args(args)
+            .arg("--admin")
+            .arg(self.admin.to_string())
+            .output()
+            .expect("run drove")
+    }
+
+    /// [`Drove::cli`] that must succeed; returns its stdout.
+    pub fn cli_ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "drove {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     /// GET /api/status as JSON.
