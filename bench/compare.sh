@@ -15,6 +15,8 @@
 #                         below this, or the CPUs were MIN_IDLE=95 % idle over 5 s,
 #                         before starting; the load is recorded either way
 #        KEEP_TMP=1       keep the temp dir (configs, logs, raw data)
+#        PROXIES="nginx drove" SCENARIOS=close64 GENERATORS=0
+#                         narrow a run while iterating (default: everything)
 set -euo pipefail
 
 ROUNDS=3
@@ -52,8 +54,11 @@ PROXY_CPU="${PROXY_CPU:-0}"
 LOAD_CPU="${LOAD_CPU:-1}"
 MAX_LOAD="${MAX_LOAD:-1.0}"
 LOAD_WAIT="${LOAD_WAIT:-300}"
-PROXIES=(nginx haproxy drove)
-SCENARIOS=(ka64 ka256 close64)
+# PROXIES / SCENARIOS (space-separated) narrow a run while iterating; the committed
+# results always come from the full set.
+read -r -a PROXIES <<<"${PROXIES:-nginx haproxy drove}"
+read -r -a SCENARIOS <<<"${SCENARIOS:-ka64 ka256 close64}"
+GENERATORS="${GENERATORS:-1}"
 
 for tool in "$NGINX" "$HAPROXY" "$WRK" taskset python3 curl; do
     command -v "$tool" >/dev/null || { echo "missing: $tool (apt-get install -y nginx-light haproxy wrk curl util-linux python3)" >&2; exit 1; }
@@ -203,7 +208,7 @@ http {
         keepalive_timeout 60s;
     }
     server {
-        listen 127.0.0.1:$P_NGINX backlog=4096;
+        listen 127.0.0.1:$P_NGINX backlog=4096 deferred;
         location / {
             proxy_pass http://backends;
             proxy_http_version 1.1;
@@ -243,7 +248,7 @@ defaults
     retries 2
 
 frontend fe
-    bind 127.0.0.1:$P_HAPROXY
+    bind 127.0.0.1:$P_HAPROXY defer-accept
     maxconn 15000
     unique-id-format %{+X}o\ %ci:%cp_%fi:%fp_%Ts_%rt:%pid
     http-request set-header X-Forwarded-For %[src]
@@ -269,6 +274,7 @@ backends = ["127.0.0.1:$B1", "127.0.0.1:$B2", "127.0.0.1:$B3"]
 algorithm = "round_robin"
 access_log = "off"
 timeouts = { connect = "1s", header = "10s", response = "60s", idle = "60s" }
+defer_accept = true
 
 [admin]
 listen = "127.0.0.1:$P_ADMIN"
@@ -450,6 +456,7 @@ echo "load_end	$(cut -d' ' -f1-3 /proc/loadavg)" >>"$TMP/meta.tsv"
 # least wrk's request rate.
 printf 'round\ttool\trps\n' >"$TMP/generators.tsv"
 for round in $(seq "$ROUNDS"); do
+    [[ $GENERATORS == 1 ]] || break
     taskset -c "$PROXY_CPU" "$WRK" -t1 -c64 -d"${DURATION}s" "http://127.0.0.1:$B1/" >"$TMP/gen-wrk-$round.txt" 2>&1
     rps="$(awk '/^Requests\/sec:/{print $2}' "$TMP/gen-wrk-$round.txt")"
     printf '%s\twrk\t%s\n' "$round" "${rps:-0}" >>"$TMP/generators.tsv"

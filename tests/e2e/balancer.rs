@@ -575,3 +575,67 @@ fn rate_limits_answer_429_with_retry_after_on_their_routes_only() {
     std::thread::sleep(Duration::from_millis(250));
     assert_eq!(c.request("GET", "/whoami", &[], b"").unwrap().status, 200);
 }
+
+/// `drove_balancer_connections` (client connections accepted) from `/metrics`.
+fn accepted(d: &Drove) -> u64 {
+    let m = http::get(d.admin, "/metrics").unwrap().text();
+    m.lines()
+        .find_map(|l| l.strip_prefix("drove_balancer_connections_total "))
+        .unwrap_or_else(|| panic!("no drove_balancer_connections_total in\n{m}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn deferred_accept_takes_a_connection_once_its_request_arrives() {
+    use std::io::{Read, Write};
+    let b = demo(drove(), "only");
+    let extra = "timeouts = { header = \"1s\", idle = \"1s\" }";
+
+    // Default (defer_accept = true): a silent connection is not handed to drove...
+    let d = Drove::up(drove(), &crate::static_config(&[b.addr], extra));
+    let before = accepted(&d);
+    let mut s = std::net::TcpStream::connect(d.addr()).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        accepted(&d),
+        before,
+        "a silent connection was accepted at once"
+    );
+    // ...until its request arrives, which is then answered normally.
+    s.write_all(b"GET /health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert_eq!(accepted(&d), before + 1);
+    // A client that never speaks is still accepted after about a second (the kernel
+    // stops deferring) and then closed by the header timeout: it is not held forever.
+    let mut s = std::net::TcpStream::connect(d.addr()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let t0 = Instant::now();
+    let mut buf = [0u8; 64];
+    let n = s.read(&mut buf).unwrap_or(0);
+    let took = t0.elapsed();
+    assert_eq!(n, 0, "a silent connection got bytes");
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(6),
+        "a silent connection was closed after {took:?}"
+    );
+    assert_eq!(accepted(&d), before + 2);
+    d.stop();
+
+    // defer_accept = false: accepted as soon as the handshake completes.
+    let d = Drove::up(
+        drove(),
+        &crate::static_config(&[b.addr], &format!("{extra}\ndefer_accept = false")),
+    );
+    let before = accepted(&d);
+    let _s = std::net::TcpStream::connect(d.addr()).unwrap();
+    assert!(
+        drove_test_support::wait_until(Duration::from_secs(1), || accepted(&d) == before + 1),
+        "without defer_accept a connection is accepted at once"
+    );
+}

@@ -232,6 +232,9 @@ pub struct BalancerConfig {
     pub listen: SocketAddr,
     /// Worker threads; 0 = one per core.
     pub workers: usize,
+    /// Accept a connection only once its first bytes have arrived (Linux
+    /// `TCP_DEFER_ACCEPT`, nginx's `listen ... deferred`).
+    pub defer_accept: bool,
     /// Where requests go.
     pub backends: Backends,
     /// How a backend is picked.

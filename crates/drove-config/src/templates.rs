@@ -51,6 +51,7 @@ port = "auto"
 [balancer]
 listen = "127.0.0.1:8080"
 # workers = 0                                # 0 = one per core
+# defer_accept = true                        # accept a connection once its request arrives
 # Exactly one of `service` (balance that service's instances) or `backends`:
 service = "web"
 # backends = ["10.0.0.5:5000", { addr = "10.0.0.6:5000", weight = 2, backup = false, name = "b2" }]

@@ -156,6 +156,19 @@ pub(crate) async fn serve(
         trusted: settings.trusted_proxies.iter().any(|c| c.contains(ip)),
         nodelay: false,
     };
+    // A new connection's first request has usually arrived with it (clients write right
+    // after connecting): read it now, before any timer, shutdown watch or epoll
+    // registration is set up for waiting.
+    let mut first = w.pool.input();
+    match client.sock.try_read(&mut first) {
+        Ok(Some(n)) if n > 0 => client.buf = first,
+        Ok(None) => w.pool.recycle_input(first),
+        // EOF or an error before the first byte: nothing to answer.
+        Ok(Some(_)) | Err(_) => {
+            w.pool.recycle_input(first);
+            return;
+        }
+    }
     loop {
         if client.pending().is_empty() {
             // Idle between requests: give the buffer back, wait for bytes (idle timeout)

@@ -200,8 +200,12 @@ impl Proxy {
 
 /// Binds `workers` listening sockets on `addr` with `SO_REUSEPORT`, so each worker
 /// accepts on its own socket and the kernel spreads connections. Port 0 picks one free
-/// port for all of them.
-pub fn bind(addr: SocketAddr, workers: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
+/// port for all of them. `defer_accept`: see [`set_defer_accept`].
+pub fn bind(
+    addr: SocketAddr,
+    workers: usize,
+    defer_accept: bool,
+) -> std::io::Result<Vec<std::net::TcpListener>> {
     use socket2::{Domain, Socket, Type};
     let mut out = Vec::with_capacity(workers.max(1));
     let mut addr = addr;
@@ -213,12 +217,43 @@ pub fn bind(addr: SocketAddr, workers: usize) -> std::io::Result<Vec<std::net::T
         socket.bind(&addr.into())?;
         // Like nginx's default on Linux: large enough for connection bursts.
         socket.listen(4096)?;
+        if defer_accept {
+            set_defer_accept(&socket)?;
+        }
         socket.set_nonblocking(true)?;
         let l: std::net::TcpListener = socket.into();
         addr = l.local_addr()?;
         out.push(l);
     }
     Ok(out)
+}
+
+/// Linux `TCP_DEFER_ACCEPT`: the listener reports a connection only once its first
+/// bytes have arrived (or after about `SECS`, when the kernel gives up waiting), so the
+/// worker reads the request right after `accept` and a `Connection: close` request
+/// never needs an epoll registration (see `sock.rs`). Neither socket2 nor nix exposes
+/// this option and std's is unstable, hence drove's only `unsafe` block.
+#[allow(unsafe_code)]
+fn set_defer_accept(s: &socket2::Socket) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    const SECS: libc::c_int = 1;
+    let secs: libc::c_int = SECS;
+    // SAFETY: a plain setsockopt on an fd `s` owns, with a pointer to a live c_int and
+    // that int's size; the kernel only reads from it during the call.
+    let rc = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_DEFER_ACCEPT,
+            &secs as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 /// Serves on `listeners` (one worker thread each) until `shutdown` turns true; then stops

@@ -1,52 +1,115 @@
 //! Sockets and input buffers of the data path, tuned for syscalls per request.
 //!
-//! A [`Sock`] is a non-blocking TCP socket registered with tokio's reactor through
-//! `AsyncFd`, which (unlike `tokio::net::TcpStream`) lets drove clear a socket's
-//! readiness itself. After a read that did not fill the buffer the socket is known to be
-//! drained, so its readiness is cleared and the next read waits for epoll instead of
-//! trying a `recv` that can only return EAGAIN — nginx's `rev->ready = 0` rule. That
-//! saves one syscall per direction per request. Writes are attempted directly (a socket
-//! is nearly always writable) and wait for writability only on EAGAIN.
+//! A [`Sock`] is a non-blocking TCP socket that registers with tokio's reactor (through
+//! `AsyncFd`, which unlike `tokio::net::TcpStream` lets drove clear a socket's readiness
+//! itself) only the first time it would block. A client connection whose request is
+//! already there when it is accepted — every `Connection: close` request from a client
+//! that writes right after connecting — is read, answered and closed without ever being
+//! added to epoll: no `epoll_ctl` ADD and DEL, no wait for an event that is already
+//! known. After a read that did not fill the buffer the socket is known to be drained, so
+//! its readiness is cleared and the next read waits for epoll instead of trying a `recv`
+//! that can only return EAGAIN — nginx's `rev->ready = 0` rule. That saves one syscall
+//! per direction per request. Writes are attempted directly (a socket is nearly always
+//! writable) and wait for writability only on EAGAIN.
 //!
 //! A [`Buf`] is a fixed, zero-initialised byte buffer with a filled window, so reads go
 //! straight into it without `unsafe` and without re-zeroing: buffers come from and go
 //! back to the worker's free list.
 
+use std::cell::{Cell, OnceCell};
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
+use std::os::fd::{AsRawFd, RawFd};
 
 use tokio::io::unix::AsyncFd;
 
-/// A registered non-blocking TCP socket.
+/// A non-blocking TCP socket, registered with the reactor on first need.
 pub(crate) struct Sock {
-    fd: AsyncFd<std::net::TcpStream>,
+    /// The reactor registration; declared before `stream` so that it is dropped first
+    /// (deregistered while the fd is still open).
+    reg: OnceCell<AsyncFd<Fd>>,
+    stream: std::net::TcpStream,
+    /// Not registered yet, and a read found the socket drained: the next read must wait
+    /// for epoll (registering) rather than try a `recv` that would return EAGAIN.
+    drained: Cell<bool>,
+}
+
+/// The raw fd of a [`Sock`]'s stream, for its registration (the stream owns the fd).
+struct Fd(RawFd);
+
+impl AsRawFd for Fd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0
+    }
 }
 
 impl Sock {
     /// Takes over a tokio stream (it is deregistered from tokio's own registration and
     /// registered here; used for upstream connections, which are made once and pooled).
     pub(crate) fn new(s: tokio::net::TcpStream) -> io::Result<Sock> {
-        Sock::from_std(s.into_std()?)
+        let sock = Sock::unregistered(s.into_std()?);
+        sock.registration()?;
+        Ok(sock)
     }
 
-    /// Registers a non-blocking std stream.
-    pub(crate) fn from_std(s: std::net::TcpStream) -> io::Result<Sock> {
-        Ok(Sock { fd: register(s)? })
+    /// A non-blocking std stream, not registered until it would block.
+    pub(crate) fn unregistered(stream: std::net::TcpStream) -> Sock {
+        Sock {
+            reg: OnceCell::new(),
+            stream,
+            drained: Cell::new(false),
+        }
+    }
+
+    /// The reactor registration, made now if there is none yet.
+    fn registration(&self) -> io::Result<&AsyncFd<Fd>> {
+        if let Some(r) = self.reg.get() {
+            return Ok(r);
+        }
+        let r = register(Fd(self.stream.as_raw_fd()))?;
+        Ok(self.reg.get_or_init(|| r))
+    }
+
+    /// One `recv` into the spare room of `buf` (which has room); records whether it came
+    /// up short, i.e. drained the socket.
+    fn recv_into(&self, buf: &mut Buf) -> io::Result<usize> {
+        let room = buf.spare().len();
+        let n = (&self.stream).read(buf.spare())?;
+        buf.end += n;
+        self.drained.set(n < room);
+        Ok(n)
+    }
+
+    /// Reads without waiting: `Ok(None)` when nothing is there (yet). Used right after
+    /// accepting, when the request has usually arrived already.
+    pub(crate) fn try_read(&self, buf: &mut Buf) -> io::Result<Option<usize>> {
+        buf.make_room();
+        if self.reg.get().is_some() || self.drained.get() {
+            return Ok(None);
+        }
+        match self.recv_into(buf) {
+            Ok(n) => Ok(Some(n)),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                self.drained.set(true);
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Reads into the spare room of `buf`; 0 = EOF.
     pub(crate) async fn read(&self, buf: &mut Buf) -> io::Result<usize> {
-        buf.make_room();
+        if let Some(n) = self.try_read(buf)? {
+            return Ok(n);
+        }
+        let reg = self.registration()?;
         loop {
-            let mut guard = self.fd.readable().await?;
-            let room = buf.spare().len();
-            match guard.try_io(|s| (&mut s.get_ref()).read(buf.spare())) {
+            let mut guard = reg.readable().await?;
+            match guard.try_io(|_| self.recv_into(buf)) {
                 Ok(Ok(n)) => {
-                    if n < room {
-                        // Short read: the socket is drained; wait for the next epoll edge.
+                    if self.drained.get() {
                         guard.clear_ready();
                     }
-                    buf.end += n;
                     return Ok(n);
                 }
                 Ok(Err(e)) => return Err(e),
@@ -62,16 +125,14 @@ impl Sock {
         &self,
         make: impl FnOnce() -> Buf,
     ) -> io::Result<(Buf, Option<usize>)> {
-        let mut guard = self.fd.readable().await?;
+        let mut guard = self.registration()?.readable().await?;
         let mut buf = make();
         buf.make_room();
-        let room = buf.spare().len();
-        match guard.try_io(|s| (&mut s.get_ref()).read(buf.spare())) {
+        match guard.try_io(|_| self.recv_into(&mut buf)) {
             Ok(Ok(n)) => {
-                if n < room {
+                if self.drained.get() {
                     guard.clear_ready();
                 }
-                buf.end += n;
                 Ok((buf, Some(n)))
             }
             Ok(Err(e)) => Err(e),
@@ -82,12 +143,12 @@ impl Sock {
     /// Writes all of `data`.
     pub(crate) async fn write_all(&self, mut data: &[u8]) -> io::Result<()> {
         while !data.is_empty() {
-            match (&mut self.fd.get_ref()).write(data) {
+            match (&self.stream).write(data) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => data = &data[n..],
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    let mut guard = self.fd.writable().await?;
-                    match guard.try_io(|s| (&mut s.get_ref()).write(data)) {
+                    let mut guard = self.registration()?.writable().await?;
+                    match guard.try_io(|_| (&self.stream).write(data)) {
                         Ok(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
                         Ok(Ok(n)) => data = &data[n..],
                         Ok(Err(e)) => return Err(e),
@@ -102,15 +163,18 @@ impl Sock {
     }
 
     /// Whether an idle connection is still usable: no EOF and no stray bytes. Uses the
-    /// readiness tokio already has, so a quiet connection costs no syscall.
+    /// readiness tokio already has, so a quiet registered connection costs no syscall.
     pub(crate) fn idle_usable(&self) -> bool {
+        let mut probe = [0u8; 1];
+        let Some(reg) = self.reg.get() else {
+            return matches!(self.stream.peek(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock);
+        };
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        match self.fd.poll_read_ready(&mut cx) {
+        match reg.poll_read_ready(&mut cx) {
             std::task::Poll::Pending => true,
             std::task::Poll::Ready(Err(_)) => false,
             std::task::Poll::Ready(Ok(mut guard)) => {
-                let mut probe = [0u8; 1];
-                match guard.try_io(|s| s.get_ref().peek(&mut probe)) {
+                match guard.try_io(|_| self.stream.peek(&mut probe)) {
                     Err(_would_block) => true,
                     Ok(_) => false,
                 }
@@ -121,25 +185,26 @@ impl Sock {
     /// Sets TCP_NODELAY: a keep-alive connection's next response must not wait for the
     /// acknowledgement of the previous one (Nagle).
     pub(crate) fn set_nodelay(&self) {
-        let _ = self.fd.get_ref().set_nodelay(true);
+        let _ = self.stream.set_nodelay(true);
     }
 
     /// Half-closes the write side (the peer sees EOF after what was sent).
     pub(crate) fn shutdown_write(&self) {
-        let _ = self.fd.get_ref().shutdown(Shutdown::Write);
+        let _ = self.stream.shutdown(Shutdown::Write);
     }
 }
 
 /// Registers `t` with tokio's reactor. AsyncFd::new is deprecated because a `T: AsRawFd`
-/// that does not own its fd could close it while registered; the std socket types own
-/// their fd, and the AsyncFd owns the socket, so that cannot happen here.
+/// that does not own its fd could close it while registered; here either the AsyncFd
+/// owns the socket (the listener) or the registration is dropped before the socket that
+/// owns the fd ([`Sock`]'s field order), so that cannot happen.
 fn register<T: std::os::fd::AsRawFd>(t: T) -> io::Result<AsyncFd<T>> {
     #[allow(deprecated)]
     AsyncFd::new(t)
 }
 
-/// A listening socket accepting straight into [`Sock`]s: one epoll registration per
-/// connection (accepting through tokio's listener and converting would register,
+/// A listening socket accepting straight into [`Sock`]s: at most one epoll registration
+/// per connection, made only if it has to wait (accepting through tokio's listener and converting would register,
 /// deregister and register again).
 pub(crate) struct Listener {
     fd: AsyncFd<socket2::Socket>,
@@ -168,7 +233,7 @@ impl Listener {
                     let peer = peer
                         .as_socket()
                         .unwrap_or_else(|| std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
-                    return Ok((Sock::from_std(s.into())?, peer));
+                    return Ok((Sock::unregistered(s.into()), peer));
                 }
                 Ok(Err(e)) => return Err(e),
                 Err(_would_block) => continue,
@@ -254,5 +319,57 @@ impl Buf {
             bigger[..self.end].copy_from_slice(&self.data[..self.end]);
             self.data = bigger;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write as _;
+    use std::time::Duration;
+
+    fn pair() -> (Sock, std::net::TcpStream) {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (server, _) = l.accept().unwrap();
+        server.set_nonblocking(true).unwrap();
+        (Sock::unregistered(server), client)
+    }
+
+    /// A socket is read without registering while bytes are there, and registers (and
+    /// then waits for epoll) only once it would block.
+    #[tokio::test]
+    async fn registers_only_when_a_read_would_block() {
+        let (sock, _client) = pair();
+        let mut buf = Buf::with_capacity(4096);
+        assert_eq!(sock.try_read(&mut buf).unwrap(), None, "nothing sent yet");
+        assert!(sock.reg.get().is_none());
+
+        let (sock, mut client2) = pair();
+        client2.write_all(b"hello").unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(sock.try_read(&mut buf).unwrap(), Some(5));
+        assert_eq!(buf.filled(), b"hello");
+        assert!(sock.reg.get().is_none(), "data was there: no registration");
+        sock.write_all(b"answer").await.unwrap();
+        assert!(
+            sock.reg.get().is_none(),
+            "a write that fits: no registration"
+        );
+
+        // Drained: the next read registers and waits for the bytes sent later.
+        let writer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            client2.write_all(b" world").unwrap();
+            client2
+        });
+        buf.clear();
+        let n = tokio::time::timeout(Duration::from_secs(5), sock.read(&mut buf))
+            .await
+            .expect("the read was woken")
+            .unwrap();
+        assert_eq!(&buf.filled()[..n], b" world");
+        assert!(sock.reg.get().is_some());
+        drop(writer.join().unwrap());
     }
 }

@@ -26,19 +26,18 @@ pub(crate) fn run(
 async fn accept_loop(
     listener: std::net::TcpListener,
     proxy: Proxy,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     let listener = Listener::new(listener)?;
     let worker = Worker::new(proxy.clone());
     let open = Rc::new(Cell::new(0usize));
     let all_closed = Rc::new(tokio::sync::Notify::new());
 
-    loop {
-        if *shutdown.borrow() {
-            break;
-        }
-        let (sock, peer) = tokio::select! {
-            r = listener.accept() => match r {
+    // The shutdown watch is awaited once around the whole accept loop, not per accept
+    // (a fresh `changed()` per connection costs a waiter registration and removal).
+    let accept_all = async {
+        loop {
+            let (sock, peer) = match listener.accept().await {
                 Ok(x) => x,
                 Err(e) => {
                     // EMFILE and friends: back off briefly instead of spinning.
@@ -46,25 +45,34 @@ async fn accept_loop(
                     tokio::time::sleep(std::time::Duration::from_millis(10)).await;
                     continue;
                 }
-            },
-            _ = shutdown.changed() => break,
-        };
-        proxy.stats.connection_opened();
-        open.set(open.get() + 1);
-        let (worker, open, all_closed, shutdown) = (
-            worker.clone(),
-            open.clone(),
-            all_closed.clone(),
-            shutdown.clone(),
-        );
-        tokio::task::spawn_local(async move {
-            conn::serve(worker.clone(), sock, peer, shutdown).await;
-            worker.proxy.stats.connection_closed();
-            open.set(open.get() - 1);
-            if open.get() == 0 {
-                all_closed.notify_waiters();
-            }
-        });
+            };
+            proxy.stats.connection_opened();
+            open.set(open.get() + 1);
+            let (worker, open, all_closed, shutdown) = (
+                worker.clone(),
+                open.clone(),
+                all_closed.clone(),
+                shutdown.clone(),
+            );
+            tokio::task::spawn_local(async move {
+                conn::serve(worker.clone(), sock, peer, shutdown).await;
+                worker.proxy.stats.connection_closed();
+                open.set(open.get() - 1);
+                if open.get() == 0 {
+                    all_closed.notify_waiters();
+                }
+            });
+        }
+    };
+    if !*shutdown.borrow() {
+        let mut stop = shutdown.clone();
+        tokio::select! {
+            biased;
+            _ = stop.changed() => {}
+            _ = accept_all => {}
+        }
+    } else {
+        drop(accept_all);
     }
     drop(listener);
     // Graceful: each connection finishes its in-flight request, then closes.

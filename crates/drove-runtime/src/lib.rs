@@ -90,7 +90,7 @@ pub async fn up(config: Config, opts: UpOptions) -> anyhow::Result<()> {
             health_task = Some(bal.spawn_health_checks(h));
         }
         let addr = opts.listen.unwrap_or(b.listen);
-        let listeners = drove_proxy::bind(addr, proxy_settings::workers(b))
+        let listeners = drove_proxy::bind(addr, proxy_settings::workers(b), b.defer_accept)
             .with_context(|| format!("cannot listen on {addr} (balancer.listen)"))?;
         listen = Some(listeners[0].local_addr()?);
         let mut settings = proxy_settings::proxy_settings(b);

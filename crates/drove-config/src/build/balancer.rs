@@ -12,6 +12,7 @@ use crate::units;
 const BALANCER_KEYS: &[&str] = &[
     "listen",
     "workers",
+    "defer_accept",
     "service",
     "backends",
     "algorithm",
@@ -54,6 +55,7 @@ pub(super) fn balancer(
     let mut b = BalancerConfig {
         listen: ([127, 0, 0, 1], 8080).into(),
         workers: 0,
+        defer_accept: true,
         backends: Backends::Static(Vec::new()),
         algorithm: Algorithm::RoundRobin,
         sticky: None,
@@ -94,6 +96,9 @@ pub(super) fn balancer(
     }
     if let Some(w) = t.get("workers").and_then(|f| r::int(cx, &f, 0, 1024)) {
         b.workers = w as usize;
+    }
+    if let Some(d) = t.get("defer_accept").and_then(|f| r::boolean(cx, &f)) {
+        b.defer_accept = d;
     }
 
     // Backends: exactly one of `service` | `backends`.

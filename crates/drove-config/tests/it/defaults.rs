@@ -88,6 +88,7 @@ fn minimal_balancer_gets_every_default() {
     let expected = BalancerConfig {
         listen: "127.0.0.1:8080".parse().unwrap(),
         workers: 0,
+        defer_accept: true,
         backends: Backends::Static(vec![StaticBackend {
             addr: "127.0.0.1:5001".parse().unwrap(),
             weight: 1,
