@@ -325,7 +325,6 @@ impl Buf {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Write as _;
     use std::time::Duration;
 
     fn pair() -> (Sock, std::net::TcpStream) {
