@@ -36,6 +36,32 @@ pub(crate) struct Worker {
     instance_lines: RefCell<HashMap<u64, Rc<[u8]>>>,
     /// Request-id generator state (xorshift; per worker, so no lock).
     rid: Cell<u64>,
+    /// Client connections open on this worker, and a wake-up when that reaches 0
+    /// (graceful shutdown waits for it).
+    pub(crate) open: Cell<usize>,
+    pub(crate) all_closed: tokio::sync::Notify,
+}
+
+/// A client connection counted as open (worker and metrics) for as long as it lives.
+pub(crate) struct OpenConnection(Rc<Worker>);
+
+impl OpenConnection {
+    pub(crate) fn new(w: &Rc<Worker>) -> OpenConnection {
+        w.proxy.stats.connection_opened();
+        w.open.set(w.open.get() + 1);
+        OpenConnection(w.clone())
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        let w = &self.0;
+        w.proxy.stats.connection_closed();
+        w.open.set(w.open.get() - 1);
+        if w.open.get() == 0 {
+            w.all_closed.notify_waiters();
+        }
+    }
 }
 
 impl Worker {
@@ -50,6 +76,8 @@ impl Worker {
             pool: Pool::default(),
             instance_lines: RefCell::new(HashMap::new()),
             rid: Cell::new(seed | 1),
+            open: Cell::new(0),
+            all_closed: tokio::sync::Notify::new(),
         });
         // Sweeper: closes idle upstream connections that are too old or whose backend
         // left rotation (removed or drained).
@@ -106,18 +134,37 @@ impl Worker {
 }
 
 /// The client side of a connection.
-struct Client {
+pub(crate) struct Client {
     sock: Sock,
     /// Received, not yet consumed bytes; an empty, unallocated buffer while idle.
     buf: Buf,
-    peer: SocketAddr,
-    peer_ip: Vec<u8>,
+    /// The peer's address (IPv4-mapped IPv6 as IPv4), and as text.
+    peer: IpAddr,
+    peer_ip: h1::IpText,
     trusted: bool,
     /// TCP_NODELAY was set (on the first reuse of the connection).
     nodelay: bool,
 }
 
 impl Client {
+    /// A just-accepted connection from `peer`.
+    pub(crate) fn new(w: &Worker, sock: Sock, peer: SocketAddr) -> Client {
+        let ip = canonical(peer.ip());
+        Client {
+            sock,
+            buf: Buf::with_capacity(0),
+            peer: ip,
+            peer_ip: h1::IpText::new(ip),
+            trusted: w
+                .proxy
+                .settings
+                .trusted_proxies
+                .iter()
+                .any(|c| c.contains(ip)),
+            nodelay: false,
+        }
+    }
+
     /// TCP_NODELAY once it matters: before a second write of one response, or when the
     /// connection is reused (a single-write response on a new connection never waits for
     /// Nagle, so `Connection: close` traffic saves the syscall, as with nginx).
@@ -140,101 +187,105 @@ impl Client {
 }
 
 /// Serves one client connection until it closes, times out, or drove shuts down.
-pub(crate) async fn serve(
+///
+/// Not an `async fn`, for memory: an async fn stores its arguments and then moves them
+/// into locals, so a client passed to one is stored twice in every idle connection's
+/// task; an `async move` block uses what it captured in place. The client is built by
+/// the caller for the same reason.
+pub(crate) fn serve(
     w: Rc<Worker>,
-    sock: Sock,
-    peer: SocketAddr,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let settings = w.proxy.settings.clone();
-    let ip = canonical(peer.ip());
-    let mut client = Client {
-        sock,
-        buf: Buf::with_capacity(0),
-        peer,
-        peer_ip: h1::ip_bytes(ip),
-        trusted: settings.trusted_proxies.iter().any(|c| c.contains(ip)),
-        nodelay: false,
-    };
-    // A new connection's first request has usually arrived with it (clients write right
-    // after connecting): read it now, before any timer, shutdown watch or epoll
-    // registration is set up for waiting.
-    let mut first = w.pool.input();
-    match client.sock.try_read(&mut first) {
-        Ok(Some(n)) if n > 0 => client.buf = first,
-        Ok(None) => w.pool.recycle_input(first),
-        // EOF or an error before the first byte: nothing to answer.
-        Ok(Some(_)) | Err(_) => {
-            w.pool.recycle_input(first);
-            return;
+    client: Client,
+    shutdown: watch::Receiver<bool>,
+) -> impl std::future::Future<Output = ()> {
+    let (mut client, mut shutdown) = (client, shutdown);
+    let open = OpenConnection::new(&w);
+    async move {
+        let _open = open;
+        let settings = &*w.proxy.settings;
+        // A new connection's first request has usually arrived with it (clients write right
+        // after connecting): read it now, before any timer, shutdown watch or epoll
+        // registration is set up for waiting.
+        // (In a block: a local alive across the awaits below would enlarge every idle
+        // connection's task.)
+        {
+            let mut first = w.pool.input();
+            match client.sock.try_read(&mut first) {
+                Ok(Some(n)) if n > 0 => client.buf = first,
+                Ok(None) => w.pool.recycle_input(first),
+                // EOF or an error before the first byte: nothing to answer.
+                Ok(Some(_)) | Err(_) => {
+                    w.pool.recycle_input(first);
+                    return;
+                }
+            }
         }
-    }
-    loop {
-        if client.pending().is_empty() {
-            // Idle between requests: give the buffer back, wait for bytes (idle timeout)
-            // or for shutdown. Only then take a buffer: an idle connection holds none.
-            w.pool
-                .recycle_input(std::mem::replace(&mut client.buf, Buf::with_capacity(0)));
-            if *shutdown.borrow() {
+        loop {
+            if client.pending().is_empty() {
+                // Idle between requests: give the buffer back, wait for bytes (idle timeout)
+                // or for shutdown. Only then take a buffer: an idle connection holds none.
+                w.pool
+                    .recycle_input(std::mem::replace(&mut client.buf, Buf::with_capacity(0)));
+                if *shutdown.borrow() {
+                    return;
+                }
+                let idle_until = Instant::now() + settings.idle_timeout;
+                loop {
+                    let read = tokio::select! {
+                        r = tokio::time::timeout_at(idle_until, client.sock.read_fresh(|| w.pool.input())) => r,
+                        _ = shutdown.changed() => return,
+                    };
+                    match read {
+                        Ok(Ok((buf, Some(n)))) if n > 0 => {
+                            client.buf = buf;
+                            break;
+                        }
+                        // Spurious readiness: wait again.
+                        Ok(Ok((buf, None))) => w.pool.recycle_input(buf),
+                        _ => return,
+                    }
+                }
+            }
+            // The head must be complete within the header timeout (slowloris).
+            let deadline = Instant::now() + settings.header_timeout;
+            let head = loop {
+                match h1::parse_request(client.pending(), settings.max_body_size) {
+                    Ok(Some(h)) => break h,
+                    Ok(None) if client.pending().len() >= settings.max_header_size => {
+                        Box::pin(reject(&w, &mut client, Reject::TooLarge)).await;
+                        return;
+                    }
+                    Ok(None) => match tokio::time::timeout_at(deadline, client.fill()).await {
+                        Ok(Ok(n)) if n > 0 => {}
+                        _ => return,
+                    },
+                    Err(r) => {
+                        Box::pin(reject(&w, &mut client, r)).await;
+                        return;
+                    }
+                }
+            };
+            if head.len > settings.max_header_size {
+                Box::pin(reject(&w, &mut client, Reject::TooLarge)).await;
                 return;
             }
-            let idle_until = Instant::now() + settings.idle_timeout;
-            loop {
-                let read = tokio::select! {
-                    r = tokio::time::timeout_at(idle_until, client.sock.read_fresh(|| w.pool.input())) => r,
-                    _ = shutdown.changed() => return,
-                };
-                match read {
-                    Ok(Ok((buf, Some(n)))) if n > 0 => {
-                        client.buf = buf;
-                        break;
-                    }
-                    // Spurious readiness: wait again.
-                    Ok(Ok((buf, None))) => w.pool.recycle_input(buf),
-                    _ => return,
-                }
+            // Boxed: the exchange's state is large (timers, buffers, nested futures) and
+            // would otherwise sit in every idle connection's task; boxing per request costs
+            // one allocation and keeps an idle connection to a few hundred bytes.
+            let shutting_down = *shutdown.borrow();
+            let keep = Box::pin(exchange(&w, &mut client, head, shutting_down)).await;
+            if keep {
+                client.nodelay();
             }
-        }
-        // The head must be complete within the header timeout (slowloris).
-        let deadline = Instant::now() + settings.header_timeout;
-        let head = loop {
-            match h1::parse_request(client.pending(), settings.max_body_size) {
-                Ok(Some(h)) => break h,
-                Ok(None) if client.pending().len() >= settings.max_header_size => {
-                    Box::pin(reject(&w, &mut client, Reject::TooLarge)).await;
-                    return;
+            if !keep {
+                // With unread input, close would answer it with a reset that can destroy the
+                // response still in flight: half-close first. Without, a plain close suffices.
+                if !client.pending().is_empty() {
+                    client.sock.shutdown_write();
                 }
-                Ok(None) => match tokio::time::timeout_at(deadline, client.fill()).await {
-                    Ok(Ok(n)) if n > 0 => {}
-                    _ => return,
-                },
-                Err(r) => {
-                    Box::pin(reject(&w, &mut client, r)).await;
-                    return;
-                }
+                w.pool
+                    .recycle_input(std::mem::replace(&mut client.buf, Buf::with_capacity(0)));
+                return;
             }
-        };
-        if head.len > settings.max_header_size {
-            Box::pin(reject(&w, &mut client, Reject::TooLarge)).await;
-            return;
-        }
-        // Boxed: the exchange's state is large (timers, buffers, nested futures) and
-        // would otherwise sit in every idle connection's task; boxing per request costs
-        // one allocation and keeps an idle connection to a few hundred bytes.
-        let shutting_down = *shutdown.borrow();
-        let keep = Box::pin(exchange(&w, &mut client, head, shutting_down)).await;
-        if keep {
-            client.nodelay();
-        }
-        if !keep {
-            // With unread input, close would answer it with a reset that can destroy the
-            // response still in flight: half-close first. Without, a plain close suffices.
-            if !client.pending().is_empty() {
-                client.sock.shutdown_write();
-            }
-            w.pool
-                .recycle_input(std::mem::replace(&mut client.buf, Buf::with_capacity(0)));
-            return;
         }
     }
 }
@@ -402,7 +453,7 @@ async fn exchange(w: &Worker, client: &mut Client, head: RequestHead, shutting_d
 
     // Everything needed from the head is taken now; then its bytes are consumed.
     let buf = client.pending();
-    let peer_ip = canonical(client.peer.ip());
+    let peer_ip = client.peer;
     let cip = if client.trusted {
         client_ip(buf, &head, peer_ip, &settings.trusted_proxies)
     } else {
@@ -410,10 +461,10 @@ async fn exchange(w: &Worker, client: &mut Client, head: RequestHead, shutting_d
     };
     let cip_bytes;
     let cip_ref: &[u8] = if cip == peer_ip {
-        &client.peer_ip
+        client.peer_ip.as_bytes()
     } else {
-        cip_bytes = h1::ip_bytes(cip);
-        &cip_bytes
+        cip_bytes = h1::IpText::new(cip);
+        cip_bytes.as_bytes()
     };
     let rid_name = settings
         .request_id_header
@@ -489,7 +540,7 @@ async fn exchange(w: &Worker, client: &mut Client, head: RequestHead, shutting_d
         buf,
         &head,
         &h1::RequestRewrite {
-            peer_ip: &client.peer_ip,
+            peer_ip: client.peer_ip.as_bytes(),
             client_ip: cip_ref,
             trusted: client.trusted,
             request_id: rid_name.zip(rid_value.as_deref()),
@@ -1110,7 +1161,8 @@ mod tests {
                 let w = Worker::new(proxy);
                 let (_tx, rx) = watch::channel(false);
                 let sock = Sock::new(s).unwrap();
-                let fut = serve(w, sock, "127.0.0.1:1".parse().unwrap(), rx);
+                let client = Client::new(&w, sock, "127.0.0.1:1".parse().unwrap());
+                let fut = serve(w, client, rx);
                 let size = std::mem::size_of_val(&fut);
                 assert!(size < 1024, "serve future is {size} bytes");
                 eprintln!("serve future: {size} bytes");

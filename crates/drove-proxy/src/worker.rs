@@ -2,9 +2,6 @@
 //! own upstream pool. Connections never migrate between workers, so per-worker state
 //! (pool, request-id generator) needs no lock.
 
-use std::cell::Cell;
-use std::rc::Rc;
-
 use tokio::sync::watch;
 
 use crate::conn::{self, Worker};
@@ -30,8 +27,6 @@ async fn accept_loop(
 ) -> std::io::Result<()> {
     let listener = Listener::new(listener)?;
     let worker = Worker::new(proxy.clone());
-    let open = Rc::new(Cell::new(0usize));
-    let all_closed = Rc::new(tokio::sync::Notify::new());
 
     // The shutdown watch is awaited once around the whole accept loop, not per accept
     // (a fresh `changed()` per connection costs a waiter registration and removal).
@@ -46,22 +41,10 @@ async fn accept_loop(
                     continue;
                 }
             };
-            proxy.stats.connection_opened();
-            open.set(open.get() + 1);
-            let (worker, open, all_closed, shutdown) = (
-                worker.clone(),
-                open.clone(),
-                all_closed.clone(),
-                shutdown.clone(),
-            );
-            tokio::task::spawn_local(async move {
-                conn::serve(worker.clone(), sock, peer, shutdown).await;
-                worker.proxy.stats.connection_closed();
-                open.set(open.get() - 1);
-                if open.get() == 0 {
-                    all_closed.notify_waiters();
-                }
-            });
+            // The task is the serve future itself (no wrapping block that would hold
+            // a second copy of what it captured).
+            let client = conn::Client::new(&worker, sock, peer);
+            tokio::task::spawn_local(conn::serve(worker.clone(), client, shutdown.clone()));
         }
     };
     if !*shutdown.borrow() {
@@ -78,8 +61,8 @@ async fn accept_loop(
     // Graceful: each connection finishes its in-flight request, then closes.
     let grace = proxy.settings.shutdown_grace;
     let wait = async {
-        while open.get() > 0 {
-            all_closed.notified().await;
+        while worker.open.get() > 0 {
+            worker.all_closed.notified().await;
         }
     };
     let _ = tokio::time::timeout(grace, wait).await;
