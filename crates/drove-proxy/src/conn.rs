@@ -28,6 +28,12 @@ use crate::{HashKey, Proxy};
 /// Tries that found a pooled connection already closed are retried for free, up to this.
 const MAX_STALE_RETRIES: u32 = 4;
 
+/// An idempotent request with a Content-Length body up to this size is read whole before
+/// it is sent, so it can be replayed on another backend (like nginx's request
+/// buffering and HAProxy's `http-buffer-request`, for small bodies only: larger ones
+/// stream, and are not retried once sent).
+const MAX_REPLAY_BODY: u64 = 16 * 1024;
+
 /// Per-worker state shared by its connections.
 pub(crate) struct Worker {
     pub(crate) proxy: Proxy,
@@ -548,13 +554,39 @@ async fn exchange(w: &Worker, client: &mut Client, head: RequestHead, shutting_d
         &mut up_head,
     );
     let method = head.method;
-    let framing = head.framing;
+    let mut framing = head.framing;
     let client_http10 = head.http10;
     let mut client_keep = head.keep_alive && !shutting_down;
     let upgrade = head.upgrade;
     let expect_continue = head.expect_continue;
-    client.consume(head.len);
+    let head_len = head.len;
     drop(head);
+    let mut consumed = head_len;
+    if let Framing::Length(n) = framing {
+        if n <= MAX_REPLAY_BODY
+            && method.idempotent()
+            && settings.retries > 0
+            && !upgrade
+            && !expect_continue
+        {
+            // Read the whole (small) body now and send it in the same write as the head:
+            // the request becomes replayable like a body-less one.
+            let need = head_len + n as usize;
+            while client.pending().len() < need {
+                match tokio::time::timeout(settings.idle_timeout, client.fill()).await {
+                    Ok(Ok(k)) if k > 0 => {}
+                    _ => {
+                        w.pool.recycle(up_head);
+                        return false;
+                    }
+                }
+            }
+            up_head.extend_from_slice(&client.pending()[head_len..need]);
+            consumed = need;
+            framing = Framing::None;
+        }
+    }
+    client.consume(consumed);
 
     let replayable = framing == Framing::None && !upgrade;
     let retry_sent = replayable && method.idempotent() && settings.retries > 0;
