@@ -20,6 +20,33 @@ fn three() -> Vec<Demo> {
     (1..=3).map(|i| demo(drove(), &format!("b{i}"))).collect()
 }
 
+/// Three demo backends behind drove with no active health and passive ejection out of
+/// reach (the first stays in rotation), a 300 ms per-try timeout, and the first backend
+/// frozen (SIGSTOP).
+fn three_with_the_first_frozen() -> (Vec<Demo>, Drove) {
+    let b = three();
+    let addrs: Vec<_> = b.iter().map(|d| d.addr).collect();
+    let cfg = static_config(
+        &addrs,
+        "passive = { max_fails = 100, fail_timeout = \"30s\" }\nretries = { attempts = 2, per_try_timeout = \"300ms\" }",
+    );
+    let d = Drove::up(drove(), &cfg);
+    assert!(signal(b[0].proc.pid(), Signal::SIGSTOP));
+    (b, d)
+}
+
+/// Requests with a body (`/count`) the given demo backends have seen.
+fn body_requests_seen(backends: &[Demo]) -> u64 {
+    backends
+        .iter()
+        .map(|x| {
+            http::get(x.addr, "/stats").unwrap().json()["post_count"]
+                .as_u64()
+                .unwrap()
+        })
+        .sum()
+}
+
 fn backend_state(d: &Drove, id: &str) -> (bool, bool) {
     let s = d.status();
     let b = s["balancer"]["backends"]
@@ -96,15 +123,7 @@ fn sigstop_of_a_backend_fails_no_get_and_ejects_it_within_a_second() {
 
 #[test]
 fn a_post_that_reached_a_frozen_backend_is_not_replayed() {
-    let b = three();
-    let addrs: Vec<_> = b.iter().map(|d| d.addr).collect();
-    // No active health: the frozen backend stays in rotation until passive ejection.
-    let cfg = static_config(
-        &addrs,
-        "passive = { max_fails = 100, fail_timeout = \"30s\" }\nretries = { attempts = 2, per_try_timeout = \"300ms\" }",
-    );
-    let d = Drove::up(drove(), &cfg);
-    assert!(signal(b[0].proc.pid(), Signal::SIGSTOP));
+    let (b, d) = three_with_the_first_frozen();
     let mut sent = 0u64;
     let mut timeouts = 0u64;
     for _ in 0..30 {
@@ -123,14 +142,7 @@ fn a_post_that_reached_a_frozen_backend_is_not_replayed() {
         sent / 3,
         "POSTs to the frozen backend must fail, not be replayed"
     );
-    let others: u64 = b[1..]
-        .iter()
-        .map(|x| {
-            http::get(x.addr, "/stats").unwrap().json()["post_count"]
-                .as_u64()
-                .unwrap()
-        })
-        .sum();
+    let others = body_requests_seen(&b[1..]);
     assert_eq!(
         others,
         sent - timeouts,
@@ -216,14 +228,7 @@ fn the_retry_budget_stops_hammering_a_sick_fleet() {
 
 #[test]
 fn a_put_with_a_small_body_is_replayed_on_another_backend() {
-    let b = three();
-    let addrs: Vec<_> = b.iter().map(|d| d.addr).collect();
-    let cfg = static_config(
-        &addrs,
-        "passive = { max_fails = 100, fail_timeout = \"30s\" }\nretries = { attempts = 2, per_try_timeout = \"300ms\" }",
-    );
-    let d = Drove::up(drove(), &cfg);
-    assert!(signal(b[0].proc.pid(), Signal::SIGSTOP));
+    let (b, d) = three_with_the_first_frozen();
     // PUT is idempotent and its small body is read whole before it is sent: a PUT that
     // reached the frozen backend is sent again to another, and every one succeeds.
     let body = vec![b'p'; 3000];
@@ -232,14 +237,7 @@ fn a_put_with_a_small_body_is_replayed_on_another_backend() {
         assert_eq!(r.status, 200, "{}", r.text());
         assert_eq!(r.json()["bytes"], 3000, "the replayed body arrived whole");
     }
-    let others: u64 = b[1..]
-        .iter()
-        .map(|x| {
-            http::get(x.addr, "/stats").unwrap().json()["post_count"]
-                .as_u64()
-                .unwrap()
-        })
-        .sum();
+    let others = body_requests_seen(&b[1..]);
     assert_eq!(others, 12, "the other backends answered every PUT");
     // Round robin sends at least every third PUT to the frozen backend (retries move
     // the rotation on, so it can be more); each was retried once.
