@@ -160,7 +160,7 @@ impl Client {
             sock,
             buf: Buf::with_capacity(0),
             peer: ip,
-            peer_ip: h1::IpText::new(ip),
+            peer_ip: h1::IpText::of(ip),
             trusted: w
                 .proxy
                 .settings
@@ -469,17 +469,18 @@ async fn exchange(w: &Worker, client: &mut Client, head: RequestHead, shutting_d
     let cip_ref: &[u8] = if cip == peer_ip {
         client.peer_ip.as_bytes()
     } else {
-        cip_bytes = h1::IpText::new(cip);
+        cip_bytes = h1::IpText::of(cip);
         cip_bytes.as_bytes()
     };
     let rid_name = settings
         .request_id_header
         .as_ref()
         .map(|n| n.as_str().as_bytes());
-    let rid_value: Option<Vec<u8>> = rid_name.map(|name| match head.header(buf, name) {
-        Some(v) if !v.is_empty() && v.len() <= 200 => v.to_vec(),
-        _ => w.new_request_id().to_vec(),
-    });
+    let rid_value: Option<h1::InlineBytes<200>> =
+        rid_name.map(|name| match head.header(buf, name) {
+            Some(v) if !v.is_empty() && v.len() <= 200 => h1::InlineBytes::new(v),
+            _ => h1::InlineBytes::new(&w.new_request_id()),
+        });
     let sticky: Option<String> = settings
         .sticky
         .as_ref()
@@ -520,7 +521,7 @@ async fn exchange(w: &Worker, client: &mut Client, head: RequestHead, shutting_d
             let close = !head.keep_alive || head.framing != Framing::None;
             let bytes = too_many_requests(
                 refused.retry_after,
-                rid_name.zip(rid_value.as_deref()),
+                rid_name.zip(rid_value.as_ref().map(|v| v.as_bytes())),
                 close,
             );
             client.consume(head.len);
@@ -549,7 +550,7 @@ async fn exchange(w: &Worker, client: &mut Client, head: RequestHead, shutting_d
             peer_ip: client.peer_ip.as_bytes(),
             client_ip: cip_ref,
             trusted: client.trusted,
-            request_id: rid_name.zip(rid_value.as_deref()),
+            request_id: rid_name.zip(rid_value.as_ref().map(|v| v.as_bytes())),
         },
         &mut up_head,
     );
@@ -602,7 +603,7 @@ async fn exchange(w: &Worker, client: &mut Client, head: RequestHead, shutting_d
     let mut last_err = ProxyError::NoBackend;
     let mut sent_continue = false;
     let balancer = &proxy.balancer;
-    let rid = rid_name.zip(rid_value.as_deref());
+    let rid = rid_name.zip(rid_value.as_ref().map(|v| v.as_bytes()));
 
     let outcome = loop {
         let Some(backend) = balancer.pick(&ctx, &tried) else {
@@ -933,7 +934,7 @@ async fn relay(
 ) {
     let settings = &*w.proxy.settings;
     // Headers drove adds.
-    let mut extra = Vec::new();
+    let mut extra = w.pool.buffer();
     if let Some(line) = w.instance_line(backend) {
         extra.extend_from_slice(&line);
     }
@@ -981,6 +982,7 @@ async fn relay(
         dechunk,
         &mut out,
     );
+    w.pool.recycle(extra);
     ubuf.consume(rhead.len);
 
     if tunnel {

@@ -3,6 +3,7 @@
 //! no per-header allocation. Bodies are passed through in their own framing
 //! (Content-Length, chunked — see [`Chunked`] — or until close).
 
+use std::cell::RefCell;
 use std::net::IpAddr;
 
 /// Most header lines accepted in one head.
@@ -110,7 +111,13 @@ pub(crate) struct RequestHead {
     pub(crate) upgrade: bool,
     pub(crate) expect_continue: bool,
     /// (name, value) offsets of every header line.
-    pub(crate) headers: Vec<((usize, usize), (usize, usize))>,
+    pub(crate) headers: HeaderOffsets,
+}
+
+impl Drop for RequestHead {
+    fn drop(&mut self) {
+        give_back_offsets(std::mem::take(&mut self.headers));
+    }
 }
 
 impl RequestHead {
@@ -153,6 +160,35 @@ pub(crate) fn origin_form(target: &[u8]) -> &[u8] {
     target
 }
 
+/// (name, value) byte ranges of a head's header lines.
+pub(crate) type HeaderOffsets = Vec<((usize, usize), (usize, usize))>;
+
+thread_local! {
+    /// Offset vectors of dropped heads, reused by the next parse on this worker thread:
+    /// parsing a head allocates nothing in steady state.
+    static FREE_OFFSETS: RefCell<Vec<HeaderOffsets>> = const { RefCell::new(Vec::new()) };
+}
+
+fn take_offsets() -> HeaderOffsets {
+    FREE_OFFSETS
+        .with(|f| f.borrow_mut().pop())
+        .unwrap_or_else(|| Vec::with_capacity(32))
+}
+
+fn give_back_offsets(mut v: HeaderOffsets) {
+    // Grown ones (a head with very many headers) are not kept: memory stays bounded.
+    if v.capacity() == 0 || v.capacity() > 128 {
+        return;
+    }
+    v.clear();
+    FREE_OFFSETS.with(|f| {
+        let mut f = f.borrow_mut();
+        if f.len() < 1024 {
+            f.push(v);
+        }
+    });
+}
+
 fn offset(buf: &[u8], s: &[u8]) -> (usize, usize) {
     let start = s.as_ptr() as usize - buf.as_ptr() as usize;
     (start, start + s.len())
@@ -182,7 +218,7 @@ pub(crate) fn parse_request(buf: &[u8], max_body: u64) -> Result<Option<RequestH
     let mut conn_upgrade = false;
     let mut has_upgrade = false;
     let mut expect_continue = false;
-    let mut offsets = Vec::with_capacity(req.headers.len());
+    let mut offsets = take_offsets();
     for h in req.headers.iter() {
         let name = h.name.as_bytes();
         let value = h.value;
@@ -270,8 +306,14 @@ pub(crate) struct ResponseHead {
     pub(crate) framing: Framing,
     /// The backend will keep the connection open after this response.
     pub(crate) keep_alive: bool,
-    pub(crate) headers: Vec<((usize, usize), (usize, usize))>,
+    pub(crate) headers: HeaderOffsets,
     pub(crate) reason: (usize, usize),
+}
+
+impl Drop for ResponseHead {
+    fn drop(&mut self) {
+        give_back_offsets(std::mem::take(&mut self.headers));
+    }
 }
 
 /// Why a backend's response could not be used.
@@ -299,7 +341,7 @@ pub(crate) fn parse_response(
     let mut cl: Option<u64> = None;
     let mut chunked = false;
     let mut close = http10;
-    let mut offsets = Vec::with_capacity(resp.headers.len());
+    let mut offsets = take_offsets();
     for h in resp.headers.iter() {
         let name = h.name.as_bytes();
         offsets.push((offset(buf, name), offset(buf, h.value)));
@@ -564,29 +606,42 @@ pub(crate) fn itoa_buf(mut n: u64) -> ItoaBuf {
 }
 
 /// Formats an IP address as header bytes.
-/// An IP address as text, held inline: a connection keeps its peer's in its task
-/// without a heap allocation (45 bytes fit any IPv6 text form, IPv4-mapped included).
+/// Up to `N` (≤ 255) bytes held inline: short per-connection and per-request values
+/// (the peer's IP as text, the request id) without a heap allocation.
 #[derive(Clone, Copy)]
-pub(crate) struct IpText {
+pub(crate) struct InlineBytes<const N: usize> {
     len: u8,
-    bytes: [u8; 45],
+    bytes: [u8; N],
 }
 
-impl IpText {
-    pub(crate) fn new(ip: IpAddr) -> IpText {
-        use std::io::Write;
-        let mut t = IpText {
+impl<const N: usize> InlineBytes<N> {
+    /// `b` truncated to `N` bytes.
+    pub(crate) fn new(b: &[u8]) -> Self {
+        let mut t = InlineBytes {
             len: 0,
-            bytes: [0; 45],
+            bytes: [0; N],
         };
-        let mut w = &mut t.bytes[..];
-        let _ = write!(w, "{ip}");
-        let left = w.len();
-        t.len = (45 - left) as u8;
+        let n = b.len().min(N).min(255);
+        t.bytes[..n].copy_from_slice(&b[..n]);
+        t.len = n as u8;
         t
     }
     pub(crate) fn as_bytes(&self) -> &[u8] {
         &self.bytes[..self.len as usize]
+    }
+}
+
+/// An IP address as text (45 bytes fit any IPv6 text form, IPv4-mapped included).
+pub(crate) type IpText = InlineBytes<45>;
+
+impl IpText {
+    pub(crate) fn of(ip: IpAddr) -> IpText {
+        use std::io::Write;
+        let mut buf = [0u8; 45];
+        let mut w = &mut buf[..];
+        let _ = write!(w, "{ip}");
+        let n = 45 - w.len();
+        InlineBytes::new(&buf[..n])
     }
 }
 
