@@ -232,7 +232,7 @@ pub fn bind(
 /// bytes have arrived (or after about `SECS`, when the kernel gives up waiting), so the
 /// worker reads the request right after `accept` and a `Connection: close` request
 /// never needs an epoll registration (see `sock.rs`). Neither socket2 nor nix exposes
-/// this option and std's is unstable, hence drove's only `unsafe` block.
+/// this option and std's is unstable, hence this crate's only `unsafe` block.
 #[allow(unsafe_code)]
 fn set_defer_accept(s: &socket2::Socket) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
