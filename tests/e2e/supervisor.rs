@@ -431,3 +431,23 @@ fn restarting_one_instance_replaces_only_it_without_failures() {
     let r = d.post("/api/restart", &json!({"instance": "web.9"}));
     assert_eq!(r.status, 422, "{}", r.text());
 }
+
+#[test]
+fn command_placeholders_escapes_and_shell_braces_reach_the_process_as_documented() {
+    // `{port}`/`{instance}` substituted, `{{port}}` a literal `{port}`, `${...}` and
+    // `{a,b}` left to the shell (bash-style expansions; sh prints them unexpanded).
+    let cfg = r#"[services.echo]
+command = '''echo "lit={{port}} port={port} id={instance} home=${HOME:+set} brace={a,b}"; sleep 30'''
+port = 47311
+ready = false
+"#;
+    let d = Drove::up(drove(), cfg);
+    let line = d
+        .proc
+        .wait_line(Duration::from_secs(10), |l| l.contains("echo.1 | lit="))
+        .expect("the service's output");
+    assert!(
+        line.ends_with("echo.1 | lit={port} port=47311 id=1 home=set brace={a,b}"),
+        "{line}"
+    );
+}

@@ -87,7 +87,13 @@ impl CommandSpec {
     /// Substitutes `{port}` and `{instance}` (and `{{`/`}}` escapes). `${...}` shell
     /// expansions and brace expansions like `{a,b}` are left alone.
     pub fn substitute(&self, port: Option<u16>, instance: u32) -> CommandSpec {
-        let one = |s: &str| crate::placeholders::substitute(s, port, instance);
+        let port = port.map(|p| p.to_string());
+        let instance = instance.to_string();
+        let mut values = vec![("instance", instance.as_str())];
+        if let Some(p) = &port {
+            values.push(("port", p.as_str()));
+        }
+        let one = |s: &str| drove_template::render(s, &values);
         match self {
             CommandSpec::Shell(s) => CommandSpec::Shell(one(s)),
             CommandSpec::Argv(v) => CommandSpec::Argv(v.iter().map(|s| one(s)).collect()),

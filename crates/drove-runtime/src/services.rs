@@ -33,7 +33,8 @@ fn signal(s: config::Signal) -> sup::Signal {
     }
 }
 
-/// Replaces `{drove}` with the running executable (shell-quoted in shell commands).
+/// Fills in `{drove}` with the running executable (shell-quoted in shell commands); the
+/// rest stays a template (escapes included) for the supervisor to render per instance.
 fn with_drove_exe(c: &config::CommandSpec) -> sup::CommandSpec {
     let exe = std::env::current_exe()
         .map(|p| p.to_string_lossy().into_owned())
@@ -41,11 +42,13 @@ fn with_drove_exe(c: &config::CommandSpec) -> sup::CommandSpec {
     match c {
         config::CommandSpec::Shell(s) => {
             let quoted = format!("'{}'", exe.replace('\'', "'\\''"));
-            sup::CommandSpec::Shell(s.replace("{drove}", &quoted))
+            sup::CommandSpec::Shell(drove_template::fill(s, &[("drove", &quoted)]))
         }
-        config::CommandSpec::Argv(v) => {
-            sup::CommandSpec::Argv(v.iter().map(|a| a.replace("{drove}", &exe)).collect())
-        }
+        config::CommandSpec::Argv(v) => sup::CommandSpec::Argv(
+            v.iter()
+                .map(|a| drove_template::fill(a, &[("drove", &exe)]))
+                .collect(),
+        ),
     }
 }
 

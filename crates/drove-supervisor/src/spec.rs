@@ -221,7 +221,10 @@ impl ServiceSpec {
             CommandSpec::Argv(v) => v.iter().map(String::as_str).collect(),
         };
         if self.port == PortSpec::None {
-            if words.iter().any(|w| w.contains("{port}")) {
+            if words
+                .iter()
+                .any(|w| drove_template::placeholders(w).contains(&"port"))
+            {
                 return bad("command uses {port} but the service has no port".into());
             }
             for (what, p) in [("ready", &self.ready), ("health", &self.health)] {
@@ -294,10 +297,12 @@ impl ServiceSpec {
     }
 }
 
-/// `{port}` and `{instance}` substitution.
+/// `{port}` and `{instance}` substituted (drove-template syntax: `{{`/`}}` are literal
+/// braces, shell `${...}` and `{a,b}` are left alone).
 pub(crate) fn substitute(s: &str, port: Option<u16>, instance: u32) -> String {
-    s.replace("{port}", &port.map(|p| p.to_string()).unwrap_or_default())
-        .replace("{instance}", &instance.to_string())
+    let port = port.map(|p| p.to_string()).unwrap_or_default();
+    let instance = instance.to_string();
+    drove_template::render(s, &[("port", &port), ("instance", &instance)])
 }
 
 #[cfg(test)]
@@ -309,6 +314,11 @@ mod tests {
         assert_eq!(
             substitute("x --port {port} -i {instance}", Some(5001), 2),
             "x --port 5001 -i 2"
+        );
+        // Escapes and shell braces are not placeholders.
+        assert_eq!(
+            substitute("echo '{{port}}' ${port} {a,b}", Some(5001), 2),
+            "echo '{port}' ${port} {a,b}"
         );
     }
 

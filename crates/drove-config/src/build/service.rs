@@ -298,7 +298,7 @@ fn command(cx: &mut Cx, f: &Field<'_>, service: &str, port: PortSpec) -> Option<
     };
     let mut ok = true;
     for part in parts {
-        for name in placeholders::used(part) {
+        for name in drove_template::placeholders(part) {
             if !placeholders::KNOWN.contains(&name) {
                 let hint = r::closest(name, placeholders::KNOWN)
                     .map(|b| format!("did you mean `{{{b}}}`? "))
