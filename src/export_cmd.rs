@@ -1,10 +1,11 @@
-//! `drove export grafana|alerts`: a Grafana dashboard and Prometheus alert rules for
-//! drove's metrics (docs/metrics.md), printed to stdout.
+//! `drove export grafana|alerts|k8s|compose`: a Grafana dashboard and Prometheus alert
+//! rules for drove's metrics (docs/metrics.md), or drove.toml as Kubernetes manifests or
+//! a Compose file (`export_manifests.rs`), printed to stdout.
 //!
 //! Both use only series that `/metrics` exposes; the e2e tests check that against a
 //! running drove and run `promtool check rules` on the alerts.
 
-use std::path::Path;
+use std::collections::BTreeMap;
 
 use serde_json::{json, Value};
 
@@ -15,6 +16,20 @@ pub enum ExportKind {
     Grafana,
     /// Prometheus alerting rules (YAML).
     Alerts,
+    /// Kubernetes manifests (YAML) from drove.toml: a Deployment per service (replicas,
+    /// command, env, startup/readiness probes, stop grace, memory limit) and a Service
+    /// for the balanced one.
+    K8s,
+    /// A Docker Compose file (YAML) from drove.toml: replicas, command, env, health
+    /// check, stop signal and grace, restart policy, depends_on with conditions.
+    Compose,
+}
+
+impl ExportKind {
+    /// Whether this export is made from drove.toml.
+    pub fn reads_config(self) -> bool {
+        matches!(self, ExportKind::K8s | ExportKind::Compose)
+    }
 }
 
 /// `drove export KIND`.
@@ -23,13 +38,40 @@ pub struct ExportArgs {
     /// What to print.
     #[arg(value_enum)]
     pub kind: ExportKind,
+    /// k8s/compose: the container image of a service, as SERVICE=IMAGE (repeatable);
+    /// default SERVICE:latest.
+    #[arg(long = "image", value_name = "SERVICE=IMAGE", value_parser = parse_image)]
+    pub images: Vec<(String, String)>,
 }
 
-/// Prints the export; returns the exit code.
-pub fn run(args: ExportArgs, _config: &Path) -> anyhow::Result<u8> {
-    match args.kind {
-        ExportKind::Grafana => println!("{}", serde_json::to_string_pretty(&grafana_dashboard())?),
-        ExportKind::Alerts => print!("{ALERT_RULES}"),
+fn parse_image(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((svc, img)) if !svc.is_empty() && !img.is_empty() => Ok((svc.into(), img.into())),
+        _ => Err(format!(
+            "expected SERVICE=IMAGE, e.g. web=registry.example/web:1.2, got `{s}`"
+        )),
+    }
+}
+
+/// Prints the export; returns the exit code. `config` is loaded when the kind
+/// [reads it](ExportKind::reads_config).
+pub fn run(args: ExportArgs, config: Option<&drove_config::Config>) -> anyhow::Result<u8> {
+    let images: BTreeMap<String, String> = args.images.into_iter().collect();
+    if let Some(c) = config {
+        if let Some(unknown) = images.keys().find(|s| c.service(s).is_none()) {
+            anyhow::bail!("--image {unknown}=...: there is no service `{unknown}` in the config");
+        }
+    }
+    match (args.kind, config) {
+        (ExportKind::Grafana, _) => {
+            println!("{}", serde_json::to_string_pretty(&grafana_dashboard())?)
+        }
+        (ExportKind::Alerts, _) => print!("{ALERT_RULES}"),
+        (ExportKind::K8s, Some(c)) => print!("{}", crate::export_manifests::k8s(c, &images)),
+        (ExportKind::Compose, Some(c)) => {
+            print!("{}", crate::export_manifests::compose(c, &images))
+        }
+        (ExportKind::K8s | ExportKind::Compose, None) => anyhow::bail!("no config loaded"),
     }
     Ok(0)
 }

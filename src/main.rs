@@ -5,6 +5,7 @@
 mod bench_cmd;
 mod cli_admin;
 mod export_cmd;
+mod export_manifests;
 mod verify_cmd;
 
 use std::net::SocketAddr;
@@ -171,7 +172,8 @@ enum Command {
         args: verify_cmd::VerifyArgs,
     },
     /// Print a Grafana dashboard (`grafana`) or Prometheus alert rules (`alerts`) for
-    /// drove's metrics.
+    /// drove's metrics, or drove.toml as Kubernetes manifests (`k8s`) or a Compose file
+    /// (`compose`; see docs/export.md).
     Export {
         #[command(flatten)]
         cfg: ConfigArg,
@@ -205,6 +207,21 @@ fn init_tracing(format: LogFormat) {
 }
 
 /// Loads the config or prints every error; Err(exit code) on failure.
+/// The config at `path`; without a file at the default path, the built-in demo running
+/// `drove_exe demo`. The inner error is the exit code for an invalid config (reported).
+fn config_or_demo(
+    path: &Path,
+    drove_exe: &str,
+) -> anyhow::Result<Result<drove_config::Config, ExitCode>> {
+    if path.exists() {
+        Ok(load_config(path))
+    } else if path == Path::new("drove.toml") {
+        Ok(Ok(drove_config::builtin_demo(drove_exe)))
+    } else {
+        anyhow::bail!("config file {} not found", path.display());
+    }
+}
+
 fn load_config(path: &Path) -> Result<drove_config::Config, ExitCode> {
     match drove_config::load(path) {
         Ok(c) => {
@@ -279,20 +296,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             quiet,
             ..
         } => {
-            let config = if config.exists() {
-                match load_config(&config) {
-                    Ok(c) => c,
-                    Err(code) => return Ok(code),
-                }
-            } else if config == Path::new("drove.toml") {
-                let exe = std::env::current_exe()?;
+            let exe = std::env::current_exe()?;
+            let config = match config_or_demo(&config, &exe.to_string_lossy())? {
+                Ok(c) => c,
+                Err(code) => return Ok(code),
+            };
+            if config.path.is_none() {
                 println!(
                     "drove: no drove.toml here: running the built-in demo (3 instances of `drove demo`); `drove init` writes a config to start from"
                 );
-                drove_config::builtin_demo(&exe.to_string_lossy())
-            } else {
-                anyhow::bail!("config file {} not found", config.display());
-            };
+            }
             let rt = tokio::runtime::Runtime::new()?;
             let color = std::io::IsTerminal::is_terminal(&std::io::stdout());
             rt.block_on(drove_runtime::up(
@@ -326,7 +339,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             cli.admin,
             cli.token.as_deref(),
         )?)),
-        Command::Export { args, .. } => Ok(ExitCode::from(export_cmd::run(args, &config)?)),
+        Command::Export { args, .. } => {
+            let loaded = if args.kind.reads_config() {
+                // In a container drove is on the PATH: the demo runs `drove demo`.
+                match config_or_demo(&config, "drove")? {
+                    Ok(c) => Some(c),
+                    Err(code) => return Ok(code),
+                }
+            } else {
+                None
+            };
+            Ok(ExitCode::from(export_cmd::run(args, loaded.as_ref())?))
+        }
         cmd => cli_admin::run(cmd, &config, cli.admin, cli.token.as_deref()),
     }
 }

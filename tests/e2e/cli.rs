@@ -217,3 +217,136 @@ fn admin_token_is_required_when_set() {
     assert_eq!(r.status, 400);
     assert!(r.json()["error"].as_str().unwrap().contains("instances"));
 }
+
+/// `drove export KIND -c FILE [ARGS]` parsed by PyYAML (every YAML document) as JSON.
+fn export_yaml(kind: &str, config: &std::path::Path, args: &[&str]) -> Vec<serde_json::Value> {
+    let out = Command::new(drove())
+        .args(["export", kind, "-c"])
+        .arg(config)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut py = Command::new("python3")
+        .args([
+            "-c",
+            "import sys, yaml, json; print(json.dumps(list(yaml.safe_load_all(sys.stdin))))",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3");
+    use std::io::Write;
+    py.stdin.take().unwrap().write_all(&out.stdout).unwrap();
+    let parsed = py.wait_with_output().unwrap();
+    assert!(
+        parsed.status.success(),
+        "not YAML:\n{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    serde_json::from_slice(&parsed.stdout).unwrap()
+}
+
+#[test]
+fn export_k8s_and_compose_keep_replicas_probes_stop_and_dependencies() {
+    let dir = tempdir("export");
+    let path = dir.join("drove.toml");
+    std::fs::write(
+        &path,
+        r#"[services.web]
+command = "node server.js --port {port} --id {instance}"
+instances = 4
+port = 5001
+env = { MODE = "prod" }
+ready = { http = "/ready", interval = "1s", start_timeout = "30s" }
+health = { http = "/health", interval = "2s", timeout = "1s", fall = 3 }
+stop = { signal = "INT", grace = "12s" }
+max_memory = "256MiB"
+depends_on = ["redis"]
+
+[services.redis]
+command = ["redis-server", "--port", "6379"]
+port = 6379
+
+[balancer]
+listen = "127.0.0.1:8088"
+service = "web"
+sticky = { cookie = "s" }
+"#,
+    )
+    .unwrap();
+
+    let docs = export_yaml("k8s", &path, &["--image", "web=registry.example/web:1.2"]);
+    let web = docs
+        .iter()
+        .find(|d| d["kind"] == "Deployment" && d["metadata"]["name"] == "web")
+        .expect("a Deployment for web");
+    assert_eq!(web["spec"]["replicas"], 4);
+    let pod = &web["spec"]["template"]["spec"];
+    let c = &pod["containers"][0];
+    assert_eq!(c["image"], "registry.example/web:1.2");
+    assert_eq!(
+        c["command"],
+        serde_json::json!(["sh", "-c", "node server.js --port 5001 --id ${HOSTNAME}"])
+    );
+    assert_eq!(c["startupProbe"]["httpGet"]["path"], "/ready");
+    assert_eq!(c["startupProbe"]["failureThreshold"], 30);
+    assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/health");
+    assert_eq!(c["readinessProbe"]["httpGet"]["port"], 5001);
+    assert_eq!(c["readinessProbe"]["failureThreshold"], 3);
+    assert_eq!(
+        c["resources"]["limits"]["memory"],
+        (256u64 << 20).to_string()
+    );
+    assert!(c["env"]
+        .as_array()
+        .unwrap()
+        .contains(&serde_json::json!({"name": "MODE", "value": "prod"})));
+    assert_eq!(pod["terminationGracePeriodSeconds"], 12);
+    let redis = docs
+        .iter()
+        .find(|d| d["kind"] == "Deployment" && d["metadata"]["name"] == "redis")
+        .expect("a Deployment for redis");
+    assert_eq!(
+        redis["spec"]["template"]["spec"]["containers"][0]["image"],
+        "redis:latest"
+    );
+    let svc = docs
+        .iter()
+        .find(|d| d["kind"] == "Service")
+        .expect("a Service");
+    assert_eq!(svc["spec"]["ports"][0]["port"], 8088);
+    assert_eq!(svc["spec"]["ports"][0]["targetPort"], 5001);
+    assert_eq!(svc["spec"]["sessionAffinity"], "ClientIP");
+
+    let compose = export_yaml("compose", &path, &[]);
+    let web = &compose[0]["services"]["web"];
+    assert_eq!(web["deploy"]["replicas"], 4);
+    assert_eq!(web["stop_signal"], "SIGINT");
+    assert_eq!(web["stop_grace_period"], "12s");
+    assert_eq!(web["environment"]["PORT"], "5001");
+    assert_eq!(web["depends_on"]["redis"]["condition"], "service_healthy");
+    assert!(web["healthcheck"]["test"][1]
+        .as_str()
+        .unwrap()
+        .contains("http://127.0.0.1:5001/health"));
+    assert_eq!(compose[0]["services"]["redis"]["restart"], "always");
+
+    // A service the config does not have is an error, not a silently ignored flag.
+    let out = Command::new(drove())
+        .args(["export", "k8s", "-c"])
+        .arg(&path)
+        .args(["--image", "wbe=x"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no service `wbe`"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
