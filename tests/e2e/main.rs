@@ -6,6 +6,7 @@ mod bad_input;
 mod balancer;
 mod bench;
 mod cli;
+mod discovery;
 mod failover;
 mod observe;
 mod supervisor;

@@ -273,6 +273,47 @@ pub struct BalancerConfig {
     pub max_body_size: u64,
     /// `[[balancer.routes]]`, in file order.
     pub routes: Vec<RouteConfig>,
+    /// `backends` entries found through DNS (`{ dns = ... }`, `{ srv = ... }`).
+    pub dns_backends: Vec<DnsBackend>,
+    /// How those are resolved.
+    pub resolver: ResolverConfig,
+}
+
+/// A `backends` entry whose addresses come from DNS, re-resolved every
+/// `resolver.interval`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsBackend {
+    /// What is looked up.
+    pub query: DnsQuery,
+    /// Weight of each address found (SRV records: the record's weight instead).
+    pub weight: u32,
+    /// The addresses are backups (SRV records: those above the lowest priority are).
+    pub backup: bool,
+    /// Prefix of the backends' names (`NAME@ADDR`); defaults to the DNS name.
+    pub name: String,
+}
+
+/// A DNS lookup for backends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DnsQuery {
+    /// A/AAAA records of `host`, each with `port`.
+    Host {
+        /// The name looked up.
+        host: String,
+        /// The port of every address.
+        port: u16,
+    },
+    /// SRV records (`_http._tcp.web.internal`): targets, ports, priorities and weights.
+    Srv(String),
+}
+
+/// `resolver = { ... }`: how DNS backends are resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolverConfig {
+    /// Name servers; empty = the system's (`/etc/resolv.conf`).
+    pub nameservers: Vec<SocketAddr>,
+    /// Time between two resolutions.
+    pub interval: Duration,
 }
 
 /// Where the balancer sends requests.

@@ -55,6 +55,8 @@ listen = "127.0.0.1:8080"
 # Exactly one of `service` (balance that service's instances) or `backends`:
 service = "web"
 # backends = ["10.0.0.5:5000", { addr = "10.0.0.6:5000", weight = 2, backup = false, name = "b2" }]
+# backends = [{ dns = "web.internal:5000" }, { srv = "_http._tcp.web.internal" }]   # re-resolved
+# resolver = { nameservers = ["10.0.0.2:53"], interval = "5s" }                     # default: /etc/resolv.conf
 #
 # round_robin | least_conn | ip_hash | hash | random_two | p2c_ewma
 algorithm = "round_robin"

@@ -12,6 +12,7 @@
 
 pub mod admin;
 pub mod admin_client;
+mod discovery;
 pub mod proxy_settings;
 pub mod services;
 
@@ -71,19 +72,40 @@ pub async fn up(config: Config, opts: UpOptions) -> anyhow::Result<()> {
     let mut proxy_task = None;
     let mut balanced_service = None;
     let mut health_task = None;
+    let mut discovery_task = None;
     if let Some(b) = &config.balancer {
         let bal = Balancer::new(proxy_settings::balancer_settings(b));
         match &b.backends {
-            Backends::Static(list) => bal.set_backends(
-                list.iter()
+            Backends::Static(list) => {
+                let fixed: Vec<BackendSpec> = list
+                    .iter()
                     .map(|s| BackendSpec {
                         id: s.name.clone(),
                         addr: s.addr,
                         weight: s.weight,
                         backup: s.backup,
                     })
-                    .collect(),
-            ),
+                    .collect();
+                bal.set_backends(fixed.clone());
+                if !b.dns_backends.is_empty() {
+                    let mut d =
+                        discovery::Discovery::new(fixed, b.dns_backends.clone(), &b.resolver)?;
+                    // First answers before the listener opens, so the first requests
+                    // have somewhere to go (bounded: a dead name server must not block
+                    // startup; the refresh loop keeps trying).
+                    let first =
+                        tokio::time::timeout(std::time::Duration::from_secs(10), d.refresh(&bal));
+                    match first.await {
+                        Ok(n) => println!("drove: {n} backend(s) after the first DNS resolution"),
+                        Err(_) => tracing::warn!(
+                            "first DNS resolution timed out; retrying every {:?}",
+                            b.resolver.interval
+                        ),
+                    }
+                    discovery_task =
+                        Some(d.spawn(bal.clone(), b.resolver.interval, shutdown_rx.clone()));
+                }
+            }
             Backends::Service(name) => balanced_service = Some(name.clone()),
         }
         if let Some(h) = b.health.as_ref().and_then(proxy_settings::active_health) {
@@ -173,6 +195,9 @@ pub async fn up(config: Config, opts: UpOptions) -> anyhow::Result<()> {
     // 2. Services stop in reverse dependency order.
     supervisor.shutdown().await;
     if let Some(t) = health_task {
+        t.abort();
+    }
+    if let Some(t) = discovery_task {
         t.abort();
     }
     events_task.abort();

@@ -6,6 +6,7 @@
 //! [`http`] is a small blocking HTTP/1.1 client that reports exactly what happened on
 //! the wire, and [`load`] runs bounded steady load from threads and counts every outcome.
 
+pub mod dns;
 pub mod http;
 pub mod load;
 

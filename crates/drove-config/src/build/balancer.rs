@@ -31,6 +31,7 @@ const BALANCER_KEYS: &[&str] = &[
     "max_header_size",
     "max_body_size",
     "routes",
+    "resolver",
 ];
 const ALGORITHMS: &[&str] = &[
     "round_robin",
@@ -87,6 +88,11 @@ pub(super) fn balancer(
         max_header_size: 16 << 10,
         max_body_size: 0,
         routes: Vec::new(),
+        dns_backends: Vec::new(),
+        resolver: ResolverConfig {
+            nameservers: Vec::new(),
+            interval: Duration::from_secs(5),
+        },
     };
     if let Some(lf) = t.get("listen") {
         if let Some(a) = r::socket_addr(cx, &lf) {
@@ -120,7 +126,11 @@ pub(super) fn balancer(
                 b.backends = Backends::Service(s);
             }
         }
-        (None, Some(bf)) => b.backends = Backends::Static(static_backends(cx, &bf)),
+        (None, Some(bf)) => {
+            let (fixed, dns) = static_backends(cx, &bf);
+            b.backends = Backends::Static(fixed);
+            b.dns_backends = dns;
+        }
     }
 
     let algo_field = t.get("algorithm");
@@ -311,6 +321,9 @@ pub(super) fn balancer(
     if let Some(v) = t.get("max_body_size").and_then(|f| r::size(cx, &f)) {
         b.max_body_size = v;
     }
+    if let Some(rf) = t.get("resolver") {
+        resolver(cx, &rf, &mut b.resolver);
+    }
 
     if let Some(rf) = t.get("routes") {
         for item in r::array(cx, &rf).unwrap_or_default() {
@@ -322,9 +335,63 @@ pub(super) fn balancer(
     Some(b)
 }
 
-fn static_backends(cx: &mut Cx, f: &Field<'_>) -> Vec<StaticBackend> {
+/// `resolver = { nameservers = ["10.0.0.2:53"], interval = "5s" }`.
+fn resolver(cx: &mut Cx, f: &Field<'_>, out: &mut ResolverConfig) {
+    let Some(mut t) = Fields::of(cx, f, "`resolver`".into(), &["nameservers", "interval"]) else {
+        return;
+    };
+    if let Some(nf) = t.get("nameservers") {
+        if let Some(items) = r::array(cx, &nf) {
+            out.nameservers = items.iter().filter_map(|i| r::socket_addr(cx, i)).collect();
+        }
+    }
+    if let Some(d) = t.get("interval").and_then(|f| r::duration(cx, &f)) {
+        if d.is_zero() {
+            cx.error(f.span.clone(), "`resolver.interval` must be more than 0s");
+        } else {
+            out.interval = d;
+        }
+    }
+}
+
+/// A DNS name as drove accepts it: letters, digits, `-`, `_` and dots.
+fn dns_name(cx: &mut Cx, f: &Field<'_>, s: &str) -> bool {
+    let ok = !s.is_empty()
+        && s.len() <= 253
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if !ok {
+        cx.error(
+            f.span.clone(),
+            format!("`{s}` is not a DNS name (letters, digits, `-`, `_` and dots)"),
+        );
+    }
+    ok
+}
+
+/// `weight`, `backup` and `name` of a `backends` table entry, over their defaults.
+fn entry_options(
+    cx: &mut Cx,
+    t: &mut Fields<'_>,
+    weight: &mut u32,
+    backup: &mut bool,
+    name: &mut String,
+) {
+    if let Some(w) = t.get("weight").and_then(|f| r::int(cx, &f, 1, 10_000)) {
+        *weight = w as u32;
+    }
+    if let Some(v) = t.get("backup").and_then(|f| r::boolean(cx, &f)) {
+        *backup = v;
+    }
+    if let Some(n) = t.get("name").and_then(|f| r::string(cx, &f)) {
+        *name = n;
+    }
+}
+
+fn static_backends(cx: &mut Cx, f: &Field<'_>) -> (Vec<StaticBackend>, Vec<DnsBackend>) {
+    let mut dns: Vec<DnsBackend> = Vec::new();
     let Some(items) = r::array(cx, f) else {
-        return Vec::new();
+        return (Vec::new(), dns);
     };
     if items.is_empty() {
         cx.error(
@@ -346,7 +413,7 @@ fn static_backends(cx: &mut Cx, f: &Field<'_>) -> Vec<StaticBackend> {
             };
             (b, item.span.clone())
         } else if item.node.is_table() {
-            let keys = &["addr", "weight", "backup", "name"];
+            let keys = &["addr", "dns", "srv", "weight", "backup", "name"];
             let mut t = Fields::new(
                 cx,
                 &item.node,
@@ -354,6 +421,66 @@ fn static_backends(cx: &mut Cx, f: &Field<'_>) -> Vec<StaticBackend> {
                 "a `backends` entry".into(),
                 keys,
             );
+            let (dns_f, srv_f) = (t.get("dns"), t.get("srv"));
+            if dns_f.is_some() || srv_f.is_some() {
+                let query = match (t.get("addr"), dns_f, srv_f) {
+                    (None, Some(df), None) => {
+                        let Some(s) = r::string(cx, &df) else {
+                            continue;
+                        };
+                        let parsed = s
+                            .rsplit_once(':')
+                            .and_then(|(h, p)| Some((h.to_string(), p.parse::<u16>().ok()?)));
+                        match parsed {
+                            Some((host, port)) if port > 0 => {
+                                if !dns_name(cx, &df, &host) {
+                                    continue;
+                                }
+                                DnsQuery::Host { host, port }
+                            }
+                            _ => {
+                                cx.error(
+                                    df.span.clone(),
+                                    format!("`dns` must be NAME:PORT, e.g. \"web.internal:8080\", got \"{s}\""),
+                                );
+                                continue;
+                            }
+                        }
+                    }
+                    (None, None, Some(sf)) => {
+                        let Some(s) = r::string(cx, &sf) else {
+                            continue;
+                        };
+                        if !dns_name(cx, &sf, &s) {
+                            continue;
+                        }
+                        DnsQuery::Srv(s)
+                    }
+                    _ => {
+                        cx.error(
+                            item.span.clone(),
+                            "a `backends` entry has exactly one of `addr`, `dns` (NAME:PORT, A/AAAA records) or `srv` (an SRV name)",
+                        );
+                        continue;
+                    }
+                };
+                let mut d = DnsBackend {
+                    name: match &query {
+                        DnsQuery::Host { host, .. } => host.clone(),
+                        DnsQuery::Srv(s) => s.clone(),
+                    },
+                    query,
+                    weight: 1,
+                    backup: false,
+                };
+                entry_options(cx, &mut t, &mut d.weight, &mut d.backup, &mut d.name);
+                if dns.iter().any(|o| o.query == d.query) {
+                    cx.error(item.span.clone(), "duplicate DNS backend entry");
+                    continue;
+                }
+                dns.push(d);
+                continue;
+            }
             let Some(af) = t.required(cx, "addr") else {
                 continue;
             };
@@ -366,15 +493,7 @@ fn static_backends(cx: &mut Cx, f: &Field<'_>) -> Vec<StaticBackend> {
                 backup: false,
                 name: addr.to_string(),
             };
-            if let Some(w) = t.get("weight").and_then(|f| r::int(cx, &f, 1, 10_000)) {
-                b.weight = w as u32;
-            }
-            if let Some(v) = t.get("backup").and_then(|f| r::boolean(cx, &f)) {
-                b.backup = v;
-            }
-            if let Some(n) = t.get("name").and_then(|f| r::string(cx, &f)) {
-                b.name = n;
-            }
+            entry_options(cx, &mut t, &mut b.weight, &mut b.backup, &mut b.name);
             (b, af.span.clone())
         } else {
             cx.error(
@@ -395,7 +514,7 @@ fn static_backends(cx: &mut Cx, f: &Field<'_>) -> Vec<StaticBackend> {
         }
         out.push(backend);
     }
-    out
+    (out, dns)
 }
 
 fn hash_key(cx: &mut Cx, f: &Field<'_>) -> Option<HashKey> {

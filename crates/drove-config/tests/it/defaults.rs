@@ -125,8 +125,55 @@ fn minimal_balancer_gets_every_default() {
         max_header_size: 16 << 10,
         max_body_size: 0,
         routes: vec![],
+        dns_backends: vec![],
+        resolver: ResolverConfig {
+            nameservers: vec![],
+            interval: secs(5),
+        },
     };
     assert_eq!(b, expected);
+}
+
+#[test]
+fn dns_and_srv_backends_next_to_fixed_ones() {
+    let c = ok(r#"
+[balancer]
+backends = [
+  "10.0.0.1:80",
+  { dns = "web.internal:8080", weight = 3 },
+  { srv = "_http._tcp.api.internal", backup = true, name = "api" },
+]
+resolver = { nameservers = ["127.0.0.1:5353"], interval = "2s" }
+"#);
+    let b = c.balancer.unwrap();
+    assert!(matches!(&b.backends, Backends::Static(v) if v.len() == 1));
+    assert_eq!(
+        b.dns_backends,
+        vec![
+            DnsBackend {
+                query: DnsQuery::Host {
+                    host: "web.internal".into(),
+                    port: 8080
+                },
+                weight: 3,
+                backup: false,
+                name: "web.internal".into(),
+            },
+            DnsBackend {
+                query: DnsQuery::Srv("_http._tcp.api.internal".into()),
+                weight: 1,
+                backup: true,
+                name: "api".into(),
+            },
+        ]
+    );
+    assert_eq!(
+        b.resolver,
+        ResolverConfig {
+            nameservers: vec!["127.0.0.1:5353".parse().unwrap()],
+            interval: secs(2),
+        }
+    );
 }
 
 #[test]

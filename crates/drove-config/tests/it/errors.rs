@@ -447,3 +447,37 @@ fn never_panics_on_truncated_or_mangled_input() {
         }
     }
 }
+
+#[test]
+fn dns_backend_errors() {
+    let all = errs(
+        r#"[balancer]
+backends = [{ dns = "web.internal" }, { dns = "bad name:80" }, { dns = "a:1", srv = "b" }]
+resolver = { interval = "0s", servers = [] }
+"#,
+    );
+    let msgs: Vec<&str> = all.iter().map(|(_, _, m)| m.as_str()).collect();
+    assert!(
+        msgs.iter().any(|m| m.contains("`dns` must be NAME:PORT")),
+        "{msgs:#?}"
+    );
+    assert!(
+        msgs.iter().any(|m| m.contains("is not a DNS name")),
+        "{msgs:#?}"
+    );
+    assert!(
+        msgs.iter()
+            .any(|m| m.contains("exactly one of `addr`, `dns`")),
+        "{msgs:#?}"
+    );
+    assert!(
+        msgs.iter()
+            .any(|m| m.contains("`resolver.interval` must be more than 0s")),
+        "{msgs:#?}"
+    );
+    assert!(msgs.iter().any(|m| m.contains("servers")), "{msgs:#?}");
+    assert!(
+        all.iter().all(|(line, _, _)| (2..=3).contains(line)),
+        "{all:#?}"
+    );
+}
