@@ -639,3 +639,64 @@ fn deferred_accept_takes_a_connection_once_its_request_arrives() {
         "without defer_accept a connection is accepted at once"
     );
 }
+
+/// Requests through `d` to /whoami: (passed, refused with 429). Anything else fails.
+fn limited_burst(d: &Drove, n: usize) -> (u32, u32) {
+    let mut c = Conn::open(d.addr(), Duration::from_secs(5)).unwrap();
+    let (mut ok, mut limited) = (0, 0);
+    for _ in 0..n {
+        match c.request("GET", "/whoami", &[], b"").unwrap().status {
+            200 => ok += 1,
+            429 => limited += 1,
+            s => panic!("status {s}"),
+        }
+    }
+    (ok, limited)
+}
+
+#[test]
+fn a_limit_shared_through_redis_holds_across_two_droves_and_survives_redis_going_away() {
+    let port = drove_test_support::free_port();
+    let mut redis = std::process::Command::new("redis-server");
+    redis.args([
+        "--port",
+        &port.to_string(),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+    ]);
+    let redis = drove_test_support::Proc::spawn(redis);
+    assert!(drove_test_support::wait_until(
+        Duration::from_secs(10),
+        || { std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() }
+    ));
+    let b = demo(drove(), "only");
+    let cfg = format!(
+        "{}\n[[balancer.routes]]\npath = \"/whoami\"\nlimit = \"api\"\n\n[limits.api]\nrate = \"1/m\"\nburst = 4\nredis = \"redis://127.0.0.1:{port}/\"\n",
+        static_config(&[b.addr], "")
+    );
+    let d1 = Drove::up(drove(), &cfg);
+    let d2 = Drove::up(drove(), &cfg);
+    // One budget of 4 for both: each alone would let 4 through.
+    let (ok1, _) = limited_burst(&d1, 3);
+    let (ok2, limited2) = limited_burst(&d2, 6);
+    assert_eq!(ok1, 3);
+    assert_eq!(
+        (ok2, limited2),
+        (1, 5),
+        "d2 saw d1's requests in the shared state"
+    );
+    let (ok1, _) = limited_burst(&d1, 4);
+    assert_eq!(ok1, 0, "the shared budget is spent for d1 too");
+
+    // Redis goes away: each drove enforces the limit on its own (a fresh local budget of
+    // 4), answering at once rather than hanging or refusing everything.
+    drop(redis);
+    let t0 = std::time::Instant::now();
+    let (ok1, limited1) = limited_burst(&d1, 8);
+    assert_eq!((ok1, limited1), (4, 4), "per-process fallback");
+    assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
+}

@@ -468,6 +468,8 @@ pub struct LimitConfig {
     pub rate: Rate,
     /// Requests allowed in a burst above the rate.
     pub burst: u32,
+    /// Shared with every drove using this Redis (URL); `None` = this process only.
+    pub redis: Option<String>,
 }
 
 /// What a rate limit counts by.

@@ -9,7 +9,12 @@
 //! multiply the rate by the worker count), and a shard lock is held for a few
 //! nanoseconds. Expired keys are dropped as shards grow, so memory follows the number of
 //! recently active keys. Time comes from tokio's clock so tests can pause it.
-//! It knows nothing of HTTP or TOML.
+//! A [`SharedLimiter`] keeps the same state in Redis so that several drove processes
+//! enforce one limit together; [`Limit`] is either. It knows nothing of HTTP or TOML.
+
+mod shared;
+
+pub use shared::{SharedLimiter, REDIS_TIMEOUT};
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -32,6 +37,25 @@ pub struct Limiter {
     tolerance: Duration,
     epoch: Instant,
     shards: Vec<Mutex<HashMap<u64, Duration>>>,
+}
+
+/// One `[limits.NAME]`: kept in this process, or shared through Redis.
+#[derive(Debug)]
+pub enum Limit {
+    /// Shared by this process's workers.
+    Local(Limiter),
+    /// Shared by every drove using the same Redis.
+    Shared(SharedLimiter),
+}
+
+impl Limit {
+    /// Counts one request with `key`; `Err` when it is over the limit.
+    pub async fn check(&self, key: u64) -> Result<(), Refused> {
+        match self {
+            Limit::Local(l) => l.check(key),
+            Limit::Shared(s) => s.check(key).await,
+        }
+    }
 }
 
 /// A refused request: when to retry.

@@ -514,7 +514,7 @@ async fn exchange(w: &Worker, client: &mut Client, head: RequestHead, shutting_d
                 cookie(buf, &head, name.as_bytes()).map_or(0, drove_balancer::hash_bytes)
             }
         };
-        if let Err(refused) = route.limiter.check(key) {
+        if let Err(refused) = route.limiter.check(key).await {
             stats.rate_limited.fetch_add(1, Relaxed);
             stats.response(429);
             // The body (if any) is not read: the connection cannot be reused after it.

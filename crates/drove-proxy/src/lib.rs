@@ -93,7 +93,7 @@ pub struct RouteLimit {
     /// What requests are counted by.
     pub key: LimitKey,
     /// The shared limiter (one per `[limits.NAME]`, whatever the number of routes).
-    pub limiter: Arc<drove_limits::Limiter>,
+    pub limiter: Arc<drove_limits::Limit>,
 }
 
 /// Everything the data path needs to know, already validated.

@@ -116,7 +116,7 @@ pub async fn up(config: Config, opts: UpOptions) -> anyhow::Result<()> {
             .with_context(|| format!("cannot listen on {addr} (balancer.listen)"))?;
         listen = Some(listeners[0].local_addr()?);
         let mut settings = proxy_settings::proxy_settings(b);
-        settings.routes = proxy_settings::route_limits(&config);
+        settings.routes = proxy_settings::route_limits(&config).await;
         let p = Proxy::new(bal.clone(), settings).context("cannot open the access log")?;
         proxy_task = Some(tokio::spawn(drove_proxy::serve(
             listeners,

@@ -53,11 +53,11 @@ fn header_name(s: &str) -> Option<HeaderName> {
 
 /// The rate-limited routes of a config: one limiter per `[limits.NAME]`, shared by every
 /// route naming it; longest prefixes first (the first match applies).
-pub fn route_limits(config: &config::Config) -> Vec<RouteLimit> {
+pub async fn route_limits(config: &config::Config) -> Vec<RouteLimit> {
     let Some(b) = &config.balancer else {
         return Vec::new();
     };
-    let mut limiters: std::collections::HashMap<&str, std::sync::Arc<drove_limits::Limiter>> =
+    let mut limiters: std::collections::HashMap<&str, std::sync::Arc<drove_limits::Limit>> =
         Default::default();
     let mut routes: Vec<RouteLimit> = Vec::new();
     for r in &b.routes {
@@ -66,17 +66,34 @@ pub fn route_limits(config: &config::Config) -> Vec<RouteLimit> {
         };
         let limiter = match limiters.get(r.limit.as_str()) {
             Some(x) => x.clone(),
-            None => match drove_limits::Limiter::try_new(l.rate.count, l.rate.per, l.burst) {
-                Ok(x) => {
-                    let x = std::sync::Arc::new(x);
-                    limiters.insert(&r.limit, x.clone());
-                    x
+            None => {
+                let made = match &l.redis {
+                    None => drove_limits::Limiter::try_new(l.rate.count, l.rate.per, l.burst)
+                        .map(drove_limits::Limit::Local)
+                        .map_err(|e| e.to_string()),
+                    Some(url) => drove_limits::SharedLimiter::connect(
+                        url,
+                        &r.limit,
+                        l.rate.count,
+                        l.rate.per,
+                        l.burst,
+                    )
+                    .await
+                    .map(drove_limits::Limit::Shared)
+                    .map_err(|e| e.to_string()),
+                };
+                match made {
+                    Ok(x) => {
+                        let x = std::sync::Arc::new(x);
+                        limiters.insert(&r.limit, x.clone());
+                        x
+                    }
+                    Err(e) => {
+                        tracing::warn!(limit = %r.limit, error = %e, "rate limit ignored");
+                        continue;
+                    }
                 }
-                Err(e) => {
-                    tracing::warn!(limit = %r.limit, error = %e, "rate limit ignored");
-                    continue;
-                }
-            },
+            }
         };
         let key = match &l.key {
             config::LimitKey::ClientIp => LimitKey::ClientIp,

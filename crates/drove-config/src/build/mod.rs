@@ -173,7 +173,12 @@ fn keyed(cx: &mut Cx, f: &Field<'_>, s: &str, words: &[&'static str]) -> Option<
 }
 
 fn limit(cx: &mut Cx, f: &Field<'_>, name: &str) -> Option<LimitConfig> {
-    let mut t = Fields::of(cx, f, format!("[limits.{name}]"), &["key", "rate", "burst"])?;
+    let mut t = Fields::of(
+        cx,
+        f,
+        format!("[limits.{name}]"),
+        &["key", "rate", "burst", "redis"],
+    )?;
     let key = match t.get("key") {
         None => LimitKey::ClientIp,
         Some(kf) => {
@@ -189,11 +194,27 @@ fn limit(cx: &mut Cx, f: &Field<'_>, name: &str) -> Option<LimitConfig> {
         .required(cx, "rate")
         .and_then(|rf| r::parsed(cx, &rf, "rate", "\"10/s\" or \"600/m\"", units::rate));
     let burst = t.get("burst").and_then(|f| r::u32_at_least(cx, &f, 1));
+    let redis = t.get("redis").and_then(|rf| {
+        let url = r::string(cx, &rf)?;
+        if url.starts_with("redis://") || url.starts_with("rediss://") || url.starts_with("unix://")
+        {
+            Some(url)
+        } else {
+            cx.error(
+                rf.span.clone(),
+                format!(
+                    "`redis` must be a Redis URL like \"redis://127.0.0.1:6379/\", got \"{url}\""
+                ),
+            );
+            None
+        }
+    });
     let rate = rate?;
     Some(LimitConfig {
         key,
         burst: burst.unwrap_or(rate.count),
         rate,
+        redis,
     })
 }
 

@@ -199,6 +199,19 @@ service = "web"
 }
 
 #[test]
+fn a_limit_shared_through_redis() {
+    let c = ok("[limits.api]\nrate = \"10/s\"\nredis = \"redis://127.0.0.1:6379/\"\n");
+    assert_eq!(
+        c.limits["api"].redis.as_deref(),
+        Some("redis://127.0.0.1:6379/")
+    );
+    let (line, col, msg) =
+        crate::err("[limits.api]\nrate = \"10/s\"\nredis = \"localhost:6379\"\n");
+    assert_eq!((line, col), (3, 9));
+    assert!(msg.contains("must be a Redis URL"), "{msg}");
+}
+
+#[test]
 fn limit_defaults() {
     let c = ok("[limits.api]\nrate = \"600/m\"\n");
     assert_eq!(
@@ -209,7 +222,8 @@ fn limit_defaults() {
                 count: 600,
                 per: secs(60)
             },
-            burst: 600
+            burst: 600,
+            redis: None,
         }
     );
 }
@@ -477,7 +491,8 @@ fn every_key_set_explicitly() {
                 count: 10,
                 per: secs(1)
             },
-            burst: 20
+            burst: 20,
+            redis: None,
         }
     );
     assert_eq!(c.limits["by_key"].key, LimitKey::Header("X-API-Key".into()));
