@@ -133,6 +133,10 @@ pub(crate) fn run(
             )?;
             println!("{instance}: back in rotation");
         }
+        Command::Reload { .. } => {
+            let v = call(addr, "POST", "/api/reload", token, None, long)?;
+            drove_runtime::reload::print_report(&v);
+        }
         Command::Down { .. } => {
             call(addr, "POST", "/api/down", token, None, short)?;
             println!("drove at {addr}: shutting down");

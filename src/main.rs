@@ -162,6 +162,13 @@ enum Command {
         #[command(flatten)]
         cfg: ConfigArg,
     },
+    /// Make a running drove re-read its config file (same as SIGHUP): changed services
+    /// get a rolling restart or a scale, balancer backends are replaced, no request
+    /// fails; an invalid file changes nothing. Prints what was and was not applied.
+    Reload {
+        #[command(flatten)]
+        cfg: ConfigArg,
+    },
     /// Prove it works: drills under load (distribution, stickiness, failover, freeze,
     /// rolling restart, scale, limits, metrics) against a running drove, or one started
     /// from -c FILE; one line per drill with its numbers; exit 1 if any fails.
@@ -251,6 +258,7 @@ impl Command {
             | Command::Undrain { cfg, .. }
             | Command::Logs { cfg, .. }
             | Command::Down { cfg }
+            | Command::Reload { cfg }
             | Command::Verify { cfg, .. }
             | Command::Export { cfg, .. } => cfg.path.clone(),
             Command::Demo | Command::Bench(_) => PathBuf::from("drove.toml"),

@@ -700,3 +700,42 @@ fn a_limit_shared_through_redis_holds_across_two_droves_and_survives_redis_going
     assert_eq!((ok1, limited1), (4, 4), "per-process fallback");
     assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
 }
+
+#[test]
+fn reload_replaces_fixed_backends_and_names_what_needs_a_restart() {
+    let b = three();
+    let d = Drove::up(drove(), &static_config(&[b[0].addr], ""));
+    let seen = count_instances(d.addr(), 6, "/whoami", &[]);
+    assert_eq!(
+        seen.keys().collect::<Vec<_>>(),
+        vec![&b[0].addr.to_string()]
+    );
+
+    std::fs::write(&d.config, static_config(&[b[1].addr, b[2].addr], "")).unwrap();
+    let out = d.cli_ok(&["reload"]);
+    assert!(
+        out.contains("applied balancer.backends: 2 fixed, 0 DNS entries"),
+        "{out}"
+    );
+    let seen = count_instances(d.addr(), 6, "/whoami", &[]);
+    let want: std::collections::BTreeSet<String> =
+        b[1..].iter().map(|x| x.addr.to_string()).collect();
+    assert_eq!(
+        seen.keys()
+            .cloned()
+            .collect::<std::collections::BTreeSet<_>>(),
+        want
+    );
+
+    // A setting that needs a new process is reported, not silently ignored.
+    std::fs::write(
+        &d.config,
+        static_config(&[b[1].addr, b[2].addr], "algorithm = \"least_conn\""),
+    )
+    .unwrap();
+    let out = d.cli_ok(&["reload"]);
+    assert!(
+        out.contains("NOT applied other [balancer] settings"),
+        "{out}"
+    );
+}

@@ -451,3 +451,65 @@ ready = false
         "{line}"
     );
 }
+
+#[test]
+fn reload_applies_changed_settings_with_a_rolling_restart_and_refuses_a_bad_file() {
+    let d = Drove::up(drove(), &web_config(2, "", ""));
+    assert!(
+        d.wait_in_rotation(2, Duration::from_secs(20)),
+        "{}",
+        d.status()
+    );
+    let before: Vec<u64> = states(&d, "web").iter().map(|s| s.2).collect();
+    let load = Load::start(LoadSpec::get(d.addr(), "/whoami", 4));
+    std::thread::sleep(Duration::from_millis(300));
+
+    // New env for web and one more instance: a rolling restart and a scale, no failure.
+    std::fs::write(&d.config, web_config(3, "env = { GREETING = \"v2\" }", "")).unwrap();
+    let out = d.cli_ok(&["reload"]);
+    assert!(
+        out.contains("applied services.web: new settings, rolling restart of 2 instance(s)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("applied services.web.instances: 2 -> 3"),
+        "{out}"
+    );
+    assert!(
+        d.wait_in_rotation(3, Duration::from_secs(20)),
+        "{}",
+        d.status()
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let s = load.stop();
+    assert_eq!(s.failed, 0, "failed: {:?}", s.failures);
+    let after: Vec<u64> = states(&d, "web").iter().map(|s| s.2).collect();
+    assert_eq!(after.len(), 3);
+    for p in &before {
+        assert!(
+            !after.contains(p),
+            "instance {p} was not replaced: {after:?}"
+        );
+    }
+
+    // A file with an error changes nothing and says where the error is.
+    std::fs::write(&d.config, web_config(2, "instances = \"two\"", "")).unwrap();
+    let out = d.cli(&["reload"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("drove.toml:") && err.contains("instances"),
+        "{err}"
+    );
+    assert_eq!(ready_count(&d, "web"), 3);
+
+    // SIGHUP reloads too: back to 2 instances.
+    std::fs::write(&d.config, web_config(2, "env = { GREETING = \"v2\" }", "")).unwrap();
+    assert!(signal(d.proc.pid(), Signal::SIGHUP));
+    assert!(
+        wait_until(Duration::from_secs(20), || ready_count(&d, "web") == 2
+            && states(&d, "web").len() == 2),
+        "{}",
+        d.status()
+    );
+}

@@ -98,6 +98,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/api/drain", post(drain))
         .route("/api/undrain", post(undrain))
         .route("/api/down", post(down))
+        .route("/api/reload", post(reload))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
         .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
@@ -400,6 +401,18 @@ async fn undrain(
     Json(body): Json<Value>,
 ) -> Result<Json<Value>, ApiError> {
     drain_or_undrain(&s.running, &body, false).await
+}
+
+/// Re-reads the config file and applies it (`crate::reload`): 200 with what was and was
+/// not applied, 422 with the errors (nothing changed) when the file is invalid.
+async fn reload(State(s): State<Shared>) -> Response {
+    let v = crate::reload::reload(&s.running).await;
+    let status = if v["ok"] == true {
+        StatusCode::OK
+    } else {
+        StatusCode::UNPROCESSABLE_ENTITY
+    };
+    (status, Json(v)).into_response()
 }
 
 async fn down(State(s): State<Shared>) -> Json<Value> {

@@ -14,6 +14,7 @@ pub mod admin;
 pub mod admin_client;
 mod discovery;
 pub mod proxy_settings;
+pub mod reload;
 pub mod services;
 
 use std::net::SocketAddr;
@@ -59,6 +60,8 @@ pub struct Running {
     pub shutdown: watch::Sender<bool>,
     /// When drove started.
     pub started: tokio::time::Instant,
+    /// What `drove reload` changes (the config in force, the DNS refresh loop).
+    pub reloadable: tokio::sync::Mutex<reload::Reloadable>,
 }
 
 /// Runs `config` until SIGINT/SIGTERM or `POST /api/down`, then shuts down in order.
@@ -148,6 +151,10 @@ pub async fn up(config: Config, opts: UpOptions) -> anyhow::Result<()> {
     .map_err(|e| anyhow::anyhow!("{e}"))?;
 
     let running = Arc::new(Running {
+        reloadable: tokio::sync::Mutex::new(reload::Reloadable::new(
+            config.clone(),
+            discovery_task,
+        )),
         config,
         balancer: balancer.clone(),
         proxy,
@@ -163,6 +170,7 @@ pub async fn up(config: Config, opts: UpOptions) -> anyhow::Result<()> {
         balancer.clone(),
         balanced_service.clone(),
     ));
+    let hup_task = reload::on_sighup(running.clone())?;
     let admin_task = tokio::spawn(admin::serve(
         admin_listener,
         running.clone(),
@@ -197,9 +205,8 @@ pub async fn up(config: Config, opts: UpOptions) -> anyhow::Result<()> {
     if let Some(t) = health_task {
         t.abort();
     }
-    if let Some(t) = discovery_task {
-        t.abort();
-    }
+    running.reloadable.lock().await.stop();
+    hup_task.abort();
     events_task.abort();
     let _ = admin_task.await;
     println!("drove: stopped");
