@@ -10,6 +10,7 @@ mod discovery;
 mod failover;
 mod observe;
 mod supervisor;
+mod tls;
 mod verify;
 
 use std::path::Path;

@@ -277,6 +277,17 @@ pub struct BalancerConfig {
     pub dns_backends: Vec<DnsBackend>,
     /// How those are resolved.
     pub resolver: ResolverConfig,
+    /// TLS for client connections; `None` = plain HTTP.
+    pub tls: Option<TlsConfig>,
+}
+
+/// `tls = { cert = "...", key = "..." }`: PEM files, absolute.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsConfig {
+    /// Certificate chain (leaf first).
+    pub cert: PathBuf,
+    /// Private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
 }
 
 /// A `backends` entry whose addresses come from DNS, re-resolved every

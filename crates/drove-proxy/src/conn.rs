@@ -21,7 +21,7 @@ use tokio::time::Instant;
 use crate::error::ProxyError;
 use crate::h1::{self, Chunked, Framing, Method, Reject, RequestHead};
 use crate::log::Entry;
-use crate::sock::{Buf, Sock};
+use crate::sock::{Buf, ClientIo, Sock};
 use crate::upstream::{ConnectError, Pool};
 use crate::{HashKey, Proxy};
 
@@ -140,8 +140,8 @@ impl Worker {
 }
 
 /// The client side of a connection.
-pub(crate) struct Client {
-    sock: Sock,
+pub(crate) struct Client<S = Sock> {
+    sock: S,
     /// Received, not yet consumed bytes; an empty, unallocated buffer while idle.
     buf: Buf,
     /// The peer's address (IPv4-mapped IPv6 as IPv4), and as text.
@@ -152,9 +152,9 @@ pub(crate) struct Client {
     nodelay: bool,
 }
 
-impl Client {
+impl<S: ClientIo> Client<S> {
     /// A just-accepted connection from `peer`.
-    pub(crate) fn new(w: &Worker, sock: Sock, peer: SocketAddr) -> Client {
+    pub(crate) fn new(w: &Worker, sock: S, peer: SocketAddr) -> Client<S> {
         let ip = canonical(peer.ip());
         Client {
             sock,
@@ -198,9 +198,9 @@ impl Client {
 /// into locals, so a client passed to one is stored twice in every idle connection's
 /// task; an `async move` block uses what it captured in place. The client is built by
 /// the caller for the same reason.
-pub(crate) fn serve(
+pub(crate) fn serve<S: ClientIo + 'static>(
     w: Rc<Worker>,
-    client: Client,
+    client: Client<S>,
     shutdown: watch::Receiver<bool>,
 ) -> impl std::future::Future<Output = ()> {
     let (mut client, mut shutdown) = (client, shutdown);
@@ -303,7 +303,7 @@ fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
-async fn reject(w: &Worker, client: &mut Client, r: Reject) {
+async fn reject<S: ClientIo>(w: &Worker, client: &mut Client<S>, r: Reject) {
     let e = match r {
         Reject::BadRequest => ProxyError::BadRequest,
         Reject::TooLarge => ProxyError::HeaderTooLarge,
@@ -450,7 +450,12 @@ enum TryError {
 }
 
 /// One request/response exchange. Returns whether the client connection stays open.
-async fn exchange(w: &Worker, client: &mut Client, head: RequestHead, shutting_down: bool) -> bool {
+async fn exchange<S: ClientIo>(
+    w: &Worker,
+    client: &mut Client<S>,
+    head: RequestHead,
+    shutting_down: bool,
+) -> bool {
     let start = Instant::now();
     let proxy = &w.proxy;
     let settings = &*proxy.settings;
@@ -551,6 +556,7 @@ async fn exchange(w: &Worker, client: &mut Client, head: RequestHead, shutting_d
             client_ip: cip_ref,
             trusted: client.trusted,
             request_id: rid_name.zip(rid_value.as_ref().map(|v| v.as_bytes())),
+            https: client.sock.is_tls(),
         },
         &mut up_head,
     );
@@ -811,8 +817,8 @@ async fn exchange(w: &Worker, client: &mut Client, head: RequestHead, shutting_d
 /// request is idempotent, so a write error or a close before any response byte means
 /// "the pooled connection was already dead" and the request may go elsewhere.
 #[allow(clippy::too_many_arguments)]
-async fn send_and_read_head(
-    client: &mut Client,
+async fn send_and_read_head<S: ClientIo>(
+    client: &mut Client<S>,
     up: &Sock,
     head: &[u8],
     framing: Framing,
@@ -860,8 +866,8 @@ async fn send_and_read_head(
 }
 
 /// Sends the head and the client's body (Content-Length or chunked, passed through).
-async fn send_body(
-    client: &mut Client,
+async fn send_body<S: ClientIo>(
+    client: &mut Client<S>,
     up: &Sock,
     head: &[u8],
     framing: Framing,
@@ -918,9 +924,9 @@ async fn send_body(
 /// connection to the pool when the exchange ended cleanly. Sets `client_keep` false when
 /// the client connection cannot continue.
 #[allow(clippy::too_many_arguments)]
-async fn relay(
+async fn relay<S: ClientIo>(
     w: &Worker,
-    client: &mut Client,
+    client: &mut Client<S>,
     backend: &Backend,
     in_flight: InFlight,
     up: Sock,

@@ -443,6 +443,8 @@ pub(crate) struct RequestRewrite<'a> {
     pub(crate) trusted: bool,
     /// (header name, value) of the request id to set, if not already present.
     pub(crate) request_id: Option<(&'a [u8], &'a [u8])>,
+    /// The client connection is TLS: `X-Forwarded-Proto: https`.
+    pub(crate) https: bool,
 }
 
 /// Writes the request head for a backend into `out`: origin-form target, HTTP/1.1,
@@ -498,7 +500,11 @@ pub(crate) fn write_request(
     out.extend_from_slice(rw.client_ip);
     out.extend_from_slice(b"\r\n");
     if !have_proto {
-        out.extend_from_slice(b"X-Forwarded-Proto: http\r\n");
+        out.extend_from_slice(if rw.https {
+            b"X-Forwarded-Proto: https\r\n"
+        } else {
+            b"X-Forwarded-Proto: http\r\n"
+        });
     }
     if let (false, Some(h)) = (have_fhost, host) {
         out.extend_from_slice(b"X-Forwarded-Host: ");
@@ -876,6 +882,7 @@ mod tests {
             client_ip: b"127.0.0.1",
             trusted: false,
             request_id: Some((b"X-Request-Id", b"abc")),
+            https: false,
         };
         write_request(raw, &h, &rw, &mut out);
         let s = String::from_utf8(out).unwrap();

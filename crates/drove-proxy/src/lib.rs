@@ -24,6 +24,7 @@ mod headers;
 mod log;
 mod sock;
 mod stats;
+pub mod tls;
 mod upstream;
 mod worker;
 
@@ -138,6 +139,8 @@ pub struct ProxySettings {
     pub hash_key: Option<HashKey>,
     /// Rate-limited routes; the longest matching prefix applies.
     pub routes: Vec<RouteLimit>,
+    /// TLS for client connections (see [`tls::server_config`]); `None` = plain HTTP.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Default for ProxySettings {
@@ -162,6 +165,7 @@ impl Default for ProxySettings {
             sticky: None,
             hash_key: None,
             routes: Vec::new(),
+            tls: None,
         }
     }
 }

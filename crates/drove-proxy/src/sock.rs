@@ -192,6 +192,65 @@ impl Sock {
     pub(crate) fn shutdown_write(&self) {
         let _ = self.stream.shutdown(Shutdown::Write);
     }
+
+    /// One non-blocking `send`, for best-effort final bytes (a TLS close_notify).
+    pub(crate) fn try_write(&self, data: &[u8]) -> io::Result<usize> {
+        (&self.stream).write(data)
+    }
+
+    /// Waits until the socket is readable (nothing is read).
+    pub(crate) async fn wait_readable(&self) -> io::Result<()> {
+        if self.reg.get().is_none() && !self.drained.get() {
+            return Ok(());
+        }
+        let _ = self.registration()?.readable().await?;
+        Ok(())
+    }
+}
+
+/// A client connection's byte stream: plain TCP ([`Sock`]) or TLS over it
+/// (`tls::TlsSock`). The data path is generic over it, so the plain path is compiled
+/// exactly as if TLS did not exist.
+pub(crate) trait ClientIo {
+    /// Reads without waiting: `Ok(None)` when nothing is there (yet).
+    fn try_read(&self, buf: &mut Buf) -> io::Result<Option<usize>>;
+    /// Reads into `buf`; 0 = EOF.
+    async fn read(&self, buf: &mut Buf) -> io::Result<usize>;
+    /// Waits for input, then takes a buffer from `make` and reads into it (`None`: the
+    /// wake-up was spurious).
+    async fn read_fresh(&self, make: impl FnOnce() -> Buf) -> io::Result<(Buf, Option<usize>)>;
+    /// Writes all of `data`.
+    async fn write_all(&self, data: &[u8]) -> io::Result<()>;
+    /// TCP_NODELAY.
+    fn set_nodelay(&self);
+    /// Ends the output (EOF for the peer after what was sent).
+    fn shutdown_write(&self);
+    /// Whether the client speaks TLS (`X-Forwarded-Proto: https`).
+    fn is_tls(&self) -> bool;
+}
+
+impl ClientIo for Sock {
+    fn try_read(&self, buf: &mut Buf) -> io::Result<Option<usize>> {
+        Sock::try_read(self, buf)
+    }
+    async fn read(&self, buf: &mut Buf) -> io::Result<usize> {
+        Sock::read(self, buf).await
+    }
+    async fn read_fresh(&self, make: impl FnOnce() -> Buf) -> io::Result<(Buf, Option<usize>)> {
+        Sock::read_fresh(self, make).await
+    }
+    async fn write_all(&self, data: &[u8]) -> io::Result<()> {
+        Sock::write_all(self, data).await
+    }
+    fn set_nodelay(&self) {
+        Sock::set_nodelay(self)
+    }
+    fn shutdown_write(&self) {
+        Sock::shutdown_write(self)
+    }
+    fn is_tls(&self) -> bool {
+        false
+    }
 }
 
 /// Registers `t` with tokio's reactor. AsyncFd::new is deprecated because a `T: AsRawFd`
@@ -244,8 +303,8 @@ impl Listener {
 
 /// Copies bytes both ways until both directions reach EOF or either fails: an upgraded
 /// connection (WebSocket) between a client and a backend.
-pub(crate) async fn tunnel(a: &Sock, b: &Sock, scratch: (&mut Buf, &mut Buf)) {
-    async fn one_way(from: &Sock, to: &Sock, buf: &mut Buf) -> io::Result<()> {
+pub(crate) async fn tunnel<A: ClientIo>(a: &A, b: &Sock, scratch: (&mut Buf, &mut Buf)) {
+    async fn one_way(from: &impl ClientIo, to: &impl ClientIo, buf: &mut Buf) -> io::Result<()> {
         loop {
             buf.clear();
             let n = from.read(buf).await?;
@@ -302,6 +361,16 @@ impl Buf {
     }
     fn spare(&mut self) -> &mut [u8] {
         &mut self.data[self.end..]
+    }
+    /// Makes room, lets `f` write into the spare room, and counts what it wrote.
+    pub(crate) fn fill_with(
+        &mut self,
+        f: impl FnOnce(&mut [u8]) -> io::Result<usize>,
+    ) -> io::Result<usize> {
+        self.make_room();
+        let n = f(self.spare())?;
+        self.end += n;
+        Ok(n)
     }
     /// Ensures room to read into: moves the window to the front, or grows (doubling) when
     /// the window itself fills the buffer (a large head).

@@ -6,6 +6,7 @@ use tokio::sync::watch;
 
 use crate::conn::{self, Worker};
 use crate::sock::Listener;
+use crate::tls::TlsSock;
 use crate::Proxy;
 
 pub(crate) fn run(
@@ -43,8 +44,23 @@ async fn accept_loop(
             };
             // The task is the serve future itself (no wrapping block that would hold
             // a second copy of what it captured).
-            let client = conn::Client::new(&worker, sock, peer);
-            tokio::task::spawn_local(conn::serve(worker.clone(), client, shutdown.clone()));
+            match &proxy.settings.tls {
+                None => {
+                    let client = conn::Client::new(&worker, sock, peer);
+                    tokio::task::spawn_local(conn::serve(worker.clone(), client, shutdown.clone()));
+                }
+                Some(config) => match TlsSock::new(sock, config.clone()) {
+                    Ok(tls) => {
+                        let client = conn::Client::new(&worker, tls, peer);
+                        tokio::task::spawn_local(conn::serve(
+                            worker.clone(),
+                            client,
+                            shutdown.clone(),
+                        ));
+                    }
+                    Err(e) => tracing::warn!(error = %e, "TLS session setup failed"),
+                },
+            }
         }
     };
     if !*shutdown.borrow() {

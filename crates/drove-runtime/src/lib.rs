@@ -120,6 +120,12 @@ pub async fn up(config: Config, opts: UpOptions) -> anyhow::Result<()> {
         listen = Some(listeners[0].local_addr()?);
         let mut settings = proxy_settings::proxy_settings(b);
         settings.routes = proxy_settings::route_limits(&config).await;
+        if let Some(t) = &b.tls {
+            settings.tls = Some(
+                drove_proxy::tls::server_config(&t.cert, &t.key)
+                    .map_err(|e| anyhow::anyhow!("balancer.tls: {e}"))?,
+            );
+        }
         let p = Proxy::new(bal.clone(), settings).context("cannot open the access log")?;
         proxy_task = Some(tokio::spawn(drove_proxy::serve(
             listeners,
@@ -178,7 +184,17 @@ pub async fn up(config: Config, opts: UpOptions) -> anyhow::Result<()> {
     ));
 
     if let Some(l) = listen {
-        println!("drove: balancer on http://{l}/");
+        let scheme = if running
+            .config
+            .balancer
+            .as_ref()
+            .is_some_and(|b| b.tls.is_some())
+        {
+            "https"
+        } else {
+            "http"
+        };
+        println!("drove: balancer on {scheme}://{l}/");
     }
     println!(
         "drove: admin API, metrics and dashboard on http://{admin}/ (drove status, drove down)"

@@ -161,6 +161,7 @@ pub fn proxy_settings(b: &BalancerConfig) -> ProxySettings {
             _ => None,
         },
         routes: Vec::new(),
+        tls: None,
     }
 }
 

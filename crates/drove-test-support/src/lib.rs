@@ -300,7 +300,11 @@ impl Drove {
 }
 
 fn parse_url_addr(line: &str) -> SocketAddr {
-    let start = line.find("http://").expect("a URL") + 7;
+    let start = line
+        .find("http://")
+        .map(|i| i + 7)
+        .or_else(|| line.find("https://").map(|i| i + 8))
+        .expect("a URL");
     let rest = &line[start..];
     let end = rest.find('/').unwrap_or(rest.len());
     rest[..end].parse().expect("an address")

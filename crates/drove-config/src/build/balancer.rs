@@ -32,6 +32,7 @@ const BALANCER_KEYS: &[&str] = &[
     "max_body_size",
     "routes",
     "resolver",
+    "tls",
 ];
 const ALGORITHMS: &[&str] = &[
     "round_robin",
@@ -93,6 +94,7 @@ pub(super) fn balancer(
             nameservers: Vec::new(),
             interval: Duration::from_secs(5),
         },
+        tls: None,
     };
     if let Some(lf) = t.get("listen") {
         if let Some(a) = r::socket_addr(cx, &lf) {
@@ -324,6 +326,9 @@ pub(super) fn balancer(
     if let Some(rf) = t.get("resolver") {
         resolver(cx, &rf, &mut b.resolver);
     }
+    if let Some(tf) = t.get("tls") {
+        b.tls = tls(cx, &tf, base);
+    }
 
     if let Some(rf) = t.get("routes") {
         for item in r::array(cx, &rf).unwrap_or_default() {
@@ -352,6 +357,31 @@ fn resolver(cx: &mut Cx, f: &Field<'_>, out: &mut ResolverConfig) {
             out.interval = d;
         }
     }
+}
+
+/// `tls = { cert = "cert.pem", key = "key.pem" }`, relative to the config's directory;
+/// both files must exist (their contents are checked when drove starts).
+fn tls(cx: &mut Cx, f: &Field<'_>, base: &Path) -> Option<TlsConfig> {
+    let mut t = Fields::of(cx, f, "`tls`".into(), &["cert", "key"])?;
+    let mut file = |cx: &mut Cx, name: &str| {
+        let ff = t.required(cx, name)?;
+        let s = r::string(cx, &ff)?;
+        let p = resolve(base, &s);
+        if !p.is_file() {
+            cx.error(
+                ff.span.clone(),
+                format!("`tls.{name}`: no file {}", p.display()),
+            );
+            return None;
+        }
+        Some(p)
+    };
+    let cert = file(cx, "cert");
+    let key = file(cx, "key");
+    Some(TlsConfig {
+        cert: cert?,
+        key: key?,
+    })
 }
 
 /// A DNS name as drove accepts it: letters, digits, `-`, `_` and dots.

@@ -130,6 +130,7 @@ fn minimal_balancer_gets_every_default() {
             nameservers: vec![],
             interval: secs(5),
         },
+        tls: None,
     };
     assert_eq!(b, expected);
 }
