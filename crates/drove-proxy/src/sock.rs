@@ -214,13 +214,19 @@ impl Sock {
 pub(crate) trait ClientIo {
     /// Reads without waiting: `Ok(None)` when nothing is there (yet).
     fn try_read(&self, buf: &mut Buf) -> io::Result<Option<usize>>;
+    // (The async methods are written as `fn -> impl Future` so that `Sock` can return its
+    // own futures unwrapped: an `async fn` wrapper would store its arguments again in
+    // every idle connection's task.)
     /// Reads into `buf`; 0 = EOF.
-    async fn read(&self, buf: &mut Buf) -> io::Result<usize>;
+    fn read(&self, buf: &mut Buf) -> impl std::future::Future<Output = io::Result<usize>>;
     /// Waits for input, then takes a buffer from `make` and reads into it (`None`: the
     /// wake-up was spurious).
-    async fn read_fresh(&self, make: impl FnOnce() -> Buf) -> io::Result<(Buf, Option<usize>)>;
+    fn read_fresh(
+        &self,
+        make: impl FnOnce() -> Buf,
+    ) -> impl std::future::Future<Output = io::Result<(Buf, Option<usize>)>>;
     /// Writes all of `data`.
-    async fn write_all(&self, data: &[u8]) -> io::Result<()>;
+    fn write_all(&self, data: &[u8]) -> impl std::future::Future<Output = io::Result<()>>;
     /// TCP_NODELAY.
     fn set_nodelay(&self);
     /// Ends the output (EOF for the peer after what was sent).
@@ -233,14 +239,17 @@ impl ClientIo for Sock {
     fn try_read(&self, buf: &mut Buf) -> io::Result<Option<usize>> {
         Sock::try_read(self, buf)
     }
-    async fn read(&self, buf: &mut Buf) -> io::Result<usize> {
-        Sock::read(self, buf).await
+    fn read(&self, buf: &mut Buf) -> impl std::future::Future<Output = io::Result<usize>> {
+        Sock::read(self, buf)
     }
-    async fn read_fresh(&self, make: impl FnOnce() -> Buf) -> io::Result<(Buf, Option<usize>)> {
-        Sock::read_fresh(self, make).await
+    fn read_fresh(
+        &self,
+        make: impl FnOnce() -> Buf,
+    ) -> impl std::future::Future<Output = io::Result<(Buf, Option<usize>)>> {
+        Sock::read_fresh(self, make)
     }
-    async fn write_all(&self, data: &[u8]) -> io::Result<()> {
-        Sock::write_all(self, data).await
+    fn write_all(&self, data: &[u8]) -> impl std::future::Future<Output = io::Result<()>> {
+        Sock::write_all(self, data)
     }
     fn set_nodelay(&self) {
         Sock::set_nodelay(self)
