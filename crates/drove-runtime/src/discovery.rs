@@ -14,12 +14,76 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use drove_balancer::{BackendSpec, Balancer};
-use drove_config::{DnsBackend, DnsQuery, ResolverConfig};
+use drove_config::{BalancerConfig, DnsBackend, DnsQuery, ResolverConfig, StaticBackend};
 use hickory_resolver::config::{ConnectionConfig, NameServerConfig};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::proto::rr::RData;
 use hickory_resolver::TokioResolver;
 use tokio::sync::watch;
+
+/// Longest the first resolution may hold startup or a reload.
+const FIRST_RESOLUTION: Duration = Duration::from_secs(10);
+
+/// The balancer's fixed backends as specs.
+pub(crate) fn fixed_specs(list: &[StaticBackend]) -> Vec<BackendSpec> {
+    list.iter()
+        .map(|s| BackendSpec {
+            id: s.name.clone(),
+            addr: s.addr,
+            weight: s.weight,
+            backup: s.backup,
+        })
+        .collect()
+}
+
+/// Installs the backends of `b` (whose `backends` is a list) on `balancer` in one swap:
+/// the fixed ones plus what a first resolution of the DNS entries finds, then starts the
+/// refresh loop. An entry that cannot be resolved now keeps the addresses the balancer
+/// already has under its name (a reload never drops live backends for a slow DNS).
+/// Returns the backend count and the loop.
+pub(crate) async fn install(
+    balancer: &Arc<Balancer>,
+    fixed: &[StaticBackend],
+    b: &BalancerConfig,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<(usize, Option<tokio::task::JoinHandle<()>>)> {
+    let fixed = fixed_specs(fixed);
+    if b.dns_backends.is_empty() {
+        balancer.set_backends(fixed.clone());
+        return Ok((fixed.len(), None));
+    }
+    let mut d = Discovery::new(fixed, b.dns_backends.clone(), &b.resolver)?;
+    let running = balancer.snapshot();
+    for (i, e) in d.entries.iter().enumerate() {
+        let prefix = format!("{}@", e.name);
+        d.last[i] = running
+            .iter()
+            .filter(|x| x.id().starts_with(&prefix))
+            .map(|x| BackendSpec {
+                id: x.id().to_string(),
+                addr: x.addr(),
+                weight: x.weight(),
+                backup: x.is_backup(),
+            })
+            .collect();
+    }
+    if tokio::time::timeout(FIRST_RESOLUTION, d.resolve_all())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "first DNS resolution timed out; retrying every {:?}",
+            b.resolver.interval
+        );
+    }
+    let all = d.backends();
+    let n = all.len();
+    balancer.set_backends(all);
+    Ok((
+        n,
+        Some(d.spawn(balancer.clone(), b.resolver.interval, shutdown)),
+    ))
+}
 
 /// The DNS entries of one balancer and what they resolved to last.
 pub(crate) struct Discovery {
@@ -31,7 +95,7 @@ pub(crate) struct Discovery {
 }
 
 impl Discovery {
-    pub(crate) fn new(
+    fn new(
         fixed: Vec<BackendSpec>,
         entries: Vec<DnsBackend>,
         config: &ResolverConfig,
@@ -73,8 +137,24 @@ impl Discovery {
         })
     }
 
-    /// Resolves every entry once and installs the result; returns the backend count.
-    pub(crate) async fn refresh(&mut self, balancer: &Balancer) -> usize {
+    /// Resolves every entry once and installs the result when it changed.
+    pub(crate) async fn refresh(&mut self, balancer: &Balancer) {
+        if self.resolve_all().await {
+            balancer.set_backends(self.backends());
+        }
+    }
+
+    /// The fixed backends and every entry's last good addresses.
+    fn backends(&self) -> Vec<BackendSpec> {
+        self.fixed
+            .iter()
+            .cloned()
+            .chain(self.last.iter().flatten().cloned())
+            .collect()
+    }
+
+    /// Resolves every entry once; returns whether any entry's addresses changed.
+    async fn resolve_all(&mut self) -> bool {
         let mut changed = false;
         for (i, entry) in self.entries.iter().enumerate() {
             match resolve(&self.resolver, entry).await {
@@ -95,20 +175,11 @@ impl Discovery {
                 }
             }
         }
-        let all: Vec<BackendSpec> = self
-            .fixed
-            .iter()
-            .cloned()
-            .chain(self.last.iter().flatten().cloned())
-            .collect();
-        if changed {
-            balancer.set_backends(all.clone());
-        }
-        all.len()
+        changed
     }
 
     /// Re-resolves every `interval` until shutdown.
-    pub(crate) fn spawn(
+    fn spawn(
         mut self,
         balancer: Arc<Balancer>,
         interval: Duration,

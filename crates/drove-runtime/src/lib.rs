@@ -80,34 +80,11 @@ pub async fn up(config: Config, opts: UpOptions) -> anyhow::Result<()> {
         let bal = Balancer::new(proxy_settings::balancer_settings(b));
         match &b.backends {
             Backends::Static(list) => {
-                let fixed: Vec<BackendSpec> = list
-                    .iter()
-                    .map(|s| BackendSpec {
-                        id: s.name.clone(),
-                        addr: s.addr,
-                        weight: s.weight,
-                        backup: s.backup,
-                    })
-                    .collect();
-                bal.set_backends(fixed.clone());
+                let (n, task) = discovery::install(&bal, list, b, shutdown_rx.clone()).await?;
                 if !b.dns_backends.is_empty() {
-                    let mut d =
-                        discovery::Discovery::new(fixed, b.dns_backends.clone(), &b.resolver)?;
-                    // First answers before the listener opens, so the first requests
-                    // have somewhere to go (bounded: a dead name server must not block
-                    // startup; the refresh loop keeps trying).
-                    let first =
-                        tokio::time::timeout(std::time::Duration::from_secs(10), d.refresh(&bal));
-                    match first.await {
-                        Ok(n) => println!("drove: {n} backend(s) after the first DNS resolution"),
-                        Err(_) => tracing::warn!(
-                            "first DNS resolution timed out; retrying every {:?}",
-                            b.resolver.interval
-                        ),
-                    }
-                    discovery_task =
-                        Some(d.spawn(bal.clone(), b.resolver.interval, shutdown_rx.clone()));
+                    println!("drove: {n} backend(s) after the first DNS resolution");
                 }
+                discovery_task = task;
             }
             Backends::Service(name) => balanced_service = Some(name.clone()),
         }

@@ -14,7 +14,6 @@
 
 use std::sync::Arc;
 
-use drove_balancer::BackendSpec;
 use drove_config::{Backends, BalancerConfig, Config};
 use serde_json::{json, Value};
 
@@ -154,35 +153,16 @@ pub async fn reload(r: &Running) -> Value {
                 );
             } else if backends_changed {
                 if let Backends::Static(list) = &nb.backends {
-                    let fixed: Vec<BackendSpec> = list
-                        .iter()
-                        .map(|s| BackendSpec {
-                            id: s.name.clone(),
-                            addr: s.addr,
-                            weight: s.weight,
-                            backup: s.backup,
-                        })
-                        .collect();
+                    // The old refresh loop is stopped first (and awaited, so it cannot
+                    // swap in the old entries afterwards); the running set stays until
+                    // the new one (fixed + resolved) replaces it in one swap.
                     if let Some(t) = dns_task.take() {
                         t.abort();
+                        let _ = t.await;
                     }
-                    bal.set_backends(fixed.clone());
-                    if !nb.dns_backends.is_empty() {
-                        match discovery::Discovery::new(
-                            fixed,
-                            nb.dns_backends.clone(),
-                            &nb.resolver,
-                        ) {
-                            Ok(mut d) => {
-                                d.refresh(bal).await;
-                                *dns_task = Some(d.spawn(
-                                    bal.clone(),
-                                    nb.resolver.interval,
-                                    r.shutdown.subscribe(),
-                                ));
-                            }
-                            Err(e) => not_applied.push(format!("balancer DNS backends: {e:#}")),
-                        }
+                    match discovery::install(bal, list, nb, r.shutdown.subscribe()).await {
+                        Ok((_, task)) => *dns_task = task,
+                        Err(e) => not_applied.push(format!("balancer DNS backends: {e:#}")),
                     }
                     applied.push(format!(
                         "balancer.backends: {} fixed, {} DNS entr{}",
