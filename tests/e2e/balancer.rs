@@ -699,6 +699,18 @@ fn a_limit_shared_through_redis_holds_across_two_droves_and_survives_redis_going
     let (ok1, limited1) = limited_burst(&d1, 8);
     assert_eq!((ok1, limited1), (4, 4), "per-process fallback");
     assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
+    let metrics = http::get(d1.admin, "/metrics").unwrap().text();
+    let fallbacks: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("drove_limit_redis_fallbacks_total{limit=\"api\"} "))
+        .unwrap_or_else(|| panic!("no fallback counter in\n{metrics}"))
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        fallbacks, 8,
+        "every check after Redis left was decided locally"
+    );
 }
 
 #[test]

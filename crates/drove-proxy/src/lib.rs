@@ -196,6 +196,11 @@ impl Proxy {
         &self.stats
     }
 
+    /// The rate-limited routes it enforces.
+    pub fn routes(&self) -> &[RouteLimit] {
+        &self.settings.routes
+    }
+
     /// The balancer it picks from.
     pub fn balancer(&self) -> &Arc<Balancer> {
         &self.balancer
