@@ -79,6 +79,7 @@ algorithm = "round_robin"
 # access_log_path = "-"                      # "-" = stdout
 # max_header_size = "16KiB"                  # larger: 431
 # max_body_size = "0"                        # 0 = unlimited; larger: 413
+# tls = { cert = "cert.pem", key = "key.pem" }   # HTTPS on `listen` (PEM files)
 
 # Rate-limit a path prefix with a named limit:
 # [[balancer.routes]]
@@ -92,6 +93,7 @@ algorithm = "round_robin"
 # key = "client_ip"                          # client_ip | header:NAME | cookie:NAME
 # rate = "10/s"
 # burst = 20                                 # default: the rate's count
+# redis = "redis://127.0.0.1:6379/"          # share the limit with every drove using this Redis
 
 # ---------------------------------------------------------------------------
 # Admin API, /metrics and the dashboard.
