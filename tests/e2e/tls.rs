@@ -116,6 +116,12 @@ fn https_requests_keep_alive_bodies_and_forwarded_proto() {
     s.write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n")
         .unwrap();
     assert_eq!(read_response(&mut s).0, 200);
+
+    // `drove verify` speaks plain HTTP: it says so instead of failing every drill.
+    let out = d.cli(&["verify"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("terminates TLS"), "{err}");
 }
 
 #[test]

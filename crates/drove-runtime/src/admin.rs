@@ -216,6 +216,7 @@ pub async fn status_json(state: &AdminState) -> Value {
         let totals = state.history.current_totals();
         json!({
             "listen": r.listen.map(|a| a.to_string()),
+            "tls": r.config.balancer.as_ref().is_some_and(|b| b.tls.is_some()),
             "rps": totals.map(|t| round2(t.0)),
             "errors_per_s": totals.map(|t| round2(t.1)),
             "algorithm": p.balancer().settings().algorithm.as_str(),

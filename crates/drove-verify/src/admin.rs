@@ -46,6 +46,8 @@ pub(crate) struct Instance {
 pub(crate) struct Status {
     /// Whether there is a `[balancer]` at all.
     pub has_balancer: bool,
+    /// The balancer terminates TLS (the drills speak plain HTTP).
+    pub tls: bool,
     pub listen: Option<SocketAddr>,
     pub algorithm: String,
     /// The balanced service; `None` for static backends.
@@ -87,6 +89,7 @@ impl Status {
             .collect();
         Status {
             has_balancer: b.is_object(),
+            tls: b["tls"] == true,
             listen: b["listen"]
                 .as_str()
                 .and_then(|a| a.parse().ok())

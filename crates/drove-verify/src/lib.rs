@@ -300,6 +300,9 @@ pub enum VerifyError {
     /// The admin API did not answer.
     #[error("{0} (is drove running? `drove verify --start -c drove.toml` starts one)")]
     Admin(String),
+    /// The drills send plain HTTP; this balancer speaks only TLS.
+    #[error("the balancer at {0} terminates TLS (`[balancer] tls`); the drills speak plain HTTP: verify a copy of the config without `tls`")]
+    Tls(String),
 }
 
 /// Why [`probe`] found no drove.
@@ -357,6 +360,11 @@ pub async fn run_all_with(
     };
     let status = admin.status().await.map_err(VerifyError::Admin)?;
     let balancer = target.listen.or(status.listen);
+    if status.tls {
+        return Err(VerifyError::Tls(
+            balancer.map_or_else(|| "?".into(), |a| a.to_string()),
+        ));
+    }
     let mut ctx = drills::Ctx::new(admin, balancer, opts);
     if status.has_balancer {
         // Let a just-started drove finish starting before the first look.
