@@ -198,16 +198,11 @@ fn config_errors_are_reported_with_position_and_exit_64() {
         "[balancer]\nlisten = \"127.0.0.1:8080\"\nbackends = [\"127.0.0.1:5001\"]\n",
     )
     .unwrap();
-    let out = std::process::Command::new(drove())
-        .arg("check")
-        .arg("-c")
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    crate::output_ok(
+        std::process::Command::new(drove())
+            .arg("check")
+            .arg("-c")
+            .arg(&path),
     );
 }
 

@@ -13,15 +13,10 @@ fn bench_counts_every_request_and_each_instance_share() {
     let dir = drove_test_support::tempdir("bench");
     let html = dir.join("report.html");
     let url = format!("http://{}/health", d.addr());
-    let out = Command::new(drove())
-        .args(["bench", &url, "-c", "8", "-n", "600", "--json", "--html"])
-        .arg(&html)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = crate::output_ok(
+        Command::new(drove())
+            .args(["bench", &url, "-c", "8", "-n", "600", "--json", "--html"])
+            .arg(&html),
     );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
     assert_eq!(v["requests"], 600, "{v}");

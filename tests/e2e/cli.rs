@@ -70,16 +70,7 @@ fn init_writes_a_config_that_checks_and_refuses_to_overwrite() {
     assert!(out.status.success());
     let text = std::fs::read_to_string(&path).unwrap();
     assert!(text.contains("[services.web]") && text.contains("[balancer]"));
-    let out = Command::new(drove())
-        .args(["check", "-c"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    crate::output_ok(Command::new(drove()).args(["check", "-c"]).arg(&path));
     let out = Command::new(drove())
         .args(["init", "-c"])
         .arg(&path)
@@ -124,15 +115,10 @@ fn logs_prints_each_instance_output() {
         .wait_line(Duration::from_secs(5), |l| l
             .contains("web.2 | demo web.2 listening"))
         .is_some());
-    let out = Command::new(drove())
-        .args(["logs", "web.2", "-c"])
-        .arg(&d.config)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = crate::output_ok(
+        Command::new(drove())
+            .args(["logs", "web.2", "-c"])
+            .arg(&d.config),
     );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("demo web.2 listening"), "{text}");
@@ -183,15 +169,10 @@ fn admin_token_is_required_when_set() {
     let out = d.cli(&["status"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("401"));
-    let out = Command::new(drove())
-        .args(["status", "--admin", &admin])
-        .env("DROVE_TOKEN", "s3cret")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    crate::output_ok(
+        Command::new(drove())
+            .args(["status", "--admin", &admin])
+            .env("DROVE_TOKEN", "s3cret"),
     );
     // Unknown endpoints and bad bodies are JSON errors.
     let r = http::request(
@@ -220,16 +201,11 @@ fn admin_token_is_required_when_set() {
 
 /// `drove export KIND -c FILE [ARGS]` parsed by PyYAML (every YAML document) as JSON.
 fn export_yaml(kind: &str, config: &std::path::Path, args: &[&str]) -> Vec<serde_json::Value> {
-    let out = Command::new(drove())
-        .args(["export", kind, "-c"])
-        .arg(config)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = crate::output_ok(
+        Command::new(drove())
+            .args(["export", kind, "-c"])
+            .arg(config)
+            .args(args),
     );
     let mut py = Command::new("python3")
         .args([

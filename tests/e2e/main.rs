@@ -19,6 +19,18 @@ pub fn drove() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_drove"))
 }
 
+/// Runs `cmd` and asserts that it succeeded (showing its stderr if not).
+pub fn output_ok(cmd: &mut std::process::Command) -> std::process::Output {
+    let out = cmd.output().expect("run the command");
+    assert!(
+        out.status.success(),
+        "{:?}: {}",
+        cmd,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 /// A `[balancer]` over static backends, with extra balancer keys.
 pub fn static_config(backends: &[std::net::SocketAddr], extra: &str) -> String {
     let list: Vec<String> = backends.iter().map(|a| format!("\"{a}\"")).collect();
