@@ -295,12 +295,9 @@ pub fn hash_bytes(bytes: &[u8]) -> u64 {
 
 /// Stable hash of an IP address (v4-mapped v6 hashes as v4).
 pub fn hash_ip(ip: std::net::IpAddr) -> u64 {
-    match ip {
+    match drove_net::canonical_ip(ip) {
         std::net::IpAddr::V4(v4) => hash_bytes(&v4.octets()),
-        std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => hash_bytes(&v4.octets()),
-            None => hash_bytes(&v6.octets()),
-        },
+        std::net::IpAddr::V6(v6) => hash_bytes(&v6.octets()),
     }
 }
 

@@ -311,9 +311,19 @@ impl Listener {
 }
 
 /// Copies bytes both ways until both directions reach EOF or either fails: an upgraded
-/// connection (WebSocket) between a client and a backend.
-pub(crate) async fn tunnel<A: ClientIo>(a: &A, b: &Sock, scratch: (&mut Buf, &mut Buf)) {
-    async fn one_way(from: &impl ClientIo, to: &impl ClientIo, buf: &mut Buf) -> io::Result<()> {
+/// connection (WebSocket) between a client and a backend. Returns the bytes copied
+/// (to `a`, to `b`).
+pub(crate) async fn tunnel<A: ClientIo>(
+    a: &A,
+    b: &Sock,
+    scratch: (&mut Buf, &mut Buf),
+) -> (u64, u64) {
+    async fn one_way(
+        from: &impl ClientIo,
+        to: &impl ClientIo,
+        buf: &mut Buf,
+        copied: &std::cell::Cell<u64>,
+    ) -> io::Result<()> {
         loop {
             buf.clear();
             let n = from.read(buf).await?;
@@ -322,10 +332,13 @@ pub(crate) async fn tunnel<A: ClientIo>(a: &A, b: &Sock, scratch: (&mut Buf, &mu
                 return Ok(());
             }
             to.write_all(buf.filled()).await?;
+            copied.set(copied.get() + n as u64);
         }
     }
     let (ab, ba) = scratch;
-    let _ = tokio::try_join!(one_way(a, b, ab), one_way(b, a, ba));
+    let (to_b, to_a) = (std::cell::Cell::new(0), std::cell::Cell::new(0));
+    let _ = tokio::try_join!(one_way(a, b, ab, &to_b), one_way(b, a, ba, &to_a));
+    (to_a.get(), to_b.get())
 }
 
 /// A byte buffer with a filled window `data[start..end]`.

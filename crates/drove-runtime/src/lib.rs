@@ -95,7 +95,7 @@ pub async fn up(config: Config, opts: UpOptions) -> anyhow::Result<()> {
         let listeners = drove_proxy::bind(addr, proxy_settings::workers(b), b.defer_accept)
             .with_context(|| format!("cannot listen on {addr} (balancer.listen)"))?;
         listen = Some(listeners[0].local_addr()?);
-        let mut settings = proxy_settings::proxy_settings(b);
+        let mut settings = proxy_settings::proxy_settings(b)?;
         settings.routes = proxy_settings::route_limits(&config).await;
         if let Some(t) = &b.tls {
             settings.tls = Some(

@@ -25,6 +25,7 @@ const BALANCER_KEYS: &[&str] = &[
     "timeouts",
     "instance_header",
     "trusted_proxies",
+    "upgrades",
     "request_id",
     "access_log",
     "access_log_path",
@@ -83,6 +84,7 @@ pub(super) fn balancer(
         },
         instance_header: None,
         trusted_proxies: Vec::new(),
+        upgrades: vec!["websocket".to_string()],
         request_id: Some(DEFAULT_REQUEST_ID.to_string()),
         access_log: AccessLogFormat::Off,
         access_log_path: LogTarget::Stdout,
@@ -286,6 +288,30 @@ pub(super) fn balancer(
         for item in r::array(cx, &pf).unwrap_or_default() {
             if let Some(c) = r::parsed(cx, &item, "CIDR", "\"10.0.0.0/8\"", units::cidr) {
                 b.trusted_proxies.push(c);
+            }
+        }
+    }
+
+    if let Some(uf) = t.get("upgrades") {
+        b.upgrades.clear();
+        for item in r::array(cx, &uf).unwrap_or_default() {
+            let Some(p) = r::string(cx, &item) else {
+                continue;
+            };
+            let p = p.to_ascii_lowercase();
+            if p == "h2c" {
+                // h2c would open HTTP/2 straight to an instance, past routes and limits.
+                cx.error(
+                    item.span.clone(),
+                    "`h2c` cannot be tunnelled: HTTP/2 would reach the instance past drove's routes and limits",
+                );
+            } else if p.is_empty() || !p.bytes().all(|c| c.is_ascii_graphic() && c != b',') {
+                cx.error(
+                    item.span.clone(),
+                    format!("`{p}` is not a protocol name (a token like \"websocket\")"),
+                );
+            } else {
+                b.upgrades.push(p);
             }
         }
     }
