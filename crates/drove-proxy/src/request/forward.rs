@@ -152,15 +152,9 @@ impl Answer {
         matches!(self.head.status, 502..=504)
     }
 
-    /// Drops the answer (a retry follows): its connection is closed, not pooled.
-    pub(crate) fn into_failure(self, w: &Worker) -> AttemptFailure {
+    /// Drops the answer: its connection is closed, not pooled.
+    pub(crate) fn discard(self, w: &Worker) {
         w.buffers.recycle_input(self.buf);
-        AttemptFailure {
-            kind: Failure::Http5xx,
-            error: ProxyError::NoBackend,
-            in_flight: self.in_flight,
-            elapsed: self.latency,
-        }
     }
 }
 

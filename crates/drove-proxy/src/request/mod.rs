@@ -167,9 +167,12 @@ async fn walk<S: ClientIo>(
     let mut tried: Vec<u64> = Vec::new();
     let mut stale = 0u32;
     let mut last_error = ProxyError::NoBackend;
+    // The last 502/503/504 while retrying (`on_5xx`): the answer if no other backend
+    // gives a better one (like nginx, the backend's own answer rather than drove's).
+    let mut gateway_error: Option<forward::Answer> = None;
     let answered = loop {
         let Some(backend) = w.proxy.balancer.pick(&pick, &tried) else {
-            break Err(last_error);
+            break gateway_error.take().ok_or(last_error);
         };
         ctx.backend = Some(backend.clone());
         let attempts = retry::Attempts {
@@ -187,34 +190,39 @@ async fn walk<S: ClientIo>(
                 Instant::now() < deadline,
             )
         };
-        let (failure, retrying) =
-            match forward::once(w, client, &backend, &req, ctx, deadline).await {
-                Ok(answer) => {
-                    // A 502/503/504 may be worth another backend (`on_5xx`); otherwise, and
-                    // when no retry is possible, it is the answer.
-                    let decision = if answer.is_gateway_error() && settings.retry_on_5xx {
-                        decide(retry::Failure::Http5xx)
-                    } else {
-                        retry::Decision::Stop
-                    };
-                    if !settle(w, decision) {
-                        break Ok(answer);
+        let failure = match forward::once(w, client, &backend, &req, ctx, deadline).await {
+            Ok(answer) => {
+                let decision = if answer.is_gateway_error() && settings.retry_on_5xx {
+                    decide(retry::Failure::Http5xx)
+                } else {
+                    retry::Decision::Stop
+                };
+                if !settle(w, decision) {
+                    if let Some(old) = gateway_error.take() {
+                        old.discard(w);
                     }
-                    (answer.into_failure(w), true)
+                    break Ok(answer);
                 }
-                Err(f) => {
-                    let retrying = settle(w, decide(f.kind));
-                    (f, retrying)
+                // Its outcome (a 5xx) was recorded when its head arrived.
+                if let Some(old) = gateway_error.replace(answer) {
+                    old.discard(w);
                 }
-            };
+                tried.push(backend.key());
+                ctx.retries += 1;
+                w.proxy.stats.retry();
+                continue;
+            }
+            Err(f) => f,
+        };
         let kind = failure.kind;
+        let retrying = settle(w, decide(kind));
         finish::attempt(w, failure.in_flight, kind, failure.elapsed);
         if kind == retry::Failure::ClientGone {
             return false;
         }
         last_error = failure.error;
         if !retrying {
-            break Err(last_error);
+            break gateway_error.take().ok_or(last_error);
         }
         if kind == retry::Failure::Stale {
             // The same backend again: its pooled connection was dead, not it.
