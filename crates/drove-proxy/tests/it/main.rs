@@ -485,3 +485,115 @@ fn requests_waiting_on_a_backend_that_leaves_rotation_move_at_once() {
     }
     assert!(!p.balancer.find("b1").unwrap().probe_up());
 }
+
+/// The access log has one line per answer, drove's own included (400, 413, 431, 429),
+/// with the body bytes sent and the time to the end of the body.
+#[test]
+fn the_access_log_records_every_answer_with_bytes_and_full_time() {
+    let dir = std::env::temp_dir().join(format!("drove-alog-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = dir.join("access.log");
+    let _ = std::fs::remove_file(&log);
+    let b = Scripted::start(|req| {
+        if req.starts_with(b"GET /slow") {
+            Script::Slowly(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\nhello".to_vec(),
+                Duration::from_millis(400),
+                b" world".to_vec(),
+            )
+        } else {
+            Script::Reply(response(200, "twelve bytes"))
+        }
+    });
+    let mut s = support::settings();
+    s.access_log = drove_proxy::AccessLogFormat::Json;
+    s.access_log_path = Some(log.clone());
+    s.max_body_size = 10;
+    s.max_header_size = 1024;
+    s.request_id_header = Some(http::HeaderName::from_static("x-request-id"));
+    s.routes = vec![drove_proxy::RouteLimit {
+        prefix: "/limited".into(),
+        name: "strict".into(),
+        key: drove_proxy::LimitKey::ClientIp,
+        limiter: std::sync::Arc::new(drove_limits::Limit::Local(
+            drove_limits::Limiter::try_new(1, Duration::from_secs(60), 1).unwrap(),
+        )),
+    }];
+    let p = ProxyUnderTest::start(&[&b], s);
+    let send = |raw: &[u8]| status(&p.raw(raw, Duration::from_secs(5)));
+    assert_eq!(
+        send(b"GET /slow HTTP/1.1\r\nHost: t\r\nX-Request-Id: r-slow\r\nConnection: close\r\n\r\n"),
+        200
+    );
+    assert_eq!(
+        send(b"GET /fast HTTP/1.1\r\nHost: t\r\nX-Request-Id: r-fast\r\nConnection: close\r\n\r\n"),
+        200
+    );
+    assert_eq!(send(b"GET ! HTTP/1.1\r\n\r\n"), 400);
+    assert_eq!(
+        send(b"POST /big HTTP/1.1\r\nHost: t\r\nX-Request-Id: r-413\r\nContent-Length: 99\r\n\r\n"),
+        413
+    );
+    let huge = format!(
+        "GET / HTTP/1.1\r\nHost: t\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(2000)
+    );
+    assert_eq!(send(huge.as_bytes()), 431);
+    assert_eq!(
+        send(b"GET /limited HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"),
+        200
+    );
+    assert_eq!(
+        send(
+            b"GET /limited HTTP/1.1\r\nHost: t\r\nX-Request-Id: r-429\r\nConnection: close\r\n\r\n"
+        ),
+        429
+    );
+    let lines = || -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let t = Instant::now();
+    while lines().len() < 7 && t.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let lines = lines();
+    assert_eq!(lines.len(), 7, "{lines:#?}");
+    let by_rid = |rid: &str| {
+        lines
+            .iter()
+            .find(|l| l["request_id"] == rid)
+            .unwrap()
+            .clone()
+    };
+    let slow = by_rid("r-slow");
+    assert_eq!(slow["bytes"], 11);
+    assert!(
+        slow["request_time"].as_f64().unwrap() >= 0.4,
+        "request_time covers the body: {slow}"
+    );
+    assert!(
+        slow["upstream_time"].as_f64().unwrap() < 0.4,
+        "head time: {slow}"
+    );
+    assert_eq!(by_rid("r-fast")["bytes"], 12);
+    let statuses: Vec<u64> = lines
+        .iter()
+        .map(|l| l["status"].as_u64().unwrap())
+        .collect();
+    for want in [400, 413, 431, 429] {
+        assert!(statuses.contains(&want), "{want} logged: {statuses:?}");
+    }
+    let limited = by_rid("r-429");
+    assert!(
+        limited["error"].as_str().unwrap().contains("strict"),
+        "{limited}"
+    );
+    assert!(limited["bytes"].as_u64().unwrap() > 0);
+    let bad = lines.iter().find(|l| l["status"] == 400).unwrap();
+    assert_eq!(bad["method"], "-");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -48,6 +48,8 @@ pub enum Script {
     Close,
     /// Never answer (keep the connection open).
     Hang,
+    /// Send the head, wait, then the body (keep the connection).
+    Slowly(Vec<u8>, Duration, Vec<u8>),
 }
 
 /// A backend on a loopback port, one thread per connection.
@@ -136,6 +138,15 @@ fn serve_conn(
             Script::ReplyThenClose(r) => {
                 let _ = c.write_all(&r);
                 return;
+            }
+            Script::Slowly(head, pause, body) => {
+                if c.write_all(&head).is_err() {
+                    return;
+                }
+                std::thread::sleep(pause);
+                if c.write_all(&body).is_err() {
+                    return;
+                }
             }
             Script::Close => return,
             Script::Hang => {
