@@ -11,7 +11,9 @@ pub(crate) use chunked::{write_chunk, Chunked, LAST_CHUNK};
 pub(crate) use request::{
     parse_request, write_request, RequestHead, RequestLimits, RequestRewrite,
 };
-pub(crate) use response::{check_upgrade, parse_response, write_response, ResponseHead};
+pub(crate) use response::{
+    check_upgrade, parse_response, write_response, ResponseHead, ResponseRewrite,
+};
 
 use std::cell::RefCell;
 use std::net::IpAddr;

@@ -117,23 +117,29 @@ fn drop_response_header(name: &[u8], upgrade: bool) -> bool {
     }
 }
 
-/// Writes the response head for the client into `out`. `extra` holds complete header
-/// lines drove adds (instance, request id, Set-Cookie). `close` adds
-/// `Connection: close`; an HTTP/1.0 client that asked for keep-alive gets
-/// `Connection: keep-alive`. `dechunk`: the body will be sent de-chunked (to an HTTP/1.0
-/// client), so Transfer-Encoding is dropped.
-#[allow(clippy::too_many_arguments)]
+/// How the response head is rewritten for the client.
+pub(crate) struct ResponseRewrite<'a> {
+    /// Complete header lines drove adds (instance, request id, Set-Cookie).
+    pub(crate) extra: &'a [u8],
+    /// The connection closes after this response: `Connection: close`.
+    pub(crate) close: bool,
+    /// The client speaks HTTP/1.0 (one that asked for keep-alive gets
+    /// `Connection: keep-alive`).
+    pub(crate) http10: bool,
+    /// The body will be sent de-chunked (to an HTTP/1.0 client): Transfer-Encoding is
+    /// dropped.
+    pub(crate) dechunk: bool,
+}
+
+/// Writes the response head for the client into `out`.
 pub(crate) fn write_response(
     buf: &[u8],
     head: &ResponseHead,
-    extra: &[u8],
-    close: bool,
-    client_http10: bool,
-    dechunk: bool,
+    rw: &ResponseRewrite<'_>,
     out: &mut Vec<u8>,
 ) {
     let upgrade = head.status == 101;
-    out.extend_from_slice(if client_http10 {
+    out.extend_from_slice(if rw.http10 {
         b"HTTP/1.0 "
     } else {
         b"HTTP/1.1 "
@@ -145,7 +151,7 @@ pub(crate) fn write_response(
     out.extend_from_slice(b"\r\n");
     for ((ns, ne), (vs, ve)) in &head.headers {
         let name = &buf[*ns..*ne];
-        if drop_response_header(name, upgrade) || (dechunk && eq(name, b"transfer-encoding")) {
+        if drop_response_header(name, upgrade) || (rw.dechunk && eq(name, b"transfer-encoding")) {
             continue;
         }
         out.extend_from_slice(name);
@@ -155,12 +161,12 @@ pub(crate) fn write_response(
     }
     if upgrade {
         out.extend_from_slice(b"Connection: upgrade\r\n");
-    } else if close {
+    } else if rw.close {
         out.extend_from_slice(b"Connection: close\r\n");
-    } else if client_http10 {
+    } else if rw.http10 {
         out.extend_from_slice(b"Connection: keep-alive\r\n");
     }
-    out.extend_from_slice(extra);
+    out.extend_from_slice(rw.extra);
     out.extend_from_slice(b"\r\n");
 }
 

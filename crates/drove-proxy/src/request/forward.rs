@@ -188,26 +188,9 @@ pub(crate) async fn once<S: ClientIo>(
         elapsed: start.elapsed(),
     };
 
-    let pooled = w.pool.take(backend.key());
-    let warm = pooled.is_some();
-    let up = match pooled {
-        Some(s) => s,
-        None => {
-            let budget = settings
-                .connect_timeout
-                .min(try_deadline.saturating_duration_since(start));
-            match Pool::connect(backend.addr(), budget).await {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::debug!(backend = %backend.id(), error = ?e, "connect failed");
-                    let error = ProxyError::ConnectFailed {
-                        backend: backend.addr(),
-                        source: e.into_io(),
-                    };
-                    return Err(fail(in_flight, Failure::NotSent, error));
-                }
-            }
-        }
+    let (up, warm) = match connection(w, backend, try_deadline).await {
+        Ok(x) => x,
+        Err(error) => return Err(fail(in_flight, Failure::NotSent, error)),
     };
 
     if req.expect_continue && req.framing != Framing::None && client.pending().is_empty() {
@@ -229,33 +212,10 @@ pub(crate) async fn once<S: ClientIo>(
     let movable = req.class().resendable() && ctx.retries < settings.retries;
     let mut buf = w.buffers.input();
     let sent = Instant::now();
-    // (In a block: the exchange borrows the connection and the buffer returned below.)
     let result = {
         let exchange = send_and_read_head(w, client, &up, req, &mut buf, stale_ok);
-        tokio::pin!(exchange);
-        let first_check = if movable {
-            (sent + HEALTH_CHECK_EVERY).min(try_deadline)
-        } else {
-            try_deadline
-        };
-        let timer = tokio::time::sleep_until(first_check);
-        tokio::pin!(timer);
-        loop {
-            tokio::select! {
-                biased;
-                r = &mut exchange => break r,
-                () = &mut timer => {
-                    let now = Instant::now();
-                    if now >= try_deadline {
-                        break Err((Failure::Timeout, None));
-                    }
-                    if !backend.is_healthy_now() && w.proxy.stats.retry_budget_available() {
-                        break Err((Failure::BackendDown, None));
-                    }
-                    timer.as_mut().reset((now + HEALTH_CHECK_EVERY).min(try_deadline));
-                }
-            }
-        }
+        let watch = movable.then(|| (&**backend, &*w.proxy.stats));
+        while_healthy(exchange, watch, try_deadline).await
     };
     match result {
         Ok(head) => {
@@ -293,6 +253,68 @@ pub(crate) async fn once<S: ClientIo>(
                 },
             };
             Err(fail(in_flight, kind, error))
+        }
+    }
+}
+
+/// An idle pooled connection to `backend` (`true`: it was pooled), or a new one.
+async fn connection(
+    w: &Worker,
+    backend: &Backend,
+    try_deadline: Instant,
+) -> Result<(Sock, bool), ProxyError> {
+    if let Some(s) = w.pool.take(backend.key()) {
+        return Ok((s, true));
+    }
+    let now = Instant::now();
+    let budget = w
+        .proxy
+        .settings
+        .connect_timeout
+        .min(try_deadline.saturating_duration_since(now));
+    match Pool::connect(backend.addr(), budget).await {
+        Ok(s) => Ok((s, false)),
+        Err(e) => {
+            tracing::debug!(backend = %backend.id(), error = ?e, "connect failed");
+            Err(ProxyError::ConnectFailed {
+                backend: backend.addr(),
+                source: e.into_io(),
+            })
+        }
+    }
+}
+
+/// Runs `exchange` until it ends or `try_deadline` passes (a timeout); with `watch`,
+/// also checks every [`HEALTH_CHECK_EVERY`] that the backend is still healthy and gives
+/// up when it is not and a retry can still be paid for. One timer serves both.
+async fn while_healthy(
+    exchange: impl std::future::Future<Output = Result<ResponseHead, SendError>>,
+    watch: Option<(&Backend, &crate::ProxyStats)>,
+    try_deadline: Instant,
+) -> Result<ResponseHead, SendError> {
+    tokio::pin!(exchange);
+    let first = match watch {
+        Some(_) => (Instant::now() + HEALTH_CHECK_EVERY).min(try_deadline),
+        None => try_deadline,
+    };
+    let timer = tokio::time::sleep_until(first);
+    tokio::pin!(timer);
+    loop {
+        tokio::select! {
+            biased;
+            r = &mut exchange => return r,
+            () = &mut timer => {
+                let now = Instant::now();
+                if now >= try_deadline {
+                    return Err((Failure::Timeout, None));
+                }
+                if let Some((backend, stats)) = watch {
+                    if !backend.is_healthy_now() && stats.retry_budget_available() {
+                        return Err((Failure::BackendDown, None));
+                    }
+                }
+                timer.as_mut().reset((now + HEALTH_CHECK_EVERY).min(try_deadline));
+            }
         }
     }
 }

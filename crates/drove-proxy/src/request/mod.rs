@@ -154,7 +154,40 @@ async fn walk<S: ClientIo>(
         return false; // the client went away while its small body was read
     };
 
-    // Pick → forward once → decide, until a response head or a final failure.
+    let answered = pick_and_forward(w, client, &req, ctx).await;
+    w.buffers.recycle(req.into_head());
+
+    match answered {
+        Attempted::Answer(answer) => relay::response(w, client, ctx, answer, client_keep).await,
+        Attempted::ClientGone => false,
+        Attempted::Failed(e) => {
+            // A request whose body was not (all) read cannot be followed by another.
+            let close = !client_keep || unread_body;
+            answer(w, client, ctx, e, close).await;
+            !close
+        }
+    }
+}
+
+/// How the tries of a request ended.
+enum Attempted {
+    /// A response head to relay.
+    Answer(forward::Answer),
+    /// No usable answer: drove answers with this.
+    Failed(ProxyError),
+    /// The client went away while its body was being sent.
+    ClientGone,
+}
+
+/// Phases 4 and 5: pick → forward once → decide, until a response head or a final
+/// failure.
+async fn pick_and_forward<S: ClientIo>(
+    w: &Worker,
+    client: &mut Client<S>,
+    req: &forward::UpstreamRequest,
+    ctx: &mut Ctx,
+) -> Attempted {
+    let settings = &*w.proxy.settings;
     let sticky = ctx.info.sticky;
     let pick = PickContext {
         client_ip: ctx.info.client_ip,
@@ -170,9 +203,9 @@ async fn walk<S: ClientIo>(
     // The last 502/503/504 while retrying (`on_5xx`): the answer if no other backend
     // gives a better one (like nginx, the backend's own answer rather than drove's).
     let mut gateway_error: Option<forward::Answer> = None;
-    let answered = loop {
+    loop {
         let Some(backend) = w.proxy.balancer.pick(&pick, &tried) else {
-            break gateway_error.take().ok_or(last_error);
+            return gateway_error.map_or(Attempted::Failed(last_error), Attempted::Answer);
         };
         ctx.backend = Some(backend.clone());
         let attempts = retry::Attempts {
@@ -190,7 +223,7 @@ async fn walk<S: ClientIo>(
                 Instant::now() < deadline,
             )
         };
-        let failure = match forward::once(w, client, &backend, &req, ctx, deadline).await {
+        let failure = match forward::once(w, client, &backend, req, ctx, deadline).await {
             Ok(answer) => {
                 let decision = if answer.is_gateway_error() && settings.retry_on_5xx {
                     decide(retry::Failure::Http5xx)
@@ -201,7 +234,7 @@ async fn walk<S: ClientIo>(
                     if let Some(old) = gateway_error.take() {
                         old.discard(w);
                     }
-                    break Ok(answer);
+                    return Attempted::Answer(answer);
                 }
                 // Its outcome (a 5xx) was recorded when its head arrived.
                 if let Some(old) = gateway_error.replace(answer) {
@@ -218,11 +251,11 @@ async fn walk<S: ClientIo>(
         let retrying = settle(w, decide(kind));
         finish::attempt(w, failure.in_flight, kind, failure.elapsed);
         if kind == retry::Failure::ClientGone {
-            return false;
+            return Attempted::ClientGone;
         }
         last_error = failure.error;
         if !retrying {
-            break gateway_error.take().ok_or(last_error);
+            return gateway_error.map_or(Attempted::Failed(last_error), Attempted::Answer);
         }
         if kind == retry::Failure::Stale {
             // The same backend again: its pooled connection was dead, not it.
@@ -231,17 +264,6 @@ async fn walk<S: ClientIo>(
             tried.push(backend.key());
             ctx.retries += 1;
             w.proxy.stats.retry();
-        }
-    };
-    w.buffers.recycle(req.into_head());
-
-    match answered {
-        Ok(answer) => relay::response(w, client, ctx, answer, client_keep).await,
-        Err(e) => {
-            // A request whose body was not (all) read cannot be followed by another.
-            let close = !client_keep || unread_body;
-            answer(w, client, ctx, e, close).await;
-            !close
         }
     }
 }

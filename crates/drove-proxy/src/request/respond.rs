@@ -67,7 +67,13 @@ pub(crate) fn head(
     let http10 = ctx.info.http10;
     let dechunk = http10 && rhead.framing == Framing::Chunked;
     let keep = client_keep && !tunnel && !dechunk && rhead.framing != Framing::Close;
-    h1::write_response(buf, rhead, &extra, !keep && !tunnel, http10, dechunk, out);
+    let rewrite = h1::ResponseRewrite {
+        extra: &extra,
+        close: !keep && !tunnel,
+        http10,
+        dechunk,
+    };
+    h1::write_response(buf, rhead, &rewrite, out);
     w.buffers.recycle(extra);
     Ok(Plan {
         keep,
