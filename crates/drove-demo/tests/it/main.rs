@@ -272,11 +272,9 @@ async fn identity_health_and_not_found() {
     assert_eq!(h["pid"], std::process::id());
     assert_eq!(h["port"], addr.port());
     assert_eq!(h["sessions"], "memory");
-    // This very request is in flight on the one connection open.
-    assert_eq!(
-        (h["in_flight"].as_u64(), h["connections"].as_u64()),
-        (Some(1), Some(1))
-    );
+    // This very request is in flight, on a connection that is open.
+    assert_eq!(h["in_flight"], 1, "{h}");
+    assert!(h["connections"].as_u64().unwrap() >= 1, "{h}");
     assert!(h["requests"].as_u64().unwrap() >= 2);
 
     let who = get(addr, "/whoami").await.json();
