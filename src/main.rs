@@ -100,8 +100,8 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
-    /// Run the demo app on $PORT (what the demo instances run): /, /health, /ready,
-    /// /whoami, /session, /slow?ms=, /status/CODE, /work?cpu_ms=, /leak?mb=, /ws, /echo.
+    /// Run the demo app on $PORT (what the demo instances run): /, /health,
+    /// /health/ready (also /ready), /health/live, /whoami, /session, /slow?ms=, /status/CODE, /work?cpu_ms=, /leak?mb=, /ws, /echo.
     Demo,
     /// Load-test an HTTP endpoint (open or closed model) and report latency percentiles,
     /// errors and the share of requests per instance.
@@ -124,8 +124,9 @@ enum Command {
         targets: Vec<String>,
     },
     /// Rolling restart of a service (`drove restart web`) or of one instance (`drove
-    /// restart web.2`): a new instance up and ready before each old one is drained and
-    /// stopped. Zero failed requests.
+    /// restart web.2`): one extra instance up and ready first, then each instance drained,
+    /// stopped and started again with the same id and port, then the extra one stopped.
+    /// Never fewer instances ready than before; zero failed requests.
     Restart {
         #[command(flatten)]
         cfg: ConfigArg,

@@ -8,6 +8,7 @@ mod bench;
 mod cli;
 mod discovery;
 mod failover;
+mod identity;
 mod observe;
 mod supervisor;
 mod tls;
