@@ -4,8 +4,10 @@
 
 mod bench_cmd;
 mod cli_admin;
+mod export_balancer;
 mod export_cmd;
 mod export_manifests;
+mod export_prometheus;
 mod verify_cmd;
 
 use std::net::SocketAddr;
@@ -180,8 +182,10 @@ enum Command {
         args: verify_cmd::VerifyArgs,
     },
     /// Print a Grafana dashboard (`grafana`) or Prometheus alert rules (`alerts`) for
-    /// drove's metrics, or drove.toml as Kubernetes manifests (`k8s`) or a Compose file
-    /// (`compose`; see docs/export.md).
+    /// drove's metrics, the Prometheus scrape config for drove and its instances
+    /// (`prometheus`), drove.toml as Kubernetes manifests (`k8s`) or a Compose file
+    /// (`compose`) with drove in front of the replicas, or drove's Dockerfile
+    /// (`dockerfile`); see docs/export.md.
     Export {
         #[command(flatten)]
         cfg: ConfigArg,
@@ -358,7 +362,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 None
             };
-            Ok(ExitCode::from(export_cmd::run(args, loaded.as_ref())?))
+            Ok(ExitCode::from(export_cmd::run(
+                args,
+                loaded.as_ref(),
+                cli.admin,
+            )?))
         }
         cmd => cli_admin::run(cmd, &config, cli.admin, cli.token.as_deref()),
     }

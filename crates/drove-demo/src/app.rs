@@ -124,6 +124,7 @@ async fn route(state: &State, shutdown: Shutdown, req: Request<Incoming>) -> Res
         "/health" => health(state),
         "/health/ready" | "/ready" => ready(state),
         "/health/live" => live(state),
+        "/metrics" => metrics(state),
         "/whoami" => whoami(state),
         "/session" => session(state, &req).await,
         "/slow" => slow(&req).await,
@@ -246,6 +247,46 @@ fn health(state: &State) -> Response<Body> {
             "sessions": state.sessions.kind(),
         }),
     )
+}
+
+/// The app's own metrics in Prometheus's text format, as a user's app exposes them (drove
+/// lists the instances for Prometheus: `GET /api/sd` on the admin listener). No instance
+/// label: Prometheus adds its target's labels.
+fn metrics(state: &State) -> Response<Body> {
+    let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    let body = format!(
+        "# HELP demo_requests_total Requests received by this instance.\n\
+         # TYPE demo_requests_total counter\n\
+         demo_requests_total {}\n\
+         # HELP demo_post_requests_total POST /count requests received.\n\
+         # TYPE demo_post_requests_total counter\n\
+         demo_post_requests_total {}\n\
+         # HELP demo_requests_in_flight Requests being answered now.\n\
+         # TYPE demo_requests_in_flight gauge\n\
+         demo_requests_in_flight {}\n\
+         # HELP demo_connections Open client connections.\n\
+         # TYPE demo_connections gauge\n\
+         demo_connections {}\n\
+         # HELP demo_leaked_bytes Memory kept on purpose by /leak.\n\
+         # TYPE demo_leaked_bytes gauge\n\
+         demo_leaked_bytes {}\n\
+         # HELP demo_uptime_seconds Time since the instance started.\n\
+         # TYPE demo_uptime_seconds gauge\n\
+         demo_uptime_seconds {:.3}\n",
+        l(&state.requests),
+        l(&state.post_count),
+        l(&state.in_flight),
+        l(&state.connections),
+        l(&state.leaked_mb) * MIB as u64,
+        state.started.elapsed().as_secs_f64(),
+    );
+    Response::builder()
+        .header(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )
+        .body(full(body))
+        .expect("static response parts are valid")
 }
 
 fn whoami(state: &State) -> Response<Body> {

@@ -17,6 +17,7 @@
 //! | `GET /health` | detailed health: 200 `{"status":"ok","instance","instance_id","pid","port","uptime_ms","requests","in_flight","connections","sessions"}` when ready, 503 with `"status":"starting"`/`"stopping"` otherwise |
 //! | `GET /health/ready`, `GET /ready` | readiness: 503 until `ready_delay` has passed and again once shutdown starts, else 200 |
 //! | `GET /health/live` | liveness: 200 `{"status":"alive","uptime_ms"}` whenever the process answers, starting and stopping included |
+//! | `GET /metrics` | the instance's own metrics, Prometheus text format (`demo_requests_total`, `demo_requests_in_flight`, `demo_connections`, `demo_leaked_bytes`, `demo_uptime_seconds`, ...) |
 //! | `GET /whoami` | `{"instance","pid","port","uptime_ms"}` |
 //! | `GET /session` | cookie `demo_session`; `{"session","count","instance","store"}`; 503 if Redis is unreachable (within ~1 s) |
 //! | `GET /slow?ms=N` | sleeps N ms (at most 60 000), `{"slept_ms":N}` |

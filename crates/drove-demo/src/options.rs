@@ -59,8 +59,10 @@ impl DemoOptions {
                 .map(|v| v.trim().to_owned())
                 .filter(|v| !v.is_empty())
         };
-        let mut opts = Self::default();
-        opts.instance_id = nonempty("INSTANCE_ID");
+        let mut opts = Self {
+            instance_id: nonempty("INSTANCE_ID"),
+            ..Self::default()
+        };
         if let Some(name) = nonempty("DROVE_INSTANCE") {
             opts.instance = name;
         } else if let Some(id) = nonempty("INSTANCE_ID") {

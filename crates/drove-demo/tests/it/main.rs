@@ -849,6 +849,38 @@ async fn health_counts_requests_in_flight_and_connections() {
 }
 
 #[tokio::test]
+async fn metrics_in_prometheus_text_format() {
+    let server = start(named("web.1")).await;
+    let value = |text: &str, name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {text}"))
+    };
+    let first = get(server.addr, "/metrics").await;
+    assert_eq!(first.status, StatusCode::OK);
+    assert!(first
+        .header("content-type")
+        .unwrap()
+        .starts_with("text/plain; version=0.0.4"));
+    let text = String::from_utf8(first.body.to_vec()).unwrap();
+    for family in [
+        "demo_requests_total counter",
+        "demo_requests_in_flight gauge",
+        "demo_connections gauge",
+        "demo_uptime_seconds gauge",
+    ] {
+        assert!(text.contains(&format!("# TYPE {family}\n")), "{text}");
+    }
+    let n = value(&text, "demo_requests_total");
+    assert_eq!(value(&text, "demo_requests_in_flight"), 1.0);
+    get(server.addr, "/whoami").await;
+    let again = get(server.addr, "/metrics").await;
+    let text = String::from_utf8(again.body.to_vec()).unwrap();
+    assert_eq!(value(&text, "demo_requests_total"), n + 2.0);
+    server.shutdown().await;
+}
+
+#[tokio::test]
 async fn shutdown_grace_bounds_the_wait() {
     let mut server = start(DemoOptions {
         shutdown_grace: Duration::from_millis(300),

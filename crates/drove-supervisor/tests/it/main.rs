@@ -508,7 +508,7 @@ async fn max_memory_triggers_a_drained_replacement() {
         ev.wait(5, |e| *e == Seen::Draining(surge.clone())).await;
         ev.wait(5, |e| *e == Seen::Gone(surge.clone())).await;
         let st = sup.status().await;
-        assert_eq!(st.iter().map(|s| s.id.clone()).collect::<Vec<_>>(), [w1.clone()]);
+        assert_eq!(st.iter().map(|s| s.id.clone()).collect::<Vec<_>>(), std::slice::from_ref(&w1));
         assert_ne!(st[0].pid, first[0].pid);
         assert!(!process_alive(first[0].pid.unwrap()));
         let log = std::fs::read_to_string(sup.log_path(&w1).unwrap()).unwrap();
