@@ -149,6 +149,8 @@ pub fn drove_toml(c: &Config, front: &Front<'_>) -> Option<String> {
         "trusted_proxies",
         &format!("[{}]", proxies.join(", ")),
     );
+    let upgrades: Vec<String> = b.upgrades.iter().map(|u| q(u)).collect();
+    kv(&mut t, "upgrades", &format!("[{}]", upgrades.join(", ")));
     kv(
         &mut t,
         "access_log",
@@ -358,6 +360,7 @@ timeouts = { connect = "2s", header = "5s", response = "90s", idle = "120s", shu
 instance_header = "X-Served-By"
 request_id = false
 trusted_proxies = ["10.0.0.0/8", "192.168.1.0/24"]
+upgrades = ["websocket", "my-proto"]
 access_log = "json"
 max_header_size = "32KiB"
 max_body_size = "10MiB"
