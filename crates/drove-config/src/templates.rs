@@ -87,7 +87,7 @@ algorithm = "round_robin"
 # with a length of at least min_size or unknown (streamed); never HEAD, 204/206/304,
 # already-encoded or `Cache-Control: no-transform` responses. Levels: gzip 1-9 (2 gives
 # what nginx's gzip_comp_level 1 does), br 0-11, zstd 1-19.
-compress = { algorithms = ["zstd", "br", "gzip"], min_size = "1KiB", level = { gzip = 2, br = 4, zstd = 3 } }
+compress = { algorithms = ["zstd", "br", "gzip"], min_size = "1KiB", level = { gzip = 2, br = 3, zstd = 3 } }
 #   inside compress = { ... }: types = ["text/*", "application/json", "application/*+json", "image/svg+xml"]
 
 # A path prefix with its own rate limit (a [limits.NAME]), compression, or both:

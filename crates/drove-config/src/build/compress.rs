@@ -146,14 +146,14 @@ fn type_list(cx: &mut Cx, f: &Field<'_>) -> Option<Vec<MediaRange>> {
     ok.then_some(out)
 }
 
-/// `level = { gzip = 2, br = 4, zstd = 3 }`: each key optional, each checked against
+/// `level = { gzip = 2, br = 3, zstd = 3 }`: each key optional, each checked against
 /// its encoding's range.
 fn read_levels(cx: &mut Cx, f: &Field<'_>, what: &str, levels: &mut Levels) -> bool {
     if !f.node.is_table() {
         cx.error(
             f.span.clone(),
             format!(
-                "`level` must be a table like {{ gzip = 2, br = 4, zstd = 3 }} (each algorithm has its own scale), found {}",
+                "`level` must be a table like {{ gzip = 2, br = 3, zstd = 3 }} (each algorithm has its own scale), found {}",
                 f.node.type_name()
             ),
         );

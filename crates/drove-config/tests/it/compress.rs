@@ -35,7 +35,7 @@ fn true_and_an_empty_table_are_the_defaults() {
             d.levels().get(Br),
             d.levels().get(Zstd)
         ),
-        (2, 4, 3)
+        (2, 3, 3)
     );
     assert!(d.compresses_type(b"text/html"));
 }
@@ -196,7 +196,7 @@ fn errors_point_at_the_value() {
     assert_compress_err(
         "{ level = 5 }",
         "5",
-        "`level` must be a table like { gzip = 2, br = 4, zstd = 3 } (each algorithm has its own scale), found an integer",
+        "`level` must be a table like { gzip = 2, br = 3, zstd = 3 } (each algorithm has its own scale), found an integer",
     );
     assert_compress_err(
         "{ level = { gzip = 10 } }",
