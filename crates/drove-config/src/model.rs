@@ -281,6 +281,8 @@ pub struct BalancerConfig {
     pub resolver: ResolverConfig,
     /// TLS for client connections; `None` = plain HTTP.
     pub tls: Option<TlsConfig>,
+    /// Response compression where no route says otherwise; `None` = off (the default).
+    pub compress: Option<drove_compress::Settings>,
 }
 
 /// `tls = { cert = "...", key = "..." }`: PEM files, absolute.
@@ -463,13 +465,25 @@ pub enum LogTarget {
     File(PathBuf),
 }
 
-/// One `[[balancer.routes]]` entry.
+/// One `[[balancer.routes]]` entry: a path prefix with a rate limit, its own
+/// compression settings, or both.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RouteConfig {
     /// Path prefix, starting with `/`.
     pub path: String,
-    /// Name of a `[limits.NAME]` (exists).
+    /// Name of a `[limits.NAME]` (exists), or `""` when the route sets no limit (then
+    /// no limit has that name, so a lookup in `Config::limits` finds none).
     pub limit: String,
+    /// Response compression on this route: its own `compress` over the balancer's, or
+    /// the balancer's when it has none; `None` = off.
+    pub compress: Option<drove_compress::Settings>,
+}
+
+impl RouteConfig {
+    /// The rate limit's name, if the route has one.
+    pub fn limit_name(&self) -> Option<&str> {
+        (!self.limit.is_empty()).then_some(self.limit.as_str())
+    }
 }
 
 /// One `[limits.NAME]` section.

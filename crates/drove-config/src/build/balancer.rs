@@ -3,6 +3,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+use super::compress::compress;
 use super::probe::{probe, Role};
 use super::{keyed, resolve, Keyed, Refs, Spanned};
 use crate::model::*;
@@ -34,6 +35,7 @@ const BALANCER_KEYS: &[&str] = &[
     "routes",
     "resolver",
     "tls",
+    "compress",
 ];
 const ALGORITHMS: &[&str] = &[
     "round_robin",
@@ -97,6 +99,7 @@ pub(super) fn balancer(
             interval: Duration::from_secs(5),
         },
         tls: None,
+        compress: None,
     };
     if let Some(lf) = t.get("listen") {
         if let Some(a) = r::socket_addr(cx, &lf) {
@@ -355,10 +358,13 @@ pub(super) fn balancer(
     if let Some(tf) = t.get("tls") {
         b.tls = tls(cx, &tf, base);
     }
+    if let Some(cf) = t.get("compress") {
+        b.compress = compress(cx, &cf, None, "`compress` of [balancer]").unwrap_or(None);
+    }
 
     if let Some(rf) = t.get("routes") {
         for item in r::array(cx, &rf).unwrap_or_default() {
-            if let Some(route) = route(cx, &item, refs) {
+            if let Some(route) = route(cx, &item, refs, b.compress.as_ref()) {
                 b.routes.push(route);
             }
         }
@@ -610,7 +616,13 @@ fn optional_header(cx: &mut Cx, f: &Field<'_>, default: &str) -> Option<Option<S
     }
 }
 
-fn route(cx: &mut Cx, f: &Field<'_>, refs: &mut Refs) -> Option<RouteConfig> {
+/// One `[[balancer.routes]]` entry; `balancer_compress` is what the route inherits.
+fn route(
+    cx: &mut Cx,
+    f: &Field<'_>,
+    refs: &mut Refs,
+    balancer_compress: Option<&drove_compress::Settings>,
+) -> Option<RouteConfig> {
     if !f.node.is_table() {
         cx.error(
             f.span.clone(),
@@ -626,10 +638,17 @@ fn route(cx: &mut Cx, f: &Field<'_>, refs: &mut Refs) -> Option<RouteConfig> {
         &f.node,
         f.span.clone(),
         "[[balancer.routes]]".into(),
-        &["path", "limit"],
+        &["path", "limit", "compress"],
     );
     let path = t.required(cx, "path");
-    let limit = t.required(cx, "limit");
+    let limit = t.get("limit");
+    let compress_field = t.get("compress");
+    if limit.is_none() && compress_field.is_none() {
+        cx.error(
+            t.span.clone(),
+            "a route needs `limit` (a rate limit), `compress` (compression on this path) or both",
+        );
+    }
     let path_ok = path.and_then(|pf| {
         let p = r::string(cx, &pf)?;
         if !p.starts_with('/') {
@@ -641,16 +660,27 @@ fn route(cx: &mut Cx, f: &Field<'_>, refs: &mut Refs) -> Option<RouteConfig> {
         }
         Some(p)
     });
-    let limit = limit.and_then(|lf| {
-        let l = r::string(cx, &lf)?;
-        refs.route_limits.push(Spanned {
-            name: l.clone(),
-            span: lf.span.clone(),
-        });
-        Some(l)
-    });
+    let limit = match limit {
+        None => Some(String::new()),
+        Some(lf) => r::string(cx, &lf).inspect(|l| {
+            refs.route_limits.push(Spanned {
+                name: l.clone(),
+                span: lf.span.clone(),
+            });
+        }),
+    };
+    let settings = match &compress_field {
+        None => Some(balancer_compress.cloned()),
+        Some(cf) => compress(
+            cx,
+            cf,
+            balancer_compress,
+            "`compress` of [[balancer.routes]]",
+        ),
+    };
     Some(RouteConfig {
         path: path_ok?,
         limit: limit?,
+        compress: settings?,
     })
 }

@@ -132,6 +132,7 @@ fn minimal_balancer_gets_every_default() {
             interval: secs(5),
         },
         tls: None,
+        compress: None,
     };
     assert_eq!(b, expected);
 }
@@ -476,11 +477,13 @@ fn every_key_set_explicitly() {
         vec![
             RouteConfig {
                 path: "/auth/".into(),
-                limit: "strict".into()
+                limit: "strict".into(),
+                compress: None,
             },
             RouteConfig {
                 path: "/api/".into(),
-                limit: "by_key".into()
+                limit: "by_key".into(),
+                compress: None,
             },
         ]
     );
