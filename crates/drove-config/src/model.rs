@@ -263,6 +263,10 @@ pub struct BalancerConfig {
     pub trusted_proxies: Vec<Cidr>,
     /// Protocols a client may switch to with `Upgrade` (lowercase); others are stripped.
     pub upgrades: Vec<String>,
+    /// Speak HTTP/2 with clients (ALPN `h2` with TLS, prior knowledge without).
+    pub http2: bool,
+    /// Concurrent streams per HTTP/2 connection.
+    pub http2_max_streams: u32,
     /// Request id header propagated or generated; `None` = off.
     pub request_id: Option<String>,
     /// Access log format.

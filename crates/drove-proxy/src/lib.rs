@@ -19,6 +19,7 @@ mod conn;
 pub mod error;
 mod h1;
 mod headers;
+mod http2;
 mod log;
 mod request;
 mod settings;
@@ -187,6 +188,8 @@ pub(crate) fn test_settings() -> ProxySettings {
         max_header_size: 16 * 1024,
         max_body_size: 0,
         upgrades: vec!["websocket".into()],
+        http2: true,
+        http2_max_streams: 128,
         sticky: None,
         hash_key: None,
         routes: Vec::new(),

@@ -112,6 +112,11 @@ pub struct ProxySettings {
     /// any other upgrade (`h2c` above all) is stripped and the request forwarded as a
     /// plain one.
     pub upgrades: Vec<String>,
+    /// Speak HTTP/2 with clients: ALPN `h2` on a TLS listener, prior knowledge (h2c) on
+    /// a plain one.
+    pub http2: bool,
+    /// Streams one HTTP/2 connection may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS).
+    pub http2_max_streams: u32,
     /// Cookie stickiness.
     pub sticky: Option<StickyCookie>,
     /// Key for the `hash` algorithm.

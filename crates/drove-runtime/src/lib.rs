@@ -99,7 +99,7 @@ pub async fn up(config: Config, opts: UpOptions) -> anyhow::Result<()> {
         settings.routes = proxy_settings::route_limits(&config).await;
         if let Some(t) = &b.tls {
             settings.tls = Some(
-                drove_proxy::tls::server_config(&t.cert, &t.key)
+                drove_proxy::tls::server_config(&t.cert, &t.key, b.http2)
                     .map_err(|e| anyhow::anyhow!("balancer.tls: {e}"))?,
             );
         }

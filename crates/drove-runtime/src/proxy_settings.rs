@@ -171,6 +171,8 @@ pub fn proxy_settings(b: &BalancerConfig) -> Result<ProxySettings, SettingsError
         })?,
         max_body_size: b.max_body_size,
         upgrades: b.upgrades.clone(),
+        http2: b.http2,
+        http2_max_streams: b.http2_max_streams,
         sticky: b.sticky.as_ref().map(|s| StickyCookie {
             name: s.cookie.clone(),
             max_age: (s.max_age > Duration::ZERO).then_some(s.max_age),

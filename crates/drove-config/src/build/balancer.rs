@@ -27,6 +27,8 @@ const BALANCER_KEYS: &[&str] = &[
     "instance_header",
     "trusted_proxies",
     "upgrades",
+    "http2",
+    "http2_max_streams",
     "request_id",
     "access_log",
     "access_log_path",
@@ -87,6 +89,8 @@ pub(super) fn balancer(
         instance_header: None,
         trusted_proxies: Vec::new(),
         upgrades: vec!["websocket".to_string()],
+        http2: true,
+        http2_max_streams: 128,
         request_id: Some(DEFAULT_REQUEST_ID.to_string()),
         access_log: AccessLogFormat::Off,
         access_log_path: LogTarget::Stdout,
@@ -295,6 +299,15 @@ pub(super) fn balancer(
         }
     }
 
+    if let Some(v) = t.get("http2").and_then(|f| r::boolean(cx, &f)) {
+        b.http2 = v;
+    }
+    if let Some(v) = t
+        .get("http2_max_streams")
+        .and_then(|f| r::int(cx, &f, 1, 65_535))
+    {
+        b.http2_max_streams = v as u32;
+    }
     if let Some(uf) = t.get("upgrades") {
         b.upgrades.clear();
         for item in r::array(cx, &uf).unwrap_or_default() {

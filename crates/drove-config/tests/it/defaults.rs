@@ -120,6 +120,8 @@ fn minimal_balancer_gets_every_default() {
         instance_header: None,
         trusted_proxies: vec![],
         upgrades: vec!["websocket".to_string()],
+        http2: true,
+        http2_max_streams: 128,
         request_id: Some("X-Request-Id".into()),
         access_log: AccessLogFormat::Off,
         access_log_path: LogTarget::Stdout,

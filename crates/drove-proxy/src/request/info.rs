@@ -132,6 +132,81 @@ pub(crate) fn extract<S: ClientIo>(
     }
 }
 
+/// What the phases need from an HTTP/2 request (`peer`: the connection's client side).
+pub(crate) fn extract_h2(
+    settings: &ProxySettings,
+    peer: &crate::http2::Peer,
+    parts: &http::request::Parts,
+    new_request_id: impl FnOnce() -> [u8; 16],
+) -> RequestInfo {
+    let h = &parts.headers;
+    let values = |name: &str| h.get_all(name).iter().map(|v| v.as_bytes());
+    let client_ip = if peer.trusted {
+        let last_first: Vec<&[u8]> = values("x-forwarded-for").collect();
+        headers::client_ip_in(
+            last_first.into_iter().rev(),
+            peer.ip,
+            &settings.trusted_proxies,
+        )
+    } else {
+        peer.ip
+    };
+    let client_ip_text = if client_ip == peer.ip {
+        peer.ip_text
+    } else {
+        IpText::of(client_ip)
+    };
+    let request_id =
+        settings
+            .request_id_header
+            .as_ref()
+            .map(|name| match h.get(name).map(|v| v.as_bytes()) {
+                Some(v) if !v.is_empty() && v.len() <= MAX_REQUEST_ID => InlineBytes::new(v),
+                _ => InlineBytes::new(&new_request_id()),
+            });
+    let cookie = |name: &str| headers::cookie_in(values("cookie"), name.as_bytes());
+    let sticky = settings
+        .sticky
+        .as_ref()
+        .and_then(|s| cookie(&s.name))
+        .filter(|v| v.len() <= 64)
+        .map(InlineBytes::new);
+    let path = parts.uri.path().as_bytes();
+    let hash = match &settings.hash_key {
+        None => None,
+        Some(HashKey::Header(name)) => h
+            .get(name)
+            .map(|v| drove_balancer::hash_bytes(v.as_bytes())),
+        Some(HashKey::Cookie(name)) => cookie(name).map(drove_balancer::hash_bytes),
+        Some(HashKey::Path) => Some(drove_balancer::hash_bytes(path)),
+        Some(HashKey::ClientIp) => Some(drove_balancer::hash_ip(client_ip)),
+    };
+    let route = settings
+        .routes
+        .iter()
+        .position(|r| path.starts_with(r.prefix.as_bytes()))
+        .map(|i| {
+            let key = match &settings.routes[i].key {
+                LimitKey::ClientIp => drove_balancer::hash_ip(client_ip),
+                LimitKey::Header(name) => h
+                    .get(name)
+                    .map_or(0, |v| drove_balancer::hash_bytes(v.as_bytes())),
+                LimitKey::Cookie(name) => cookie(name).map_or(0, drove_balancer::hash_bytes),
+            };
+            (i, key)
+        });
+    RequestInfo {
+        http10: false,
+        client_ip,
+        client_ip_text,
+        request_id,
+        sticky,
+        hash,
+        route,
+        upgrade: None,
+    }
+}
+
 impl<const N: usize> std::fmt::Debug for InlineBytes<N> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{:?}", String::from_utf8_lossy(self.as_bytes()))

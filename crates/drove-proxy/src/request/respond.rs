@@ -3,6 +3,8 @@
 //! decided), or drove's own answer. A `101 Switching Protocols` passes only when it
 //! answers the upgrade the request asked for.
 
+use drove_balancer::Backend;
+
 use super::forward::Answer;
 use super::Ctx;
 use crate::h1::{self, Framing};
@@ -27,7 +29,6 @@ pub(crate) fn head(
     client_keep: bool,
     out: &mut Vec<u8>,
 ) -> Result<Plan, ProxyError> {
-    let settings = &*w.proxy.settings;
     let rhead = &answer.head;
     let buf = answer.buf.filled();
     let tunnel = rhead.status == 101;
@@ -42,28 +43,8 @@ pub(crate) fn head(
             reason,
         })?;
     }
-    let backend = answer.in_flight.backend();
     let mut extra = w.buffers.output();
-    if let Some(line) = w.instance_line(backend) {
-        extra.extend_from_slice(&line);
-    }
-    if let (Some(name), Some(value)) = (&settings.request_id_header, &ctx.info.request_id) {
-        header_line(&mut extra, name.as_str().as_bytes(), value.as_bytes());
-    }
-    if let Some(s) = &settings.sticky {
-        if ctx.info.sticky_str() != Some(backend.sticky_token()) {
-            extra.extend_from_slice(b"Set-Cookie: ");
-            extra.extend_from_slice(s.name.as_bytes());
-            extra.push(b'=');
-            extra.extend_from_slice(backend.sticky_token().as_bytes());
-            extra.extend_from_slice(b"; Path=/; HttpOnly; SameSite=Lax");
-            if let Some(age) = s.max_age {
-                extra.extend_from_slice(b"; Max-Age=");
-                extra.extend_from_slice(h1::itoa_buf(age.as_secs()).as_bytes_mut());
-            }
-            extra.extend_from_slice(b"\r\n");
-        }
-    }
+    extra_headers(w, ctx, answer.in_flight.backend(), &mut extra);
     let http10 = ctx.info.http10;
     let dechunk = http10 && rhead.framing == Framing::Chunked;
     let keep = client_keep && !tunnel && !dechunk && rhead.framing != Framing::Close;
@@ -80,6 +61,32 @@ pub(crate) fn head(
         dechunk,
         tunnel,
     })
+}
+
+/// The header lines drove adds to a backend's response: the instance, the request id,
+/// and a sticky `Set-Cookie` when the client is not (yet) pinned to this backend.
+pub(crate) fn extra_headers(w: &Worker, ctx: &Ctx, backend: &Backend, extra: &mut Vec<u8>) {
+    let settings = &*w.proxy.settings;
+    if let Some(line) = w.instance_line(backend) {
+        extra.extend_from_slice(&line);
+    }
+    if let (Some(name), Some(value)) = (&settings.request_id_header, &ctx.info.request_id) {
+        header_line(extra, name.as_str().as_bytes(), value.as_bytes());
+    }
+    if let Some(s) = &settings.sticky {
+        if ctx.info.sticky_str() != Some(backend.sticky_token()) {
+            extra.extend_from_slice(b"Set-Cookie: ");
+            extra.extend_from_slice(s.name.as_bytes());
+            extra.push(b'=');
+            extra.extend_from_slice(backend.sticky_token().as_bytes());
+            extra.extend_from_slice(b"; Path=/; HttpOnly; SameSite=Lax");
+            if let Some(age) = s.max_age {
+                extra.extend_from_slice(b"; Max-Age=");
+                extra.extend_from_slice(h1::itoa_buf(age.as_secs()).as_bytes_mut());
+            }
+            extra.extend_from_slice(b"\r\n");
+        }
+    }
 }
 
 fn header_line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {

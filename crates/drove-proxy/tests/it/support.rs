@@ -30,6 +30,8 @@ pub fn settings() -> ProxySettings {
         max_header_size: 16 * 1024,
         max_body_size: 0,
         upgrades: vec!["websocket".into()],
+        http2: true,
+        http2_max_streams: 128,
         sticky: None,
         hash_key: None,
         routes: Vec::new(),
