@@ -31,7 +31,9 @@ mod worker;
 
 pub use error::{ProxyError, Side};
 pub use headers::Cidr;
-pub use settings::{AccessLogFormat, HashKey, LimitKey, ProxySettings, RouteLimit, StickyCookie};
+pub use settings::{
+    AccessLogFormat, CompressRoute, HashKey, LimitKey, ProxySettings, RouteLimit, StickyCookie,
+};
 pub use stats::ProxyStats;
 
 use std::net::SocketAddr;
@@ -190,6 +192,8 @@ pub(crate) fn test_settings() -> ProxySettings {
         upgrades: vec!["websocket".into()],
         http2: true,
         http2_max_streams: 128,
+        compress: None,
+        compress_routes: Vec::new(),
         sticky: None,
         hash_key: None,
         routes: Vec::new(),

@@ -30,6 +30,7 @@ use tokio::time::Instant;
 
 use crate::conn::Client;
 use crate::h1::{self, Chunked, Framing, IpText, Method};
+use crate::request::compress::{self, Compressing};
 use crate::request::forward::{Answer, Downstream, SendError, UpstreamRequest};
 use crate::request::retry::Failure;
 use crate::request::{self, finish, info, respond, Attempted, Ctx};
@@ -437,9 +438,35 @@ async fn relay(
         ..
     } = answer;
     let raw = buf.filled();
+    let settings = &*w.proxy.settings;
+    let decision = ctx.info.compress.map(|chosen| {
+        compress::decide(
+            settings,
+            chosen,
+            if ctx.info.head_method {
+                b"HEAD"
+            } else {
+                b"GET"
+            },
+            head.status,
+            head.headers
+                .iter()
+                .map(|((ns, ne), (vs, ve))| (&raw[*ns..*ne], &raw[*vs..*ve])),
+        )
+    });
+    let compressing = match (&decision, ctx.info.compress) {
+        (Some(d), Some(chosen)) if head.framing != Framing::None => {
+            Compressing::start(settings, chosen, d)
+        }
+        _ => None,
+    };
+    let edits = decision.as_ref().map(|d| &d.edits);
     let mut resp = http::Response::builder().status(head.status);
     for ((ns, ne), (vs, ve)) in &head.headers {
         let name = &raw[*ns..*ne];
+        if edits.is_some_and(|e| e.removes(name)) {
+            continue;
+        }
         if h1::eq(name, b"connection")
             || h1::eq(name, b"keep-alive")
             || h1::eq(name, b"transfer-encoding")
@@ -449,6 +476,9 @@ async fn relay(
             continue;
         }
         resp = resp.header(name, &raw[*vs..*ve]);
+    }
+    for (name, value) in edits.into_iter().flat_map(|e| e.additions()) {
+        resp = resp.header(name, value);
     }
     let mut extra = w.buffers.output();
     respond::extra_headers(w, ctx, in_flight.backend(), &mut extra);
@@ -481,6 +511,7 @@ async fn relay(
     let mut body = StreamBody {
         send: &mut send,
         bytes: 0,
+        compress: compressing,
     };
     let clean = match head.framing {
         Framing::None => Ok(buf.is_empty()),
@@ -516,12 +547,31 @@ enum Relay {
 struct StreamBody<'a> {
     send: &'a mut SendStream<Bytes>,
     bytes: u64,
+    /// The body is compressed on its way (flushed after each read from the backend).
+    compress: Option<Compressing>,
 }
 
 impl StreamBody<'_> {
+    /// Sends `data` (compressed, when it is) as DATA frames.
+    async fn data(&mut self, data: &[u8]) -> Result<(), Relay> {
+        match &mut self.compress {
+            None => self.frames(data).await,
+            Some(c) => {
+                c.chunk(data).map_err(|_| Relay::Backend)?;
+                let out = std::mem::take(&mut c.out);
+                let r = self.frames(&out).await;
+                if let Some(c) = &mut self.compress {
+                    c.out = out;
+                    c.out.clear();
+                }
+                r
+            }
+        }
+    }
+
     /// Sends `data` as DATA frames as the window allows (memory stays flat: nothing is
     /// queued beyond the window).
-    async fn data(&mut self, data: &[u8]) -> Result<(), Relay> {
+    async fn frames(&mut self, data: &[u8]) -> Result<(), Relay> {
         let mut data = Bytes::copy_from_slice(data);
         self.bytes += data.len() as u64;
         while !data.is_empty() {
@@ -539,7 +589,12 @@ impl StreamBody<'_> {
         Ok(())
     }
 
-    fn end(&mut self) -> Result<(), Relay> {
+    async fn end(&mut self) -> Result<(), Relay> {
+        if let Some(c) = &mut self.compress {
+            c.finish().map_err(|_| Relay::Backend)?;
+            let out = std::mem::take(&mut c.out);
+            self.frames(&out).await?;
+        }
         self.send
             .send_data(Bytes::new(), true)
             .map_err(|_| Relay::Client)
@@ -564,7 +619,7 @@ impl StreamBody<'_> {
             }
             buf.clear();
             if left == 0 {
-                self.end()?;
+                self.end().await?;
                 return Ok(reusable);
             }
             match up.read(buf).await {
@@ -595,7 +650,7 @@ impl StreamBody<'_> {
                 data.clear();
             }
             if chunked.done() {
-                self.end()?;
+                self.end().await?;
                 return Ok(reusable);
             }
             match up.read(buf).await {
@@ -612,7 +667,7 @@ impl StreamBody<'_> {
                 buf.clear();
             }
             match up.read(buf).await {
-                Ok(0) => return self.end(),
+                Ok(0) => return self.end().await,
                 Err(_) => return Err(Relay::Backend),
                 Ok(_) => {}
             }

@@ -29,6 +29,10 @@ pub(crate) struct RequestInfo {
     pub(crate) route: Option<(usize, u64)>,
     /// The allowed protocol the request asks to switch to, and its WebSocket key.
     pub(crate) upgrade: Option<(InlineBytes<32>, Option<InlineBytes<64>>)>,
+    /// A HEAD request (its response has no body to compress).
+    pub(crate) head_method: bool,
+    /// Response compression for this path and `Accept-Encoding`, when on.
+    pub(crate) compress: Option<super::compress::Chosen>,
 }
 
 impl RequestInfo {
@@ -50,6 +54,8 @@ impl RequestInfo {
             hash: None,
             route: None,
             upgrade: None,
+            head_method: false,
+            compress: None,
         }
     }
 }
@@ -120,7 +126,11 @@ pub(crate) fn extract<S: ClientIo>(
                 .map(|(s, e)| InlineBytes::new(&buf[s..e])),
         )
     });
+    let compress =
+        super::compress::choose(settings, path, head.headers_named(buf, b"accept-encoding"));
     RequestInfo {
+        head_method: head.method == crate::h1::Method::Head,
+        compress,
         http10: head.http10,
         client_ip,
         client_ip_text,
@@ -195,7 +205,16 @@ pub(crate) fn extract_h2(
             };
             (i, key)
         });
+    let compress = super::compress::choose(
+        settings,
+        path,
+        h.get_all(http::header::ACCEPT_ENCODING)
+            .iter()
+            .map(|v| v.as_bytes()),
+    );
     RequestInfo {
+        head_method: parts.method == http::Method::HEAD,
+        compress,
         http10: false,
         client_ip,
         client_ip_text,

@@ -22,6 +22,7 @@
 //! [`answer`], and is recorded by `finish` like a relayed one.
 
 pub(crate) mod admit;
+pub(crate) mod compress;
 pub(crate) mod finish;
 pub(crate) mod forward;
 pub(crate) mod info;

@@ -5,6 +5,7 @@
 
 use drove_balancer::Backend;
 
+use super::compress::{self, Compressing};
 use super::forward::Answer;
 use super::Ctx;
 use crate::h1::{self, Framing};
@@ -19,6 +20,9 @@ pub(crate) struct Plan {
     pub(crate) dechunk: bool,
     /// A checked `101`: both connections become one tunnel.
     pub(crate) tunnel: bool,
+    /// The body is compressed on its way (then sent chunked to an HTTP/1.1 client, until
+    /// close to an HTTP/1.0 one).
+    pub(crate) compress: Option<Compressing>,
 }
 
 /// Writes the client's response head for `answer` into `out`.
@@ -46,13 +50,43 @@ pub(crate) fn head(
     let mut extra = w.buffers.output();
     extra_headers(w, ctx, answer.in_flight.backend(), &mut extra);
     let http10 = ctx.info.http10;
-    let dechunk = http10 && rhead.framing == Framing::Chunked;
-    let keep = client_keep && !tunnel && !dechunk && rhead.framing != Framing::Close;
+    let decision = match ctx.info.compress {
+        Some(chosen) if !tunnel => Some(compress::decide(
+            &w.proxy.settings,
+            chosen,
+            if ctx.info.head_method {
+                b"HEAD"
+            } else {
+                b"GET"
+            },
+            rhead.status,
+            rhead
+                .headers
+                .iter()
+                .map(|((ns, ne), (vs, ve))| (&buf[*ns..*ne], &buf[*vs..*ve])),
+        )),
+        _ => None,
+    };
+    let compressing = match (&decision, ctx.info.compress) {
+        (Some(d), Some(chosen)) if rhead.framing != Framing::None => {
+            Compressing::start(&w.proxy.settings, chosen, d)
+        }
+        _ => None,
+    };
+    let compressed = compressing.is_some();
+    let dechunk = (http10 && rhead.framing == Framing::Chunked) || compressed;
+    // A compressed body to an HTTP/1.0 client can only end with the connection.
+    let keep = client_keep && !tunnel && !(http10 && dechunk) && rhead.framing != Framing::Close;
     let rewrite = h1::ResponseRewrite {
         extra: &extra,
         close: !keep && !tunnel,
         http10,
         dechunk,
+        edits: decision
+            .as_ref()
+            .map(|d| &d.edits)
+            .filter(|e| !e.is_empty()),
+        chunked: compressed && !http10,
     };
     h1::write_response(buf, rhead, &rewrite, out);
     w.buffers.recycle(extra);
@@ -60,6 +94,7 @@ pub(crate) fn head(
         keep,
         dechunk,
         tunnel,
+        compress: compressing,
     })
 }
 

@@ -32,6 +32,8 @@ pub fn settings() -> ProxySettings {
         upgrades: vec!["websocket".into()],
         http2: true,
         http2_max_streams: 128,
+        compress: None,
+        compress_routes: Vec::new(),
         sticky: None,
         hash_key: None,
         routes: Vec::new(),
