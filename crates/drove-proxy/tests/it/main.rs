@@ -4,6 +4,7 @@
 //! signals (a SIGSTOPped instance, SIGKILL) is in the end-to-end tests. HTTP/2 from
 //! clients is in `http2.rs`, response compression in `compress.rs`.
 
+mod compress;
 mod http2;
 mod support;
 
