@@ -2,8 +2,8 @@
 //! a plain listener): each stream walks the same phases as an HTTP/1.1 request to the
 //! HTTP/1.1 backends. Bodies streamed both ways, concurrent streams, the announced and
 //! enforced stream limit, RST_STREAM cancelling the upstream exchange, the rapid-reset
-//! guard, GOAWAY on shutdown, retries/limits/headers/access log per stream, and what
-//! becomes of trailers.
+//! guard, GOAWAY on shutdown and on idle, the header list limit, retries/limits/
+//! headers/access log per stream, and what becomes of trailers.
 
 use std::future::Future;
 use std::io::{Read, Write};
@@ -801,4 +801,73 @@ fn trailers_are_dropped_both_ways_and_the_data_passes() {
     let (data, _) = canonical_chunks(&post[head_end..]);
     assert_eq!(text(&data), "data");
     assert!(!text(&post).contains("123"), "{}", text(&post));
+}
+
+/// An idle connection (no stream open for `idle_timeout`) gets GOAWAY and is closed; one
+/// with a stream in progress is not.
+#[test]
+fn an_idle_connection_gets_goaway_and_closes() {
+    let b = Scripted::start(|req| {
+        if req.starts_with(b"GET /slow") {
+            Script::Slowly(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nsl".to_vec(),
+                Duration::from_millis(900),
+                b"ow".to_vec(),
+            )
+        } else {
+            Script::Reply(response(200, "ok"))
+        }
+    });
+    let mut s = support::settings();
+    s.idle_timeout = Duration::from_millis(300);
+    let p = ProxyUnderTest::start(&[&b], s);
+    client(Duration::from_secs(10), async {
+        let (mut send, conn) = connect(p.addr).await;
+        // A stream that outlasts the idle timeout keeps the connection.
+        let (parts, body) = fetch(&mut send, req("GET", "/slow")).await;
+        assert_eq!(parts.status, 200);
+        assert_eq!(text(&body), "slow");
+        let (parts, _) = fetch(&mut send, req("GET", "/ok")).await;
+        assert_eq!(parts.status, 200);
+        // Then nothing: closed after about the idle timeout.
+        let t = Instant::now();
+        let ended = tokio::time::timeout(Duration::from_secs(3), conn)
+            .await
+            .expect("the idle connection was closed")
+            .unwrap();
+        assert!(
+            t.elapsed() >= Duration::from_millis(200),
+            "{:?}",
+            t.elapsed()
+        );
+        // A graceful close (GOAWAY NO_ERROR): the client's connection ends cleanly.
+        ended.expect("a clean close");
+    });
+}
+
+/// A header list over `max_header_size` never reaches the backend; the connection
+/// serves on.
+#[test]
+fn an_oversized_header_list_is_refused() {
+    let b = Scripted::ok("ok");
+    let mut s = support::settings();
+    s.max_header_size = 4096;
+    let p = ProxyUnderTest::start(&[&b], s);
+    client(Duration::from_secs(10), async {
+        let (send, _conn) = connect(p.addr).await;
+        let mut r = req("GET", "/big");
+        r.headers_mut()
+            .insert("x-big", "a".repeat(8000).parse().unwrap());
+        let mut s = send.clone().ready().await.unwrap();
+        let (resp, _) = s.send_request(r, true).unwrap();
+        // The h2 crate answers it itself, before drove sees the stream.
+        assert_eq!(resp.await.unwrap().status(), 431);
+        let mut s = send.clone();
+        let (parts, body) = fetch(&mut s, req("GET", "/small")).await;
+        assert_eq!(parts.status, 200);
+        assert_eq!(text(&body), "ok");
+    });
+    let seen: Vec<String> = b.requests().iter().map(|r| text(r)).collect();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert!(seen[0].starts_with("GET /small "), "{seen:?}");
 }
