@@ -9,6 +9,7 @@ mod cli;
 mod discovery;
 mod export;
 mod failover;
+mod http2;
 mod identity;
 mod observe;
 mod prometheus;

@@ -155,7 +155,12 @@ pub(crate) fn write_response(
     out.extend_from_slice(b"\r\n");
     for ((ns, ne), (vs, ve)) in &head.headers {
         let name = &buf[*ns..*ne];
-        if drop_response_header(name, upgrade) || (rw.dechunk && eq(name, b"transfer-encoding")) {
+        if drop_response_header(name, upgrade)
+            || (rw.dechunk && eq(name, b"transfer-encoding"))
+            // Compression replaces Vary, ETag and Content-Encoding and drops
+            // Content-Length and Accept-Ranges: the backend's own go.
+            || rw.edits.is_some_and(|e| e.removes(name))
+        {
             continue;
         }
         out.extend_from_slice(name);

@@ -589,6 +589,18 @@ impl StreamBody<'_> {
         Ok(())
     }
 
+    /// Reads more of the body from the backend, unless the client resets the stream
+    /// first: a cancelled stream cancels its upstream exchange mid-body too (an event
+    /// stream or a long poll may send nothing for minutes; waiting for its next bytes to
+    /// notice would hold the backend's connection and its in-flight count that long).
+    async fn read(&mut self, up: &Sock, buf: &mut crate::sock::Buf) -> Result<usize, Relay> {
+        let send = &mut *self.send;
+        tokio::select! {
+            r = up.read(buf) => r.map_err(|_| Relay::Backend),
+            _ = std::future::poll_fn(|cx| send.poll_reset(cx)) => Err(Relay::Client),
+        }
+    }
+
     async fn end(&mut self) -> Result<(), Relay> {
         if let Some(c) = &mut self.compress {
             c.finish().map_err(|_| Relay::Backend)?;
@@ -622,9 +634,8 @@ impl StreamBody<'_> {
                 self.end().await?;
                 return Ok(reusable);
             }
-            match up.read(buf).await {
-                Ok(0) | Err(_) => return Err(Relay::Backend),
-                Ok(_) => {}
+            if self.read(up, buf).await? == 0 {
+                return Err(Relay::Backend);
             }
         }
     }
@@ -653,9 +664,8 @@ impl StreamBody<'_> {
                 self.end().await?;
                 return Ok(reusable);
             }
-            match up.read(buf).await {
-                Ok(0) | Err(_) => return Err(Relay::Backend),
-                Ok(_) => {}
+            if self.read(up, buf).await? == 0 {
+                return Err(Relay::Backend);
             }
         }
     }
@@ -666,10 +676,8 @@ impl StreamBody<'_> {
                 self.data(buf.filled()).await?;
                 buf.clear();
             }
-            match up.read(buf).await {
-                Ok(0) => return self.end().await,
-                Err(_) => return Err(Relay::Backend),
-                Ok(_) => {}
+            if self.read(up, buf).await? == 0 {
+                return self.end().await;
             }
         }
     }
