@@ -232,9 +232,12 @@ pub(crate) async fn once<D: Downstream>(
     let mut buf = w.buffers.input();
     let sent = Instant::now();
     let result = {
+        // Pinned here and lent to the watcher: moving the exchange's state into another
+        // future would copy it on every request.
         let exchange = send_and_read_head(w, down, &up, req, &mut buf, stale_ok);
+        tokio::pin!(exchange);
         let watch = movable.then(|| (&**backend, &*w.proxy.stats));
-        while_healthy(exchange, watch, try_deadline).await
+        while_healthy(exchange.as_mut(), watch, try_deadline).await
     };
     match result {
         Ok(head) => {
@@ -306,12 +309,11 @@ async fn connection(
 /// Runs `exchange` until it ends or `try_deadline` passes (a timeout); with `watch`,
 /// also checks every [`HEALTH_CHECK_EVERY`] that the backend is still healthy and gives
 /// up when it is not and a retry can still be paid for. One timer serves both.
-async fn while_healthy(
-    exchange: impl std::future::Future<Output = Result<ResponseHead, SendError>>,
+async fn while_healthy<F: std::future::Future<Output = Result<ResponseHead, SendError>>>(
+    mut exchange: std::pin::Pin<&mut F>,
     watch: Option<(&Backend, &crate::ProxyStats)>,
     try_deadline: Instant,
 ) -> Result<ResponseHead, SendError> {
-    tokio::pin!(exchange);
     let first = match watch {
         Some(_) => (Instant::now() + HEALTH_CHECK_EVERY).min(try_deadline),
         None => try_deadline,

@@ -11,7 +11,12 @@ use crate::sock::ClientIo;
 use crate::{HashKey, LimitKey, ProxySettings};
 
 /// Longest request id taken from a client; a longer one is replaced by drove's own.
-const MAX_REQUEST_ID: usize = 200;
+/// (UUIDs are 36 bytes, nginx's `$request_id` 32; the value lives inline in every
+/// request's context, so its size is paid on every request.)
+const MAX_REQUEST_ID: usize = 64;
+
+/// Longest sticky cookie value looked at (drove's own tokens are 16 hex digits).
+const MAX_STICKY: usize = 32;
 
 /// What was learnt from a request head.
 pub(crate) struct RequestInfo {
@@ -22,13 +27,13 @@ pub(crate) struct RequestInfo {
     /// The request id (propagated or generated), when the header is configured.
     pub(crate) request_id: Option<InlineBytes<MAX_REQUEST_ID>>,
     /// The sticky cookie's value.
-    pub(crate) sticky: Option<InlineBytes<64>>,
+    pub(crate) sticky: Option<InlineBytes<MAX_STICKY>>,
     /// The `hash` algorithm's key.
     pub(crate) hash: Option<u64>,
     /// Index of the rate-limited route that matches, and the key it counts by.
     pub(crate) route: Option<(usize, u64)>,
     /// The allowed protocol the request asks to switch to, and its WebSocket key.
-    pub(crate) upgrade: Option<(InlineBytes<32>, Option<InlineBytes<64>>)>,
+    pub(crate) upgrade: Option<(InlineBytes<32>, Option<InlineBytes<32>>)>,
     /// A HEAD request (its response has no body to compress).
     pub(crate) head_method: bool,
     /// Response compression for this path and `Accept-Encoding`, when on.
@@ -103,23 +108,17 @@ impl HeadView for http::HeaderMap {
     }
 }
 
-/// What every protocol's request contributes the same way: the request id, the sticky
-/// cookie, the hash key, the route and its limit key, compression.
-struct Common {
-    request_id: Option<InlineBytes<MAX_REQUEST_ID>>,
-    sticky: Option<InlineBytes<64>>,
-    hash: Option<u64>,
-    route: Option<(usize, u64)>,
-    compress: Option<super::compress::Chosen>,
-}
-
+/// What every protocol's request contributes the same way — the request id, the sticky
+/// cookie, the hash key, the route and its limit key, compression — built in place
+/// (the info is moved as little as possible: it is read on every request).
 fn common(
     settings: &ProxySettings,
     head: &impl HeadView,
     path: &[u8],
     client_ip: IpAddr,
+    client_ip_text: IpText,
     new_request_id: impl FnOnce() -> [u8; 16],
-) -> Common {
+) -> RequestInfo {
     let request_id = settings.request_id_header.as_ref().map(|name| {
         match head.header(name.as_str().as_bytes()) {
             Some(v) if !v.is_empty() && v.len() <= MAX_REQUEST_ID => InlineBytes::new(v),
@@ -130,7 +129,7 @@ fn common(
         .sticky
         .as_ref()
         .and_then(|s| head.cookie(s.name.as_bytes()))
-        .filter(|v| v.len() <= 64)
+        .filter(|v| v.len() <= MAX_STICKY)
         .map(InlineBytes::new);
     let hash = match &settings.hash_key {
         None => None,
@@ -159,11 +158,16 @@ fn common(
             (i, key)
         });
     let compress = super::compress::choose(settings, path, head.accept_encoding());
-    Common {
+    RequestInfo {
+        http10: false,
+        client_ip,
+        client_ip_text,
         request_id,
         sticky,
         hash,
         route,
+        upgrade: None,
+        head_method: false,
         compress,
     }
 }
@@ -187,32 +191,24 @@ pub(crate) fn extract<S: ClientIo>(
     } else {
         IpText::of(client_ip)
     };
-    let c = common(
+    let mut info = common(
         settings,
         &(buf, head),
         head.path(buf),
         client_ip,
+        client_ip_text,
         new_request_id,
     );
-    let upgrade = head.upgrade.map(|(s, e)| {
+    info.http10 = head.http10;
+    info.head_method = head.method == crate::h1::Method::Head;
+    info.upgrade = head.upgrade.map(|(s, e)| {
         (
             InlineBytes::new(&buf[s..e]),
             head.websocket_key
                 .map(|(s, e)| InlineBytes::new(&buf[s..e])),
         )
     });
-    RequestInfo {
-        http10: head.http10,
-        client_ip,
-        client_ip_text,
-        request_id: c.request_id,
-        sticky: c.sticky,
-        hash: c.hash,
-        route: c.route,
-        upgrade,
-        head_method: head.method == crate::h1::Method::Head,
-        compress: c.compress,
-    }
+    info
 }
 
 /// What the phases need from an HTTP/2 request (`peer`: the connection's client side).
@@ -239,19 +235,16 @@ pub(crate) fn extract_h2(
         IpText::of(client_ip)
     };
     let path = parts.uri.path().as_bytes();
-    let c = common(settings, &parts.headers, path, client_ip, new_request_id);
-    RequestInfo {
-        http10: false,
+    let mut info = common(
+        settings,
+        &parts.headers,
+        path,
         client_ip,
         client_ip_text,
-        request_id: c.request_id,
-        sticky: c.sticky,
-        hash: c.hash,
-        route: c.route,
-        upgrade: None,
-        head_method: parts.method == http::Method::HEAD,
-        compress: c.compress,
-    }
+        new_request_id,
+    );
+    info.head_method = parts.method == http::Method::HEAD;
+    info
 }
 
 impl<const N: usize> std::fmt::Debug for InlineBytes<N> {
