@@ -49,7 +49,7 @@ pub struct VerifyArgs {
     pub skip: Vec<Drill>,
 
     /// Load duration of each drill (longer when its action takes longer).
-    #[arg(short = 'd', long, default_value = "3s", value_parser = parse_duration_arg, value_name = "DURATION")]
+    #[arg(short = 'd', long, default_value = "3s", value_parser = crate::parse_duration_arg, value_name = "DURATION")]
     pub duration: Duration,
 
     /// Rate of the open-model load under failover, freeze, restart, scale, stickiness
@@ -89,19 +89,12 @@ pub struct VerifyArgs {
 
     /// How long to wait for instances to be ready (at the start, between drills, and for
     /// one to come back).
-    #[arg(long, default_value = "30s", value_parser = parse_duration_arg, value_name = "DURATION")]
+    #[arg(long, default_value = "30s", value_parser = crate::parse_duration_arg, value_name = "DURATION")]
     pub settle_timeout: Duration,
 }
 
 fn parse_drill(s: &str) -> Result<Drill, String> {
     s.parse()
-}
-
-fn parse_duration_arg(s: &str) -> Result<Duration, String> {
-    if let Ok(secs) = s.trim().parse::<f64>() {
-        return Duration::try_from_secs_f64(secs).map_err(|e| e.to_string());
-    }
-    drove_bench::parse_duration(s).map_err(|e| e.to_string())
 }
 
 /// What the config file says that the status API does not.
