@@ -187,7 +187,7 @@ fn verify_a_running_drove_by_admin_address_with_json() {
     let d = Drove::up_file(drove(), &cfg, &["--quiet"]);
     assert!(
         d.wait_in_rotation(3, Duration::from_secs(30)),
-        "{}",
+        "{:?}",
         d.status()
     );
     let admin = d.admin.to_string();
@@ -220,7 +220,7 @@ fn verify_a_running_drove_by_admin_address_with_json() {
     // The drove it verified is still whole: three instances in rotation.
     assert!(
         d.wait_in_rotation(3, Duration::from_secs(20)),
-        "{}",
+        "{:?}",
         d.status()
     );
     d.stop();
