@@ -326,3 +326,76 @@ sticky = { cookie = "s" }
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// drove's output going to a file or pipe: no ANSI colour codes, and each instance event
+/// once — as the `web.N | [drove] ...` line, or (with --quiet) as a log line on stderr.
+#[test]
+fn output_to_a_pipe_has_no_colour_and_each_event_once() {
+    for quiet in [false, true] {
+        let dir = tempdir("plain");
+        let path = dir.join("drove.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "[services.web]\ncommand = [\"{}\", \"demo\"]\ninstances = 2\nport = \"auto\"\nready = {{ http = \"/ready\", interval = \"50ms\" }}\n\n[balancer]\nservice = \"web\"\n",
+                drove().display()
+            ),
+        )
+        .unwrap();
+        let err_path = dir.join("stderr.txt");
+        let mut cmd = Command::new(drove());
+        cmd.args(["up", "-c"])
+            .arg(&path)
+            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+            .current_dir(&dir)
+            .stderr(std::fs::File::create(&err_path).unwrap());
+        if quiet {
+            cmd.arg("--quiet");
+        }
+        let mut p = Proc::spawn(cmd);
+        p.wait_line(Duration::from_secs(20), |l| {
+            l.starts_with("drove: admin API")
+        })
+        .expect("started");
+        let all_ready = || {
+            let out = [
+                p.stdout.lock().unwrap().join("\n"),
+                std::fs::read_to_string(&err_path).unwrap_or_default(),
+            ]
+            .join("\n");
+            out.matches("ready after").count() >= 2
+        };
+        assert!(drove_test_support::wait_until(
+            Duration::from_secs(20),
+            all_ready
+        ));
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(drove_test_support::signal(
+            p.pid(),
+            nix::sys::signal::Signal::SIGTERM
+        ));
+        p.wait_exit(Duration::from_secs(20)).expect("drove stops");
+        let stdout = p.stdout.lock().unwrap().join("\n");
+        let stderr = std::fs::read_to_string(&err_path).unwrap();
+        let both = format!("{stdout}\n{stderr}");
+        assert!(
+            !both.contains('\x1b'),
+            "colour codes in a pipe (quiet={quiet}):\n{both}"
+        );
+        for id in ["web.1", "web.2"] {
+            for event in ["started pid", "ready after", "stopped ("] {
+                let n = both
+                    .lines()
+                    .filter(|l| l.contains(id) && l.contains(event))
+                    .count();
+                assert_eq!(
+                    n, 1,
+                    "`{id}` `{event}` printed {n} times (quiet={quiet}):\n{both}"
+                );
+            }
+        }
+        // Where the events go: the instance lines on stdout, or log lines with --quiet.
+        let on_stderr = stderr.contains("ready after");
+        assert_eq!(on_stderr, quiet, "quiet={quiet}:\n{both}");
+    }
+}

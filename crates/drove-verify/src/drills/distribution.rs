@@ -112,6 +112,9 @@ impl Trouble {
         if self.timeouts > 0 {
             seen.push(format!("{} timeouts", count(self.timeouts)));
         }
+        if self.retries > 0 {
+            seen.push(format!("{} retried elsewhere", count(self.retries)));
+        }
         let tries: Vec<String> = self
             .per_backend
             .iter()
@@ -130,9 +133,8 @@ impl Trouble {
             ));
         }
         Some(format!(
-            "not the algorithm: during the run drove saw {} ({} retried elsewhere); a backend that refuses connections (a small listen backlog, a crash) or is ejected gets less than its share — see its log and `drove status`",
-            seen.join("; "),
-            count(self.retries)
+            "not the algorithm: during the run drove saw {}. A backend that refuses connections (a small listen backlog, a crash) or is ejected gets less than its share: see its log and `drove status`",
+            seen.join("; ")
         ))
     }
 
@@ -304,7 +306,48 @@ pub(crate) async fn run(ctx: &mut Ctx<'_>) -> Result<Outcome, String> {
 
 #[cfg(test)]
 mod tests {
-    use super::natural;
+    use super::{natural, Trouble};
+    use crate::admin::{Backend, Status};
+
+    fn st(connect_errors: u64, web2: (u64, u64, bool)) -> Status {
+        let b = |id: &str, failures, ejections, healthy| Backend {
+            id: id.into(),
+            enabled: true,
+            healthy,
+            requests: 0,
+            failures,
+            ejections,
+            weight: 1,
+            backup: false,
+        };
+        Status {
+            has_balancer: true,
+            tls: false,
+            listen: None,
+            algorithm: "round_robin".into(),
+            service: None,
+            requests: 0,
+            responses: 0,
+            retries: connect_errors,
+            connect_errors,
+            timeouts: 0,
+            settings: None,
+            backends: vec![b("web.1", 0, 0, true), b("web.2", web2.0, web2.1, web2.2)],
+            instances: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn trouble_names_connects_tries_and_ejections() {
+        let quiet = Trouble::between(&st(0, (0, 0, true)), &st(0, (0, 0, true)));
+        assert_eq!(quiet.explain(), None);
+        let t = Trouble::between(&st(1, (1, 0, true)), &st(38, (38, 1, false)));
+        let why = t.explain().unwrap();
+        assert!(
+            why.starts_with("not the algorithm: during the run drove saw 37 failed connects; 37 retried elsewhere; tries: web.2 37 failed, ejected 1×; out of rotation by the end: web.2."),
+            "{why}"
+        );
+    }
 
     #[test]
     fn natural_order() {
