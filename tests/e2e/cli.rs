@@ -257,23 +257,50 @@ sticky = { cookie = "s" }
     .unwrap();
 
     let docs = export_yaml("k8s", &path, &["--image", "web=registry.example/web:1.2"]);
+    // web uses {instance}: a StatefulSet, whose pod ordinal gives INSTANCE_ID.
     let web = docs
         .iter()
-        .find(|d| d["kind"] == "Deployment" && d["metadata"]["name"] == "web")
-        .expect("a Deployment for web");
+        .find(|d| d["kind"] == "StatefulSet" && d["metadata"]["name"] == "web")
+        .expect("a StatefulSet for web");
     assert_eq!(web["spec"]["replicas"], 4);
+    assert_eq!(web["spec"]["serviceName"], "web-headless");
+    assert_eq!(web["spec"]["podManagementPolicy"], "Parallel");
+    assert!(docs.iter().any(|d| d["kind"] == "Service"
+        && d["metadata"]["name"] == "web-headless"
+        && d["spec"]["clusterIP"] == "None"));
     let pod = &web["spec"]["template"]["spec"];
     let c = &pod["containers"][0];
     assert_eq!(c["image"], "registry.example/web:1.2");
+    let cmd = c["command"].as_array().unwrap();
+    assert_eq!(cmd[..2], [serde_json::json!("sh"), serde_json::json!("-c")]);
+    let line = cmd[2].as_str().unwrap();
+    assert!(
+        line.ends_with("; node server.js --port 5001 --id ${INSTANCE_ID}"),
+        "{line}"
+    );
+    // Pod web-1 is drove's instance 2, as the shell computes it.
+    let shown = Command::new("sh")
+        .args([
+            "-c",
+            &line.replace("node server.js", "echo $INSTANCE_ID $DROVE_INSTANCE"),
+        ])
+        .env("HOSTNAME", "web-1")
+        .output()
+        .unwrap();
     assert_eq!(
-        c["command"],
-        serde_json::json!(["sh", "-c", "node server.js --port 5001 --id ${HOSTNAME}"])
+        String::from_utf8_lossy(&shown.stdout).trim(),
+        "2 web.2 --port 5001 --id 2"
     );
     assert_eq!(c["startupProbe"]["httpGet"]["path"], "/ready");
     assert_eq!(c["startupProbe"]["failureThreshold"], 30);
     assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/health");
     assert_eq!(c["readinessProbe"]["httpGet"]["port"], 5001);
     assert_eq!(c["readinessProbe"]["failureThreshold"], 3);
+    // The service's health replaces a failing instance in drove: a liveness probe.
+    assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/health");
+    assert_eq!(c["livenessProbe"]["failureThreshold"], 3);
+    assert_eq!(c["livenessProbe"]["periodSeconds"], 2);
+    assert!(c["livenessProbe"]["successThreshold"].is_null());
     assert_eq!(
         c["resources"]["limits"]["memory"],
         (256u64 << 20).to_string()
@@ -293,7 +320,7 @@ sticky = { cookie = "s" }
     );
     let svc = docs
         .iter()
-        .find(|d| d["kind"] == "Service")
+        .find(|d| d["kind"] == "Service" && d["metadata"]["name"] == "web")
         .expect("a Service");
     assert_eq!(svc["spec"]["ports"][0]["port"], 8088);
     assert_eq!(svc["spec"]["ports"][0]["targetPort"], 5001);
