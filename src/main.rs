@@ -41,7 +41,8 @@ struct Cli {
     )]
     token: Option<String>,
 
-    /// Format of drove's own log lines.
+    /// Format of drove's own log lines (on stderr; `DROVE_LOG=debug` for more). Text is
+    /// coloured only on a terminal, and never with `NO_COLOR` set.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
 
@@ -108,7 +109,9 @@ enum Command {
     /// errors and the share of requests per instance.
     Bench(Box<bench_cmd::BenchArgs>),
     /// Show every instance: pid, port, state, health, req/s, p99, in-flight, restarts,
-    /// RSS, uptime (`--json` for the full status document).
+    /// last exit, RSS, uptime, and for each one that is not ready, why (the ready probe's
+    /// last error, the exit and the next try of a crash loop, a port held by another
+    /// program). `--json` prints the full status document (docs/admin-api.md).
     Status {
         #[command(flatten)]
         cfg: ConfigArg,

@@ -117,7 +117,8 @@ command = ["{drove}", "demo"]
 instances = 3
 port = "auto"
 ready = { http = "/ready", interval = "100ms" }
-# Liveness: an instance that fails 3 probes 2s apart is restarted (drained first).
+# Liveness: an instance that fails 3 probes 2s apart is replaced (a new one ready first,
+# then the failing one drained and stopped).
 health = { http = "/health", interval = "2s", timeout = "1s", rise = 1, fall = 3 }
 stop = { signal = "TERM", grace = "10s" }
 
