@@ -451,3 +451,71 @@ fn verify_start_refuses_a_file_whose_ports_another_drove_holds() {
         "no drill ran"
     );
 }
+
+#[test]
+fn a_scale_into_a_taken_port_sends_nothing_to_the_holder_and_says_so() {
+    let base = free_ports(4);
+    let cfg = format!(
+        "{}\n[admin]\nlisten = \"127.0.0.1:0\"\n",
+        fixed_config(base, 2, &demo_argv(), "listen = \"127.0.0.1:0\"")
+    );
+    let path = write_config("scale-taken", &cfg);
+    let (d, err) = up_as_configured(&path);
+    let admin = announced(&d, "drove: admin API");
+    let listen = announced(&d, "drove: balancer on");
+    let status = || -> drove_api::Status {
+        serde_json::from_slice(&http::get(admin, "/api/status").unwrap().body).unwrap()
+    };
+    let serving = || {
+        status()
+            .backends()
+            .iter()
+            .filter(|b| b.enabled && b.healthy)
+            .count()
+    };
+    assert!(wait_until(Duration::from_secs(20), || serving() == 2));
+
+    // Another program takes web.3's port, then web scales to 3.
+    let mut cmd = Command::new(drove());
+    cmd.arg("demo")
+        .env("PORT", (base + 2).to_string())
+        .env("DROVE_INSTANCE", "foreign");
+    let foreign = Proc::spawn(cmd);
+    let foreign_addr = SocketAddr::from(([127, 0, 0, 1], base + 2));
+    assert!(wait_until(Duration::from_secs(10), || http::get(
+        foreign_addr,
+        "/ready"
+    )
+    .is_ok_and(|r| r.status == 200)));
+    let out = crate::output_ok(Command::new(drove()).args([
+        "scale",
+        "web=3",
+        "--admin",
+        &admin.to_string(),
+    ]));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("web: scaled to 3"));
+    assert!(
+        wait_until(Duration::from_secs(20), || serving() == 3),
+        "{:?}",
+        status()
+    );
+    let ports: Vec<u16> = status().instances.iter().filter_map(|i| i.port).collect();
+    assert!(!ports.contains(&(base + 2)), "{ports:?}");
+    // drove says why the new instance is not web.3.
+    let said = read(&err);
+    assert!(
+        said.contains(&format!(
+            "web.3 not started: port {} is in use by pid {} (",
+            base + 2,
+            foreign.pid()
+        )),
+        "{said}"
+    );
+    let before = demo_requests(foreign_addr);
+    for _ in 0..60 {
+        let r = http::get(listen, "/whoami").unwrap();
+        assert_eq!(r.status, 200);
+        assert_ne!(r.header("x-demo-instance"), Some("foreign"));
+    }
+    assert_eq!(demo_requests(foreign_addr), before + 1);
+}

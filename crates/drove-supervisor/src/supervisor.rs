@@ -228,6 +228,7 @@ impl Supervisor {
             tracing::info!(service, from = have, to = n, "scaling up");
             for _ in have..n {
                 let index = svc.free_index()?;
+                svc.explain_skipped(index);
                 inner.create_slot(&svc, index)?;
             }
         } else if n < have {
@@ -482,6 +483,31 @@ impl Service {
                 }
             }
             i += 1;
+        }
+    }
+
+    /// Says why a new slot got `index` rather than a lower free one: their ports (with a
+    /// base port) are held by other processes, which would otherwise get its traffic.
+    fn explain_skipped(&self, index: u32) {
+        let PortSpec::Base(base) = self.spec().port else {
+            return;
+        };
+        let taken: Vec<u32> = {
+            let slots = lock(&self.slots);
+            (1..index).filter(|i| !slots.contains_key(i)).collect()
+        };
+        for i in taken {
+            let Some(port) = u16::try_from(u32::from(base) + i - 1).ok() else {
+                continue;
+            };
+            if let Some(used) = crate::ports::port_in_use(port) {
+                tracing::warn!(
+                    "{}.{i} not started: {used}; starting {}.{index} on port {} instead",
+                    self.name,
+                    self.name,
+                    u32::from(base) + index - 1
+                );
+            }
         }
     }
 
