@@ -501,7 +501,7 @@ fn log_format_json_writes_json_lines_to_stderr() {
     let found = wait_until(Duration::from_secs(20), || {
         std::fs::read_to_string(&err_path)
             .unwrap_or_default()
-            .matches("instance in rotation")
+            .matches("ready after")
             .count()
             >= 3
     });
@@ -516,7 +516,11 @@ fn log_format_json_writes_json_lines_to_stderr() {
             v["timestamp"].is_string() && v["level"].is_string(),
             "{line}"
         );
-        if v["fields"]["message"] == "instance in rotation" {
+        // With --quiet, each instance event is one log line (not also a `web.N |` line).
+        if v["fields"]["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("ready after"))
+        {
             assert!(
                 v["fields"]["instance"]
                     .as_str()
