@@ -136,24 +136,17 @@ fn receives(bound: IpAddr, to: IpAddr) -> bool {
     }
 }
 
-/// The pids among `/proc/*` (or `pids`, when given) holding one of `inodes`.
-fn holders_of(inodes: &HashSet<u64>, pids: Option<&[i32]>) -> Vec<u32> {
-    let all: Vec<i32>;
-    let pids = match pids {
-        Some(p) => p,
-        None => {
-            all = fs::read_dir("/proc")
-                .map(|d| {
-                    d.flatten()
-                        .filter_map(|e| e.file_name().to_str()?.parse().ok())
-                        .collect()
-                })
-                .unwrap_or_default();
-            &all
-        }
-    };
+/// The pids among `/proc/*` holding one of `inodes`.
+fn holders_of(inodes: &HashSet<u64>) -> Vec<u32> {
+    let pids: Vec<i32> = fs::read_dir("/proc")
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
     let mut out = Vec::new();
-    for pid in pids {
+    for pid in &pids {
         // Another user's fds are unreadable: skipped (reported by uid instead).
         let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else {
             continue;
@@ -199,7 +192,7 @@ pub(crate) fn command_of(pid: u32) -> String {
 /// Who holds `listeners` (processes by pid, else uids).
 fn describe(port: u16, listeners: &[Listener]) -> PortInUse {
     let inodes: HashSet<u64> = listeners.iter().map(|l| l.inode).collect();
-    let mut pids = holders_of(&inodes, None);
+    let mut pids = holders_of(&inodes);
     pids.sort_unstable();
     // A socket shared by a parent and its forked workers shows in each: name a few.
     pids.truncate(3);
@@ -269,31 +262,72 @@ pub fn listening_on(addr: SocketAddr) -> Option<PortInUse> {
     (!found.is_empty()).then(|| describe(addr.port(), &found))
 }
 
+/// Why a port's listener is not the instance's own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum NotOwned {
+    /// Nothing listens where the balancer would connect.
+    Nothing(u16),
+    /// Another process's sockets (their inodes, sorted) listen there.
+    Foreign(u16, Vec<u64>),
+}
+
+impl NotOwned {
+    /// The message, naming the holder: scans every process's fds, so callers that ask
+    /// again and again (a probe loop) keep the last message per inode set.
+    pub(crate) fn describe(&self, pid: u32) -> String {
+        match self {
+            NotOwned::Nothing(port) => format!("nothing listens on 127.0.0.1:{port}"),
+            NotOwned::Foreign(port, inodes) => {
+                let theirs: Vec<Listener> = listeners(*port)
+                    .into_iter()
+                    .filter(|l| inodes.contains(&l.inode))
+                    .collect();
+                format!(
+                    "{}, not by this instance (pid {pid}): its probe was answered by another program",
+                    describe(*port, &theirs)
+                )
+            }
+        }
+    }
+}
+
 /// Checks that every socket listening where the balancer sends an instance's requests
 /// (`127.0.0.1:port`) belongs to one of `members` (the instance's process group), and
-/// that there is one. `Err` says who answers instead.
-pub(crate) fn check_owned(port: u16, members: &[i32], pid: u32) -> Result<(), String> {
+/// that there is one.
+pub(crate) fn check_owned(port: u16, members: &[i32]) -> Result<(), NotOwned> {
     let relevant: Vec<Listener> = listeners(port)
         .into_iter()
         .filter(|l| receives(l.addr.ip(), Ipv4Addr::LOCALHOST.into()))
         .collect();
     if relevant.is_empty() {
-        return Err(format!("nothing listens on 127.0.0.1:{port}"));
+        return Err(NotOwned::Nothing(port));
     }
-    let theirs: Vec<Listener> = relevant
-        .into_iter()
-        .filter(|l| {
-            let one: HashSet<u64> = [l.inode].into();
-            holders_of(&one, Some(members)).is_empty()
-        })
-        .collect();
+    let all: HashSet<u64> = relevant.iter().map(|l| l.inode).collect();
+    // Which of those inodes the group's processes hold (one pass over their fds).
+    let mut ours = HashSet::new();
+    for pid in members {
+        let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            let inode = fs::read_link(fd.path()).ok().and_then(|t| {
+                t.to_str()?
+                    .strip_prefix("socket:[")?
+                    .strip_suffix(']')?
+                    .parse::<u64>()
+                    .ok()
+            });
+            if let Some(n) = inode.filter(|n| all.contains(n)) {
+                ours.insert(n);
+            }
+        }
+    }
+    let mut theirs: Vec<u64> = all.difference(&ours).copied().collect();
     if theirs.is_empty() {
         return Ok(());
     }
-    Err(format!(
-        "{}, not by this instance (pid {pid}): its probe was answered by another program",
-        describe(port, &theirs)
-    ))
+    theirs.sort_unstable();
+    Err(NotOwned::Foreign(port, theirs))
 }
 
 #[cfg(test)]
@@ -338,11 +372,15 @@ mod tests {
             .to_string()
             .starts_with(&format!("port {port} is in use by pid {me} (")));
         assert!(listening_on(SocketAddr::from(([0, 0, 0, 0], port))).is_some());
-        assert!(check_owned(port, &[me as i32], me).is_ok());
-        let err = check_owned(port, &[1], 1).unwrap_err();
-        assert!(err.contains(&format!("pid {me}")), "{err}");
+        assert!(check_owned(port, &[me as i32]).is_ok());
+        let err = check_owned(port, &[1]).unwrap_err().describe(1);
+        assert!(err.contains(&format!("in use by pid {me} (")), "{err}");
+        assert!(err.contains("not by this instance (pid 1)"), "{err}");
         drop(l);
         assert_eq!(port_in_use(port), None);
-        assert!(check_owned(port, &[me as i32], me).is_err());
+        assert_eq!(
+            check_owned(port, &[me as i32]),
+            Err(NotOwned::Nothing(port))
+        );
     }
 }

@@ -463,14 +463,31 @@ fn spawn_prober(
 ) -> (AbortOnDrop, mpsc::Receiver<Result<(), String>>) {
     let (tx, rx) = mpsc::channel(1);
     let task = tokio::spawn(async move {
+        // The last "who holds it instead" message, by the foreign sockets it is about:
+        // naming the holder scans every process's fds, not something to repeat at every
+        // probe of a fast ready interval.
+        let mut named: Option<(crate::ports::NotOwned, String)> = None;
         loop {
             let mut r = crate::probe::run(&probe.kind, port, &env, &cwd, probe.timeout).await;
             if let (Ok(()), Some((port, pid))) = (&r, owner) {
-                r = tokio::task::spawn_blocking(move || {
-                    crate::ports::check_owned(port, &group_members(pid as i32), pid)
-                })
-                .await
-                .unwrap_or_else(|e| Err(format!("ownership check failed: {e}")));
+                let cached = named.clone();
+                let (res, msg) =
+                    tokio::task::spawn_blocking(move || {
+                        match crate::ports::check_owned(port, &group_members(pid as i32)) {
+                            Ok(()) => (Ok(()), None),
+                            Err(e) => match cached {
+                                Some((k, m)) if k == e => (Err(m.clone()), Some((k, m))),
+                                _ => {
+                                    let m = e.describe(pid);
+                                    (Err(m.clone()), Some((e, m)))
+                                }
+                            },
+                        }
+                    })
+                    .await
+                    .unwrap_or_else(|e| (Err(format!("ownership check failed: {e}")), None));
+                r = res;
+                named = msg;
             }
             if tx.send(r).await.is_err() {
                 return;
