@@ -136,10 +136,22 @@ pub(crate) fn run(
         Command::Down {
             no_wait, timeout, ..
         } => {
+            // Whether drove's processes can be watched from here is decided before it
+            // stops: afterwards a pid that is gone and one never visible look the same.
+            let here = !no_wait && {
+                let st: api::Status = call(addr, "GET", "/api/status", token, None, short)?;
+                crate::down_wait::is_drove_here(st.pid)
+            };
             let a: api::DownAnswer = call(addr, "POST", "/api/down", token, None, short)?;
             println!("drove at {addr} (pid {}): shutting down", a.pid);
+            if here {
+                return crate::down_wait::wait(addr, &a, timeout);
+            }
             if !no_wait {
-                return crate::down_wait::wait(addr, token, &a, timeout);
+                println!(
+                    "drove at {addr}: pid {} is not a drove process on this host (another host or container?): not waiting for it",
+                    a.pid
+                );
             }
         }
         Command::Logs {

@@ -3,8 +3,10 @@
 //! shutdown begins, so the wait watches processes: drove's pid and the instances'
 //! process groups (from the `POST /api/down` answer), through /proc and `kill(pid, 0)`.
 //! That works where the processes are visible: drove on this host, in this pid
-//! namespace. Elsewhere (an admin API reached over the network, drove in a container)
-//! `drove down` says it cannot watch and returns once the shutdown has begun.
+//! namespace, which `drove down` checks before it asks for the shutdown (its pid from
+//! the status document must be a drove process here). Elsewhere (an admin API reached
+//! over the network, drove in a container) it says it cannot watch and returns once the
+//! shutdown has begun.
 
 use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
@@ -39,34 +41,27 @@ fn group_alive(pgid: u32) -> bool {
     drove_supervisor::group_alive(pgid as i32)
 }
 
-/// Whether `pid` is, as far as this host can tell, the drove that answered.
-fn is_drove_here(pid: u32) -> bool {
-    std::fs::read(format!("/proc/{pid}/cmdline"))
-        .ok()
-        .and_then(|c| {
-            let first = c.split(|b| *b == 0).next()?.to_vec();
-            Some(String::from_utf8_lossy(&first).ends_with("drove"))
-        })
-        .unwrap_or(false)
+/// Whether `pid` is, as far as this host can tell, a drove process (its executable's
+/// name is `drove`): then its shutdown can be watched from here.
+pub(crate) fn is_drove_here(pid: u32) -> bool {
+    alive(pid)
+        && std::fs::read(format!("/proc/{pid}/cmdline"))
+            .ok()
+            .and_then(|c| {
+                let first = c.split(|b| *b == 0).next()?.to_vec();
+                Some(String::from_utf8_lossy(&first).ends_with("drove"))
+            })
+            .unwrap_or(false)
 }
 
-/// Waits (at most `timeout`) for drove and its instances to be gone.
+/// Waits (at most `timeout`) for drove and its instances to be gone. Call it only for
+/// a drove seen on this host ([`is_drove_here`], checked before the shutdown began).
 pub(crate) fn wait(
     addr: SocketAddr,
-    _token: Option<&str>,
     a: &DownAnswer,
     timeout: Duration,
 ) -> anyhow::Result<ExitCode> {
     let t0 = Instant::now();
-    // Already gone is fine; a pid that is someone else here means another host or pid
-    // namespace: nothing to watch.
-    if alive(a.pid) && !is_drove_here(a.pid) {
-        println!(
-            "drove at {addr}: pid {} is not a drove process on this host; not waiting (use --no-wait to skip this check)",
-            a.pid
-        );
-        return Ok(ExitCode::SUCCESS);
-    }
     let tty = std::io::stdout().is_terminal();
     let mut last_line = String::new();
     loop {
