@@ -111,8 +111,12 @@ pub(crate) fn run(
             };
             let a: api::RestartAnswer =
                 call(addr, "POST", "/api/restart", token, to_json(&req), long)?;
+            let surge = a
+                .surge
+                .as_deref()
+                .map_or(String::new(), |s| format!(" behind surge instance {s}"));
             println!(
-                "{service}: rolling restart done, {} instance(s) replaced in {:.1}s",
+                "{service}: rolling restart done, {} instance(s) restarted in place (same ids and ports){surge} in {:.1}s",
                 a.replaced.len(),
                 a.elapsed
             );

@@ -1,11 +1,15 @@
-//! `drove export grafana|alerts|k8s|compose`: a Grafana dashboard and Prometheus alert
-//! rules for drove's metrics (docs/metrics.md), or drove.toml as Kubernetes manifests or
-//! a Compose file (`export_manifests.rs`), printed to stdout.
+//! `drove export grafana|alerts|prometheus|k8s|compose|dockerfile`: a Grafana dashboard
+//! and Prometheus alert rules for drove's metrics (docs/metrics.md), the Prometheus scrape
+//! config for drove and its instances (`export_prometheus.rs`), drove.toml as Kubernetes
+//! manifests or a Compose file with drove in front (`export_manifests.rs`), or the
+//! Dockerfile of drove's image, printed to stdout.
 //!
-//! Both use only series that `/metrics` exposes; the e2e tests check that against a
-//! running drove and run `promtool check rules` on the alerts.
+//! The dashboard and the alerts use only series that `/metrics` exposes; the e2e tests
+//! check that against a running drove and run `promtool check rules` on the alerts.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
 
 use serde_json::{json, Value};
 
@@ -21,14 +25,23 @@ pub enum ExportKind {
     /// for the balanced one.
     K8s,
     /// A Docker Compose file (YAML) from drove.toml: replicas, command, env, health
-    /// check, stop signal and grace, restart policy, depends_on with conditions.
+    /// check, stop signal and grace, restart policy, depends_on with conditions; and a
+    /// `drove` service balancing the balanced service's replicas.
     Compose,
+    /// Prometheus scrape config (YAML): drove's /metrics, and every service's instances
+    /// through drove's HTTP service discovery (GET /api/sd).
+    Prometheus,
+    /// The Dockerfile of drove's image (build it in a checkout of drove's source).
+    Dockerfile,
 }
 
 impl ExportKind {
     /// Whether this export is made from drove.toml.
     pub fn reads_config(self) -> bool {
-        matches!(self, ExportKind::K8s | ExportKind::Compose)
+        matches!(
+            self,
+            ExportKind::K8s | ExportKind::Compose | ExportKind::Prometheus
+        )
     }
 }
 
@@ -39,9 +52,54 @@ pub struct ExportArgs {
     #[arg(value_enum)]
     pub kind: ExportKind,
     /// k8s/compose: the container image of a service, as SERVICE=IMAGE (repeatable);
-    /// default SERVICE:latest.
+    /// default SERVICE:latest. `drove=IMAGE` names drove's own image (default
+    /// drove:latest, also used by services that run `{drove}`).
     #[arg(long = "image", value_name = "SERVICE=IMAGE", value_parser = parse_image)]
     pub images: Vec<(String, String)>,
+    /// k8s: the namespace of every object, and of the DNS name drove finds the replicas by.
+    #[arg(long, default_value = "default", value_name = "NAMESPACE", value_parser = parse_namespace)]
+    pub namespace: String,
+    /// prometheus: scrape interval of every job and refresh interval of the service
+    /// discovery (e.g. 15s, 1m, 500ms).
+    #[arg(long, default_value = "15s", value_name = "DURATION", value_parser = parse_interval)]
+    pub interval: Duration,
+}
+
+/// A Kubernetes namespace name (an RFC 1123 label).
+fn parse_namespace(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= 63
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !s.starts_with('-')
+        && !s.ends_with('-');
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "`{s}` is not a namespace name (lower-case letters, digits and `-`, at most 63)"
+        ))
+    }
+}
+
+/// `500ms`, `15s`, `1m`, `2h`.
+fn parse_interval(s: &str) -> Result<Duration, String> {
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("expected a duration like 15s or 500ms, got `{s}`"))?;
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n * 60),
+        "h" => Duration::from_secs(n * 3600),
+        _ => return Err(format!("expected a duration like 15s or 500ms, got `{s}`")),
+    };
+    if d.is_zero() {
+        return Err("the interval must be more than 0".into());
+    }
+    Ok(d)
 }
 
 fn parse_image(s: &str) -> Result<(String, String), String> {
@@ -53,12 +111,23 @@ fn parse_image(s: &str) -> Result<(String, String), String> {
     }
 }
 
+/// The repository's Dockerfile: the image the exported manifests run as `drove:latest`.
+pub const DOCKERFILE: &str = include_str!("../Dockerfile");
+
 /// Prints the export; returns the exit code. `config` is loaded when the kind
-/// [reads it](ExportKind::reads_config).
-pub fn run(args: ExportArgs, config: Option<&drove_config::Config>) -> anyhow::Result<u8> {
+/// [reads it](ExportKind::reads_config); `admin` is `--admin` (the admin address
+/// Prometheus should use).
+pub fn run(
+    args: ExportArgs,
+    config: Option<&drove_config::Config>,
+    admin: Option<SocketAddr>,
+) -> anyhow::Result<u8> {
     let images: BTreeMap<String, String> = args.images.into_iter().collect();
     if let Some(c) = config {
-        if let Some(unknown) = images.keys().find(|s| c.service(s).is_none()) {
+        if let Some(unknown) = images
+            .keys()
+            .find(|s| *s != "drove" && c.service(s).is_none())
+        {
             anyhow::bail!("--image {unknown}=...: there is no service `{unknown}` in the config");
         }
     }
@@ -67,11 +136,21 @@ pub fn run(args: ExportArgs, config: Option<&drove_config::Config>) -> anyhow::R
             println!("{}", serde_json::to_string_pretty(&grafana_dashboard())?)
         }
         (ExportKind::Alerts, _) => print!("{ALERT_RULES}"),
-        (ExportKind::K8s, Some(c)) => print!("{}", crate::export_manifests::k8s(c, &images)),
+        (ExportKind::K8s, Some(c)) => print!(
+            "{}",
+            crate::export_manifests::k8s(c, &images, &args.namespace)
+        ),
         (ExportKind::Compose, Some(c)) => {
             print!("{}", crate::export_manifests::compose(c, &images))
         }
-        (ExportKind::K8s | ExportKind::Compose, None) => anyhow::bail!("no config loaded"),
+        (ExportKind::Prometheus, Some(c)) => print!(
+            "{}",
+            crate::export_prometheus::scrape_config(c, admin, args.interval)
+        ),
+        (ExportKind::Dockerfile, _) => print!("{DOCKERFILE}"),
+        (ExportKind::K8s | ExportKind::Compose | ExportKind::Prometheus, None) => {
+            anyhow::bail!("no config loaded")
+        }
     }
     Ok(0)
 }

@@ -5,14 +5,24 @@
 //! check (else the service's `health`) takes a replica out of rotation while it fails (a
 //! readiness probe), stop signal and grace, restart policy, memory limit, dependencies.
 //!
+//! The balanced service keeps drove in front: a `drove` service (Compose) or Deployment
+//! (Kubernetes) runs `drove up` with a generated drove.toml (`export_balancer.rs`) whose
+//! backends are the replicas as the orchestrator's DNS publishes them — the Compose
+//! service name, or a headless Service in Kubernetes — with the same algorithm,
+//! stickiness, limits, retries, health and admin settings; its admin/metrics port is
+//! exposed. So stickiness, rate limits, retries, passive health, metrics and `drove
+//! verify` survive the move.
+//!
 //! What does not carry over is said in comments in the output: an image must be named
-//! (`--image web=registry/web:1.2`, default `SERVICE:latest`); every replica listens on
-//! the same port in its own network namespace (the base port, 8080 for `port =
-//! "auto"`); the orchestrator's load balancing replaces drove's algorithm, retries and
-//! stickiness. Instance numbers: a Kubernetes service that uses `{instance}` becomes a
-//! StatefulSet, whose pod ordinal gives `INSTANCE_ID` (ordinal + 1, as drove counts);
-//! a Deployment's or a Compose service's replicas have no index, so there `INSTANCE_ID`
-//! is not set and `{instance}` becomes the container's hostname.
+//! (`--image web=registry/web:1.2`, default `SERVICE:latest`; `drove:latest` for drove
+//! itself and for services that run `{drove}`); every replica listens on the same port in
+//! its own network namespace (the base port, 8080 for `port = "auto"`), on every interface
+//! (`HOST=0.0.0.0` unless `env` sets `HOST`). Instance numbers: a Kubernetes service that
+//! uses `{instance}` becomes a StatefulSet, whose pod ordinal gives `INSTANCE_ID` (the
+//! ordinal plus one, as drove counts); its governing Service is the headless one that
+//! publishes the replicas to drove when it is the balanced service (one `NAME-headless`
+//! per service). A Deployment's or a Compose service's replicas have no index, so there
+//! `INSTANCE_ID` is not set and `{instance}` becomes the container's hostname.
 //!
 //! YAML is written by a small emitter over `serde_json::Value` (strings JSON-quoted,
 //! which YAML reads the same) so that the output can carry explanatory comments and no
@@ -26,6 +36,38 @@ use drove_config::{
     Backends, CommandSpec, Config, PortSpec, ProbeConfig, ProbeKind, RestartPolicy, ServiceConfig,
 };
 use serde_json::{json, Map, Value};
+
+use crate::export_balancer::{self, Front};
+
+/// Where the exported drove's config is mounted in its container.
+const DROVE_CONFIG_DIR: &str = "/etc/drove";
+/// Where its TLS files are mounted (from a Secret / a bind mount) when `[balancer] tls`.
+const DROVE_TLS_DIR: &str = "/etc/drove/tls";
+
+/// Name of drove's own service/Deployment: `drove`, unless a service has that name.
+fn balancer_name(c: &Config) -> &'static str {
+    if c.service("drove").is_some() {
+        "drove-balancer"
+    } else {
+        "drove"
+    }
+}
+
+/// The balanced service, if drove balances one of the config's services.
+fn balanced(c: &Config) -> Option<&ServiceConfig> {
+    match &c.balancer.as_ref()?.backends {
+        Backends::Service(name) => c.service(name),
+        Backends::Static(_) => None,
+    }
+}
+
+/// Seconds drove may take to stop: its in-flight requests' grace and a margin.
+fn drove_grace(c: &Config) -> u64 {
+    c.balancer
+        .as_ref()
+        .map_or(30, |b| secs(b.timeouts.shutdown_grace))
+        + 5
+}
 
 /// The container port of a service (see the module doc), `None` for a worker.
 fn container_port(s: &ServiceConfig) -> Option<u16> {
@@ -135,6 +177,8 @@ fn container_env(s: &ServiceConfig, indexed: bool) -> BTreeMap<String, String> {
         .collect();
     if let Some(p) = container_port(s) {
         env.insert("PORT".into(), p.to_string());
+        // 127.0.0.1 in a container is unreachable from drove's container.
+        env.entry("HOST".into()).or_insert_with(|| "0.0.0.0".into());
     }
     env.insert("DROVE_SERVICE".into(), s.name.clone());
     env
@@ -206,16 +250,38 @@ fn k8s_probe(p: &ProbeConfig, port: Option<u16>, kind: K8sProbe) -> Value {
     v
 }
 
-fn image_of(s: &ServiceConfig, images: &BTreeMap<String, String>) -> String {
+/// drove's image: `--image drove=...`, default `drove:latest` (build it with the
+/// repository's Dockerfile, or `drove export dockerfile`).
+fn drove_image(images: &BTreeMap<String, String>) -> String {
     images
-        .get(&s.name)
+        .get("drove")
         .cloned()
-        .unwrap_or_else(|| format!("{}:latest", s.name))
+        .unwrap_or_else(|| "drove:latest".into())
 }
 
-/// Kubernetes manifests: a Deployment per service (a StatefulSet with its headless
-/// Service for one that uses `{instance}`), a Service for the balanced one.
-pub fn k8s(c: &Config, images: &BTreeMap<String, String>) -> String {
+fn image_of(s: &ServiceConfig, images: &BTreeMap<String, String>) -> String {
+    let runs_drove = match &s.command {
+        CommandSpec::Argv(v) => v.first().is_some_and(|p| p == "{drove}" || p == "drove"),
+        CommandSpec::Shell(c) => c.trim_start().starts_with("{drove}"),
+    };
+    match images.get(&s.name) {
+        Some(i) => i.clone(),
+        None if runs_drove => drove_image(images),
+        None => format!("{}:latest", s.name),
+    }
+}
+
+/// The headless Service of a service's replicas: drove's DNS backends when it is the
+/// balanced service, a StatefulSet's governing Service (pod DNS names) when it uses
+/// `{instance}`; one object when it is both.
+fn headless_name(s: &ServiceConfig) -> String {
+    format!("{}-headless", s.name)
+}
+
+/// Kubernetes manifests: a Deployment per service (a StatefulSet for one that uses
+/// `{instance}`, with its headless Service); for the balanced one, drove in front
+/// (headless Service, ConfigMap, Deployment, Services), all in `namespace`.
+pub fn k8s(c: &Config, images: &BTreeMap<String, String>, namespace: &str) -> String {
     let mut docs: Vec<(String, Value)> = Vec::new();
     for s in &c.services {
         let port = container_port(s);
@@ -279,28 +345,33 @@ pub fn k8s(c: &Config, images: &BTreeMap<String, String>) -> String {
         });
         let kind = if indexed {
             // Pods web-0..web-N-1, all started at once as drove does (not one by one).
-            let headless = format!("{}-headless", s.name);
+            let headless = headless_name(s);
             spec["serviceName"] = json!(headless);
             spec["podManagementPolicy"] = json!("Parallel");
-            let mut hspec = json!({
-                "clusterIP": "None",
-                "selector": {"app.kubernetes.io/name": s.name},
-            });
-            if let Some(p) = port {
-                hspec["ports"] = json!([{"name": "http", "port": p, "targetPort": p}]);
+            // The balanced service's headless Service comes with drove in front
+            // (k8s_drove) and governs the StatefulSet too: a second object of the same
+            // name would replace it on `kubectl apply`.
+            if balanced(c).is_none_or(|b| b.name != s.name) {
+                let mut hspec = json!({
+                    "clusterIP": "None",
+                    "selector": {"app.kubernetes.io/name": s.name},
+                });
+                if let Some(p) = port {
+                    hspec["ports"] = json!([{"name": "http", "port": p, "targetPort": p}]);
+                }
+                docs.push((
+                    format!(
+                        "services.{}: the StatefulSet's governing headless Service (pod DNS names)",
+                        s.name
+                    ),
+                    json!({
+                        "apiVersion": "v1",
+                        "kind": "Service",
+                        "metadata": {"name": headless, "namespace": namespace, "labels": {"app.kubernetes.io/managed-by": "drove-export"}},
+                        "spec": hspec,
+                    }),
+                ));
             }
-            docs.push((
-                format!(
-                    "services.{}: the StatefulSet's governing headless Service (pod DNS names)",
-                    s.name
-                ),
-                json!({
-                    "apiVersion": "v1",
-                    "kind": "Service",
-                    "metadata": {"name": headless, "labels": {"app.kubernetes.io/managed-by": "drove-export"}},
-                    "spec": hspec,
-                }),
-            ));
             "StatefulSet"
         } else {
             "Deployment"
@@ -308,7 +379,7 @@ pub fn k8s(c: &Config, images: &BTreeMap<String, String>) -> String {
         let workload = json!({
             "apiVersion": "apps/v1",
             "kind": kind,
-            "metadata": {"name": s.name, "labels": labels},
+            "metadata": {"name": s.name, "namespace": namespace, "labels": labels},
             "spec": spec,
         });
         let mut notes = format!(
@@ -357,38 +428,20 @@ pub fn k8s(c: &Config, images: &BTreeMap<String, String>) -> String {
         }
         docs.push((notes, workload));
     }
-    if let Some(b) = &c.balancer {
-        if let Backends::Service(name) = &b.backends {
-            let target = c.service(name).and_then(container_port).unwrap_or(8080);
-            let mut spec = json!({
-                "selector": {"app.kubernetes.io/name": name},
-                "ports": [{"name": "http", "port": b.listen.port(), "targetPort": target}],
-            });
-            let mut notes = format!(
-                "[balancer]: kube-proxy spreads connections instead of drove's {} (no retries, no passive ejection)",
-                b.algorithm.name()
-            );
-            if b.sticky.is_some() {
-                spec["sessionAffinity"] = json!("ClientIP");
-                notes.push_str("\n# sticky cookie -> sessionAffinity: ClientIP (per client address, not per cookie)");
-            }
-            docs.push((
-                notes,
-                json!({
-                    "apiVersion": "v1",
-                    "kind": "Service",
-                    "metadata": {"name": name, "labels": {"app.kubernetes.io/managed-by": "drove-export"}},
-                    "spec": spec,
-                }),
-            ));
-        }
+    if let (Some(b), Some(svc)) = (&c.balancer, balanced(c)) {
+        docs.extend(k8s_drove(c, b, svc, images, namespace));
     }
     let mut out = String::from(
         "# Kubernetes manifests from drove.toml (`drove export k8s`).\n\
-         # Images: --image SERVICE=IMAGE (default SERVICE:latest). A service that uses\n\
-         # {instance} is a StatefulSet (INSTANCE_ID = pod ordinal + 1); others are Deployments,\n\
-         # whose replicas have no index. Services reach each other through Kubernetes\n\
-         # Services, not 127.0.0.1: edit such addresses. `kubectl apply -f` it.\n",
+         # Images: --image SERVICE=IMAGE (default SERVICE:latest; drove:latest for drove).\n\
+         # A service that uses {instance} is a StatefulSet (INSTANCE_ID = pod ordinal + 1);\n\
+         # others are Deployments, whose replicas have no index. Services reach each other\n\
+         # through Kubernetes Services, not 127.0.0.1: edit such addresses.\n",
+    );
+    let _ = writeln!(
+        out,
+        "# Namespace {namespace} (--namespace): drove finds the replicas by the DNS name of\n\
+         # their headless Service in it. `kubectl apply -f` it."
     );
     for (notes, doc) in docs {
         out.push_str("---\n# ");
@@ -397,6 +450,171 @@ pub fn k8s(c: &Config, images: &BTreeMap<String, String>) -> String {
         yaml(&mut out, &doc, 0);
     }
     out
+}
+
+/// drove in front of the balanced service's replicas: a headless Service publishing every
+/// ready replica in DNS, the generated drove.toml in a ConfigMap, a Deployment running
+/// `drove up` on it, a Service named like the balanced service (what clients used to
+/// call) and one for the admin API and `/metrics`.
+fn k8s_drove(
+    c: &Config,
+    b: &drove_config::BalancerConfig,
+    svc: &ServiceConfig,
+    images: &BTreeMap<String, String>,
+    namespace: &str,
+) -> Vec<(String, Value)> {
+    let name = balancer_name(c);
+    let target = container_port(svc).unwrap_or(8080);
+    let headless = headless_name(svc);
+    let dns_name = format!("{headless}.{namespace}.svc.cluster.local");
+    let toml = export_balancer::drove_toml(
+        c,
+        &Front {
+            dns_name: &dns_name,
+            port: target,
+            tls_dir: DROVE_TLS_DIR,
+        },
+    )
+    .unwrap_or_default();
+    let (listen, admin) = export_balancer::ports(c);
+    let managed = "drove-export";
+    let drove_labels = json!({
+        "app.kubernetes.io/name": name,
+        "app.kubernetes.io/component": "balancer",
+        "app.kubernetes.io/managed-by": managed,
+    });
+    let mut docs = Vec::new();
+    let mut notes = format!(
+        "Every ready replica of {0} in DNS ({dns_name}): drove's backends. A replica\n\
+         # leaves DNS when its readinessProbe fails, and drove re-resolves every resolver.interval.",
+        svc.name
+    );
+    if needs_index(svc) {
+        notes.push_str("\n# Also the StatefulSet's governing Service (pod DNS names).");
+    }
+    docs.push((
+        notes,
+        json!({
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": headless, "namespace": namespace, "labels": {"app.kubernetes.io/managed-by": managed}},
+            "spec": {
+                "clusterIP": "None",
+                "selector": {"app.kubernetes.io/name": svc.name},
+                "ports": [{"name": "http", "port": target, "targetPort": target}],
+            },
+        }),
+    ));
+    docs.push((
+        format!(
+            "drove.toml of drove in front of {}: the source's [balancer], [limits] and [admin]\n\
+             # with backends = [{{ dns = \"{dns_name}:{target}\" }}]",
+            svc.name
+        ),
+        json!({
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": name, "namespace": namespace, "labels": {"app.kubernetes.io/managed-by": managed}},
+            "data": {"drove.toml": toml},
+        }),
+    ));
+    let mut mounts =
+        vec![json!({"name": "config", "mountPath": DROVE_CONFIG_DIR, "readOnly": true})];
+    let mut volumes = vec![json!({"name": "config", "configMap": {"name": name}})];
+    if b.tls.is_some() {
+        mounts.push(json!({"name": "tls", "mountPath": DROVE_TLS_DIR, "readOnly": true}));
+        volumes.push(json!({"name": "tls", "secret": {"secretName": format!("{name}-tls")}}));
+    }
+    let admin_probe = |period: u64| json!({"httpGet": {"path": "/health", "port": "admin"}, "periodSeconds": period, "timeoutSeconds": 1});
+    let mut pod_meta = Map::new();
+    pod_meta.insert("labels".into(), drove_labels.clone());
+    pod_meta.insert(
+        "annotations".into(),
+        json!({"prometheus.io/scrape": "true", "prometheus.io/port": admin.to_string(), "prometheus.io/path": "/metrics"}),
+    );
+    let mut notes = format!(
+        "drove itself, balancing {} ({}{}, retries, passive health, limits, metrics).\n\
+         # One replica; more share rate limits only through [limits] redis.",
+        svc.name,
+        b.algorithm.name(),
+        if b.sticky.is_some() {
+            ", sticky cookie"
+        } else {
+            ""
+        }
+    );
+    if b.tls.is_some() {
+        let _ = write!(
+            notes,
+            "\n# TLS: create the Secret {name}-tls (kubectl create secret tls {name}-tls --cert=... --key=...)"
+        );
+    }
+    docs.push((
+        notes,
+        json!({
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": name, "namespace": namespace, "labels": drove_labels},
+            "spec": {
+                "replicas": 1,
+                "selector": {"matchLabels": {"app.kubernetes.io/name": name}},
+                "template": {
+                    "metadata": Value::Object(pod_meta),
+                    "spec": {
+                        "containers": [{
+                            "name": "drove",
+                            "image": drove_image(images),
+                            "command": ["drove", "up", "-c", format!("{DROVE_CONFIG_DIR}/drove.toml")],
+                            "ports": [
+                                {"containerPort": listen, "name": "http"},
+                                {"containerPort": admin, "name": "admin"},
+                            ],
+                            "readinessProbe": admin_probe(2),
+                            "livenessProbe": admin_probe(10),
+                            "volumeMounts": mounts,
+                        }],
+                        "volumes": volumes,
+                        "terminationGracePeriodSeconds": drove_grace(c),
+                    },
+                },
+            },
+        }),
+    ));
+    docs.push((
+        format!(
+            "Clients call {0} as before; drove answers and picks a replica.",
+            svc.name
+        ),
+        json!({
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": svc.name, "namespace": namespace, "labels": {"app.kubernetes.io/managed-by": managed}},
+            "spec": {
+                "selector": {"app.kubernetes.io/name": name},
+                "ports": [{"name": "http", "port": listen, "targetPort": "http"}],
+            },
+        }),
+    ));
+    docs.push((
+        format!(
+            "drove's admin API, /metrics and dashboard (cluster-internal; {}).",
+            if c.admin.token.is_some() {
+                "the API and /metrics need the bearer token"
+            } else {
+                "no token: keep it internal or set [admin] token"
+            }
+        ),
+        json!({
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": format!("{name}-admin"), "namespace": namespace, "labels": {"app.kubernetes.io/managed-by": managed}},
+            "spec": {
+                "selector": {"app.kubernetes.io/name": name},
+                "ports": [{"name": "admin", "port": admin, "targetPort": "admin"}],
+            },
+        }),
+    ));
+    docs
 }
 
 /// A Docker Compose file with one service per drove service.
@@ -474,15 +692,81 @@ pub fn compose(c: &Config, images: &BTreeMap<String, String>) -> String {
         }
         services.insert(s.name.clone(), Value::Object(svc));
     }
-    if let Some(b) = &c.balancer {
-        if let Backends::Service(name) = &b.backends {
+    let mut top = Map::new();
+    if let (Some(b), Some(svc)) = (&c.balancer, balanced(c)) {
+        let name = balancer_name(c);
+        let target = container_port(svc).unwrap_or(8080);
+        let toml = export_balancer::drove_toml(
+            c,
+            &Front {
+                dns_name: &svc.name,
+                port: target,
+                tls_dir: DROVE_TLS_DIR,
+            },
+        )
+        .unwrap_or_default();
+        let (listen, admin) = export_balancer::ports(c);
+        let mut d = Map::new();
+        d.insert("image".into(), json!(drove_image(images)));
+        d.insert(
+            "command".into(),
+            json!([
+                "drove",
+                "up",
+                "-c",
+                format!("{DROVE_CONFIG_DIR}/drove.toml")
+            ]),
+        );
+        d.insert(
+            "configs".into(),
+            json!([{"source": "drove_toml", "target": format!("{DROVE_CONFIG_DIR}/drove.toml")}]),
+        );
+        d.insert(
+            "ports".into(),
+            json!([
+                format!("{listen}:{listen}"),
+                format!("127.0.0.1:{admin}:{admin}")
+            ]),
+        );
+        if let Some(t) = &c.admin.token {
+            d.insert("environment".into(), json!({"DROVE_TOKEN": t}));
+        }
+        if b.tls.is_some() {
+            d.insert(
+                "volumes".into(),
+                json!([format!("./tls:{DROVE_TLS_DIR}:ro")]),
+            );
             notes.push(format!(
-                "# [balancer] on {} for `{name}`: Compose has no load balancer for replicas (other\n\
-                 # containers reach them as `{name}` by DNS round robin). Put one in front, or publish\n\
-                 # a single replica's port.",
-                b.listen
+                "# TLS: put tls.crt and tls.key in ./tls (mounted at {DROVE_TLS_DIR})."
             ));
         }
+        // Started, not healthy: drove's own health checks gate each replica, and it must
+        // not wait on a health check that runs a tool the app's image may lack.
+        d.insert(
+            "depends_on".into(),
+            json!({ svc.name.clone(): {"condition": "service_started"} }),
+        );
+        d.insert(
+            "healthcheck".into(),
+            json!({
+                "test": ["CMD", "drove", "status", "--admin", format!("127.0.0.1:{admin}")],
+                "interval": "5s", "timeout": "2s", "retries": 3, "start_period": "5s",
+            }),
+        );
+        d.insert("restart".into(), json!("always"));
+        d.insert(
+            "stop_grace_period".into(),
+            json!(format!("{}s", drove_grace(c))),
+        );
+        services.insert(name.into(), Value::Object(d));
+        top.insert("configs".into(), json!({"drove_toml": {"content": toml}}));
+        notes.push(format!(
+            "# drove balances `{0}` ({1}): its backends are {{ dns = \"{0}:{target}\" }}, every replica\n\
+             # as Compose's DNS lists them, re-resolved every resolver.interval. Clients call port\n\
+             # {listen}; the admin API and /metrics are on 127.0.0.1:{admin}.",
+            svc.name,
+            b.algorithm.name()
+        ));
     }
     let mut out = String::from(
         "# Docker Compose file from drove.toml (`drove export compose`).\n\
@@ -497,12 +781,15 @@ pub fn compose(c: &Config, images: &BTreeMap<String, String>) -> String {
         out.push_str(&n);
         out.push('\n');
     }
-    yaml(&mut out, &json!({ "services": services }), 0);
+    let mut doc = Map::new();
+    doc.insert("services".into(), Value::Object(services));
+    doc.extend(top);
+    yaml(&mut out, &Value::Object(doc), 0);
     out
 }
 
 /// Block-style YAML for `v` at `indent` (an object or array at the top).
-fn yaml(out: &mut String, v: &Value, indent: usize) {
+pub(crate) fn yaml(out: &mut String, v: &Value, indent: usize) {
     let pad = " ".repeat(indent);
     match v {
         Value::Object(m) => {
@@ -544,10 +831,39 @@ fn block_value(out: &mut String, v: &Value, indent: usize) {
         }
         Value::Object(_) => out.push_str(" {}\n"),
         Value::Array(_) => out.push_str(" []\n"),
+        Value::String(text) if literal_block_ok(text) => {
+            // A literal block keeps a multi-line text (a drove.toml) readable.
+            let chomp = match text.len() - text.trim_end_matches('\n').len() {
+                0 => "-",
+                1 => "",
+                _ => "+",
+            };
+            let _ = writeln!(out, " |{chomp}");
+            let pad = " ".repeat(indent + 2);
+            for line in text.strip_suffix('\n').unwrap_or(text).split('\n') {
+                if line.is_empty() {
+                    out.push('\n');
+                } else {
+                    let _ = writeln!(out, "{pad}{line}");
+                }
+            }
+        }
         scalar_value => {
             let _ = writeln!(out, " {}", scalar(scalar_value));
         }
     }
+}
+
+/// Whether `text` can be a YAML literal block: several lines, printable characters only,
+/// and a first line that does not start with a space (that would need an indentation
+/// indicator).
+fn literal_block_ok(text: &str) -> bool {
+    text.contains('\n')
+        && !text.starts_with([' ', '\n'])
+        && text
+            .chars()
+            .all(|c| c == '\n' || c == '\t' || !c.is_control())
+        && !text.contains('\u{feff}')
 }
 
 /// A mapping key: plain when YAML reads it back as the same string, else quoted.

@@ -5,8 +5,10 @@
 mod bench_cmd;
 mod cli_admin;
 mod down_wait;
+mod export_balancer;
 mod export_cmd;
 mod export_manifests;
+mod export_prometheus;
 mod verify_cmd;
 
 use std::net::SocketAddr;
@@ -102,8 +104,8 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
-    /// Run the demo app on $PORT (what the demo instances run): /, /health, /ready,
-    /// /whoami, /session, /slow?ms=, /status/CODE, /work?cpu_ms=, /leak?mb=, /ws, /echo.
+    /// Run the demo app on $PORT (what the demo instances run): /, /health,
+    /// /health/ready (also /ready), /health/live, /whoami, /session, /slow?ms=, /status/CODE, /work?cpu_ms=, /leak?mb=, /ws, /echo.
     Demo,
     /// Load-test an HTTP endpoint (open or closed model) and report latency percentiles,
     /// errors and the share of requests per instance.
@@ -128,8 +130,9 @@ enum Command {
         targets: Vec<String>,
     },
     /// Rolling restart of a service (`drove restart web`) or of one instance (`drove
-    /// restart web.2`): a new instance up and ready before each old one is drained and
-    /// stopped. Zero failed requests.
+    /// restart web.2`): one extra instance up and ready first, then each instance drained,
+    /// stopped and started again with the same id and port, then the extra one stopped.
+    /// Never fewer instances ready than before; zero failed requests.
     Restart {
         #[command(flatten)]
         cfg: ConfigArg,
@@ -195,8 +198,10 @@ enum Command {
     #[command(name = "__guardian", hide = true)]
     Guardian,
     /// Print a Grafana dashboard (`grafana`) or Prometheus alert rules (`alerts`) for
-    /// drove's metrics, or drove.toml as Kubernetes manifests (`k8s`) or a Compose file
-    /// (`compose`; see docs/export.md).
+    /// drove's metrics, the Prometheus scrape config for drove and its instances
+    /// (`prometheus`), drove.toml as Kubernetes manifests (`k8s`) or a Compose file
+    /// (`compose`) with drove in front of the replicas, or drove's Dockerfile
+    /// (`dockerfile`); see docs/export.md.
     Export {
         #[command(flatten)]
         cfg: ConfigArg,
@@ -394,7 +399,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 None
             };
-            Ok(ExitCode::from(export_cmd::run(args, loaded.as_ref())?))
+            Ok(ExitCode::from(export_cmd::run(
+                args,
+                loaded.as_ref(),
+                cli.admin,
+            )?))
         }
         cmd => cli_admin::run(cmd, &config, cli.admin, cli.token.as_deref()),
     }

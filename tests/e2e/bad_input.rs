@@ -323,7 +323,12 @@ fn mutated_requests_never_crash_or_hang_drove() {
                 .and_then(|r| r.get(..3))
                 .and_then(|c| c.parse::<u16>().ok())
                 .unwrap_or_else(|| panic!("case {case}: not an HTTP response: {text:?}"));
-            assert!((100..600).contains(&status), "case {case}: status {status}");
+            // Malformed input is drove's to refuse (4xx) before a backend sees it; a 5xx
+            // means it reached a backend that choked on it, or drove failed itself.
+            assert!(
+                (100..500).contains(&status),
+                "case {case} (seed {seed:#x}): status {status} for {shown:?}: {text:?}"
+            );
             *statuses.entry(status).or_insert(0u32) += 1;
         }
     }

@@ -318,13 +318,22 @@ sticky = { cookie = "s" }
         redis["spec"]["template"]["spec"]["containers"][0]["image"],
         "redis:latest"
     );
+    // Clients still call the Service `web` on the balancer's port; drove answers it.
     let svc = docs
         .iter()
         .find(|d| d["kind"] == "Service" && d["metadata"]["name"] == "web")
-        .expect("a Service");
+        .expect("a Service web");
     assert_eq!(svc["spec"]["ports"][0]["port"], 8088);
-    assert_eq!(svc["spec"]["ports"][0]["targetPort"], 5001);
-    assert_eq!(svc["spec"]["sessionAffinity"], "ClientIP");
+    assert_eq!(svc["spec"]["selector"]["app.kubernetes.io/name"], "drove");
+    // One headless Service for web: drove's DNS backends and the StatefulSet's governing
+    // Service are the same object (two of one name would not apply).
+    let headless: Vec<&serde_json::Value> = docs
+        .iter()
+        .filter(|d| d["kind"] == "Service" && d["metadata"]["name"] == "web-headless")
+        .collect();
+    assert_eq!(headless.len(), 1, "one web-headless Service");
+    assert_eq!(headless[0]["spec"]["clusterIP"], "None");
+    assert_eq!(headless[0]["spec"]["ports"][0]["targetPort"], 5001);
 
     let compose = export_yaml("compose", &path, &[]);
     let web = &compose[0]["services"]["web"];
@@ -338,6 +347,11 @@ sticky = { cookie = "s" }
         .unwrap()
         .contains("http://127.0.0.1:5001/health"));
     assert_eq!(compose[0]["services"]["redis"]["restart"], "always");
+    assert_eq!(
+        compose[0]["services"]["drove"]["ports"][0], "8088:8088",
+        "drove in front: {}",
+        compose[0]
+    );
 
     // A service the config does not have is an error, not a silently ignored flag.
     let out = Command::new(drove())

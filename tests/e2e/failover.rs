@@ -112,6 +112,54 @@ fn sigstop_of_a_backend_fails_no_get_and_ejects_it_within_a_second() {
     );
 }
 
+/// The demo's health settings, and no per-try timeout: a frozen instance's requests
+/// would otherwise wait for the 60 s response timeout.
+const DEMO_HEALTH: &str =
+    "health = { http = \"/health\", interval = \"250ms\", timeout = \"200ms\", rise = 2, fall = 2 }";
+
+/// Issue: "a frozen instance costs no timeout". 32 keep-alive connections; one of three
+/// instances SIGSTOPped: the GETs stuck on it move the moment the active check marks it
+/// down, so none fails, the slowest waits about the ejection time, and throughput holds.
+#[test]
+fn a_frozen_instance_costs_no_timeout() {
+    let b = three();
+    let addrs: Vec<_> = b.iter().map(|d| d.addr).collect();
+    let d = Drove::up(drove(), &static_config(&addrs, DEMO_HEALTH));
+    let mut spec = LoadSpec::get(d.addr(), "/whoami", 32);
+    spec.pause = Duration::from_millis(1);
+    let load = Load::start(spec);
+    std::thread::sleep(Duration::from_millis(1000));
+    let before_start = load.answered();
+    std::thread::sleep(Duration::from_secs(2));
+    let rate_before = (load.answered() - before_start) as f64 / 2.0;
+    let victim = &b[0];
+    let victim_id = victim.addr.to_string();
+    assert!(signal(victim.proc.pid(), Signal::SIGSTOP));
+    let frozen_at = Instant::now();
+    let at_freeze = load.answered();
+    let ejected = wait_until(Duration::from_secs(3), || !backend_state(&d, &victim_id).0);
+    let eject_time = frozen_at.elapsed();
+    std::thread::sleep(Duration::from_secs(8).saturating_sub(frozen_at.elapsed()));
+    let rate_after = (load.answered() - at_freeze) as f64 / frozen_at.elapsed().as_secs_f64();
+    let s = load.stop();
+    assert!(signal(victim.proc.pid(), Signal::SIGCONT));
+    eprintln!(
+        "frozen instance: ejected after {eject_time:?}, slowest request {:?}, {rate_before:.0} req/s before, {rate_after:.0} req/s in the 8 s after, {} requests, {} failed",
+        s.max_latency, s.total(), s.failed
+    );
+    assert!(ejected, "frozen backend never marked down");
+    assert_eq!(s.failed, 0, "failed requests: {:?}", s.failures);
+    assert!(
+        s.max_latency <= eject_time + Duration::from_millis(100),
+        "slowest {:?}, ejection after {eject_time:?}",
+        s.max_latency
+    );
+    assert!(
+        rate_after >= 0.5 * rate_before,
+        "{rate_after:.0} req/s after the freeze vs {rate_before:.0} before"
+    );
+}
+
 #[test]
 fn a_post_that_reached_a_frozen_backend_is_not_replayed() {
     let (b, d) = three_with_the_first_frozen();

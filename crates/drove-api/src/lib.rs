@@ -12,7 +12,8 @@
 //! [`BackendRow`]s and [`InstanceRow`]s; [`Dashboard`] (`GET /api/dashboard`);
 //! [`ReloadReport`]; the requests and answers of the operations ([`ScaleRequest`] /
 //! [`ScaleAnswer`], [`RestartRequest`] / [`RestartAnswer`], [`DrainRequest`] /
-//! [`DrainAnswer`], [`DownAnswer`]); [`ApiError`], the body of every error.
+//! [`DrainAnswer`], [`DownAnswer`]); [`SdTargetGroup`] (`GET /api/sd`, Prometheus's
+//! service-discovery format); [`ApiError`], the body of every error.
 #![warn(missing_docs)]
 
 use std::collections::BTreeMap;
@@ -456,15 +457,30 @@ pub struct RestartRequest {
     pub instance: Option<String>,
 }
 
-/// `POST /api/restart` answer, once the rollout is done.
+/// `POST /api/restart` answer, once the rollout is done: every instance restarted in
+/// its own slot (same id, same port) behind one surge instance.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RestartAnswer {
     /// The service.
     pub service: String,
-    /// `[old, new]` instance ids in replacement order.
-    pub replaced: Vec<(String, String)>,
+    /// The extra instance (`web.4` for three) that held capacity during the rollout and
+    /// was stopped at its end; `null` when there was nothing to restart.
+    pub surge: Option<String>,
+    /// The instances restarted, in order.
+    pub replaced: Vec<Replaced>,
     /// Seconds it took.
     pub elapsed: f64,
+}
+
+/// One instance restarted by a rolling restart: the same id and port, a new process.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Replaced {
+    /// The instance (`web.2`).
+    pub instance: String,
+    /// Pid of the process it ran before.
+    pub old_pid: Option<u32>,
+    /// Pid of the process it runs now (ready).
+    pub new_pid: Option<u32>,
 }
 
 /// `POST /api/drain` and `/api/undrain` body.
@@ -493,6 +509,17 @@ pub struct DownAnswer {
     pub pid: u32,
     /// Pids (= process group ids) of the instances running when the shutdown began.
     pub instance_pids: Vec<u32>,
+}
+
+/// `GET /api/sd`: one Prometheus `http_sd_configs` target group per instance (the
+/// answer is a JSON list of them), in the format Prometheus documents.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SdTargetGroup {
+    /// `host:port` of each target (one: the instance's port on 127.0.0.1).
+    pub targets: Vec<String>,
+    /// Labels put on every series scraped from these targets: `service`, `instance`
+    /// (drove's stable id, `web.2`), `drove` (the admin address).
+    pub labels: BTreeMap<String, String>,
 }
 
 /// `GET /health`.
@@ -544,5 +571,30 @@ mod tests {
             .unwrap(),
             r#"{"instance":"web.2"}"#
         );
+    }
+
+    #[test]
+    fn restart_answer_and_sd_groups_as_documented() {
+        let a: RestartAnswer = serde_json::from_str(
+            r#"{"service":"web","surge":"web.4","replaced":[{"instance":"web.1","old_pid":4242,"new_pid":4301}],"elapsed":2.1}"#,
+        )
+        .unwrap();
+        assert_eq!(a.surge.as_deref(), Some("web.4"));
+        assert_eq!(
+            a.replaced,
+            [Replaced {
+                instance: "web.1".into(),
+                old_pid: Some(4242),
+                new_pid: Some(4301)
+            }]
+        );
+        // Prometheus reads `targets` and `labels` and nothing else.
+        let g: Vec<SdTargetGroup> = serde_json::from_str(
+            r#"[{"targets":["127.0.0.1:5001"],"labels":{"service":"web","instance":"web.1","drove":"127.0.0.1:9900"}}]"#,
+        )
+        .unwrap();
+        assert_eq!(g[0].labels["instance"], "web.1");
+        let v = serde_json::to_value(&g[0]).unwrap();
+        assert_eq!(v.as_object().unwrap().len(), 2);
     }
 }

@@ -295,12 +295,9 @@ pub fn hash_bytes(bytes: &[u8]) -> u64 {
 
 /// Stable hash of an IP address (v4-mapped v6 hashes as v4).
 pub fn hash_ip(ip: std::net::IpAddr) -> u64 {
-    match ip {
+    match drove_net::canonical_ip(ip) {
         std::net::IpAddr::V4(v4) => hash_bytes(&v4.octets()),
-        std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => hash_bytes(&v4.octets()),
-            None => hash_bytes(&v6.octets()),
-        },
+        std::net::IpAddr::V6(v6) => hash_bytes(&v6.octets()),
     }
 }
 
@@ -367,7 +364,10 @@ mod tests {
         let v6: std::net::IpAddr = "::ffff:192.0.2.7".parse().unwrap();
         assert_eq!(hash_ip(v4), hash_ip(v6));
         assert_ne!(hash_ip(v4), hash_ip("192.0.2.8".parse().unwrap()));
-        // Stable across runs and hosts: pinned value.
-        assert_eq!(hash_bytes(b"web.1"), hash_bytes(b"web.1"));
+        // Stable across runs, hosts and drove versions (balancers of one fleet, and a
+        // drove before and after an upgrade, must agree): pinned values.
+        assert_eq!(hash_bytes(b"web.1"), 0xb70c_8034_5511_2702);
+        assert_eq!(hash_bytes(b""), 0xc381_7c01_6ba4_ff30);
+        assert_eq!(hash_ip(v4), 0x9355_7860_0dfa_27d9);
     }
 }

@@ -5,7 +5,8 @@
 //! bad values (durations, sizes, addresses, ...) and fall back to defaults so that reading
 //! goes on → cross-section checks (`check.rs`: unknown services and limits, dependency
 //! cycles, port collisions) → a validated [`Config`] of plain Rust types (`Duration`,
-//! `SocketAddr`, enums; no TOML type leaks out). Every problem found on the way is kept
+//! `SocketAddr`, enums; no TOML type leaks out; compression settings are built into
+//! `drove_compress::Settings`, the type the proxy takes). Every problem found on the way is kept
 //! with its position, so [`ConfigErrors`] lists them all at once, rustc-style. Main
 //! items: [`load`], [`parse`], [`Config`], [`ConfigErrors`], [`INIT_TEMPLATE`],
 //! [`builtin_demo`].

@@ -2,7 +2,7 @@
 //! validation, so consumers never re-check names, ranges or cross references.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -261,6 +261,12 @@ pub struct BalancerConfig {
     pub instance_header: Option<String>,
     /// Networks whose X-Forwarded-For / X-Forwarded-Proto / X-Real-IP are trusted.
     pub trusted_proxies: Vec<Cidr>,
+    /// Protocols a client may switch to with `Upgrade` (lowercase); others are stripped.
+    pub upgrades: Vec<String>,
+    /// Speak HTTP/2 with clients (ALPN `h2` with TLS, prior knowledge without).
+    pub http2: bool,
+    /// Concurrent streams per HTTP/2 connection.
+    pub http2_max_streams: u32,
     /// Request id header propagated or generated; `None` = off.
     pub request_id: Option<String>,
     /// Access log format.
@@ -279,6 +285,8 @@ pub struct BalancerConfig {
     pub resolver: ResolverConfig,
     /// TLS for client connections; `None` = plain HTTP.
     pub tls: Option<TlsConfig>,
+    /// Response compression where no route says otherwise; `None` = off (the default).
+    pub compress: Option<drove_compress::Settings>,
 }
 
 /// `tls = { cert = "...", key = "..." }`: PEM files, absolute.
@@ -461,13 +469,25 @@ pub enum LogTarget {
     File(PathBuf),
 }
 
-/// One `[[balancer.routes]]` entry.
+/// One `[[balancer.routes]]` entry: a path prefix with a rate limit, its own
+/// compression settings, or both.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RouteConfig {
     /// Path prefix, starting with `/`.
     pub path: String,
-    /// Name of a `[limits.NAME]` (exists).
+    /// Name of a `[limits.NAME]` (exists), or `""` when the route sets no limit (then
+    /// no limit has that name, so a lookup in `Config::limits` finds none).
     pub limit: String,
+    /// Response compression on this route: its own `compress` over the balancer's, or
+    /// the balancer's when it has none; `None` = off.
+    pub compress: Option<drove_compress::Settings>,
+}
+
+impl RouteConfig {
+    /// The rate limit's name, if the route has one.
+    pub fn limit_name(&self) -> Option<&str> {
+        (!self.limit.is_empty()).then_some(self.limit.as_str())
+    }
 }
 
 /// One `[limits.NAME]` section.
@@ -521,59 +541,4 @@ impl Default for AdminConfig {
     }
 }
 
-/// An IP network, e.g. `10.0.0.0/8`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cidr {
-    addr: IpAddr,
-    prefix: u8,
-}
-
-impl Cidr {
-    /// The network `addr/prefix`; host bits of `addr` are cleared, `prefix` is clamped
-    /// to the address length.
-    pub fn new(addr: IpAddr, prefix: u8) -> Cidr {
-        let (addr, prefix) = match addr {
-            IpAddr::V4(a) => {
-                let p = prefix.min(32);
-                let mask = u32::MAX.checked_shl(32 - u32::from(p)).unwrap_or(0);
-                (IpAddr::V4((u32::from(a) & mask).into()), p)
-            }
-            IpAddr::V6(a) => {
-                let p = prefix.min(128);
-                let mask = u128::MAX.checked_shl(128 - u32::from(p)).unwrap_or(0);
-                (IpAddr::V6((u128::from(a) & mask).into()), p)
-            }
-        };
-        Cidr { addr, prefix }
-    }
-
-    /// The network address.
-    pub fn addr(&self) -> IpAddr {
-        self.addr
-    }
-
-    /// The prefix length.
-    pub fn prefix(&self) -> u8 {
-        self.prefix
-    }
-
-    /// Whether `ip` is in this network. IPv4-mapped IPv6 addresses match IPv4 networks.
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-            v4 => v4,
-        };
-        match (self.addr, ip) {
-            (IpAddr::V4(_), IpAddr::V4(_)) | (IpAddr::V6(_), IpAddr::V6(_)) => {
-                Cidr::new(ip, self.prefix).addr == self.addr
-            }
-            _ => false,
-        }
-    }
-}
-
-impl std::fmt::Display for Cidr {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.addr, self.prefix)
-    }
-}
+pub use drove_net::Cidr;

@@ -85,11 +85,21 @@ algorithm = "round_robin"
 # max_header_size = "16KiB"                  # larger: 431
 # max_body_size = "0"                        # 0 = unlimited; larger: 413
 # tls = { cert = "cert.pem", key = "key.pem" }   # HTTPS on `listen` (PEM files)
+#
+# Compress responses for clients that accept it (Accept-Encoding q-values first, then
+# the order of `algorithms`). Absent or false = off; true = all the defaults shown here.
+# Compressed: `types` (default: text/*, JSON, JavaScript, XML, SVG, wasm, fonts, icons),
+# with a length of at least min_size or unknown (streamed); never HEAD, 204/206/304,
+# already-encoded or `Cache-Control: no-transform` responses. Levels: gzip 1-9 (2 gives
+# what nginx's gzip_comp_level 1 does), br 0-11, zstd 1-19.
+compress = { algorithms = ["zstd", "br", "gzip"], min_size = "1KiB", level = { gzip = 2, br = 3, zstd = 3 } }
+#   inside compress = { ... }: types = ["text/*", "application/json", "application/*+json", "image/svg+xml"]
 
-# Rate-limit a path prefix with a named limit:
+# A path prefix with its own rate limit (a [limits.NAME]), compression, or both:
 # [[balancer.routes]]
 # path = "/auth/"
 # limit = "strict"
+# compress = false                           # true, false or a table like [balancer]'s, over it
 
 # ---------------------------------------------------------------------------
 # Rate limits, referenced by routes.
@@ -134,6 +144,8 @@ passive = { max_fails = 2, fail_timeout = "5s" }
 # A request stuck on a frozen instance is retried elsewhere after 5s (GET and other
 # idempotent requests only; a POST that reached an instance is never replayed).
 retries = { attempts = 2, per_try_timeout = "5s" }
+# Text responses compressed for clients that accept zstd, br or gzip (the defaults).
+compress = true
 
 [admin]
 listen = "127.0.0.1:9900"

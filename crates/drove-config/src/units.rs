@@ -195,27 +195,7 @@ pub(crate) fn socket_addr(s: &str) -> Result<SocketAddr, String> {
 
 /// Parses `"10.0.0.0/8"`, `"::1/128"` or a bare IP (a single host).
 pub(crate) fn cidr(s: &str) -> Result<Cidr, String> {
-    let text = s.trim();
-    let (ip, prefix) = match text.split_once('/') {
-        Some((ip, prefix)) => (ip, Some(prefix)),
-        None => (text, None),
-    };
-    let addr: IpAddr = ip.parse().map_err(|_| {
-        format!("invalid CIDR \"{text}\"; expected a network like \"10.0.0.0/8\" or \"::1/128\"")
-    })?;
-    let max = if addr.is_ipv4() { 32 } else { 128 };
-    let prefix = match prefix {
-        None => max,
-        Some(p) => match p.parse::<u8>() {
-            Ok(p) if p <= max => p,
-            _ => {
-                return Err(format!(
-                    "invalid prefix length `/{p}` in \"{text}\"; expected 0 to {max}"
-                ))
-            }
-        },
-    };
-    Ok(Cidr::new(addr, prefix))
+    s.parse()
 }
 
 #[cfg(test)]

@@ -39,6 +39,7 @@ const MIB: usize = 1024 * 1024;
 /// Everything the handlers share within one process.
 pub(crate) struct State {
     pub(crate) instance: String,
+    instance_id: Option<String>,
     instance_header: HeaderValue,
     pid: u32,
     port: u16,
@@ -46,6 +47,10 @@ pub(crate) struct State {
     ready_delay: Duration,
     sessions: SessionStore,
     requests: AtomicU64,
+    /// Requests being answered now (this one included, for `/health`).
+    in_flight: AtomicU64,
+    /// Open client connections (kept by the server's accept loop).
+    pub(crate) connections: AtomicU64,
     post_count: AtomicU64,
     /// Memory kept on purpose by `/leak`, never freed.
     leaked: Mutex<Vec<Vec<u8>>>,
@@ -61,17 +66,37 @@ impl State {
         Self {
             sessions: SessionStore::new(opts.redis_url.as_deref()),
             instance: opts.instance,
+            instance_id: opts.instance_id,
             instance_header,
             pid: std::process::id(),
             port,
             started: Instant::now(),
             ready_delay: opts.ready_delay,
             requests: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
+            connections: AtomicU64::new(0),
             post_count: AtomicU64::new(0),
             leaked: Mutex::new(Vec::new()),
             leaked_mb: AtomicU64::new(0),
             stopping: AtomicBool::new(false),
         }
+    }
+}
+
+/// Counts a request in `State::in_flight` until it is answered or dropped (the client
+/// went away).
+struct InFlight<'a>(&'a State);
+
+impl<'a> InFlight<'a> {
+    fn new(state: &'a State) -> Self {
+        state.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(state)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -82,7 +107,9 @@ pub(crate) async fn handle(
     req: Request<Incoming>,
 ) -> Response<Body> {
     state.requests.fetch_add(1, Ordering::Relaxed);
+    let in_flight = InFlight::new(&state);
     let mut response = route(&state, shutdown, req).await;
+    drop(in_flight);
     response
         .headers_mut()
         .insert(INSTANCE_HEADER, state.instance_header.clone());
@@ -94,8 +121,10 @@ async fn route(state: &State, shutdown: Shutdown, req: Request<Incoming>) -> Res
     let method = req.method().clone();
     match path.as_str() {
         "/" => index(state),
-        "/health" => json_response(StatusCode::OK, &json!({"status": "ok"})),
-        "/ready" => ready(state),
+        "/health" => health(state),
+        "/health/ready" | "/ready" => ready(state),
+        "/health/live" => live(state),
+        "/metrics" => metrics(state),
         "/whoami" => whoami(state),
         "/session" => session(state, &req).await,
         "/slow" => slow(&req).await,
@@ -133,7 +162,8 @@ fn index(state: &State) -> Response<Body> {
         "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>drove demo</title></head>\n\
          <body><h1>drove demo \u{2014} instance {instance} (pid {pid}, port {port})</h1>\n\
          <p>Try <a href=\"/whoami\">/whoami</a>, <a href=\"/session\">/session</a>, \
-         <a href=\"/health\">/health</a>, <a href=\"/ready\">/ready</a>, \
+         <a href=\"/health\">/health</a>, <a href=\"/health/ready\">/health/ready</a>, \
+         <a href=\"/health/live\">/health/live</a>, \
          <a href=\"/stats\">/stats</a>.</p></body></html>\n",
         instance = html_escape(&state.instance),
         pid = state.pid,
@@ -145,23 +175,118 @@ fn index(state: &State) -> Response<Body> {
         .expect("static response parts are valid")
 }
 
-fn ready(state: &State) -> Response<Body> {
+/// Where the instance is in its life, as the health endpoints report it.
+enum Phase {
+    /// `ready_delay` has not passed yet (the time left).
+    Starting(Duration),
+    Ready,
+    /// Shutdown has started: finishing what is in flight.
+    Stopping,
+}
+
+fn phase(state: &State) -> Phase {
     if state.stopping.load(Ordering::Relaxed) {
-        return json_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            &json!({"status": "stopping"}),
-        );
+        return Phase::Stopping;
     }
     let ready_at = state.started + state.ready_delay;
     let now = Instant::now();
     if now >= ready_at {
-        json_response(StatusCode::OK, &json!({"status": "ready"}))
+        Phase::Ready
     } else {
-        json_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            &json!({"status": "starting", "ready_in_ms": millis(ready_at - now)}),
-        )
+        Phase::Starting(ready_at - now)
     }
+}
+
+/// Readiness (`/health/ready`, `/ready`): may a load balancer send requests here? 503
+/// while starting (`DEMO_READY_DELAY`) and from the moment shutdown starts.
+fn ready(state: &State) -> Response<Body> {
+    match phase(state) {
+        Phase::Ready => json_response(StatusCode::OK, &json!({"status": "ready"})),
+        Phase::Starting(left) => json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({"status": "starting", "ready_in_ms": millis(left)}),
+        ),
+        Phase::Stopping => json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({"status": "stopping"}),
+        ),
+    }
+}
+
+/// Liveness (`/health/live`): the process answers. 200 while starting and while shutting
+/// down too: restarting an instance that is merely starting or finishing its requests
+/// would only make things worse.
+fn live(state: &State) -> Response<Body> {
+    json_response(
+        StatusCode::OK,
+        &json!({"status": "alive", "uptime_ms": millis(state.started.elapsed())}),
+    )
+}
+
+/// The detailed health a load balancer's check or a person reads (`/health`): the
+/// readiness verdict as status code and `status` (200 `ok`, 503 `starting`/`stopping`),
+/// plus who this is and how busy it is.
+fn health(state: &State) -> Response<Body> {
+    let (code, status) = match phase(state) {
+        Phase::Ready => (StatusCode::OK, "ok"),
+        Phase::Starting(_) => (StatusCode::SERVICE_UNAVAILABLE, "starting"),
+        Phase::Stopping => (StatusCode::SERVICE_UNAVAILABLE, "stopping"),
+    };
+    json_response(
+        code,
+        &json!({
+            "status": status,
+            "instance": state.instance,
+            "instance_id": state.instance_id,
+            "pid": state.pid,
+            "port": state.port,
+            "uptime_ms": millis(state.started.elapsed()),
+            "requests": state.requests.load(Ordering::Relaxed),
+            "in_flight": state.in_flight.load(Ordering::Relaxed),
+            "connections": state.connections.load(Ordering::Relaxed),
+            "sessions": state.sessions.kind(),
+        }),
+    )
+}
+
+/// The app's own metrics in Prometheus's text format, as a user's app exposes them (drove
+/// lists the instances for Prometheus: `GET /api/sd` on the admin listener). No instance
+/// label: Prometheus adds its target's labels.
+fn metrics(state: &State) -> Response<Body> {
+    let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    let body = format!(
+        "# HELP demo_requests_total Requests received by this instance.\n\
+         # TYPE demo_requests_total counter\n\
+         demo_requests_total {}\n\
+         # HELP demo_post_requests_total POST /count requests received.\n\
+         # TYPE demo_post_requests_total counter\n\
+         demo_post_requests_total {}\n\
+         # HELP demo_requests_in_flight Requests being answered now.\n\
+         # TYPE demo_requests_in_flight gauge\n\
+         demo_requests_in_flight {}\n\
+         # HELP demo_connections Open client connections.\n\
+         # TYPE demo_connections gauge\n\
+         demo_connections {}\n\
+         # HELP demo_leaked_bytes Memory kept on purpose by /leak.\n\
+         # TYPE demo_leaked_bytes gauge\n\
+         demo_leaked_bytes {}\n\
+         # HELP demo_uptime_seconds Time since the instance started.\n\
+         # TYPE demo_uptime_seconds gauge\n\
+         demo_uptime_seconds {:.3}\n",
+        l(&state.requests),
+        l(&state.post_count),
+        l(&state.in_flight),
+        l(&state.connections),
+        l(&state.leaked_mb) * MIB as u64,
+        state.started.elapsed().as_secs_f64(),
+    );
+    Response::builder()
+        .header(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )
+        .body(full(body))
+        .expect("static response parts are valid")
 }
 
 fn whoami(state: &State) -> Response<Body> {

@@ -14,6 +14,9 @@ const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 pub struct DemoOptions {
     /// Name shown in every response (`X-Demo-Instance`), e.g. `web.2`.
     pub instance: String,
+    /// `INSTANCE_ID` as the supervisor (or a hand-written compose file) set it, e.g. `2`;
+    /// reported by `/health`.
+    pub instance_id: Option<String>,
     /// `/ready` answers 503 until this much time has passed since [`crate::run`] started.
     pub ready_delay: Duration,
     /// When set, `/session` counters live in Redis and are shared by all instances.
@@ -26,6 +29,7 @@ impl Default for DemoOptions {
     fn default() -> Self {
         Self {
             instance: "demo".to_owned(),
+            instance_id: None,
             ready_delay: Duration::ZERO,
             redis_url: None,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
@@ -55,7 +59,10 @@ impl DemoOptions {
                 .map(|v| v.trim().to_owned())
                 .filter(|v| !v.is_empty())
         };
-        let mut opts = Self::default();
+        let mut opts = Self {
+            instance_id: nonempty("INSTANCE_ID"),
+            ..Self::default()
+        };
         if let Some(name) = nonempty("DROVE_INSTANCE") {
             opts.instance = name;
         } else if let Some(id) = nonempty("INSTANCE_ID") {
@@ -142,6 +149,7 @@ mod tests {
             ("REDIS_URL", "redis://127.0.0.1:6379/"),
         ]);
         assert_eq!(opts.instance, "web.2");
+        assert_eq!(opts.instance_id.as_deref(), Some("2"));
         assert_eq!(opts.ready_delay, Duration::from_secs(2));
         assert_eq!(opts.shutdown_grace, Duration::from_millis(500));
         assert_eq!(opts.redis_url.as_deref(), Some("redis://127.0.0.1:6379/"));

@@ -120,7 +120,24 @@ fn is_per_connection_error(e: &io::Error) -> bool {
     )
 }
 
+/// Counts a connection in `State::connections` while it lives.
+struct Counted(Arc<State>);
+
+impl Counted {
+    fn new(state: Arc<State>) -> Counted {
+        state.connections.fetch_add(1, Ordering::Relaxed);
+        Counted(state)
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 async fn serve_connection(stream: TcpStream, state: Arc<State>, shutdown: Shutdown) {
+    let _counted = Counted::new(state.clone());
     let _ = stream.set_nodelay(true);
     let service_shutdown = shutdown.clone();
     let service = service_fn(move |req| {

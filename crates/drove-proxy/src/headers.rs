@@ -1,73 +1,116 @@
-//! Trusted proxy networks (CIDRs) for X-Forwarded-For handling.
+//! Request header helpers used by several phases: cookies, the client address behind
+//! trusted proxies (X-Forwarded-For), and the trusted networks themselves ([`Cidr`], from
+//! drove-net, with [`drove_net::canonical_ip`]).
 
 use std::net::IpAddr;
-use std::str::FromStr;
 
-/// An IP network, e.g. `10.0.0.0/8` or `::1/128`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cidr {
-    addr: IpAddr,
-    prefix: u8,
+pub use drove_net::Cidr;
+
+use crate::h1::RequestHead;
+
+/// The cookie `name`'s value in the request's Cookie headers (quotes removed).
+pub(crate) fn cookie<'b>(buf: &'b [u8], head: &'b RequestHead, name: &[u8]) -> Option<&'b [u8]> {
+    cookie_in(head.headers_named(buf, b"cookie"), name)
 }
 
-impl Cidr {
-    /// Whether `ip` is inside the network (v4-mapped v6 addresses match v4 networks).
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
-            v4 => v4,
-        };
-        match (self.addr, ip) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = u32::MAX.checked_shl(32 - self.prefix as u32).unwrap_or(0);
-                u32::from(net) & mask == u32::from(ip) & mask
+/// The cookie `name`'s value in these Cookie header values (HTTP/2 may split them).
+pub(crate) fn cookie_in<'b>(
+    values: impl Iterator<Item = &'b [u8]>,
+    name: &[u8],
+) -> Option<&'b [u8]> {
+    for value in values {
+        for pair in value.split(|&b| b == b';') {
+            let pair = pair.trim_ascii_start();
+            if let Some(v) = pair.strip_prefix(name).and_then(|r| r.strip_prefix(b"=")) {
+                let v = v.trim_ascii_end();
+                return Some(
+                    v.strip_prefix(b"\"")
+                        .and_then(|v| v.strip_suffix(b"\""))
+                        .unwrap_or(v),
+                );
             }
-            (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                let mask = u128::MAX.checked_shl(128 - self.prefix as u32).unwrap_or(0);
-                u128::from(net) & mask == u128::from(ip) & mask
-            }
-            _ => false,
         }
     }
+    None
 }
 
-impl FromStr for Cidr {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Cidr, String> {
-        let (addr, prefix) = match s.split_once('/') {
-            Some((a, p)) => (a, Some(p)),
-            None => (s, None),
-        };
-        let addr: IpAddr = addr
-            .parse()
-            .map_err(|_| format!("`{s}` is not an IP network"))?;
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        let prefix = match prefix {
-            Some(p) => p
-                .parse::<u8>()
-                .ok()
-                .filter(|&p| p <= max)
-                .ok_or_else(|| format!("`{s}`: prefix must be 0..={max}"))?,
-            None => max,
-        };
-        Ok(Cidr { addr, prefix })
+/// The client's IP: the peer, or — from a trusted proxy — the right-most address of
+/// X-Forwarded-For that is not itself trusted (nginx's `real_ip_recursive on`).
+pub(crate) fn client_ip(buf: &[u8], head: &RequestHead, peer: IpAddr, trusted: &[Cidr]) -> IpAddr {
+    // Walk the hops right to left without collecting them: the last header's last hop
+    // first (several X-Forwarded-For headers read as one comma-separated list).
+    let values = head
+        .headers
+        .iter()
+        .rev()
+        .filter(|((s, e), _)| crate::h1::eq(&buf[*s..*e], b"x-forwarded-for"))
+        .map(|(_, (s, e))| &buf[*s..*e]);
+    client_ip_in(values, peer, trusted)
+}
+
+/// [`client_ip`] over X-Forwarded-For values, last header first.
+pub(crate) fn client_ip_in<'b>(
+    values_last_first: impl Iterator<Item = &'b [u8]>,
+    peer: IpAddr,
+    trusted: &[Cidr],
+) -> IpAddr {
+    let values = values_last_first;
+    let mut ip = peer;
+    for hop in values.flat_map(|v| v.rsplit(|&b| b == b',')) {
+        match std::str::from_utf8(hop.trim_ascii())
+            .ok()
+            .and_then(|s| s.parse::<IpAddr>().ok())
+        {
+            Some(addr) => {
+                ip = drove_net::canonical_ip(addr);
+                if !trusted.iter().any(|c| c.contains(ip)) {
+                    break;
+                }
+            }
+            None => break,
+        }
     }
+    ip
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::h1::{parse_request, RequestLimits};
+
+    fn head(raw: &[u8]) -> RequestHead {
+        parse_request(
+            raw,
+            &RequestLimits {
+                max_body: 0,
+                upgrades: &[],
+            },
+        )
+        .unwrap()
+        .unwrap()
+    }
 
     #[test]
-    fn cidr() {
-        let c: Cidr = "10.0.0.0/8".parse().unwrap();
-        assert!(c.contains("10.1.2.3".parse().unwrap()));
-        assert!(!c.contains("11.0.0.1".parse().unwrap()));
-        assert!(c.contains("::ffff:10.0.0.1".parse().unwrap()));
-        let all: Cidr = "0.0.0.0/0".parse().unwrap();
-        assert!(all.contains("1.2.3.4".parse().unwrap()));
-        let one: Cidr = "::1".parse().unwrap();
-        assert!(one.contains("::1".parse().unwrap()));
-        assert!("10.0.0.0/33".parse::<Cidr>().is_err());
+    fn cookies_are_found_in_any_cookie_header() {
+        let raw = b"GET / HTTP/1.1\r\nHost: x\r\nCookie: a=1; drove_sticky=\"abc\"\r\nCookie: b=2\r\n\r\n";
+        let h = head(raw);
+        assert_eq!(cookie(raw, &h, b"drove_sticky"), Some(&b"abc"[..]));
+        assert_eq!(cookie(raw, &h, b"b"), Some(&b"2"[..]));
+        assert_eq!(cookie(raw, &h, b"drove"), None, "a prefix is not a name");
+    }
+
+    #[test]
+    fn forwarded_for_is_believed_only_through_trusted_hops() {
+        let raw = b"GET / HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 6.6.6.6, 203.0.113.9\r\nX-Forwarded-For: 10.0.0.2\r\n\r\n";
+        let h = head(raw);
+        let trusted: Vec<Cidr> = vec!["10.0.0.0/8".parse().unwrap()];
+        let peer: IpAddr = "10.0.0.1".parse().unwrap();
+        assert_eq!(
+            client_ip(raw, &h, peer, &trusted),
+            "203.0.113.9".parse::<IpAddr>().unwrap(),
+            "right-most untrusted hop; 6.6.6.6 was written by the client"
+        );
+        let garbage = b"GET / HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: nope\r\n\r\n";
+        assert_eq!(client_ip(garbage, &head(garbage), peer, &trusted), peer);
     }
 }

@@ -28,7 +28,8 @@ pub(crate) struct Entry<'a> {
     pub target: &'a str,
     pub version: &'a str,
     pub status: u16,
-    pub bytes: Option<u64>,
+    /// Response body bytes sent to the client.
+    pub bytes: u64,
     pub referer: &'a str,
     pub user_agent: &'a str,
     pub upstream: Option<SocketAddr>,
@@ -38,6 +39,8 @@ pub(crate) struct Entry<'a> {
     pub total_time: Duration,
     pub retries: u32,
     pub request_id: &'a str,
+    /// Why drove answered itself (JSON format only).
+    pub error: Option<&'a str>,
 }
 
 impl AccessLog {
@@ -89,7 +92,7 @@ fn combined(e: &Entry<'_>) -> String {
         e.target,
         e.version,
         e.status,
-        opt(e.bytes),
+        e.bytes,
         if e.referer.is_empty() { "-" } else { e.referer },
         if e.user_agent.is_empty() { "-" } else { e.user_agent },
         opt(e.upstream),
@@ -120,6 +123,7 @@ fn json(e: &Entry<'_>) -> String {
         "request_time": e.total_time.as_secs_f64(),
         "retries": e.retries,
         "request_id": e.request_id,
+        "error": e.error,
     });
     let mut s = v.to_string();
     s.push('\n');

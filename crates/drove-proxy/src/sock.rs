@@ -198,6 +198,43 @@ impl Sock {
         (&self.stream).write(data)
     }
 
+    /// Poll-based read for protocol engines that drive the socket themselves (HTTP/2):
+    /// registers on first use; `Pending` registers the waker.
+    pub(crate) fn poll_recv(
+        &self,
+        cx: &mut std::task::Context<'_>,
+        out: &mut [u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        let reg = self.registration()?;
+        loop {
+            let mut guard = std::task::ready!(reg.poll_read_ready(cx))?;
+            match guard.try_io(|_| (&self.stream).read(out)) {
+                Ok(r) => return std::task::Poll::Ready(r),
+                Err(_would_block) => continue,
+            }
+        }
+    }
+
+    /// Poll-based write, the counterpart of [`Sock::poll_recv`].
+    pub(crate) fn poll_send(
+        &self,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        match (&self.stream).write(data) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            r => return std::task::Poll::Ready(r),
+        }
+        let reg = self.registration()?;
+        loop {
+            let mut guard = std::task::ready!(reg.poll_write_ready(cx))?;
+            match guard.try_io(|_| (&self.stream).write(data)) {
+                Ok(r) => return std::task::Poll::Ready(r),
+                Err(_would_block) => continue,
+            }
+        }
+    }
+
     /// Waits until the socket is readable (nothing is read).
     pub(crate) async fn wait_readable(&self) -> io::Result<()> {
         if self.reg.get().is_none() && !self.drained.get() {
@@ -233,6 +270,11 @@ pub(crate) trait ClientIo {
     fn shutdown_write(&self);
     /// Whether the client speaks TLS (`X-Forwarded-Proto: https`).
     fn is_tls(&self) -> bool;
+    /// The client chose HTTP/2 during the TLS handshake (ALPN `h2`).
+    fn alpn_h2(&self) -> bool;
+    /// The connection as a byte stream for the HTTP/2 engine; `read` are plaintext bytes
+    /// already received (they are served first).
+    fn into_h2_io(self, read: Buf) -> crate::http2::H2Io;
 }
 
 impl ClientIo for Sock {
@@ -259,6 +301,12 @@ impl ClientIo for Sock {
     }
     fn is_tls(&self) -> bool {
         false
+    }
+    fn alpn_h2(&self) -> bool {
+        false
+    }
+    fn into_h2_io(self, read: Buf) -> crate::http2::H2Io {
+        crate::http2::H2Io::new(self, None, read)
     }
 }
 
@@ -311,9 +359,19 @@ impl Listener {
 }
 
 /// Copies bytes both ways until both directions reach EOF or either fails: an upgraded
-/// connection (WebSocket) between a client and a backend.
-pub(crate) async fn tunnel<A: ClientIo>(a: &A, b: &Sock, scratch: (&mut Buf, &mut Buf)) {
-    async fn one_way(from: &impl ClientIo, to: &impl ClientIo, buf: &mut Buf) -> io::Result<()> {
+/// connection (WebSocket) between a client and a backend. Returns the bytes copied
+/// (to `a`, to `b`).
+pub(crate) async fn tunnel<A: ClientIo>(
+    a: &A,
+    b: &Sock,
+    scratch: (&mut Buf, &mut Buf),
+) -> (u64, u64) {
+    async fn one_way(
+        from: &impl ClientIo,
+        to: &impl ClientIo,
+        buf: &mut Buf,
+        copied: &std::cell::Cell<u64>,
+    ) -> io::Result<()> {
         loop {
             buf.clear();
             let n = from.read(buf).await?;
@@ -322,10 +380,13 @@ pub(crate) async fn tunnel<A: ClientIo>(a: &A, b: &Sock, scratch: (&mut Buf, &mu
                 return Ok(());
             }
             to.write_all(buf.filled()).await?;
+            copied.set(copied.get() + n as u64);
         }
     }
     let (ab, ba) = scratch;
-    let _ = tokio::try_join!(one_way(a, b, ab), one_way(b, a, ba));
+    let (to_b, to_a) = (std::cell::Cell::new(0), std::cell::Cell::new(0));
+    let _ = tokio::try_join!(one_way(a, b, ab, &to_b), one_way(b, a, ba, &to_a));
+    (to_a.get(), to_b.get())
 }
 
 /// A byte buffer with a filled window `data[start..end]`.

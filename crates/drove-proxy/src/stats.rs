@@ -81,6 +81,21 @@ impl ProxyStats {
         self.responses[class].fetch_add(1, Relaxed);
     }
 
+    /// Whether the budget has a retry left (without taking it).
+    pub(crate) fn retry_budget_available(&self) -> bool {
+        self.budget.load(Relaxed) >= 1000
+    }
+
+    /// A retry was not made because the budget was spent.
+    pub(crate) fn budget_spent(&self) {
+        self.retry_budget_exhausted.fetch_add(1, Relaxed);
+    }
+
+    /// A retry was made.
+    pub(crate) fn retry(&self) {
+        self.retries.fetch_add(1, Relaxed);
+    }
+
     /// Takes one retry from the budget; false when it is spent.
     pub(crate) fn withdraw_retry(&self) -> bool {
         if self.budget.fetch_sub(1000, Relaxed) >= 1000 {

@@ -1,6 +1,6 @@
 //! The per-worker upstream keep-alive pool: idle TCP connections per backend, owned
-//! directly by the request that uses one (no driver task, no channel), and a free list
-//! of I/O buffers so neither idle client nor idle upstream connections hold memory.
+//! directly by the request that uses one (no driver task, no channel), and the connect
+//! that makes new ones.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::sock::{Buf, Sock};
+use crate::sock::Sock;
 
 /// Idle connections kept per backend and worker; beyond this, returned ones are closed.
 /// Sized for 256 concurrent client connections on one worker.
@@ -20,12 +20,6 @@ const MAX_IDLE_PER_BACKEND: usize = 512;
 /// closing races into an error that a POST cannot be retried after.
 pub(crate) const UPSTREAM_MAX_IDLE: Duration = Duration::from_secs(4);
 
-/// I/O buffer size: a typical head fits many times over; bodies stream through it.
-pub(crate) const BUF_SIZE: usize = 16 * 1024;
-
-/// Buffers kept for reuse per worker (beyond: freed).
-const MAX_FREE_BUFFERS: usize = 1024;
-
 pub(crate) struct Idle {
     sock: Sock,
     since: Instant,
@@ -34,17 +28,23 @@ pub(crate) struct Idle {
 #[derive(Default)]
 pub(crate) struct Pool {
     idle: RefCell<HashMap<u64, Vec<Idle>>>,
-    /// Output buffers (heads being written).
-    buffers: RefCell<Vec<Vec<u8>>>,
-    /// Input buffers (reads).
-    inputs: RefCell<Vec<Buf>>,
 }
 
 /// Why a new connection could not be made.
 #[derive(Debug)]
 pub(crate) enum ConnectError {
-    Io(#[allow(dead_code)] std::io::Error),
+    Io(std::io::Error),
     Timeout,
+}
+
+impl ConnectError {
+    /// As an I/O error (a timeout is `TimedOut`), for the error a client's 503 records.
+    pub(crate) fn into_io(self) -> std::io::Error {
+        match self {
+            ConnectError::Io(e) => e,
+            ConnectError::Timeout => std::io::ErrorKind::TimedOut.into(),
+        }
+    }
 }
 
 impl Pool {
@@ -94,48 +94,6 @@ impl Pool {
             }
             Ok(Err(e)) => Err(ConnectError::Io(e)),
             Err(_) => Err(ConnectError::Timeout),
-        }
-    }
-
-    /// An empty input buffer of [`BUF_SIZE`] bytes.
-    pub(crate) fn input(&self) -> Buf {
-        self.inputs
-            .borrow_mut()
-            .pop()
-            .unwrap_or_else(|| Buf::with_capacity(BUF_SIZE))
-    }
-
-    /// Gives an input buffer back for reuse (grown ones are dropped: memory stays bounded).
-    pub(crate) fn recycle_input(&self, mut buf: Buf) {
-        if buf.capacity() == BUF_SIZE {
-            buf.clear();
-            let mut free = self.inputs.borrow_mut();
-            if free.len() < MAX_FREE_BUFFERS {
-                free.push(buf);
-            }
-        }
-    }
-
-    /// An empty output buffer with room for [`BUF_SIZE`] bytes.
-    pub(crate) fn buffer(&self) -> Vec<u8> {
-        self.buffers
-            .borrow_mut()
-            .pop()
-            .unwrap_or_else(|| Vec::with_capacity(BUF_SIZE))
-    }
-
-    /// Gives a buffer back for reuse.
-    pub(crate) fn recycle(&self, mut buf: Vec<u8>) {
-        if buf.capacity() == 0 {
-            return;
-        }
-        buf.clear();
-        // Buffers grown for a large head are not kept: memory stays bounded.
-        if buf.capacity() <= 4 * BUF_SIZE {
-            let mut free = self.buffers.borrow_mut();
-            if free.len() < MAX_FREE_BUFFERS {
-                free.push(buf);
-            }
         }
     }
 }

@@ -1,13 +1,15 @@
 //! The admin listener: a JSON API over the running parts (the `drove status|scale|
 //! restart|drain|undrain|down` commands are thin clients of it), Prometheus metrics at
-//! `/metrics` ([`metrics`]) and the live dashboard at `/` (one HTML page compiled into
-//! the binary, polling `/api/dashboard`, which the [`history`] sampler feeds).
+//! `/metrics` ([`metrics`]), Prometheus service discovery at `/api/sd` ([`sd`]) and the
+//! live dashboard at `/` (one HTML page compiled into the binary, polling
+//! `/api/dashboard`, which the [`history`] sampler feeds).
 //! Loopback by default; when `admin.token` is set, every `/api/` request and `/metrics`
 //! need `Authorization: Bearer TOKEN` (the page itself holds no data and is open).
 //! Errors are JSON: `{"error": "..."}` with a 4xx/5xx status.
 
 pub mod history;
 pub mod metrics;
+pub mod sd;
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -96,6 +98,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/api/status", get(status))
         .route("/api/dashboard", get(dashboard_json))
         .route("/metrics", get(metrics_text))
+        .route("/api/sd", get(sd::targets))
         .route("/api/scale", post(scale))
         .route("/api/restart", post(restart))
         .route("/api/drain", post(drain))
@@ -455,10 +458,15 @@ async fn restart(
     .map_err(refused)?;
     Ok(Json(api::RestartAnswer {
         service: report.service,
+        surge: report.surge.map(|id| id.to_string()),
         replaced: report
             .replaced
             .into_iter()
-            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .map(|r| api::Replaced {
+                instance: r.instance.to_string(),
+                old_pid: r.old_pid,
+                new_pid: r.new_pid,
+            })
             .collect(),
         elapsed: report.elapsed.as_secs_f64(),
     }))

@@ -103,11 +103,11 @@ pub async fn up(config: Config, opts: UpOptions) -> anyhow::Result<()> {
         })
         .with_context(|| format!("cannot listen on {addr} (balancer.listen)"))?;
         listen = Some(listeners[0].local_addr()?);
-        let mut settings = proxy_settings::proxy_settings(b);
+        let mut settings = proxy_settings::proxy_settings(b)?;
         settings.routes = proxy_settings::route_limits(&config).await;
         if let Some(t) = &b.tls {
             settings.tls = Some(
-                drove_proxy::tls::server_config(&t.cert, &t.key)
+                drove_proxy::tls::server_config(&t.cert, &t.key, b.http2)
                     .map_err(|e| anyhow::anyhow!("balancer.tls: {e}"))?,
             );
         }

@@ -1,10 +1,17 @@
 //! Config → data path settings: the one place that knows both vocabularies.
+//!
+//! The conversion is fallible and never falls back silently: a value the data path
+//! cannot use is a [`SettingsError`] naming the key. `drove check` validates the same
+//! values, so after it passes the conversion cannot fail; the error is there so that a
+//! gap between the two is loud instead of a quietly different setting.
 
 use std::time::Duration;
 
 use drove_balancer::{ActiveHealth, Algorithm, BalancerSettings, PassiveHealth, ProbeKind};
 use drove_config::{self as config, BalancerConfig};
-use drove_proxy::{AccessLogFormat, HashKey, LimitKey, ProxySettings, RouteLimit, StickyCookie};
+use drove_proxy::{
+    AccessLogFormat, CompressRoute, HashKey, LimitKey, ProxySettings, RouteLimit, StickyCookie,
+};
 use http::HeaderName;
 
 /// Balancer settings for a `[balancer]` section.
@@ -47,8 +54,21 @@ pub fn active_health(p: &config::ProbeConfig) -> Option<ActiveHealth> {
     })
 }
 
-fn header_name(s: &str) -> Option<HeaderName> {
-    HeaderName::from_bytes(s.to_ascii_lowercase().as_bytes()).ok()
+/// A config value the data path cannot use (unreachable after `drove check`).
+#[derive(Debug, thiserror::Error)]
+#[error("[balancer] {key}: {problem}")]
+pub struct SettingsError {
+    /// The key, e.g. `request_id`.
+    pub key: &'static str,
+    /// What is wrong with its value.
+    pub problem: String,
+}
+
+fn header_name(key: &'static str, s: &str) -> Result<HeaderName, SettingsError> {
+    HeaderName::from_bytes(s.to_ascii_lowercase().as_bytes()).map_err(|_| SettingsError {
+        key,
+        problem: format!("`{s}` is not a valid header name"),
+    })
 }
 
 /// The rate-limited routes of a config: one limiter per `[limits.NAME]`, shared by every
@@ -97,9 +117,12 @@ pub async fn route_limits(config: &config::Config) -> Vec<RouteLimit> {
         };
         let key = match &l.key {
             config::LimitKey::ClientIp => LimitKey::ClientIp,
-            config::LimitKey::Header(h) => match header_name(h) {
-                Some(h) => LimitKey::Header(h),
-                None => LimitKey::ClientIp,
+            config::LimitKey::Header(h) => match header_name("limits.key", h) {
+                Ok(h) => LimitKey::Header(h),
+                Err(e) => {
+                    tracing::warn!(limit = %r.limit, error = %e, "rate limit ignored");
+                    continue;
+                }
             },
             config::LimitKey::Cookie(c) => LimitKey::Cookie(c.clone()),
         };
@@ -114,9 +137,12 @@ pub async fn route_limits(config: &config::Config) -> Vec<RouteLimit> {
     routes
 }
 
-/// Data path settings for a `[balancer]` section.
-pub fn proxy_settings(b: &BalancerConfig) -> ProxySettings {
-    ProxySettings {
+/// Data path settings for a `[balancer]` section (routes and TLS are filled in by the
+/// caller: they need I/O).
+pub fn proxy_settings(b: &BalancerConfig) -> Result<ProxySettings, SettingsError> {
+    let optional_header =
+        |key, h: &Option<String>| h.as_deref().map(|h| header_name(key, h)).transpose();
+    Ok(ProxySettings {
         connect_timeout: b.timeouts.connect,
         header_timeout: b.timeouts.header,
         response_timeout: b.timeouts.response,
@@ -124,15 +150,11 @@ pub fn proxy_settings(b: &BalancerConfig) -> ProxySettings {
         idle_timeout: b.timeouts.idle,
         shutdown_grace: b.timeouts.shutdown_grace,
         retries: b.retries.attempts,
-        retry_budget_percent: (b.retries.budget * 100.0).round().clamp(0.0, 100.0) as u32,
+        retry_budget_percent: percent("retries.budget", b.retries.budget)?,
         retry_on_5xx: b.retries.on_5xx,
-        instance_header: b.instance_header.as_deref().and_then(header_name),
-        request_id_header: b.request_id.as_deref().and_then(header_name),
-        trusted_proxies: b
-            .trusted_proxies
-            .iter()
-            .filter_map(|c| c.to_string().parse().ok())
-            .collect(),
+        instance_header: optional_header("instance_header", &b.instance_header)?,
+        request_id_header: optional_header("request_id", &b.request_id)?,
+        trusted_proxies: b.trusted_proxies.clone(),
         access_log: match b.access_log {
             config::AccessLogFormat::Off => AccessLogFormat::Off,
             config::AccessLogFormat::Combined => AccessLogFormat::Combined,
@@ -142,18 +164,37 @@ pub fn proxy_settings(b: &BalancerConfig) -> ProxySettings {
             config::LogTarget::Stdout => None,
             config::LogTarget::File(p) => Some(p.clone()),
         },
-        max_header_size: b.max_header_size as usize,
+        max_header_size: usize::try_from(b.max_header_size).map_err(|_| SettingsError {
+            key: "max_header_size",
+            problem: format!(
+                "{} bytes is more than this machine can address",
+                b.max_header_size
+            ),
+        })?,
         max_body_size: b.max_body_size,
+        upgrades: b.upgrades.clone(),
+        http2: b.http2,
+        http2_max_streams: b.http2_max_streams,
+        compress: b.compress.clone().map(std::sync::Arc::new),
+        compress_routes: {
+            let mut r: Vec<CompressRoute> = b
+                .routes
+                .iter()
+                .map(|r| CompressRoute {
+                    prefix: r.path.clone(),
+                    settings: r.compress.clone().map(std::sync::Arc::new),
+                })
+                .collect();
+            r.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
+            r
+        },
         sticky: b.sticky.as_ref().map(|s| StickyCookie {
             name: s.cookie.clone(),
             max_age: (s.max_age > Duration::ZERO).then_some(s.max_age),
         }),
         hash_key: match &b.algorithm {
             config::Algorithm::Hash(k) => Some(match k {
-                config::HashKey::Header(h) => match header_name(h) {
-                    Some(h) => HashKey::Header(h),
-                    None => HashKey::Path,
-                },
+                config::HashKey::Header(h) => HashKey::Header(header_name("hash_key", h)?),
                 config::HashKey::Cookie(c) => HashKey::Cookie(c.clone()),
                 config::HashKey::Path => HashKey::Path,
                 config::HashKey::ClientIp => HashKey::ClientIp,
@@ -162,6 +203,18 @@ pub fn proxy_settings(b: &BalancerConfig) -> ProxySettings {
         },
         routes: Vec::new(),
         tls: None,
+    })
+}
+
+/// A fraction 0.0..=1.0 as whole percent.
+fn percent(key: &'static str, f: f64) -> Result<u32, SettingsError> {
+    if (0.0..=1.0).contains(&f) {
+        Ok((f * 100.0).round() as u32)
+    } else {
+        Err(SettingsError {
+            key,
+            problem: format!("{f} is not a fraction between 0 and 1"),
+        })
     }
 }
 

@@ -8,8 +8,9 @@ use std::time::{Duration, SystemTime};
 use serde::Serialize;
 use tokio::sync::oneshot;
 
-/// One instance slot of a service: `web.2`. The index is 1-based and stable for the
-/// lifetime of the slot (restarts keep it; surge instances take a new one).
+/// One instance slot of a service: `web.2`. The index is 1-based and stable: crash
+/// restarts, rolling restarts and replacements keep it (only the one surge instance of a
+/// rollout takes a new, temporary index).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct InstanceId {
     /// Service name.
@@ -223,11 +224,26 @@ pub struct InstanceStatus {
 pub struct RollingReport {
     /// The service.
     pub service: String,
-    /// `(old, new)` pairs in replacement order.
-    pub replaced: Vec<(InstanceId, InstanceId)>,
+    /// The extra instance that held capacity during the rollout (stopped at the end);
+    /// `None` when there was nothing to restart.
+    pub surge: Option<InstanceId>,
+    /// The instances restarted, in order; each kept its id and port.
+    pub replaced: Vec<Replacement>,
     /// Total time taken.
     #[serde(serialize_with = "ser_secs")]
     pub elapsed: Duration,
+}
+
+/// One instance restarted in place by a rolling restart: same id, same port, a new
+/// process.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Replacement {
+    /// The instance.
+    pub instance: InstanceId,
+    /// Pid of the process it had before.
+    pub old_pid: Option<u32>,
+    /// Pid of the process it runs now (ready).
+    pub new_pid: Option<u32>,
 }
 
 fn ser_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {

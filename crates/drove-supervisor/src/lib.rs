@@ -1,7 +1,8 @@
 //! drove-supervisor runs the processes of drove services: it spawns each instance in its
 //! own process group, gates it on a readiness probe, watches it (liveness probe, RSS
 //! limit), restarts it with exponential backoff (and a visible crash-loop state), scales
-//! the number of instances, replaces instances in a rolling, surge-first way, drains them
+//! the number of instances, restarts and replaces instances in place (same id, same port)
+//! behind one surge instance so capacity never drops, drains them
 //! before signalling them, and stops everything — grandchildren included — on shutdown.
 //! Instance output goes to rotated per-instance log files and, optionally, to stdout.
 //!
@@ -59,7 +60,7 @@ mod supervisor;
 
 pub use error::SupervisorError;
 pub use event::{
-    ExitInfo, InstanceEvent, InstanceId, InstanceState, InstanceStatus, RollingReport,
+    ExitInfo, InstanceEvent, InstanceId, InstanceState, InstanceStatus, Replacement, RollingReport,
 };
 pub use guardian::{guardian_main, Guardian};
 pub use logs::{log_path, tail};

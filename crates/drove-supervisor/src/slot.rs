@@ -301,19 +301,21 @@ impl SlotCtx {
 pub(crate) async fn run(mut ctx: SlotCtx) {
     let mut backoff = Backoff::new(&ctx.spec.restart);
     let mut first = true;
+    // The reply to an in-place restart (`Stop { restart: true }`): sent once the next
+    // process is `Starting`, so that whoever waits for it to become ready next never
+    // mistakes the old process's `Stopping` or `Backoff` for the new one's.
+    let mut restarted: Option<oneshot::Sender<()>> = None;
     loop {
         if !first {
             ctx.shared().restarts += 1;
         }
         first = false;
-        let exit = match run_process(&mut ctx).await {
+        let (exit, uptime, reason) = match run_process(&mut ctx, restarted.take()).await {
             Ended::Stopped {
                 restart: true,
                 reply,
             } => {
-                if let Some(r) = reply {
-                    let _ = r.send(());
-                }
+                restarted = reply;
                 continue;
             }
             Ended::Stopped {
@@ -332,7 +334,6 @@ pub(crate) async fn run(mut ctx: SlotCtx) {
                 reason,
             } => (exit, uptime, reason),
         };
-        let (exit, uptime, reason) = exit;
         let policy = ctx.spec.restart.policy;
         let restart = match policy {
             Policy::Always => true,
@@ -352,8 +353,9 @@ pub(crate) async fn run(mut ctx: SlotCtx) {
             ctx.note(&why);
             ctx.shared().why = Some(why);
             ctx.set_state(InstanceState::Exited);
-            if wait_while_down(&mut ctx, None).await {
-                return;
+            match wait_while_down(&mut ctx, None).await {
+                Down::Stopped => return,
+                Down::Start(reply) => restarted = reply,
             }
             ctx.shared().why = None;
             continue;
@@ -387,15 +389,16 @@ pub(crate) async fn run(mut ctx: SlotCtx) {
             if d.crashloop { " (crashloop)" } else { "" }
         ));
         ctx.set_state(state);
-        let stopped = wait_while_down(&mut ctx, Some(d.delay)).await;
+        let down = wait_while_down(&mut ctx, Some(d.delay)).await;
         {
             let mut s = ctx.shared();
             s.backoff = None;
             s.retry_at = None;
             s.why = None;
         }
-        if stopped {
-            return;
+        match down {
+            Down::Stopped => return,
+            Down::Start(reply) => restarted = reply,
         }
     }
 }
@@ -413,32 +416,39 @@ fn policy_name(p: Policy) -> &'static str {
     }
 }
 
+/// How a wait between two processes ended.
+enum Down {
+    /// The slot was stopped: it ends.
+    Stopped,
+    /// Start the next process: the delay is over, or an in-place restart asked for it now
+    /// (its reply goes out once the process is `Starting`).
+    Start(Option<oneshot::Sender<()>>),
+}
+
 /// Waits out a backoff delay (or forever when `None`) while answering commands.
-/// Returns true when the slot was stopped (and should end).
-async fn wait_while_down(ctx: &mut SlotCtx, delay: Option<Duration>) -> bool {
+async fn wait_while_down(ctx: &mut SlotCtx, delay: Option<Duration>) -> Down {
     let until = delay.map(|d| Instant::now() + d);
     loop {
         let cmd = tokio::select! {
-            _ = async { sleep_until(until.unwrap_or_else(Instant::now)).await }, if until.is_some() => return false,
+            _ = async { sleep_until(until.unwrap_or_else(Instant::now)).await }, if until.is_some() => return Down::Start(None),
             c = ctx.cmds.recv() => c,
         };
         match cmd {
             None => {
                 ctx.set_state(InstanceState::Stopped);
-                return true;
+                return Down::Stopped;
             }
             Some(SlotCmd::Stop {
                 restart: true,
                 reply,
                 ..
             }) => {
-                let _ = reply.send(());
-                return false; // start again now
+                return Down::Start(Some(reply)); // start again now
             }
             Some(SlotCmd::Stop { reply, .. }) => {
                 ctx.set_state(InstanceState::Stopped);
                 let _ = reply.send(());
-                return true;
+                return Down::Stopped;
             }
             Some(SlotCmd::Drain(r)) => {
                 let _ = r.send(Err(ctx.invalid("drain")));
@@ -514,8 +524,9 @@ async fn recv_opt<T>(rx: &mut Option<(AbortOnDrop, mpsc::Receiver<T>)>) -> Optio
     }
 }
 
-/// Spawns one process and supervises it until it exits or is stopped.
-async fn run_process(ctx: &mut SlotCtx) -> Ended {
+/// Spawns one process and supervises it until it exits or is stopped. `restarted` is
+/// answered as soon as the state is `Starting` (see `run`).
+async fn run_process(ctx: &mut SlotCtx, restarted: Option<oneshot::Sender<()>>) -> Ended {
     ctx.spec = lock(&ctx.spec_src).clone();
     let port = ctx.port();
     {
@@ -528,6 +539,9 @@ async fn run_process(ctx: &mut SlotCtx) -> Ended {
         s.replace_requested = false;
     }
     ctx.set_state(InstanceState::Starting);
+    if let Some(r) = restarted {
+        let _ = r.send(());
+    }
     let refused = |reason: String| Ended::Exited {
         exit: None,
         uptime: Duration::ZERO,

@@ -1,5 +1,6 @@
 //! The [`Supervisor`] handle: services, their slots, and the operations over them
-//! (start in dependency order, scale, rolling restart, drain, shutdown).
+//! (start in dependency order, scale, rolling restart in place behind one surge instance,
+//! replacements, drain, shutdown).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -11,7 +12,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use crate::error::SupervisorError;
-use crate::event::{InstanceEvent, InstanceId, InstanceState, InstanceStatus, RollingReport};
+use crate::event::{
+    InstanceEvent, InstanceId, InstanceState, InstanceStatus, Replacement, RollingReport,
+};
 use crate::guardian::Guardian;
 use crate::logs::{self, InstanceLog};
 use crate::procfs;
@@ -247,10 +250,13 @@ impl Supervisor {
         Ok(())
     }
 
-    /// Rolling restart: for each current instance, start one surge instance in a new
-    /// slot, wait until it is ready (the ready probe's `start_timeout`), then drain and
-    /// stop the old one. If a new instance does not become ready it is stopped, the
-    /// remaining old instances keep running, and `RolloutAborted` is returned.
+    /// Rolling restart that keeps every instance's identity: one surge instance in a new
+    /// slot (N+1) first, ready; then each instance, in index order, drained, stopped and
+    /// started again in its own slot (same `INSTANCE_ID`, same port) and ready; then the
+    /// surge instance drained and stopped. At least N instances are ready throughout.
+    /// If the surge instance never gets ready, nothing else was touched; if a restarted
+    /// instance does not get ready again, the rollout stops there (that instance keeps
+    /// being retried by its restart policy). Both return `RolloutAborted`.
     pub async fn restart(&self, service: &str) -> Result<RollingReport, SupervisorError> {
         let svc = self.inner.service(service)?;
         let _ops = svc.ops.lock().await;
@@ -259,9 +265,8 @@ impl Supervisor {
         self.replace_slots(&svc, old).await
     }
 
-    /// Restarts one instance the same way: a new instance in a new slot first, ready,
-    /// then the old one drained and stopped. If the new one never gets ready, the old one
-    /// keeps running and `RolloutAborted` is returned.
+    /// Restarts one instance the same way: a surge instance ready first, then this one
+    /// drained, stopped and started again in its slot, ready, then the surge stopped.
     pub async fn restart_instance(
         &self,
         id: &InstanceId,
@@ -275,7 +280,8 @@ impl Supervisor {
         self.replace_slots(&svc, vec![id.index]).await
     }
 
-    /// Replaces the instances in `indexes`, one at a time (the service's op lock held).
+    /// Restarts the instances in `indexes` in place behind one surge instance (the
+    /// service's op lock held); see [`Supervisor::restart`].
     async fn replace_slots(
         &self,
         svc: &Arc<Service>,
@@ -284,30 +290,55 @@ impl Supervisor {
         let inner = &self.inner;
         let service = svc.spec().name.clone();
         let t0 = Instant::now();
-        let mut replaced = Vec::new();
-        for index in indexes {
-            let Some(old) = svc.slot(index) else { continue };
-            let new = inner.create_slot(svc, svc.free_index()?)?;
-            tracing::info!(old = %old.id, new = %new.id, "rolling restart: replacing");
-            if let Err(reason) = wait_ready(&new, svc.spec().start_timeout()).await {
-                stop_all(svc, vec![new.clone()]).await;
-                inner.check_running()?;
-                return Err(SupervisorError::RolloutAborted {
-                    service,
-                    instance: new.id,
-                    replaced: replaced.len() as u32,
-                    reason,
-                    elapsed: t0.elapsed(),
-                });
-            }
-            stop_all(svc, vec![old.clone()]).await;
-            replaced.push((old.id, new.id));
+        let mut report = RollingReport {
+            service: service.clone(),
+            surge: None,
+            replaced: Vec::new(),
+            elapsed: Duration::ZERO,
+        };
+        if indexes.is_empty() {
+            return Ok(report);
         }
-        Ok(RollingReport {
-            service,
-            replaced,
-            elapsed: t0.elapsed(),
-        })
+        let aborted = |instance: InstanceId, replaced: usize, reason: String| {
+            SupervisorError::RolloutAborted {
+                service: service.clone(),
+                instance,
+                replaced: replaced as u32,
+                reason,
+                elapsed: t0.elapsed(),
+            }
+        };
+        // The surge instance runs the new spec first: a broken spec is found before any
+        // running instance is touched, and it holds capacity while each slot restarts.
+        let surge = inner.create_slot(svc, svc.free_index()?)?;
+        tracing::info!(service, surge = %surge.id, "rolling restart: surge instance");
+        if let Err(reason) = wait_ready(&surge, svc.spec().start_timeout()).await {
+            stop_all(svc, vec![surge.clone()]).await;
+            inner.check_running()?;
+            return Err(aborted(surge.id, 0, reason));
+        }
+        report.surge = Some(surge.id.clone());
+        for index in indexes {
+            let Some(slot) = svc.slot(index) else {
+                continue;
+            };
+            let old_pid = slot.shared().pid;
+            tracing::info!(instance = %slot.id, "rolling restart: restarting in place");
+            restart_in_place(&slot).await;
+            if let Err(reason) = wait_ready_again(&slot, svc.spec().start_timeout()).await {
+                stop_all(svc, vec![surge]).await;
+                inner.check_running()?;
+                return Err(aborted(slot.id, report.replaced.len(), reason));
+            }
+            report.replaced.push(Replacement {
+                instance: slot.id.clone(),
+                old_pid,
+                new_pid: slot.shared().pid,
+            });
+        }
+        stop_all(svc, vec![surge]).await;
+        report.elapsed = t0.elapsed();
+        Ok(report)
     }
 
     /// Replaces the spec of a service (config reload). It applies to every process started
@@ -564,6 +595,30 @@ async fn wait_ready(h: &SlotHandle, start_timeout: Duration) -> Result<(), Strin
     }
 }
 
+/// Waits until a slot restarted in place is ready again (call it once the restart was
+/// acknowledged: the slot is then `Starting`). Unlike a new slot's first start, a failed
+/// start here is retried by the slot itself (the surge instance already proved the spec;
+/// the port may be held a moment longer by what the old process left): only a crash loop,
+/// a process that is not restarted, or `start_timeout` end the wait.
+async fn wait_ready_again(h: &SlotHandle, start_timeout: Duration) -> Result<(), String> {
+    use InstanceState::*;
+    let mut rx = h.state.clone();
+    let r = tokio::time::timeout(
+        start_timeout + READY_WAIT_SLACK,
+        rx.wait_for(|s| matches!(s, Ready | Crashloop | Exited | Stopped)),
+    )
+    .await;
+    match r.map(|s| s.map(|s| *s)) {
+        Ok(Ok(Ready)) => Ok(()),
+        Ok(Ok(s)) => Err(match h.shared().last_exit {
+            Some(e) => format!("is {s} after its restart (last exit: {e})"),
+            None => format!("is {s} after its restart"),
+        }),
+        Ok(Err(_)) => Err("was stopped before it was ready".into()),
+        Err(_) => Err(format!("was not ready again after {start_timeout:?}")),
+    }
+}
+
 /// Creates the initial slots once every dependency is ready.
 async fn start_service(inner: Arc<Inner>, svc: Arc<Service>) {
     let spec = svc.spec();
@@ -595,8 +650,10 @@ async fn start_service(inner: Arc<Inner>, svc: Arc<Service>) {
 }
 
 /// Replaces unhealthy or oversized instances one at a time, like a rolling restart of
-/// one: surge a new slot, wait ready, drain+stop the old. If the surge instance does not
-/// become ready, the old instance is restarted in place (drained) instead.
+/// one: a surge instance ready first, then the instance restarted in its own slot (same
+/// id, same port), ready, then the surge stopped. Without a surge instance (no free slot,
+/// or it never got ready) the instance is restarted in place all the same (drained
+/// first): a sick instance must not stay because its stand-in failed.
 async fn replace_worker(
     inner: Arc<Inner>,
     svc: Arc<Service>,
@@ -623,21 +680,26 @@ async fn replace_worker(
             continue; // another process already
         }
         tracing::warn!(instance = %old.id, reason = %req.reason, "replacing instance");
-        let new = match svc.free_index().and_then(|i| inner.create_slot(&svc, i)) {
-            Ok(n) => n,
+        let surge = match svc.free_index().and_then(|i| inner.create_slot(&svc, i)) {
+            Ok(surge) => match wait_ready(&surge, svc.spec().start_timeout()).await {
+                Ok(()) => Some(surge),
+                Err(reason) => {
+                    tracing::warn!(instance = %surge.id, %reason, "surge instance failed; restarting {} in place without it", old.id);
+                    stop_all(&svc, vec![surge]).await;
+                    None
+                }
+            },
             Err(e) => {
-                tracing::warn!(instance = %old.id, error = %e, "no surge slot; restarting in place");
-                restart_in_place(&old).await;
-                continue;
+                tracing::warn!(instance = %old.id, error = %e, "no surge slot; restarting in place without it");
+                None
             }
         };
-        match wait_ready(&new, svc.spec().start_timeout()).await {
-            Ok(()) => stop_all(&svc, vec![old]).await,
-            Err(reason) => {
-                tracing::warn!(instance = %new.id, %reason, "replacement failed; restarting {} in place", old.id);
-                stop_all(&svc, vec![new]).await;
-                restart_in_place(&old).await;
+        restart_in_place(&old).await;
+        if let Some(surge) = surge {
+            if let Err(reason) = wait_ready_again(&old, svc.spec().start_timeout()).await {
+                tracing::warn!(instance = %old.id, %reason, "not ready again after its replacement; its restart policy retries it");
             }
+            stop_all(&svc, vec![surge]).await;
         }
     }
 }

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -89,6 +89,8 @@ impl Stats {
 /// Running load.
 pub struct Load {
     stop: Arc<AtomicBool>,
+    /// Requests answered so far (any status), across threads: read while it runs.
+    done: Arc<AtomicU64>,
     handles: Vec<JoinHandle<Stats>>,
 }
 
@@ -96,14 +98,25 @@ impl Load {
     /// Starts the threads.
     pub fn start(spec: LoadSpec) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
+        let done = Arc::new(AtomicU64::new(0));
         let handles = (0..spec.threads)
             .map(|_| {
                 let spec = spec.clone();
                 let stop = stop.clone();
-                std::thread::spawn(move || run(spec, stop))
+                let done = done.clone();
+                std::thread::spawn(move || run(spec, stop, done))
             })
             .collect();
-        Load { stop, handles }
+        Load {
+            stop,
+            done,
+            handles,
+        }
+    }
+
+    /// Requests answered so far (any status), while the load runs: rates over windows.
+    pub fn answered(&self) -> u64 {
+        self.done.load(Ordering::Relaxed)
     }
 
     /// Stops and returns the totals.
@@ -119,7 +132,7 @@ impl Load {
     }
 }
 
-fn run(spec: LoadSpec, stop: Arc<AtomicBool>) -> Stats {
+fn run(spec: LoadSpec, stop: Arc<AtomicBool>, done: Arc<AtomicU64>) -> Stats {
     let mut s = Stats::default();
     let started = Instant::now();
     let mut conn: Option<Conn> = None;
@@ -142,6 +155,7 @@ fn run(spec: LoadSpec, stop: Arc<AtomicBool>) -> Stats {
         let body: &[u8] = if spec.method == "POST" { b"x" } else { b"" };
         match c.request(&spec.method, &spec.path, &[], body) {
             Ok(r) => {
+                done.fetch_add(1, Ordering::Relaxed);
                 let lat = t0.elapsed();
                 s.max_latency = s.max_latency.max(lat);
                 *s.statuses.entry(r.status).or_default() += 1;

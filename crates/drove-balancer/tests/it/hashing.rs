@@ -43,6 +43,19 @@ fn same_key_same_backend_in_any_balancer() {
         // Another balancer with the same ids agrees (restarts, several balancers).
         assert_eq!(pick_hash(&b, h), first);
     }
+    // And every version of drove agrees (a fleet mid-upgrade, a drove before and after
+    // `drove upgrade`): the owners of the first keys are pinned. A change here moves
+    // every user's session on upgrade.
+    let owners: Vec<String> = (0..12u32)
+        .map(|i| pick_hash(&a, hash_bytes(format!("user-{i}").as_bytes())))
+        .collect();
+    assert_eq!(
+        owners,
+        [
+            "web.1", "web.3", "web.3", "web.4", "web.1", "web.4", "web.1", "web.3", "web.0",
+            "web.2", "web.4", "web.0"
+        ]
+    );
 }
 
 #[test]

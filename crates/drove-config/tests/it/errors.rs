@@ -242,11 +242,11 @@ fn unknown_limit() {
 }
 
 #[test]
-fn route_needs_path_and_limit() {
+fn route_needs_path_and_a_limit_or_compress() {
     assert_eq!(
         errs("[balancer]\nbackends = [\":1\"]\n[[balancer.routes]]\npath = \"auth\"\n"),
         vec![
-            e(3, 1, "missing required key `limit` in [[balancer.routes]]"),
+            e(3, 1, "a route needs `limit` (a rate limit), `compress` (compression on this path) or both"),
             e(4, 8, "route `path` must start with `/`, found \"auth\""),
         ]
     );

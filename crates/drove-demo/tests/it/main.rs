@@ -46,6 +46,7 @@ async fn start(opts: DemoOptions) -> TestServer {
 fn named(instance: &str) -> DemoOptions {
     DemoOptions {
         instance: instance.to_owned(),
+        instance_id: instance.rsplit_once('.').map(|(_, k)| k.to_owned()),
         ..DemoOptions::default()
     }
 }
@@ -264,7 +265,17 @@ async fn identity_health_and_not_found() {
     let health = get(addr, "/health").await;
     assert_eq!(health.status, StatusCode::OK);
     assert_eq!(health.header("content-type"), Some("application/json"));
-    assert_eq!(health.json(), serde_json::json!({"status": "ok"}));
+    let h = health.json();
+    assert_eq!(h["status"], "ok");
+    assert_eq!(h["instance"], "web.2");
+    assert_eq!(h["instance_id"], "2");
+    assert_eq!(h["pid"], std::process::id());
+    assert_eq!(h["port"], addr.port());
+    assert_eq!(h["sessions"], "memory");
+    // This very request is in flight, on a connection that is open.
+    assert_eq!(h["in_flight"], 1, "{h}");
+    assert!(h["connections"].as_u64().unwrap() >= 1, "{h}");
+    assert!(h["requests"].as_u64().unwrap() >= 2);
 
     let who = get(addr, "/whoami").await.json();
     assert_eq!(who["instance"], "web.2");
@@ -289,16 +300,26 @@ async fn ready_flips_after_delay() {
         ..named("web.1")
     })
     .await;
-    let not_yet = get(server.addr, "/ready").await;
-    assert_eq!(not_yet.status, StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(not_yet.json()["status"], "starting");
-    assert_eq!(not_yet.header("x-demo-instance"), Some("web.1"));
+    for path in ["/ready", "/health/ready", "/health"] {
+        let not_yet = get(server.addr, path).await;
+        assert_eq!(not_yet.status, StatusCode::SERVICE_UNAVAILABLE, "{path}");
+        assert_eq!(not_yet.json()["status"], "starting", "{path}");
+        assert_eq!(not_yet.header("x-demo-instance"), Some("web.1"));
+    }
     // Liveness does not wait for readiness.
-    assert_eq!(get(server.addr, "/health").await.status, StatusCode::OK);
+    let live = get(server.addr, "/health/live").await;
+    assert_eq!(live.status, StatusCode::OK);
+    assert_eq!(live.json()["status"], "alive");
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let ready = get(server.addr, "/ready").await;
-    assert_eq!(ready.status, StatusCode::OK);
-    assert_eq!(ready.json()["status"], "ready");
+    for (path, status) in [
+        ("/ready", "ready"),
+        ("/health/ready", "ready"),
+        ("/health", "ok"),
+    ] {
+        let ready = get(server.addr, path).await;
+        assert_eq!(ready.status, StatusCode::OK, "{path}");
+        assert_eq!(ready.json()["status"], status, "{path}");
+    }
     server.shutdown().await;
 }
 
@@ -773,6 +794,89 @@ async fn request_arriving_during_shutdown_sees_not_ready() {
         resp.to_ascii_lowercase().contains("connection: close"),
         "{resp}"
     );
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn while_stopping_only_liveness_says_yes() {
+    let mut server = start(named("web.3")).await;
+    let addr = server.addr;
+    // A request in flight keeps the server in its graceful phase; three more connections
+    // have sent half a request head each when shutdown starts.
+    let slow = tokio::spawn(async move { get(addr, "/slow?ms=600").await });
+    let mut conns = Vec::new();
+    for path in ["/health/live", "/health/ready", "/health"] {
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        c.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n").as_bytes())
+            .await
+            .unwrap();
+        conns.push((path, c));
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    server.begin_shutdown();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for (path, c) in &mut conns {
+        c.write_all(b"\r\n").await.unwrap();
+        let resp = read_raw_response(c).await;
+        let (want_code, want_status) = match *path {
+            "/health/live" => ("HTTP/1.1 200", "\"alive\""),
+            _ => ("HTTP/1.1 503", "\"stopping\""),
+        };
+        assert!(resp.starts_with(want_code), "{path}: {resp}");
+        assert!(resp.contains(want_status), "{path}: {resp}");
+    }
+    assert_eq!(slow.await.unwrap().status, StatusCode::OK);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn health_counts_requests_in_flight_and_connections() {
+    let server = start(named("web.1")).await;
+    let addr = server.addr;
+    let slow: Vec<_> = (0..2)
+        .map(|_| tokio::spawn(async move { get(addr, "/slow?ms=500").await }))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let h = get(addr, "/health").await.json();
+    assert_eq!(h["in_flight"], 3, "{h}");
+    assert_eq!(h["connections"], 3, "{h}");
+    for s in slow {
+        assert_eq!(s.await.unwrap().status, StatusCode::OK);
+    }
+    let h = get(addr, "/health").await.json();
+    assert_eq!(h["in_flight"], 1, "{h}");
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn metrics_in_prometheus_text_format() {
+    let server = start(named("web.1")).await;
+    let value = |text: &str, name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {text}"))
+    };
+    let first = get(server.addr, "/metrics").await;
+    assert_eq!(first.status, StatusCode::OK);
+    assert!(first
+        .header("content-type")
+        .unwrap()
+        .starts_with("text/plain; version=0.0.4"));
+    let text = String::from_utf8(first.body.to_vec()).unwrap();
+    for family in [
+        "demo_requests_total counter",
+        "demo_requests_in_flight gauge",
+        "demo_connections gauge",
+        "demo_uptime_seconds gauge",
+    ] {
+        assert!(text.contains(&format!("# TYPE {family}\n")), "{text}");
+    }
+    let n = value(&text, "demo_requests_total");
+    assert_eq!(value(&text, "demo_requests_in_flight"), 1.0);
+    get(server.addr, "/whoami").await;
+    let again = get(server.addr, "/metrics").await;
+    let text = String::from_utf8(again.body.to_vec()).unwrap();
+    assert_eq!(value(&text, "demo_requests_total"), n + 2.0);
     server.shutdown().await;
 }
 

@@ -235,16 +235,38 @@ async fn restart_policies_never_and_on_failure() {
     .await;
 }
 
+/// In-rotation instances after each event of `seq` (Ready/Undrained add, Draining/Gone
+/// remove), starting from `start`.
+fn in_rotation_counts(start: &[InstanceId], seq: &[Seen]) -> Vec<usize> {
+    let mut set: std::collections::BTreeSet<InstanceId> = start.iter().cloned().collect();
+    seq.iter()
+        .map(|e| {
+            match e {
+                Seen::Ready(id, _) | Seen::Undrained(id, _) => {
+                    set.insert(id.clone());
+                }
+                Seen::Draining(id) | Seen::Gone(id) => {
+                    set.remove(id);
+                }
+                Seen::State(..) => {}
+            }
+            set.len()
+        })
+        .collect()
+}
+
 #[tokio::test]
-async fn rolling_restart_surges_and_waits_for_drain_ack() {
+async fn rolling_restart_keeps_ids_and_ports_behind_one_surge_instance() {
     bounded(60, async {
         let dir = TempDir::new("roll");
+        let base = free_port_block(3);
         let mut web = http_service("web", &dir);
         web.instances = 2;
+        web.port = PortSpec::Base(base);
         let (sup, mut ev) = start(vec![web]);
         ev.ready_all(10, 2).await;
         let before = sup.status().await;
-        let pid_of = |id: &InstanceId| before.iter().find(|s| &s.id == id).and_then(|s| s.pid);
+        let ids: Vec<InstanceId> = before.iter().map(|s| s.id.clone()).collect();
         let seq_start = ev.history.len();
         let task = tokio::spawn({
             let sup = sup.clone();
@@ -259,7 +281,7 @@ async fn rolling_restart_surges_and_waits_for_drain_ack() {
                     if let InstanceEvent::Draining { id, done, grace } = e {
                         ev.push(Seen::Draining(id.clone()));
                         assert_eq!(grace, Duration::from_secs(3));
-                        let pid = pid_of(&id).expect("only old instances are drained");
+                        let pid = sup.status().await.iter().find(|s| s.id == id).and_then(|s| s.pid).unwrap();
                         // Hold the acknowledgement: the process must not be signalled.
                         sleep(Duration::from_millis(400)).await;
                         assert!(process_alive(pid), "{id} was signalled before done");
@@ -275,39 +297,85 @@ async fn rolling_restart_surges_and_waits_for_drain_ack() {
             }
         };
         ev.drain_pending();
-        assert_eq!(report.replaced.len(), 2);
+        let surge = InstanceId::new("web", 3);
+        assert_eq!(report.surge, Some(surge.clone()));
+        assert_eq!(
+            report.replaced.iter().map(|r| r.instance.clone()).collect::<Vec<_>>(),
+            ids
+        );
         let seq: Vec<Seen> = ev.history[seq_start..]
             .iter()
             .map(|(_, e)| e.clone())
+            .filter(|e| !matches!(e, Seen::State(..)))
             .collect();
-        let pos = |want: &Seen| {
-            seq.iter()
-                .position(|e| match (e, want) {
-                    (Seen::Ready(a, _), Seen::Ready(b, _)) => a == b,
-                    _ => e == want,
-                })
-                .unwrap_or_else(|| panic!("{want:?} not in {seq:?}"))
-        };
-        let mut last_gone = 0;
-        for (old, new) in &report.replaced {
-            let ready = pos(&Seen::Ready(new.clone(), "0.0.0.0:0".parse().unwrap()));
-            let draining = pos(&Seen::Draining(old.clone()));
-            let gone = pos(&Seen::Gone(old.clone()));
-            assert!(
-                last_gone <= ready && ready < draining && draining < gone,
-                "{seq:?}"
-            );
-            last_gone = gone;
-        }
-        for s in &before {
-            assert!(!process_alive(s.pid.unwrap()));
-        }
+        let addr = |k: u16| std::net::SocketAddr::from(([127, 0, 0, 1], base + k - 1));
+        let (w1, w2) = (ids[0].clone(), ids[1].clone());
+        assert_eq!(
+            seq,
+            [
+                Seen::Ready(surge.clone(), addr(3)),
+                Seen::Draining(w1.clone()),
+                Seen::Gone(w1.clone()),
+                Seen::Ready(w1, addr(1)),
+                Seen::Draining(w2.clone()),
+                Seen::Gone(w2.clone()),
+                Seen::Ready(w2, addr(2)),
+                Seen::Draining(surge.clone()),
+                Seen::Gone(surge),
+            ]
+        );
+        let counts = in_rotation_counts(&ids, &seq);
+        assert!(counts.iter().all(|n| *n >= 2), "capacity dipped: {counts:?}");
         let after = sup.status().await;
+        for (b, a) in before.iter().zip(&after) {
+            assert_eq!((&a.id, a.port, a.state), (&b.id, b.port, InstanceState::Ready));
+            assert_ne!(a.pid, b.pid);
+            assert_eq!(a.restarts, 1);
+            assert!(!process_alive(b.pid.unwrap()));
+        }
         assert_eq!(after.len(), 2);
-        assert!(after.iter().all(|s| s.state == InstanceState::Ready));
-        let new_ids: Vec<_> = report.replaced.iter().map(|(_, n)| n.clone()).collect();
-        assert!(after.iter().all(|s| new_ids.contains(&s.id)));
-        finish(&sup, &mut ev, after).await;
+        for r in &report.replaced {
+            let b = before.iter().find(|s| s.id == r.instance).unwrap();
+            let a = after.iter().find(|s| s.id == r.instance).unwrap();
+            assert_eq!((r.old_pid, r.new_pid), (b.pid, a.pid));
+        }
+        finish(&sup, &mut ev, [before, after].concat()).await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn rolling_restart_stops_at_an_instance_that_does_not_get_ready_again() {
+    bounded(60, async {
+        let dir = TempDir::new("abort-in-place");
+        let mut web = http_service("web", &dir);
+        web.instances = 2;
+        web.command = CommandSpec::Shell(
+            "if [ -e stuck.$INSTANCE_ID ]; then exec sleep 1000; fi; exec python3 -m http.server {port} --bind 127.0.0.1"
+                .into(),
+        );
+        web.ready.as_mut().unwrap().start_timeout = Duration::from_millis(1500);
+        let (sup, mut ev) = start(vec![web]);
+        ev.ready_all(10, 2).await;
+        let before = sup.status().await;
+        std::fs::write(dir.path().join("stuck.1"), "").unwrap();
+        let err = ev.pump_while(sup.restart("web")).await.unwrap_err();
+        let SupervisorError::RolloutAborted { instance, replaced, .. } = &err else {
+            panic!("{err}")
+        };
+        assert_eq!((instance.index, *replaced), (1, 0), "{err}");
+        // The surge instance is gone again, web.2 was not touched, web.1 is still there
+        // (its restart policy keeps trying).
+        let after = sup.status().await;
+        assert_eq!(
+            after.iter().map(|s| s.id.index).collect::<Vec<_>>(),
+            [1, 2],
+            "{after:?}"
+        );
+        assert_eq!(after[1].pid, before[1].pid);
+        assert!(ev.position(&Seen::Gone(InstanceId::new("web", 3))).is_some());
+        std::fs::remove_file(dir.path().join("stuck.1")).unwrap();
+        finish(&sup, &mut ev, [before, after].concat()).await;
     })
     .await;
 }
@@ -421,23 +489,29 @@ async fn drain_and_undrain() {
 async fn max_memory_triggers_a_drained_replacement() {
     bounded(60, async {
         let dir = TempDir::new("mem");
+        // Only the first process of web.1 grows past the limit.
         let mut web = service(
             "web",
             &dir,
-            "if [ \"$INSTANCE_ID\" = 1 ]; then exec python3 -c 'import time; b = b\"x\" * (96 << 20); time.sleep(1000)'; fi; exec sleep 1000",
+            "if [ \"$INSTANCE_ID\" = 1 ] && [ ! -e leaked ]; then touch leaked; exec python3 -c 'import time; b = b\"x\" * (96 << 20); time.sleep(1000)'; fi; exec sleep 1000",
         );
         web.max_memory = Some(48 << 20);
         let (sup, mut ev) = start(vec![web]);
-        let old = InstanceId::new("web", 1);
-        let new = InstanceId::new("web", 2);
-        ev.wait(5, |e| matches!(e, Seen::Ready(id, _) if *id == old)).await;
+        let w1 = InstanceId::new("web", 1);
+        let surge = InstanceId::new("web", 2);
+        ev.wait(5, |e| matches!(e, Seen::Ready(id, _) if *id == w1)).await;
         let first = sup.status().await;
-        ev.wait(15, |e| matches!(e, Seen::Ready(id, _) if *id == new)).await;
-        ev.wait(5, |e| *e == Seen::Draining(old.clone())).await;
-        ev.wait(5, |e| *e == Seen::Gone(old.clone())).await;
+        ev.wait(15, |e| matches!(e, Seen::Ready(id, _) if *id == surge)).await;
+        ev.wait(5, |e| *e == Seen::Draining(w1.clone())).await;
+        ev.wait(5, |e| *e == Seen::Gone(w1.clone())).await;
+        ev.wait(10, |e| matches!(e, Seen::Ready(id, _) if *id == w1)).await;
+        ev.wait(5, |e| *e == Seen::Draining(surge.clone())).await;
+        ev.wait(5, |e| *e == Seen::Gone(surge.clone())).await;
         let st = sup.status().await;
-        assert_eq!(st.iter().map(|s| s.id.clone()).collect::<Vec<_>>(), [new]);
-        let log = std::fs::read_to_string(sup.log_path(&old).unwrap()).unwrap();
+        assert_eq!(st.iter().map(|s| s.id.clone()).collect::<Vec<_>>(), std::slice::from_ref(&w1));
+        assert_ne!(st[0].pid, first[0].pid);
+        assert!(!process_alive(first[0].pid.unwrap()));
+        let log = std::fs::read_to_string(sup.log_path(&w1).unwrap()).unwrap();
         assert!(log.contains("stopped"), "{log}");
         finish(&sup, &mut ev, [first, st].concat()).await;
     })
@@ -448,16 +522,15 @@ async fn max_memory_triggers_a_drained_replacement() {
 async fn failing_liveness_probe_replaces_the_instance() {
     bounded(60, async {
         let dir = TempDir::new("health");
-        let mut web = service("web", &dir, "exec sleep 1000");
+        // Each process marks itself alive; the test removes web.1's mark.
+        let mut web = service("web", &dir, "touch alive.$INSTANCE_ID; exec sleep 1000");
         let mut probe = Probe::new(ProbeKind::Command("test -e alive.$INSTANCE_ID".into()));
         probe.interval = Duration::from_millis(100);
         probe.fall = 2;
         web.health = Some(probe);
-        std::fs::write(dir.path().join("alive.1"), "").unwrap();
-        std::fs::write(dir.path().join("alive.2"), "").unwrap();
         let (sup, mut ev) = start(vec![web]);
-        let old = InstanceId::new("web", 1);
-        ev.wait(5, |e| matches!(e, Seen::Ready(id, _) if *id == old))
+        let w1 = InstanceId::new("web", 1);
+        ev.wait(5, |e| matches!(e, Seen::Ready(id, _) if *id == w1))
             .await;
         sleep(Duration::from_millis(500)).await;
         let first = sup.status().await;
@@ -465,11 +538,16 @@ async fn failing_liveness_probe_replaces_the_instance() {
         std::fs::remove_file(dir.path().join("alive.1")).unwrap();
         ev.wait(10, |e| matches!(e, Seen::Ready(id, _) if id.index == 2))
             .await;
-        ev.wait(5, |e| *e == Seen::Draining(old.clone())).await;
-        ev.wait(5, |e| *e == Seen::Gone(old.clone())).await;
+        ev.wait(5, |e| *e == Seen::Draining(w1.clone())).await;
+        ev.wait(5, |e| *e == Seen::Gone(w1.clone())).await;
+        ev.wait(10, |e| matches!(e, Seen::Ready(id, _) if *id == w1))
+            .await;
+        ev.wait(5, |e| *e == Seen::Gone(InstanceId::new("web", 2)))
+            .await;
         let st = sup.status().await;
         assert_eq!(st.len(), 1);
-        assert_eq!(st[0].id.index, 2);
+        assert_eq!(st[0].id, w1);
+        assert_ne!(st[0].pid, first[0].pid);
         finish(&sup, &mut ev, [first, st].concat()).await;
     })
     .await;
@@ -602,12 +680,23 @@ async fn base_ports_and_argv_commands() {
             assert_eq!(addr.port(), base + id.index as u16 - 1);
             ports.push(addr.port());
         }
-        // The surge instance of a rolling restart takes slot 3 = base + 2.
+        // The surge instance of a rolling restart takes slot 3 = base + 2; afterwards
+        // web.1 and web.2 are back on their own ports.
+        let before = sup.status().await;
         let report = ev.pump_while(sup.restart("web")).await.unwrap();
-        assert_eq!(report.replaced[0].1, InstanceId::new("web", 3));
+        assert_eq!(report.surge, Some(InstanceId::new("web", 3)));
+        assert!(ev
+            .position(&Seen::Ready(
+                InstanceId::new("web", 3),
+                ([127, 0, 0, 1], base + 2).into()
+            ))
+            .is_some());
         let st = sup.status().await;
-        assert!(st.iter().any(|s| s.port == Some(base + 2)));
-        finish(&sup, &mut ev, st).await;
+        assert_eq!(
+            st.iter().map(|s| (s.id.index, s.port)).collect::<Vec<_>>(),
+            [(1, Some(base)), (2, Some(base + 1))]
+        );
+        finish(&sup, &mut ev, [before, st].concat()).await;
     })
     .await;
 }
@@ -703,12 +792,13 @@ async fn updated_spec_applies_to_new_processes() {
             before[0].pid,
             "running process untouched"
         );
+        std::fs::remove_file(dir.path().join("version.1")).unwrap();
         let report = ev.pump_while(sup.restart("web")).await.unwrap();
-        assert_eq!(
-            report.replaced,
-            [(InstanceId::new("web", 1), InstanceId::new("web", 2))]
-        );
-        assert_eq!(read(2).await, "2");
+        assert_eq!(report.surge, Some(InstanceId::new("web", 2)));
+        assert_eq!(report.replaced.len(), 1);
+        assert_eq!(report.replaced[0].instance, InstanceId::new("web", 1));
+        assert_eq!(read(2).await, "2", "the surge instance runs the new spec");
+        assert_eq!(read(1).await, "2", "web.1 restarted with the new spec");
         let mut bad = web.clone();
         bad.depends_on = vec!["web".into()];
         assert!(sup.update(bad).await.is_err());

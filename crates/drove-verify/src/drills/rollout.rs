@@ -49,6 +49,8 @@ pub(crate) async fn restart(ctx: &mut Ctx<'_>) -> Result<Outcome, String> {
         .iter()
         .map(|i| i.id.clone())
         .collect();
+    // Restarts keep every instance's id (web.k stays web.k on its port).
+    let ids_kept = after == before;
     let ok = why.is_none() && failed == 0 && replaced == before.len();
     let mut summary = format!(
         "rolling restart of {service} under {}: {}; {replaced}/{} instances replaced in {}",
@@ -66,7 +68,7 @@ pub(crate) async fn restart(ctx: &mut Ctx<'_>) -> Result<Outcome, String> {
         json!({
             "service": service, "requests": report.requests, "failed": failed,
             "unsent": report.unsent, "replaced": replaced, "elapsed_s": took.as_secs_f64(),
-            "before": before, "after": after, "error": why, "answer": answer.ok().and_then(|a| serde_json::to_value(a).ok()),
+            "before": before, "after": after, "ids_kept": ids_kept, "error": why, "answer": answer.ok().and_then(|a| serde_json::to_value(a).ok()),
             "p99_ms": report.latency.p99.as_secs_f64() * 1000.0, "max_ms": report.latency.max.as_secs_f64() * 1000.0,
         }),
     ))

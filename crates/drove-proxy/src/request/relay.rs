@@ -1,0 +1,356 @@
+//! Phase 7: the response, head then body, from the backend's connection to the client's
+//! in the body's own framing (Content-Length, chunked — de-chunked for an HTTP/1.0
+//! client — or until close), through one pooled buffer; or, after a checked `101`, the
+//! tunnel. The upstream connection goes back to the pool when the exchange ended cleanly.
+
+use std::sync::atomic::Ordering::Relaxed;
+
+use super::compress::Compressing;
+use super::forward::Answer;
+use super::{answer, respond, Ctx};
+use crate::conn::Client;
+use crate::h1::{Chunked, Framing};
+use crate::sock::{Buf, ClientIo, Sock};
+use crate::worker::Worker;
+
+/// Relays `answer` to the client. Returns whether the client connection stays open.
+pub(crate) async fn response<S: ClientIo>(
+    w: &Worker,
+    client: &mut Client<S>,
+    ctx: &mut Ctx,
+    reply: Answer,
+    client_keep: bool,
+) -> bool {
+    let status = reply.head.status;
+    ctx.upstream_status = Some(status);
+    ctx.upstream_time = Some(reply.latency);
+    let mut out = w.buffers.output();
+    let plan = match respond::head(w, ctx, &reply, client_keep, &mut out) {
+        Ok(plan) => plan,
+        Err(e) => {
+            // Not turned into a tunnel: the backend's connection is closed with the answer.
+            w.buffers.recycle(out);
+            w.buffers.recycle_input(reply.buf);
+            answer(w, client, ctx, e, true).await;
+            return false;
+        }
+    };
+    ctx.status = status;
+    let Answer {
+        in_flight,
+        up,
+        mut buf,
+        head,
+        ..
+    } = reply;
+    buf.consume(head.len);
+    if plan.tunnel {
+        tunnel(w, client, ctx, &up, buf, out).await;
+        drop(in_flight); // a tunnel counts in flight until it closes (least_conn)
+        return false;
+    }
+    let mut body = Body {
+        client,
+        up: &up,
+        buf,
+        out,
+        bytes: 0,
+        client_ok: true,
+        reusable: head.keep_alive,
+    };
+    match (plan.compress, head.framing) {
+        (_, Framing::None) => body.none().await,
+        (Some(c), framing) => body.compressed(framing, c, !ctx.info.http10).await,
+        (None, Framing::Length(n)) => body.length(n).await,
+        (None, Framing::Chunked) => body.chunked(plan.dechunk).await,
+        (None, Framing::Close) => body.until_close().await,
+    }
+    let Body {
+        buf,
+        out,
+        bytes,
+        client_ok,
+        reusable,
+        ..
+    } = body;
+    ctx.body_bytes = bytes;
+    w.buffers.recycle(out);
+    w.buffers.recycle_input(buf);
+    if reusable && client_ok {
+        w.pool.put(in_flight.backend().key(), up);
+    }
+    drop(in_flight);
+    plan.keep && client_ok
+}
+
+/// A body on its way: the client, the backend's connection, the buffers, and how it
+/// went.
+struct Body<'a, S> {
+    client: &'a mut Client<S>,
+    up: &'a Sock,
+    /// Bytes read from the backend, not yet relayed.
+    buf: Buf,
+    /// Bytes for the client (starts with the response head).
+    out: Vec<u8>,
+    /// Body bytes sent to the client.
+    bytes: u64,
+    /// Every write to the client succeeded and the body is complete.
+    client_ok: bool,
+    /// The backend's connection can carry another request.
+    reusable: bool,
+}
+
+impl<S: ClientIo> Body<'_, S> {
+    /// Writes `out` (head and/or body bytes; `head_len` of them are not body).
+    async fn flush(&mut self, head_len: usize) -> bool {
+        if self.client.sock.write_all(&self.out).await.is_err() {
+            self.client_ok = false;
+            self.reusable = false;
+            return false;
+        }
+        self.bytes += (self.out.len() - head_len) as u64;
+        self.out.clear();
+        true
+    }
+
+    /// The backend broke mid-body: the client cannot be told with a status any more;
+    /// closing is the only honest signal.
+    fn broke(&mut self) {
+        self.client_ok = false;
+        self.reusable = false;
+    }
+
+    async fn none(&mut self) {
+        if !self.buf.is_empty() {
+            self.reusable = false; // bytes after a body-less response: not trustworthy
+        }
+        let head = self.out.len();
+        self.flush(head).await;
+    }
+
+    async fn length(&mut self, n: u64) {
+        let head = self.out.len();
+        let mut left = n;
+        let take = left.min(self.buf.len() as u64) as usize;
+        self.out.extend_from_slice(&self.buf.filled()[..take]);
+        left -= take as u64;
+        if take < self.buf.len() {
+            self.reusable = false;
+        }
+        self.buf.clear();
+        if !self.flush(head).await {
+            return;
+        }
+        if left > 0 {
+            self.client.nodelay();
+        }
+        while left > 0 {
+            match self.up.read(&mut self.buf).await {
+                Ok(0) | Err(_) => return self.broke(),
+                Ok(_) => {
+                    let take = left.min(self.buf.len() as u64) as usize;
+                    left -= take as u64;
+                    if take < self.buf.len() {
+                        self.reusable = false;
+                    }
+                    if self
+                        .client
+                        .sock
+                        .write_all(&self.buf.filled()[..take])
+                        .await
+                        .is_err()
+                    {
+                        self.client_ok = false;
+                        self.reusable = false;
+                        return;
+                    }
+                    self.bytes += take as u64;
+                    self.buf.clear();
+                }
+            }
+        }
+    }
+
+    async fn chunked(&mut self, dechunk: bool) {
+        let mut head = self.out.len();
+        let mut chunked = Chunked::default();
+        let mut first = true;
+        loop {
+            let input = self.buf.filled();
+            let out = &mut self.out;
+            let mut at = 0;
+            let fed = chunked.feed(input, |p| {
+                if !dechunk || p.data {
+                    out.extend_from_slice(&input[at..at + p.len]);
+                }
+                at += p.len;
+            });
+            let Ok(n) = fed else {
+                return self.broke();
+            };
+            if n < self.buf.len() {
+                self.reusable = false;
+            }
+            self.buf.clear();
+            if (first || !self.out.is_empty()) && !self.flush(head).await {
+                return;
+            }
+            first = false;
+            head = 0;
+            if chunked.done() {
+                return;
+            }
+            self.client.nodelay();
+            match self.up.read(&mut self.buf).await {
+                Ok(0) | Err(_) => return self.broke(),
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// The body compressed on its way: decoded from its framing, encoded, flushed after
+    /// each read from the backend (its pauses), sent chunked (HTTP/1.1) or until close.
+    async fn compressed(&mut self, framing: Framing, mut c: Compressing, chunked_out: bool) {
+        let mut head = self.out.len();
+        let mut left = match framing {
+            Framing::Length(n) => n,
+            _ => u64::MAX,
+        };
+        let mut decoder = Chunked::default();
+        let mut data = Vec::new();
+        loop {
+            // The data bytes of what was read.
+            let input = self.buf.filled();
+            let (used, done) = match framing {
+                Framing::Length(_) => {
+                    let take = left.min(input.len() as u64) as usize;
+                    data.extend_from_slice(&input[..take]);
+                    left -= take as u64;
+                    (take, left == 0)
+                }
+                Framing::Chunked => {
+                    let mut at = 0;
+                    let Ok(n) = decoder.feed(input, |p| {
+                        if p.data {
+                            data.extend_from_slice(&input[at..at + p.len]);
+                        }
+                        at += p.len;
+                    }) else {
+                        return self.broke();
+                    };
+                    (n, decoder.done())
+                }
+                _ => {
+                    data.extend_from_slice(input);
+                    (input.len(), false)
+                }
+            };
+            if used < self.buf.len() {
+                self.reusable = false;
+            }
+            self.buf.clear();
+            if c.chunk(&data).is_err() || (done && c.finish().is_err()) {
+                return self.broke();
+            }
+            data.clear();
+            self.emit(&mut c, chunked_out, done);
+            if !self.flush(head).await {
+                return;
+            }
+            head = 0;
+            if done {
+                return;
+            }
+            self.client.nodelay();
+            match self.up.read(&mut self.buf).await {
+                Ok(0) if framing == Framing::Close => {
+                    if c.finish().is_err() {
+                        return self.broke();
+                    }
+                    self.emit(&mut c, chunked_out, true);
+                    self.flush(0).await;
+                    return;
+                }
+                Ok(0) | Err(_) => return self.broke(),
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// Moves the encoder's output to `out`, framed (and the last chunk when `end`).
+    fn emit(&mut self, c: &mut Compressing, chunked_out: bool, end: bool) {
+        if chunked_out {
+            crate::h1::write_chunk(&c.out, &mut self.out);
+            if end {
+                self.out.extend_from_slice(crate::h1::LAST_CHUNK);
+            }
+        } else {
+            self.out.extend_from_slice(&c.out);
+        }
+        c.out.clear();
+    }
+
+    async fn until_close(&mut self) {
+        self.reusable = false;
+        let head = self.out.len();
+        self.out.extend_from_slice(self.buf.filled());
+        self.buf.clear();
+        if !self.flush(head).await {
+            return;
+        }
+        self.client.nodelay();
+        loop {
+            match self.up.read(&mut self.buf).await {
+                Ok(0) => return,
+                Err(_) => return self.broke(),
+                Ok(_) => {
+                    if self.client.sock.write_all(self.buf.filled()).await.is_err() {
+                        self.client_ok = false;
+                        return;
+                    }
+                    self.bytes += self.buf.len() as u64;
+                    self.buf.clear();
+                }
+            }
+        }
+    }
+}
+
+/// After a checked `101`: the head (and anything the backend sent after it), then both
+/// sockets as one byte stream until either side closes.
+async fn tunnel<S: ClientIo>(
+    w: &Worker,
+    client: &mut Client<S>,
+    ctx: &mut Ctx,
+    up: &Sock,
+    mut ubuf: Buf,
+    mut out: Vec<u8>,
+) {
+    out.extend_from_slice(ubuf.filled());
+    ubuf.clear();
+    let ok = client.sock.write_all(&out).await.is_ok();
+    w.buffers.recycle(out);
+    if !ok {
+        w.buffers.recycle_input(ubuf);
+        return;
+    }
+    // Bytes the client sent after its upgrade request belong to the new protocol.
+    if !client.pending().is_empty() {
+        let ok = up.write_all(client.pending()).await.is_ok();
+        let n = client.pending().len();
+        client.consume(n);
+        if !ok {
+            w.buffers.recycle_input(ubuf);
+            return;
+        }
+    }
+    client.nodelay();
+    let stats = &w.proxy.stats;
+    stats.active_tunnels.fetch_add(1, Relaxed);
+    let mut other = w.buffers.input();
+    let (to_client, _) = crate::sock::tunnel(&client.sock, up, (&mut ubuf, &mut other)).await;
+    stats.active_tunnels.fetch_sub(1, Relaxed);
+    ctx.body_bytes = to_client;
+    w.buffers.recycle_input(other);
+    w.buffers.recycle_input(ubuf);
+}
