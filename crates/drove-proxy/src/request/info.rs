@@ -60,6 +60,114 @@ impl RequestInfo {
     }
 }
 
+/// A request head as the extraction reads it: HTTP/1.1 bytes with offsets, or an HTTP/2
+/// header map.
+trait HeadView {
+    /// The first value of header `name` (lowercase).
+    fn header(&self, name: &[u8]) -> Option<&[u8]>;
+    /// The cookie `name`'s value.
+    fn cookie(&self, name: &[u8]) -> Option<&[u8]>;
+    /// The `Accept-Encoding` values.
+    fn accept_encoding(&self) -> impl Iterator<Item = &[u8]>;
+}
+
+impl HeadView for (&[u8], &RequestHead) {
+    fn header(&self, name: &[u8]) -> Option<&[u8]> {
+        self.1.header(self.0, name)
+    }
+    fn cookie(&self, name: &[u8]) -> Option<&[u8]> {
+        headers::cookie(self.0, self.1, name)
+    }
+    fn accept_encoding(&self) -> impl Iterator<Item = &[u8]> {
+        self.1.headers_named(self.0, b"accept-encoding")
+    }
+}
+
+impl HeadView for http::HeaderMap {
+    fn header(&self, name: &[u8]) -> Option<&[u8]> {
+        self.get(http::HeaderName::from_bytes(name).ok()?)
+            .map(|v| v.as_bytes())
+    }
+    fn cookie(&self, name: &[u8]) -> Option<&[u8]> {
+        headers::cookie_in(
+            self.get_all(http::header::COOKIE)
+                .iter()
+                .map(|v| v.as_bytes()),
+            name,
+        )
+    }
+    fn accept_encoding(&self) -> impl Iterator<Item = &[u8]> {
+        self.get_all(http::header::ACCEPT_ENCODING)
+            .iter()
+            .map(|v| v.as_bytes())
+    }
+}
+
+/// What every protocol's request contributes the same way: the request id, the sticky
+/// cookie, the hash key, the route and its limit key, compression.
+struct Common {
+    request_id: Option<InlineBytes<MAX_REQUEST_ID>>,
+    sticky: Option<InlineBytes<64>>,
+    hash: Option<u64>,
+    route: Option<(usize, u64)>,
+    compress: Option<super::compress::Chosen>,
+}
+
+fn common(
+    settings: &ProxySettings,
+    head: &impl HeadView,
+    path: &[u8],
+    client_ip: IpAddr,
+    new_request_id: impl FnOnce() -> [u8; 16],
+) -> Common {
+    let request_id = settings.request_id_header.as_ref().map(|name| {
+        match head.header(name.as_str().as_bytes()) {
+            Some(v) if !v.is_empty() && v.len() <= MAX_REQUEST_ID => InlineBytes::new(v),
+            _ => InlineBytes::new(&new_request_id()),
+        }
+    });
+    let sticky = settings
+        .sticky
+        .as_ref()
+        .and_then(|s| head.cookie(s.name.as_bytes()))
+        .filter(|v| v.len() <= 64)
+        .map(InlineBytes::new);
+    let hash = match &settings.hash_key {
+        None => None,
+        Some(HashKey::Header(name)) => head
+            .header(name.as_str().as_bytes())
+            .map(drove_balancer::hash_bytes),
+        Some(HashKey::Cookie(name)) => head.cookie(name.as_bytes()).map(drove_balancer::hash_bytes),
+        Some(HashKey::Path) => Some(drove_balancer::hash_bytes(path)),
+        Some(HashKey::ClientIp) => Some(drove_balancer::hash_ip(client_ip)),
+    };
+    // Routes are sorted longest prefix first: the first match is the most specific.
+    let route = settings
+        .routes
+        .iter()
+        .position(|r| path.starts_with(r.prefix.as_bytes()))
+        .map(|i| {
+            let key = match &settings.routes[i].key {
+                LimitKey::ClientIp => drove_balancer::hash_ip(client_ip),
+                LimitKey::Header(name) => head
+                    .header(name.as_str().as_bytes())
+                    .map_or(0, drove_balancer::hash_bytes),
+                LimitKey::Cookie(name) => head
+                    .cookie(name.as_bytes())
+                    .map_or(0, drove_balancer::hash_bytes),
+            };
+            (i, key)
+        });
+    let compress = super::compress::choose(settings, path, head.accept_encoding());
+    Common {
+        request_id,
+        sticky,
+        hash,
+        route,
+        compress,
+    }
+}
+
 /// Reads everything the phases need from `head` (its bytes are at the start of the
 /// client's buffer).
 pub(crate) fn extract<S: ClientIo>(
@@ -79,46 +187,13 @@ pub(crate) fn extract<S: ClientIo>(
     } else {
         IpText::of(client_ip)
     };
-    let request_id = settings.request_id_header.as_ref().map(|name| {
-        match head.header(buf, name.as_str().as_bytes()) {
-            Some(v) if !v.is_empty() && v.len() <= MAX_REQUEST_ID => InlineBytes::new(v),
-            _ => InlineBytes::new(&new_request_id()),
-        }
-    });
-    let sticky = settings
-        .sticky
-        .as_ref()
-        .and_then(|s| headers::cookie(buf, head, s.name.as_bytes()))
-        .filter(|v| v.len() <= 64)
-        .map(InlineBytes::new);
-    let hash = match &settings.hash_key {
-        None => None,
-        Some(HashKey::Header(name)) => head
-            .header(buf, name.as_str().as_bytes())
-            .map(drove_balancer::hash_bytes),
-        Some(HashKey::Cookie(name)) => {
-            headers::cookie(buf, head, name.as_bytes()).map(drove_balancer::hash_bytes)
-        }
-        Some(HashKey::Path) => Some(drove_balancer::hash_bytes(head.path(buf))),
-        Some(HashKey::ClientIp) => Some(drove_balancer::hash_ip(client_ip)),
-    };
-    // Routes are sorted longest prefix first: the first match is the most specific.
-    let path = head.path(buf);
-    let route = settings
-        .routes
-        .iter()
-        .position(|r| path.starts_with(r.prefix.as_bytes()))
-        .map(|i| {
-            let key = match &settings.routes[i].key {
-                LimitKey::ClientIp => drove_balancer::hash_ip(client_ip),
-                LimitKey::Header(name) => head
-                    .header(buf, name.as_str().as_bytes())
-                    .map_or(0, drove_balancer::hash_bytes),
-                LimitKey::Cookie(name) => headers::cookie(buf, head, name.as_bytes())
-                    .map_or(0, drove_balancer::hash_bytes),
-            };
-            (i, key)
-        });
+    let c = common(
+        settings,
+        &(buf, head),
+        head.path(buf),
+        client_ip,
+        new_request_id,
+    );
     let upgrade = head.upgrade.map(|(s, e)| {
         (
             InlineBytes::new(&buf[s..e]),
@@ -126,19 +201,17 @@ pub(crate) fn extract<S: ClientIo>(
                 .map(|(s, e)| InlineBytes::new(&buf[s..e])),
         )
     });
-    let compress =
-        super::compress::choose(settings, path, head.headers_named(buf, b"accept-encoding"));
     RequestInfo {
-        head_method: head.method == crate::h1::Method::Head,
-        compress,
         http10: head.http10,
         client_ip,
         client_ip_text,
-        request_id,
-        sticky,
-        hash,
-        route,
+        request_id: c.request_id,
+        sticky: c.sticky,
+        hash: c.hash,
+        route: c.route,
         upgrade,
+        head_method: head.method == crate::h1::Method::Head,
+        compress: c.compress,
     }
 }
 
@@ -149,15 +222,14 @@ pub(crate) fn extract_h2(
     parts: &http::request::Parts,
     new_request_id: impl FnOnce() -> [u8; 16],
 ) -> RequestInfo {
-    let h = &parts.headers;
-    let values = |name: &str| h.get_all(name).iter().map(|v| v.as_bytes());
     let client_ip = if peer.trusted {
-        let last_first: Vec<&[u8]> = values("x-forwarded-for").collect();
-        headers::client_ip_in(
-            last_first.into_iter().rev(),
-            peer.ip,
-            &settings.trusted_proxies,
-        )
+        let values: Vec<&[u8]> = parts
+            .headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .map(|v| v.as_bytes())
+            .collect();
+        headers::client_ip_in(values.into_iter().rev(), peer.ip, &settings.trusted_proxies)
     } else {
         peer.ip
     };
@@ -166,63 +238,19 @@ pub(crate) fn extract_h2(
     } else {
         IpText::of(client_ip)
     };
-    let request_id =
-        settings
-            .request_id_header
-            .as_ref()
-            .map(|name| match h.get(name).map(|v| v.as_bytes()) {
-                Some(v) if !v.is_empty() && v.len() <= MAX_REQUEST_ID => InlineBytes::new(v),
-                _ => InlineBytes::new(&new_request_id()),
-            });
-    let cookie = |name: &str| headers::cookie_in(values("cookie"), name.as_bytes());
-    let sticky = settings
-        .sticky
-        .as_ref()
-        .and_then(|s| cookie(&s.name))
-        .filter(|v| v.len() <= 64)
-        .map(InlineBytes::new);
     let path = parts.uri.path().as_bytes();
-    let hash = match &settings.hash_key {
-        None => None,
-        Some(HashKey::Header(name)) => h
-            .get(name)
-            .map(|v| drove_balancer::hash_bytes(v.as_bytes())),
-        Some(HashKey::Cookie(name)) => cookie(name).map(drove_balancer::hash_bytes),
-        Some(HashKey::Path) => Some(drove_balancer::hash_bytes(path)),
-        Some(HashKey::ClientIp) => Some(drove_balancer::hash_ip(client_ip)),
-    };
-    let route = settings
-        .routes
-        .iter()
-        .position(|r| path.starts_with(r.prefix.as_bytes()))
-        .map(|i| {
-            let key = match &settings.routes[i].key {
-                LimitKey::ClientIp => drove_balancer::hash_ip(client_ip),
-                LimitKey::Header(name) => h
-                    .get(name)
-                    .map_or(0, |v| drove_balancer::hash_bytes(v.as_bytes())),
-                LimitKey::Cookie(name) => cookie(name).map_or(0, drove_balancer::hash_bytes),
-            };
-            (i, key)
-        });
-    let compress = super::compress::choose(
-        settings,
-        path,
-        h.get_all(http::header::ACCEPT_ENCODING)
-            .iter()
-            .map(|v| v.as_bytes()),
-    );
+    let c = common(settings, &parts.headers, path, client_ip, new_request_id);
     RequestInfo {
-        head_method: parts.method == http::Method::HEAD,
-        compress,
         http10: false,
         client_ip,
         client_ip_text,
-        request_id,
-        sticky,
-        hash,
-        route,
+        request_id: c.request_id,
+        sticky: c.sticky,
+        hash: c.hash,
+        route: c.route,
         upgrade: None,
+        head_method: parts.method == http::Method::HEAD,
+        compress: c.compress,
     }
 }
 
