@@ -769,12 +769,17 @@ async fn updated_spec_applies_to_new_processes() {
             "echo $VERSION > version.$INSTANCE_ID; exec sleep 1000",
         );
         web.env = vec![("VERSION".into(), "1".into())];
+        // Ready once the script wrote its version: without a probe the surge instance is
+        // ready at spawn and may be stopped again, on a busy machine, before its shell
+        // ran `echo`, leaving no version.2 to read.
+        let mut probe = Probe::new(ProbeKind::Command("test -s version.$INSTANCE_ID".into()));
+        probe.interval = Duration::from_millis(50);
+        web.ready = Some(probe);
         let (sup, mut ev) = start(vec![web.clone()]);
         ev.ready_all(5, 1).await;
         let read = |i: u32| {
             let path = dir.path().join(format!("version.{i}"));
             async move {
-                // Ready comes at spawn (no probe): the script may not have written yet.
                 loop {
                     match std::fs::read_to_string(&path) {
                         Ok(s) if s.ends_with('\n') => return s.trim().to_string(),
