@@ -233,11 +233,13 @@ fn h2load_with_8_connections_by_8_streams_has_no_failure() {
         assert!(out.contains("status codes: 2000 2xx"), "{out}");
     }
     // drove counted them too, per instance.
-    let served: u64 = plain.status()["balancer"]["backends"]
-        .as_array()
-        .unwrap()
+    let served: u64 = plain
+        .status()
+        .balancer
+        .expect("a balancer")
+        .backends
         .iter()
-        .map(|b| b["requests"].as_u64().unwrap())
+        .map(|b| b.requests)
         .sum();
     assert_eq!(served, 2000);
     let _ = std::fs::remove_dir_all(&dir);

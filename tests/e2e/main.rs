@@ -12,6 +12,7 @@ mod failover;
 mod http2;
 mod identity;
 mod observe;
+mod ports;
 mod prometheus;
 mod supervisor;
 mod tls;
@@ -33,6 +34,14 @@ pub fn output_ok(cmd: &mut std::process::Command) -> std::process::Output {
         String::from_utf8_lossy(&out.stderr)
     );
     out
+}
+
+/// Now, in unix milliseconds (the unit of `last_exit.at_ms` and `retry_at_ms`).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
 }
 
 /// A `[balancer]` over static backends, with extra balancer keys.

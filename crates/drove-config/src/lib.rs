@@ -27,6 +27,13 @@ pub use error::{ConfigError, ConfigErrors};
 pub use model::*;
 pub use templates::{builtin_demo, builtin_demo_toml, BUILTIN_DEMO_TOML, INIT_TEMPLATE};
 
+/// Parses a duration the way drove.toml does (`"250ms"`, `"2s"`, `"1m30s"`; a bare
+/// number is an error that suggests a unit), so command-line flags read durations
+/// exactly like the config file.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    units::duration(s)
+}
+
 /// Reads and validates the config file at `path`. Relative paths in it (`cwd`, log
 /// directories, ...) are resolved against the file's directory; `Config::path` is the
 /// file's absolute path.

@@ -29,9 +29,13 @@ port = "auto"
 # Default: a TCP connect to the instance port (none when port = "none").
 # ready = { http = "/ready", interval = "500ms", timeout = "1s", start_timeout = "60s" }
 #
-# Health probe while running (default: none); an instance failing `fall` times in a
-# row leaves rotation until it passes `rise` times. expect_status: default any 2xx/3xx.
-# health = { http = "/health", interval = "2s", timeout = "1s", rise = 2, fall = 3 }
+# Liveness probe while running (default: none): an instance failing `fall` times in a
+# row is replaced (a new one started and ready first, then the failing one drained and
+# stopped). It is also the balancer's health check unless [balancer] sets its own, so
+# interval x fall is how long a hung instance keeps getting traffic: these values take
+# it out within ~3s (what `drove verify`'s freeze drill expects, < 5s).
+# expect_status: default any 2xx/3xx.
+# health = { http = "/health", interval = "1s", timeout = "500ms", fall = 3 }
 #
 # stop = { signal = "TERM", grace = "30s" }  # then SIGKILL
 # restart = { policy = "always", initial_delay = "100ms", max_delay = "30s", reset_after = "30s", crashloop_after = 5 }
@@ -67,7 +71,8 @@ algorithm = "round_robin"
 # an instance are always retried; others only if idempotent, within the budget.
 # retries = { attempts = 2, budget = "20%", per_try_timeout = "2s", on_5xx = false }
 # passive = { max_fails = 3, fail_timeout = "10s", on_5xx = false }   # max_fails 0 = off
-# Active checks of backends; default: the service's `health` probe.
+# Active checks of backends: a failing one leaves rotation until it passes `rise` times
+# (it keeps running). Default: the service's `health` probe.
 # health = { http = "/health", interval = "1s", timeout = "500ms", rise = 2, fall = 2 }
 # max_ejected = "50%"                        # never eject more than this share at once
 # timeouts = { connect = "1s", header = "10s", response = "60s", idle = "60s", shutdown_grace = "30s" }
@@ -122,7 +127,8 @@ command = ["{drove}", "demo"]
 instances = 3
 port = "auto"
 ready = { http = "/ready", interval = "100ms" }
-# Liveness: an instance that fails 3 probes 2s apart is restarted (drained first).
+# Liveness: an instance that fails 3 probes 2s apart is replaced (a new one ready first,
+# then the failing one drained and stopped).
 health = { http = "/health", interval = "2s", timeout = "1s", rise = 1, fall = 3 }
 stop = { signal = "TERM", grace = "10s" }
 

@@ -14,8 +14,8 @@
 
 use std::sync::Arc;
 
+use drove_api::ReloadReport;
 use drove_config::{Backends, BalancerConfig, Config};
-use serde_json::{json, Value};
 
 use crate::{discovery, services, Running};
 
@@ -45,13 +45,18 @@ pub fn report(
     ok: bool,
     applied: Vec<String>,
     not_applied: Vec<String>,
-    errors: Option<String>,
-) -> Value {
-    json!({"ok": ok, "applied": applied, "not_applied": not_applied, "error": errors})
+    error: Option<String>,
+) -> ReloadReport {
+    ReloadReport {
+        ok,
+        applied,
+        not_applied,
+        error,
+    }
 }
 
 /// Re-reads the config file and applies it (see the module doc). One reload at a time.
-pub async fn reload(r: &Running) -> Value {
+pub async fn reload(r: &Running) -> ReloadReport {
     let mut guard = r.reloadable.lock().await;
     let Reloadable {
         current,
@@ -219,18 +224,18 @@ pub(crate) fn on_sighup(r: Arc<Running>) -> anyhow::Result<tokio::task::JoinHand
 }
 
 /// Prints a reload report the way `drove reload` does.
-pub fn print_report(v: &Value) {
-    if v["ok"] != true {
+pub fn print_report(v: &ReloadReport) {
+    if !v.ok {
         println!(
             "drove: reload refused, nothing changed:\n{}",
-            v["error"].as_str().unwrap_or("")
+            v.error.as_deref().unwrap_or("")
         );
         return;
     }
-    for a in v["applied"].as_array().into_iter().flatten() {
-        println!("drove: reload: applied {}", a.as_str().unwrap_or(""));
+    for a in &v.applied {
+        println!("drove: reload: applied {a}");
     }
-    for a in v["not_applied"].as_array().into_iter().flatten() {
-        println!("drove: reload: NOT applied {}", a.as_str().unwrap_or(""));
+    for a in &v.not_applied {
+        println!("drove: reload: NOT applied {a}");
     }
 }

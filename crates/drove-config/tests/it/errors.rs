@@ -329,7 +329,7 @@ fn probe_errors() {
 fn placeholder_errors() {
     assert_eq!(
         err("[services.web]\ncommand = \"app --port {prot}\"\n"),
-        e(2, 11, "unknown placeholder `{prot}` in `command`; did you mean `{port}`? known placeholders: {port}, {instance} (write `{{` for a literal brace)")
+        e(2, 11, "unknown placeholder `{prot}` in `command`; did you mean `{port}`? known placeholders: {port}, {instance}, {drove} (write `{{` for a literal brace)")
     );
     assert_eq!(
         err("[services.w]\ncommand = [\"app\", \"{port}\"]\nport = \"none\"\n"),
