@@ -326,7 +326,14 @@ fn kill_9_of_drove_leaves_no_process_and_the_next_up_starts_clean() {
         read(&path.with_file_name("stderr.txt"))
     );
     let listen = announced(&second, "drove: balancer on");
-    let r = http::get(listen, "/whoami").unwrap();
+    // `ready` in the status can be a few milliseconds ahead of the balancer's set (the
+    // runtime applies the supervisor's events on its own task).
+    let mut r = http::get(listen, "/whoami").unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while r.status != 200 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        r = http::get(listen, "/whoami").unwrap();
+    }
     assert_eq!(r.status, 200);
     let pid = r.json()["pid"].as_u64().unwrap() as u32;
     assert!(!procs.contains(&pid), "served by a new process");
