@@ -11,6 +11,7 @@ mod export;
 mod failover;
 mod identity;
 mod observe;
+mod panic;
 mod prometheus;
 mod supervisor;
 mod tls;

@@ -166,6 +166,10 @@ pub(crate) fn serve<S: ClientIo + 'static>(
             // Boxed: the exchange's state is large (timers, buffers, nested futures) and
             // would otherwise sit in every idle connection's task; boxing per request costs
             // one allocation and keeps an idle connection to a few hundred bytes.
+            crate::hooks::panic_at(
+                crate::hooks::Point::Connection,
+                &client.pending()[head.target_range.0..head.target_range.1],
+            );
             let shutting_down = *shutdown.borrow();
             let keep = Box::pin(request::handle(
                 &w,

@@ -19,6 +19,7 @@ mod conn;
 pub mod error;
 mod h1;
 mod headers;
+mod hooks;
 mod log;
 mod request;
 mod settings;
@@ -31,7 +32,7 @@ mod worker;
 pub use error::{ProxyError, Side};
 pub use headers::Cidr;
 pub use settings::{AccessLogFormat, HashKey, LimitKey, ProxySettings, RouteLimit, StickyCookie};
-pub use stats::ProxyStats;
+pub use stats::{PanicSite, ProxyStats};
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -148,7 +149,7 @@ pub async fn serve(
         std::thread::Builder::new()
             .name(format!("drove-worker-{i}"))
             .spawn(move || {
-                let r = worker::run(l, proxy, shutdown);
+                let r = worker::run_contained(l, proxy, shutdown);
                 let _ = tx.send(r);
             })?;
         done.push(rx);
@@ -162,6 +163,15 @@ pub async fn serve(
         }
     }
     result
+}
+
+/// The text of a panic's payload (`panic!("...")` gives a `&str` or a `String`).
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
+    payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(a panic without a message)")
 }
 
 /// Settings for the crate's unit tests (explicit values, not defaults: drove's defaults

@@ -4,10 +4,12 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::rc::Rc;
+use std::panic::AssertUnwindSafe;
+use std::rc::{Rc, Weak};
 use std::time::Duration;
 
 use drove_balancer::Backend;
+use futures_util::FutureExt;
 use tokio::sync::watch;
 
 use crate::buffers::Buffers;
@@ -15,7 +17,7 @@ use crate::conn;
 use crate::sock::Listener;
 use crate::tls::TlsSock;
 use crate::upstream::Pool;
-use crate::Proxy;
+use crate::{PanicSite, Proxy};
 
 /// How often idle upstream connections are checked: closed when too old, or when their
 /// backend left rotation (removed, drained, unhealthy).
@@ -36,6 +38,9 @@ pub(crate) struct Worker {
     /// (graceful shutdown waits for it).
     open: Cell<usize>,
     all_closed: tokio::sync::Notify,
+    /// Test hook (`worker`): wakes the accept loop to panic.
+    #[cfg(feature = "test-hooks")]
+    crash: tokio::sync::Notify,
 }
 
 /// A client connection counted as open (worker and metrics) for as long as it lives.
@@ -76,25 +81,29 @@ impl Worker {
             rid: Cell::new(seed | 1),
             open: Cell::new(0),
             all_closed: tokio::sync::Notify::new(),
+            #[cfg(feature = "test-hooks")]
+            crash: tokio::sync::Notify::new(),
         });
         let weak = Rc::downgrade(&w);
+        let stats = w.proxy.stats.clone();
         tokio::task::spawn_local(async move {
-            let mut tick = tokio::time::interval(SWEEP_INTERVAL);
-            loop {
-                tick.tick().await;
-                let Some(w) = weak.upgrade() else { return };
-                let live: Vec<(u64, bool)> = w
-                    .proxy
-                    .balancer
-                    .snapshot()
-                    .iter()
-                    .map(|b| (b.key(), b.is_enabled() && b.is_healthy_now()))
-                    .collect();
-                w.pool
-                    .sweep(|k| live.iter().any(|&(key, usable)| key == k && usable));
+            // A panic in a sweep is contained and the sweeper goes on: without it, idle
+            // connections to removed backends would never be closed.
+            while let Err(panic) = AssertUnwindSafe(sweep(&weak)).catch_unwind().await {
+                stats.panicked(PanicSite::Worker);
+                tracing::error!(
+                    panic = crate::panic_message(&*panic),
+                    "bug: the upstream pool sweeper panicked; it starts again"
+                );
             }
         });
         w
+    }
+
+    /// Test hook (`worker`): makes this worker's accept loop panic.
+    pub(crate) fn crash_worker(&self) {
+        #[cfg(feature = "test-hooks")]
+        self.crash.notify_one();
     }
 
     /// A new request id: 16 hex digits.
@@ -128,6 +137,102 @@ impl Worker {
                 })
                 .clone(),
         )
+    }
+}
+
+/// Closes idle upstream connections that are too old or whose backend left rotation,
+/// every [`SWEEP_INTERVAL`], until the worker is gone.
+async fn sweep(weak: &Weak<Worker>) {
+    let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+    loop {
+        tick.tick().await;
+        let Some(w) = weak.upgrade() else { return };
+        let live: Vec<(u64, bool)> = w
+            .proxy
+            .balancer
+            .snapshot()
+            .iter()
+            .map(|b| (b.key(), b.is_enabled() && b.is_healthy_now()))
+            .collect();
+        w.pool
+            .sweep(|k| live.iter().any(|&(key, usable)| key == k && usable));
+    }
+}
+
+/// After this long without a panic a worker's restart delay starts again from the
+/// shortest: a bug hit once a day must not make the next restart slow.
+const CALM: Duration = Duration::from_secs(10);
+/// Restart delays after a worker panicked: short enough that queued connections wait
+/// little, growing so a worker that panics at once on every start does not spin.
+const RESTART_FIRST: Duration = Duration::from_millis(10);
+const RESTART_MAX: Duration = Duration::from_secs(1);
+
+/// Runs a worker (see [`run`]) and starts it again whenever it panics, on the same
+/// listening socket: the socket is never closed meanwhile, so connections the kernel
+/// queues on it wait for the new worker instead of being refused or reset. Only that
+/// worker's open connections are lost.
+pub(crate) fn run_contained(
+    listener: std::net::TcpListener,
+    proxy: Proxy,
+    shutdown: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    let mut delay = RESTART_FIRST;
+    loop {
+        // A duplicate of the descriptor for this run; `listener` itself stays open.
+        let l = listener.try_clone()?;
+        let started = std::time::Instant::now();
+        let (p, s) = (proxy.clone(), shutdown.clone());
+        match std::panic::catch_unwind(AssertUnwindSafe(move || run(l, p, s))) {
+            Ok(r) => return r,
+            Err(panic) => {
+                proxy.stats.panicked(PanicSite::Worker);
+                tracing::error!(
+                    panic = crate::panic_message(&*panic),
+                    thread = std::thread::current().name().unwrap_or("?"),
+                    "bug: a proxy worker panicked; its open connections are lost, it starts again on the same socket"
+                );
+                if *shutdown.borrow() {
+                    return Ok(());
+                }
+                if started.elapsed() > CALM {
+                    delay = RESTART_FIRST;
+                }
+                std::thread::sleep(delay);
+                delay = (delay * 2).min(RESTART_MAX);
+            }
+        }
+    }
+}
+
+/// A connection's task: a panic outside a request's walk (which contains its own) ends
+/// that connection only, counted and logged.
+fn contained(
+    serve: impl std::future::Future<Output = ()>,
+    proxy: &Proxy,
+    peer: std::net::SocketAddr,
+) -> impl std::future::Future<Output = ()> {
+    let stats = proxy.stats.clone();
+    AssertUnwindSafe(serve).catch_unwind().map(move |r| {
+        if let Err(panic) = r {
+            stats.panicked(PanicSite::Connection);
+            tracing::error!(
+                %peer,
+                panic = crate::panic_message(&*panic),
+                "bug: a client connection panicked; it is closed, drove goes on"
+            );
+        }
+    })
+}
+
+/// Test hook (`worker`): resolves when a request asked this worker to panic; never
+/// without the `test-hooks` feature.
+async fn crash_requested(w: &Worker) {
+    #[cfg(feature = "test-hooks")]
+    w.crash.notified().await;
+    #[cfg(not(feature = "test-hooks"))]
+    {
+        let _ = w;
+        std::future::pending::<()>().await;
     }
 }
 
@@ -165,21 +270,19 @@ async fn accept_loop(
                     continue;
                 }
             };
-            // The task is the serve future itself (no wrapping block that would hold
-            // a second copy of what it captured).
+            // The task is the serve future itself, wrapped by combinators (no async
+            // block that would hold a second copy of what it captured).
             match &proxy.settings.tls {
                 None => {
                     let client = conn::Client::new(&worker, sock, peer);
-                    tokio::task::spawn_local(conn::serve(worker.clone(), client, shutdown.clone()));
+                    let serve = conn::serve(worker.clone(), client, shutdown.clone());
+                    tokio::task::spawn_local(contained(serve, &proxy, peer));
                 }
                 Some(config) => match TlsSock::new(sock, config.clone()) {
                     Ok(tls) => {
                         let client = conn::Client::new(&worker, tls, peer);
-                        tokio::task::spawn_local(conn::serve(
-                            worker.clone(),
-                            client,
-                            shutdown.clone(),
-                        ));
+                        let serve = conn::serve(worker.clone(), client, shutdown.clone());
+                        tokio::task::spawn_local(contained(serve, &proxy, peer));
                     }
                     Err(e) => tracing::warn!(error = %e, "TLS session setup failed"),
                 },
@@ -192,6 +295,7 @@ async fn accept_loop(
             biased;
             _ = stop.changed() => {}
             _ = accept_all => {}
+            _ = crash_requested(&worker) => panic!("injected panic at Worker"),
         }
     } else {
         drop(accept_all);

@@ -12,6 +12,7 @@
 
 pub mod admin;
 pub mod admin_client;
+pub mod contain;
 mod discovery;
 pub mod proxy_settings;
 pub mod reload;
@@ -148,11 +149,19 @@ pub async fn up(config: Config, opts: UpOptions) -> anyhow::Result<()> {
         shutdown: shutdown_tx.clone(),
         started: tokio::time::Instant::now(),
     });
-    let events_task = tokio::spawn(apply_events(
-        events_rx,
-        balancer.clone(),
-        balanced_service.clone(),
-    ));
+    let events_task = {
+        let (balancer, service) = (balancer.clone(), balanced_service.clone());
+        tokio::spawn(async move {
+            let mut rx = events_rx;
+            while contain::caught(
+                "instance events",
+                apply_events(&mut rx, balancer.as_ref(), service.as_deref()),
+            )
+            .await
+            .is_none()
+            {}
+        })
+    };
     let hup_task = reload::on_sighup(running.clone())?;
     let admin_task = tokio::spawn(admin::serve(
         admin_listener,
@@ -208,13 +217,13 @@ pub async fn up(config: Config, opts: UpOptions) -> anyhow::Result<()> {
 
 /// Turns supervisor events into backend-set changes for the balanced service.
 async fn apply_events(
-    mut rx: mpsc::UnboundedReceiver<InstanceEvent>,
-    balancer: Option<Arc<Balancer>>,
-    service: Option<String>,
+    rx: &mut mpsc::UnboundedReceiver<InstanceEvent>,
+    balancer: Option<&Arc<Balancer>>,
+    service: Option<&str>,
 ) {
     while let Some(ev) = rx.recv().await {
-        let ours = balancer.is_some() && service.as_deref() == Some(ev.id().service.as_str());
-        let Some(bal) = balancer.as_ref().filter(|_| ours) else {
+        let ours = balancer.is_some() && service == Some(ev.id().service.as_str());
+        let Some(bal) = balancer.filter(|_| ours) else {
             // Not balanced: nothing waits on a drain, ack at once.
             if let InstanceEvent::Draining { done, .. } = ev {
                 let _ = done.send(());

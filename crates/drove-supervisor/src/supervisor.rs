@@ -11,6 +11,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
+use crate::contain;
 use crate::error::SupervisorError;
 use crate::event::{
     InstanceEvent, InstanceId, InstanceState, InstanceStatus, Replacement, RollingReport,
@@ -136,9 +137,22 @@ impl Supervisor {
         for (i, rx) in receivers.into_iter().enumerate() {
             let svc = inner.services[i].clone();
             tokio::spawn(start_service(inner.clone(), svc.clone()));
-            tokio::spawn(replace_worker(inner.clone(), svc, rx));
+            let inner = inner.clone();
+            tokio::spawn(async move {
+                let mut rx = rx;
+                while contain::caught("replacements", replace_worker(&inner, &svc, &mut rx))
+                    .await
+                    .is_none()
+                {}
+            });
         }
-        tokio::spawn(monitor(inner.clone()));
+        let i = inner.clone();
+        tokio::spawn(async move {
+            while contain::caught("monitor", monitor(i.clone()))
+                .await
+                .is_none()
+            {}
+        });
         Ok(Supervisor { inner })
     }
 
@@ -607,9 +621,9 @@ async fn start_service(inner: Arc<Inner>, svc: Arc<Service>) {
 /// or it never got ready) the instance is restarted in place all the same (drained
 /// first): a sick instance must not stay because its stand-in failed.
 async fn replace_worker(
-    inner: Arc<Inner>,
-    svc: Arc<Service>,
-    mut rx: mpsc::UnboundedReceiver<ReplaceRequest>,
+    inner: &Arc<Inner>,
+    svc: &Arc<Service>,
+    rx: &mut mpsc::UnboundedReceiver<ReplaceRequest>,
 ) {
     while let Some(req) = rx.recv().await {
         let _ops = svc.ops.lock().await;
@@ -632,12 +646,12 @@ async fn replace_worker(
             continue; // another process already
         }
         tracing::warn!(instance = %old.id, reason = %req.reason, "replacing instance");
-        let surge = match svc.free_index().and_then(|i| inner.create_slot(&svc, i)) {
+        let surge = match svc.free_index().and_then(|i| inner.create_slot(svc, i)) {
             Ok(surge) => match wait_ready(&surge, svc.spec().start_timeout()).await {
                 Ok(()) => Some(surge),
                 Err(reason) => {
                     tracing::warn!(instance = %surge.id, %reason, "surge instance failed; restarting {} in place without it", old.id);
-                    stop_all(&svc, vec![surge]).await;
+                    stop_all(svc, vec![surge]).await;
                     None
                 }
             },
@@ -651,7 +665,7 @@ async fn replace_worker(
             if let Err(reason) = wait_ready_again(&old, svc.spec().start_timeout()).await {
                 tracing::warn!(instance = %old.id, %reason, "not ready again after its replacement; its restart policy retries it");
             }
-            stop_all(&svc, vec![surge]).await;
+            stop_all(svc, vec![surge]).await;
         }
     }
 }
@@ -681,6 +695,7 @@ async fn monitor(inner: Arc<Inner>) {
             _ = tick.tick() => {}
             _ = shutdown.wait_for(|s| *s) => return,
         }
+        contain::test_panic("monitor");
         let slots: Vec<(Arc<Service>, SlotHandle)> = inner
             .services
             .iter()

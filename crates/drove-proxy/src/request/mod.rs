@@ -29,13 +29,16 @@ mod relay;
 mod respond;
 mod retry;
 
+use std::panic::AssertUnwindSafe;
 use std::time::Duration;
 
 use drove_balancer::{Backend, PickContext};
+use futures_util::FutureExt;
 use tokio::time::Instant;
 
 use crate::conn::Client;
 use crate::h1::{Framing, RequestHead};
+use crate::hooks;
 use crate::sock::ClientIo;
 use crate::worker::Worker;
 use crate::ProxyError;
@@ -81,9 +84,49 @@ pub(crate) async fn handle<S: ClientIo>(
 ) -> bool {
     let info = info::extract(&w.proxy.settings, client, &head, || w.new_request_id());
     let mut ctx = Ctx::new(w, start, info, client.pending(), Some(&head));
-    let keep = walk(w, client, head, &mut ctx, shutting_down).await;
+    // A bug in a phase costs this request only: the panic is caught here, the client
+    // gets a 500 if no byte of a response went out yet, and the connection closes (its
+    // state after a panic cannot be trusted). `catch_unwind` costs nothing until a
+    // panic happens.
+    let walked = AssertUnwindSafe(walk(w, client, head, &mut ctx, shutting_down))
+        .catch_unwind()
+        .await;
+    let keep = match walked {
+        Ok(keep) => keep,
+        Err(panic) => {
+            contained(w, client, &mut ctx, &*panic).await;
+            false
+        }
+    };
     finish::request(w, &ctx);
     keep
+}
+
+/// After a panic in a request's walk: count it, log it with the request id, and answer
+/// 500 unless a response had started.
+async fn contained<S: ClientIo>(
+    w: &Worker,
+    client: &mut Client<S>,
+    ctx: &mut Ctx,
+    panic: &(dyn std::any::Any + Send),
+) {
+    w.proxy.stats.panicked(crate::PanicSite::Request);
+    let msg = crate::panic_message(panic);
+    let request_id = ctx
+        .info
+        .request_id
+        .as_ref()
+        .and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
+        .unwrap_or("-");
+    tracing::error!(
+        request_id,
+        panic = msg,
+        responded = ctx.status != 0,
+        "bug: a request panicked; it is answered 500 (if nothing was sent yet) and its connection closed, drove goes on"
+    );
+    if ctx.status == 0 {
+        answer(w, client, ctx, ProxyError::Internal(msg.to_string()), true).await;
+    }
 }
 
 /// Answers a head that could not be accepted (malformed, too large) and records it; the
@@ -142,6 +185,12 @@ async fn walk<S: ClientIo>(
     // A body left unread makes the connection unusable after drove's own answer.
     let unread_body = head.framing != Framing::None;
     let client_keep = head.keep_alive && !shutting_down;
+    let target = &client.pending()[head.target_range.0..head.target_range.1];
+    hooks::panic_at(hooks::Point::Request, target);
+    if hooks::armed(hooks::Point::Worker, target) {
+        w.crash_worker();
+    }
+    let late_panic = hooks::armed(hooks::Point::Relay, target);
 
     if let Err(e) = admit::check(settings, &ctx.info).await {
         client.consume(head.len);
@@ -158,6 +207,11 @@ async fn walk<S: ClientIo>(
     w.buffers.recycle(req.into_head());
 
     match answered {
+        Attempted::Answer(answer) if late_panic => {
+            // Test hook: the response head goes out, then the walk panics mid-body.
+            let _ = relay::response(w, client, ctx, answer, false).await;
+            panic!("injected panic at Relay");
+        }
         Attempted::Answer(answer) => relay::response(w, client, ctx, answer, client_keep).await,
         Attempted::ClientGone => false,
         Attempted::Failed(e) => {

@@ -22,7 +22,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 
 use drove_balancer::{Balancer, LATENCY_BUCKETS};
-use drove_proxy::ProxyStats;
+use drove_proxy::{PanicSite, ProxyStats};
 use drove_supervisor::{InstanceState, InstanceStatus, Supervisor};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeCounterValue};
@@ -70,6 +70,7 @@ impl Metrics {
     pub fn new(r: &Running) -> Metrics {
         let mut registry = Registry::with_prefix("drove");
         registry.register_collector(Box::new(BuildInfo));
+        register_panic_metrics(&mut registry, r.proxy.as_ref().map(|p| p.stats().clone()));
         if let Some(p) = &r.proxy {
             register_proxy_metrics(&mut registry, p.stats().clone());
             register_limit_metrics(&mut registry, p.routes());
@@ -218,6 +219,36 @@ impl Collector for BuildInfo {
             "build_info",
             "drove's version (always 1).",
             [(labels, 1.0)],
+        )
+    }
+}
+
+/// Registers `drove_panics_total{where}`: bugs drove contained, by the part they cost
+/// (`request`, `connection`, `worker`: the data path; `supervisor`; `runtime`). Every
+/// series is always present, so an alert on `increase(...) > 0` sees zeros meanwhile.
+pub fn register_panic_metrics(registry: &mut Registry, proxy: Option<Arc<ProxyStats>>) {
+    registry.register_collector(Box::new(PanicCollector(proxy)));
+}
+
+#[derive(Debug)]
+struct PanicCollector(Option<Arc<ProxyStats>>);
+
+impl Collector for PanicCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> fmt::Result {
+        let proxy = PanicSite::ALL.iter().map(|site| {
+            let n = self.0.as_ref().map_or(0, |s| s.panics(*site));
+            (vec![("where", Cow::Borrowed(site.as_str()))], n)
+        });
+        let others = [
+            ("supervisor", drove_supervisor::panics_contained()),
+            ("runtime", crate::contain::panics_contained()),
+        ]
+        .map(|(w, n)| (vec![("where", Cow::Borrowed(w))], n));
+        counter(
+            &mut enc,
+            "panics",
+            "Panics (bugs in drove) contained, by the part each one cost: a request (answered 500 if nothing was sent yet), a connection, a proxy worker's connections (the worker starts again), or a supervisor or runtime task (started again). Instances are never touched.",
+            proxy.chain(others),
         )
     }
 }
