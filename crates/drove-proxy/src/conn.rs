@@ -43,7 +43,7 @@ impl<S: ClientIo> Client<S> {
             peer: ip,
             peer_ip: h1::IpText::of(ip),
             trusted: w
-                .proxy
+                .snapshot()
                 .settings
                 .trusted_proxies
                 .iter()
@@ -88,7 +88,6 @@ pub(crate) fn serve<S: ClientIo + 'static>(
     let open = OpenConnection::new(&w);
     async move {
         let _open = open;
-        let settings = &*w.proxy.settings;
         // A new connection's first request has usually arrived with it (clients write right
         // after connecting): read it now, before any timer, shutdown watch or epoll
         // registration is set up for waiting.
@@ -115,7 +114,7 @@ pub(crate) fn serve<S: ClientIo + 'static>(
                 if *shutdown.borrow() {
                     return;
                 }
-                let idle_until = Instant::now() + settings.idle_timeout;
+                let idle_until = Instant::now() + w.snapshot().settings.idle_timeout;
                 loop {
                     let read = tokio::select! {
                         r = tokio::time::timeout_at(idle_until, client.sock.read_fresh(|| w.buffers.input())) => r,
@@ -132,6 +131,10 @@ pub(crate) fn serve<S: ClientIo + 'static>(
                     }
                 }
             }
+            // The request runs with the settings in force when its first bytes are here,
+            // whatever a reload does meanwhile.
+            let live = w.snapshot();
+            let settings = &live.settings;
             // The head must be complete within the header timeout (slowloris).
             let started = Instant::now();
             let deadline = started + settings.header_timeout;
@@ -159,7 +162,7 @@ pub(crate) fn serve<S: ClientIo + 'static>(
                 Ok(h) => h,
                 Err(e) => {
                     // The stream cannot be trusted past a bad head: answer and close.
-                    Box::pin(request::refuse(&w, &mut client, started, e)).await;
+                    Box::pin(request::refuse(&w, &mut client, started, e, live.clone())).await;
                     return;
                 }
             };
@@ -177,6 +180,7 @@ pub(crate) fn serve<S: ClientIo + 'static>(
                 head,
                 started,
                 shutting_down,
+                live.clone(),
             ))
             .await;
             if keep {

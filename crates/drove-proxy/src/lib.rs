@@ -35,17 +35,49 @@ pub use settings::{AccessLogFormat, HashKey, LimitKey, ProxySettings, RouteLimit
 pub use stats::{PanicSite, ProxyStats};
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use drove_balancer::Balancer;
 
-/// A proxy: settings, the balancer it picks from, and its counters.
+/// A proxy: the settings in force, the balancer it picks from, and its counters. Cheap
+/// to clone; clones share everything, so [`Proxy::update`] on one reaches every worker.
 #[derive(Debug, Clone)]
 pub struct Proxy {
     pub(crate) balancer: Arc<Balancer>,
-    pub(crate) settings: Arc<ProxySettings>,
+    pub(crate) shared: Arc<Shared>,
     pub(crate) stats: Arc<ProxyStats>,
+}
+
+/// The settings in force, swapped whole by [`Proxy::update`].
+#[derive(Debug)]
+pub(crate) struct Shared {
+    live: ArcSwap<Live>,
+    /// Bumped after every swap. Workers compare it with the generation they cached (one
+    /// relaxed read of a line that is written only by a reload, so it stays in every
+    /// core's cache) and reload their copy only when it moved: a request costs one
+    /// atomic load, never a shared reference count.
+    generation: AtomicU64,
+}
+
+/// One generation of settings, with what is built from them (the access log's writer).
+/// A request holds the generation it started with until it ends.
+#[derive(Debug)]
+pub(crate) struct Live {
+    pub(crate) settings: ProxySettings,
     pub(crate) log: Arc<log::AccessLog>,
+}
+
+impl Shared {
+    /// The generation number and the settings of that generation (or a newer one).
+    pub(crate) fn load(&self) -> (u64, Arc<Live>) {
+        let g = self.generation.load(Ordering::Acquire);
+        (g, self.live.load_full())
+    }
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
 }
 
 impl Proxy {
@@ -55,9 +87,44 @@ impl Proxy {
         Ok(Proxy {
             balancer,
             stats: Arc::new(ProxyStats::new(settings.retry_budget_percent)),
-            settings: Arc::new(settings),
-            log: Arc::new(log),
+            shared: Arc::new(Shared {
+                live: ArcSwap::from_pointee(Live {
+                    settings,
+                    log: Arc::new(log),
+                }),
+                generation: AtomicU64::new(0),
+            }),
         })
+    }
+
+    /// Puts new settings in force (a reload): every request that starts from now on, on
+    /// every worker, uses them; a request in flight finishes with the settings it started
+    /// with, and a connection keeps the TLS session and trusted-proxy decision it was
+    /// accepted with. The access log is reopened only when its format or file changed;
+    /// that is the only step that can fail, and then nothing changes. Rate limiters are
+    /// whatever `settings.routes` holds (the caller keeps the state of unchanged ones by
+    /// passing the same `Arc`s).
+    pub fn update(&self, settings: ProxySettings) -> std::io::Result<()> {
+        let current = self.shared.live.load();
+        let log = if current.settings.access_log == settings.access_log
+            && current.settings.access_log_path == settings.access_log_path
+        {
+            current.log.clone()
+        } else {
+            Arc::new(log::AccessLog::open(
+                settings.access_log,
+                settings.access_log_path.as_deref(),
+            )?)
+        };
+        self.stats.set_budget_percent(settings.retry_budget_percent);
+        self.shared.live.store(Arc::new(Live { settings, log }));
+        self.shared.generation.fetch_add(1, Ordering::Release);
+        Ok(())
+    }
+
+    /// The settings in force (a copy: for the admin API and reloads, not the data path).
+    pub fn settings(&self) -> ProxySettings {
+        self.shared.live.load().settings.clone()
     }
 
     /// The counters, shared with every worker.
@@ -65,9 +132,9 @@ impl Proxy {
         &self.stats
     }
 
-    /// The rate-limited routes it enforces.
-    pub fn routes(&self) -> &[RouteLimit] {
-        &self.settings.routes
+    /// The rate-limited routes in force.
+    pub fn routes(&self) -> Vec<RouteLimit> {
+        self.shared.live.load().settings.routes.clone()
     }
 
     /// The balancer it picks from.

@@ -33,7 +33,9 @@ pub struct ProxyStats {
     pub panics: [AtomicU64; 3],
     /// Retry budget in thousandths of a retry.
     budget: AtomicI64,
-    deposit: i64,
+    /// Budget credit per request, in thousandths of a retry (`retries.budget`; a reload
+    /// may change it).
+    deposit: AtomicI64,
 }
 
 /// Where in the data path a panic was contained; each costs what its name says.
@@ -86,8 +88,13 @@ impl ProxyStats {
             active_tunnels: AtomicI64::new(0),
             panics: Default::default(),
             budget: AtomicI64::new(BUDGET_INITIAL * 1000),
-            deposit: budget_percent as i64 * 10,
+            deposit: AtomicI64::new(budget_percent as i64 * 10),
         }
+    }
+
+    /// A new `retries.budget` (percent of requests); the credit saved so far is kept.
+    pub(crate) fn set_budget_percent(&self, percent: u32) {
+        self.deposit.store(percent as i64 * 10, Relaxed);
     }
 
     /// A panic was contained at `site`.
@@ -111,8 +118,9 @@ impl ProxyStats {
     /// A request arrived: count it and credit the retry budget.
     pub(crate) fn request(&self) {
         self.requests.fetch_add(1, Relaxed);
-        if self.deposit > 0 && self.budget.load(Relaxed) < BUDGET_MAX * 1000 {
-            self.budget.fetch_add(self.deposit, Relaxed);
+        let deposit = self.deposit.load(Relaxed);
+        if deposit > 0 && self.budget.load(Relaxed) < BUDGET_MAX * 1000 {
+            self.budget.fetch_add(deposit, Relaxed);
         }
     }
 

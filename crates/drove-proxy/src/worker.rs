@@ -6,6 +6,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::rc::{Rc, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
 use drove_balancer::Backend;
@@ -17,15 +18,21 @@ use crate::conn;
 use crate::sock::Listener;
 use crate::tls::TlsSock;
 use crate::upstream::Pool;
-use crate::{PanicSite, Proxy};
+use crate::{Live, PanicSite, Proxy};
 
 /// How often idle upstream connections are checked: closed when too old, or when their
 /// backend left rotation (removed, drained, unhealthy).
 const SWEEP_INTERVAL: Duration = Duration::from_millis(500);
 
+/// The settings a request (or a connection's wait between requests) runs with: this
+/// worker's copy of one generation, cloned without an atomic operation.
+pub(crate) type Snapshot = Rc<Arc<Live>>;
+
 /// Per-worker state shared by its connections.
 pub(crate) struct Worker {
     pub(crate) proxy: Proxy,
+    /// The generation of settings this worker last saw, and its copy of them.
+    live: RefCell<(u64, Snapshot)>,
     /// Idle keep-alive connections to backends.
     pub(crate) pool: Pool,
     /// Free I/O buffers.
@@ -73,8 +80,10 @@ impl Worker {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_nanos() as u64)
                 .unwrap_or(1);
+        let (generation, live) = proxy.shared.load();
         let w = Rc::new(Worker {
             proxy,
+            live: RefCell::new((generation, Rc::new(live))),
             pool: Pool::default(),
             buffers: Buffers::default(),
             instance_lines: RefCell::new(HashMap::new()),
@@ -100,6 +109,18 @@ impl Worker {
         w
     }
 
+    /// The settings in force, for a request that starts now: one atomic load when
+    /// nothing changed; after a reload, this worker's copy is refreshed first.
+    pub(crate) fn snapshot(&self) -> Snapshot {
+        let g = self.proxy.shared.generation();
+        let mut live = self.live.borrow_mut();
+        if live.0 != g {
+            let (g, new) = self.proxy.shared.load();
+            *live = (g, Rc::new(new));
+        }
+        live.1.clone()
+    }
+
     /// Test hook (`worker`): makes this worker's accept loop panic.
     pub(crate) fn crash_worker(&self) {
         #[cfg(feature = "test-hooks")]
@@ -118,9 +139,23 @@ impl Worker {
     }
 
     /// The complete `instance_header` line for responses from `b`, if configured.
-    pub(crate) fn instance_line(&self, b: &Backend) -> Option<Rc<[u8]>> {
-        let name = self.proxy.settings.instance_header.as_ref()?;
+    pub(crate) fn instance_line(
+        &self,
+        settings: &crate::ProxySettings,
+        b: &Backend,
+    ) -> Option<Rc<[u8]>> {
+        let name = settings.instance_header.as_ref()?;
         let mut m = self.instance_lines.borrow_mut();
+        // A line cached under another header name (a reload renamed it while a request
+        // that started before is still running) is rebuilt: each request writes the
+        // name of its own settings.
+        let named = |l: &[u8]| {
+            l.strip_prefix(name.as_str().as_bytes())
+                .is_some_and(|rest| rest.starts_with(b":"))
+        };
+        if m.get(&b.key()).is_some_and(|l| !named(l)) {
+            m.remove(&b.key());
+        }
         Some(
             m.entry(b.key())
                 .or_insert_with(|| {
@@ -272,7 +307,10 @@ async fn accept_loop(
             };
             // The task is the serve future itself, wrapped by combinators (no async
             // block that would hold a second copy of what it captured).
-            match &proxy.settings.tls {
+            // New connections get the settings in force now: a reloaded certificate
+            // serves the next handshake; a connection keeps its session.
+            let live = worker.snapshot();
+            match &live.settings.tls {
                 None => {
                     let client = conn::Client::new(&worker, sock, peer);
                     let serve = conn::serve(worker.clone(), client, shutdown.clone());
@@ -302,7 +340,7 @@ async fn accept_loop(
     }
     drop(listener);
     // Graceful: each connection finishes its in-flight request, then closes.
-    let grace = proxy.settings.shutdown_grace;
+    let grace = worker.snapshot().settings.shutdown_grace;
     let wait = async {
         while worker.open.get() > 0 {
             worker.all_closed.notified().await;

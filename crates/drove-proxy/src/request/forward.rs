@@ -22,7 +22,7 @@ use crate::h1::{self, Chunked, Framing, Method, RequestHead, RequestRewrite, Res
 use crate::sock::{Buf, ClientIo, Sock};
 use crate::upstream::Pool;
 use crate::worker::Worker;
-use crate::ProxyError;
+use crate::{ProxyError, ProxySettings};
 
 /// An idempotent request with a Content-Length body up to this size is read whole before
 /// it is sent, so it can be replayed on another backend (like nginx's request
@@ -60,7 +60,7 @@ impl UpstreamRequest {
         head: RequestHead,
         ctx: &Ctx,
     ) -> Option<UpstreamRequest> {
-        let settings = &*w.proxy.settings;
+        let settings = &ctx.live.settings;
         let mut out = w.buffers.output();
         h1::write_request(
             client.pending(),
@@ -177,7 +177,8 @@ pub(crate) async fn once<S: ClientIo>(
     ctx: &mut Ctx,
     deadline: Instant,
 ) -> Result<Answer, AttemptFailure> {
-    let settings = &*w.proxy.settings;
+    let live = ctx.live.clone();
+    let settings = &live.settings;
     let in_flight = w.proxy.balancer.start(backend);
     let start = Instant::now();
     let try_deadline = (start + settings.per_try_timeout).min(deadline);
@@ -188,7 +189,7 @@ pub(crate) async fn once<S: ClientIo>(
         elapsed: start.elapsed(),
     };
 
-    let (up, warm) = match connection(w, backend, try_deadline).await {
+    let (up, warm) = match connection(w, backend, try_deadline, settings.connect_timeout).await {
         Ok(x) => x,
         Err(error) => return Err(fail(in_flight, Failure::NotSent, error)),
     };
@@ -213,7 +214,7 @@ pub(crate) async fn once<S: ClientIo>(
     let mut buf = w.buffers.input();
     let sent = Instant::now();
     let result = {
-        let exchange = send_and_read_head(w, client, &up, req, &mut buf, stale_ok);
+        let exchange = send_and_read_head(w, settings, client, &up, req, &mut buf, stale_ok);
         let watch = movable.then(|| (&**backend, &*w.proxy.stats));
         while_healthy(exchange, watch, try_deadline).await
     };
@@ -262,16 +263,13 @@ async fn connection(
     w: &Worker,
     backend: &Backend,
     try_deadline: Instant,
+    connect_timeout: Duration,
 ) -> Result<(Sock, bool), ProxyError> {
     if let Some(s) = w.pool.take(backend.key()) {
         return Ok((s, true));
     }
     let now = Instant::now();
-    let budget = w
-        .proxy
-        .settings
-        .connect_timeout
-        .min(try_deadline.saturating_duration_since(now));
+    let budget = connect_timeout.min(try_deadline.saturating_duration_since(now));
     match Pool::connect(backend.addr(), budget).await {
         Ok(s) => Ok((s, false)),
         Err(e) => {
@@ -327,6 +325,7 @@ type SendError = (Failure, Option<std::io::Error>);
 /// response byte means the pooled connection was already dead.
 async fn send_and_read_head<S: ClientIo>(
     w: &Worker,
+    settings: &ProxySettings,
     client: &mut Client<S>,
     up: &Sock,
     req: &UpstreamRequest,
@@ -342,8 +341,8 @@ async fn send_and_read_head<S: ClientIo>(
     };
     match req.framing {
         Framing::None => up.write_all(&req.head).await.map_err(broken)?,
-        Framing::Length(n) => send_length_body(w, client, up, &req.head, n).await?,
-        Framing::Chunked => send_chunked_body(w, client, up, &req.head).await?,
+        Framing::Length(n) => send_length_body(w, settings, client, up, &req.head, n).await?,
+        Framing::Chunked => send_chunked_body(w, settings, client, up, &req.head).await?,
         Framing::Close => unreachable!("requests are never delimited by close"),
     }
     loop {
@@ -375,8 +374,11 @@ async fn send_and_read_head<S: ClientIo>(
 }
 
 /// Reads more of the client's body, within the idle timeout.
-async fn more_body<S: ClientIo>(w: &Worker, client: &mut Client<S>) -> Result<(), SendError> {
-    match tokio::time::timeout(w.proxy.settings.idle_timeout, client.fill()).await {
+async fn more_body<S: ClientIo>(
+    settings: &ProxySettings,
+    client: &mut Client<S>,
+) -> Result<(), SendError> {
+    match tokio::time::timeout(settings.idle_timeout, client.fill()).await {
         Ok(Ok(n)) if n > 0 => Ok(()),
         Ok(Err(e)) => Err((Failure::ClientGone, Some(e))),
         _ => Err((Failure::ClientGone, None)),
@@ -387,6 +389,7 @@ async fn more_body<S: ClientIo>(w: &Worker, client: &mut Client<S>) -> Result<()
 /// bytes in one write).
 async fn send_length_body<S: ClientIo>(
     w: &Worker,
+    settings: &ProxySettings,
     client: &mut Client<S>,
     up: &Sock,
     head: &[u8],
@@ -410,7 +413,7 @@ async fn send_length_body<S: ClientIo>(
             if left == 0 {
                 return Ok(());
             }
-            more_body(w, client).await?;
+            more_body(settings, client).await?;
         }
     }
     .await;
@@ -423,11 +426,12 @@ async fn send_length_body<S: ClientIo>(
 /// attempt stops and the backend never sees the body's end.
 async fn send_chunked_body<S: ClientIo>(
     w: &Worker,
+    settings: &ProxySettings,
     client: &mut Client<S>,
     up: &Sock,
     head: &[u8],
 ) -> Result<(), SendError> {
-    let max = w.proxy.settings.max_body_size;
+    let max = settings.max_body_size;
     let mut chunked = Chunked::default();
     let mut out = w.buffers.output();
     out.extend_from_slice(head);
@@ -459,7 +463,7 @@ async fn send_chunked_body<S: ClientIo>(
             if chunked.done() {
                 return Ok(());
             }
-            more_body(w, client).await?;
+            more_body(settings, client).await?;
         }
     }
     .await;

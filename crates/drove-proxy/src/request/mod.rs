@@ -40,7 +40,7 @@ use crate::conn::Client;
 use crate::h1::{Framing, RequestHead};
 use crate::hooks;
 use crate::sock::ClientIo;
-use crate::worker::Worker;
+use crate::worker::{Snapshot, Worker};
 use crate::ProxyError;
 
 pub(crate) use info::RequestInfo;
@@ -51,6 +51,8 @@ const MAX_STALE_RETRIES: u32 = 4;
 /// The per-request context: what the head said, and what happened — everything
 /// [`finish`] records.
 pub(crate) struct Ctx {
+    /// The settings this request runs with, from start to end.
+    pub(crate) live: Snapshot,
     /// When the head started to arrive.
     pub(crate) start: Instant,
     pub(crate) info: RequestInfo,
@@ -81,9 +83,10 @@ pub(crate) async fn handle<S: ClientIo>(
     head: RequestHead,
     start: Instant,
     shutting_down: bool,
+    live: Snapshot,
 ) -> bool {
-    let info = info::extract(&w.proxy.settings, client, &head, || w.new_request_id());
-    let mut ctx = Ctx::new(w, start, info, client.pending(), Some(&head));
+    let info = info::extract(&live.settings, client, &head, || w.new_request_id());
+    let mut ctx = Ctx::new(w, live, start, info, client.pending(), Some(&head));
     // A bug in a phase costs this request only: the panic is caught here, the client
     // gets a 500 if no byte of a response went out yet, and the connection closes (its
     // state after a panic cannot be trusted). `catch_unwind` costs nothing until a
@@ -136,9 +139,10 @@ pub(crate) async fn refuse<S: ClientIo>(
     client: &mut Client<S>,
     start: Instant,
     e: ProxyError,
+    live: Snapshot,
 ) {
     let info = RequestInfo::unparsed(client);
-    let mut ctx = Ctx::new(w, start, info, client.pending(), None);
+    let mut ctx = Ctx::new(w, live, start, info, client.pending(), None);
     answer(w, client, &mut ctx, e, true).await;
     client.sock.shutdown_write();
     finish::request(w, &ctx);
@@ -147,6 +151,7 @@ pub(crate) async fn refuse<S: ClientIo>(
 impl Ctx {
     fn new(
         w: &Worker,
+        live: Snapshot,
         start: Instant,
         info: RequestInfo,
         buf: &[u8],
@@ -155,11 +160,11 @@ impl Ctx {
         w.proxy.stats.request();
         Ctx {
             start,
-            log: w
-                .proxy
+            log: live
                 .log
                 .enabled()
                 .then(|| finish::LogHead::capture(buf, head)),
+            live,
             info,
             status: 0,
             body_bytes: 0,
@@ -181,7 +186,8 @@ async fn walk<S: ClientIo>(
     ctx: &mut Ctx,
     shutting_down: bool,
 ) -> bool {
-    let settings = &*w.proxy.settings;
+    let live = ctx.live.clone();
+    let settings = &live.settings;
     // A body left unread makes the connection unusable after drove's own answer.
     let unread_body = head.framing != Framing::None;
     let client_keep = head.keep_alive && !shutting_down;
@@ -241,7 +247,8 @@ async fn pick_and_forward<S: ClientIo>(
     req: &forward::UpstreamRequest,
     ctx: &mut Ctx,
 ) -> Attempted {
-    let settings = &*w.proxy.settings;
+    let live = ctx.live.clone();
+    let settings = &live.settings;
     let sticky = ctx.info.sticky;
     let pick = PickContext {
         client_ip: ctx.info.client_ip,
@@ -342,7 +349,8 @@ pub(crate) async fn answer<S: ClientIo>(
     e: ProxyError,
     close: bool,
 ) {
-    let settings = &*w.proxy.settings;
+    let live = ctx.live.clone();
+    let settings = &live.settings;
     let rid = settings
         .request_id_header
         .as_ref()

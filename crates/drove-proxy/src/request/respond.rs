@@ -27,7 +27,7 @@ pub(crate) fn head(
     client_keep: bool,
     out: &mut Vec<u8>,
 ) -> Result<Plan, ProxyError> {
-    let settings = &*w.proxy.settings;
+    let settings = &ctx.live.settings;
     let rhead = &answer.head;
     let buf = answer.buf.filled();
     let tunnel = rhead.status == 101;
@@ -44,7 +44,7 @@ pub(crate) fn head(
     }
     let backend = answer.in_flight.backend();
     let mut extra = w.buffers.output();
-    if let Some(line) = w.instance_line(backend) {
+    if let Some(line) = w.instance_line(settings, backend) {
         extra.extend_from_slice(&line);
     }
     if let (Some(name), Some(value)) = (&settings.request_id_header, &ctx.info.request_id) {

@@ -73,7 +73,7 @@ impl Metrics {
         register_panic_metrics(&mut registry, r.proxy.as_ref().map(|p| p.stats().clone()));
         if let Some(p) = &r.proxy {
             register_proxy_metrics(&mut registry, p.stats().clone());
-            register_limit_metrics(&mut registry, p.routes());
+            register_limit_metrics(&mut registry, p.clone());
         }
         if let Some(b) = &r.balancer {
             let service = r
@@ -351,30 +351,33 @@ const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
 /// Registers `drove_limit_redis_fallbacks_total{limit}` for the limits shared through
 /// Redis: checks decided by this process alone because Redis failed or was too slow.
-pub fn register_limit_metrics(registry: &mut Registry, routes: &[drove_proxy::RouteLimit]) {
-    let mut shared: Vec<(String, Arc<drove_limits::Limit>)> = Vec::new();
-    for r in routes {
-        if matches!(*r.limiter, drove_limits::Limit::Shared(_))
-            && !shared.iter().any(|(n, _)| *n == r.name)
-        {
-            shared.push((r.name.clone(), r.limiter.clone()));
-        }
-    }
-    if !shared.is_empty() {
-        registry.register_collector(Box::new(LimitCollector(shared)));
-    }
+/// The limits are read at each scrape (a reload may add or remove them); the family is
+/// absent while there is none.
+pub fn register_limit_metrics(registry: &mut Registry, proxy: drove_proxy::Proxy) {
+    registry.register_collector(Box::new(LimitCollector(proxy)));
 }
 
 #[derive(Debug)]
-struct LimitCollector(Vec<(String, Arc<drove_limits::Limit>)>);
+struct LimitCollector(drove_proxy::Proxy);
 
 impl Collector for LimitCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> fmt::Result {
+        let mut shared: Vec<(String, Arc<drove_limits::Limit>)> = Vec::new();
+        for r in self.0.routes() {
+            if matches!(*r.limiter, drove_limits::Limit::Shared(_))
+                && !shared.iter().any(|(n, _)| *n == r.name)
+            {
+                shared.push((r.name.clone(), r.limiter.clone()));
+            }
+        }
+        if shared.is_empty() {
+            return Ok(());
+        }
         counter(
             &mut enc,
             "limit_redis_fallbacks",
             "Rate-limit checks decided by this process alone because Redis failed or did not answer within 50 ms.",
-            self.0.iter().filter_map(|(name, l)| match &**l {
+            shared.iter().filter_map(|(name, l)| match &**l {
                 drove_limits::Limit::Shared(s) => {
                     let labels: Labels = vec![("limit", Cow::Owned(name.clone()))];
                     Some((labels, s.fallbacks.load(Relaxed)))
