@@ -133,9 +133,19 @@ pub(crate) fn run(
             )?;
             println!("{instance}: back in rotation");
         }
-        Command::Reload { .. } => {
-            let v = call(addr, "POST", "/api/reload", token, None, long)?;
-            drove_runtime::reload::print_report(&v);
+        Command::Reload { dry_run, .. } => {
+            let path = if dry_run {
+                "/api/reload?dry_run=true"
+            } else {
+                "/api/reload"
+            };
+            let v = call(addr, "POST", path, token, None, long)?;
+            let report: drove_runtime::reload::ReloadReport = serde_json::from_value(v)
+                .map_err(|e| anyhow::anyhow!("unexpected reload report: {e}"))?;
+            drove_runtime::reload::print_report(&report);
+            if !report.not_applied.is_empty() {
+                return Ok(ExitCode::FAILURE);
+            }
         }
         Command::Down { .. } => {
             call(addr, "POST", "/api/down", token, None, short)?;

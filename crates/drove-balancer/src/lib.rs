@@ -191,6 +191,14 @@ impl Balancer {
         }
     }
 
+    /// Active health checks were turned off (a reload): every backend counts as passing
+    /// its probes again, as a new backend does; nothing would ever probe it back up.
+    pub fn clear_probe_state(&self) {
+        for b in self.set.load().all.iter() {
+            b.record_probe(true, 1, 1);
+        }
+    }
+
     /// Waits until the backend has no request in flight, or `grace` has passed.
     /// Returns whether it became idle.
     pub async fn wait_idle(&self, id: &str, grace: Duration) -> bool {

@@ -173,16 +173,50 @@ pub fn bind(
     Ok(out)
 }
 
+/// [`bind`] for a reload that changes `workers` or `defer_accept` on the same address:
+/// the first sockets are duplicates of `existing` (the same kernel sockets, so the
+/// connections queued on them are served by the new workers instead of being reset when
+/// the old ones close), the rest are bound anew; `defer_accept` is set on all of them.
+pub fn bind_reusing(
+    addr: SocketAddr,
+    workers: usize,
+    defer_accept: bool,
+    existing: &[std::net::TcpListener],
+) -> std::io::Result<Vec<std::net::TcpListener>> {
+    let workers = workers.max(1);
+    let mut out = Vec::with_capacity(workers);
+    for l in existing.iter().take(workers) {
+        let l = l.try_clone()?;
+        set_defer_accept_secs(&socket2::SockRef::from(&l), u32::from(defer_accept))?;
+        out.push(l);
+    }
+    let addr = out
+        .first()
+        .map(|l| l.local_addr())
+        .transpose()?
+        .unwrap_or(addr);
+    if out.len() < workers {
+        out.extend(bind(addr, workers - out.len(), defer_accept)?);
+    }
+    Ok(out)
+}
+
 /// Linux `TCP_DEFER_ACCEPT`: the listener reports a connection only once its first
-/// bytes have arrived (or after about `SECS`, when the kernel gives up waiting), so the
+/// bytes have arrived (or after about a second, when the kernel gives up waiting), so the
 /// worker reads the request right after `accept` and a `Connection: close` request
 /// never needs an epoll registration (see `sock.rs`). Neither socket2 nor nix exposes
 /// this option and std's is unstable, hence this crate's only `unsafe` block.
-#[allow(unsafe_code)]
 fn set_defer_accept(s: &socket2::Socket) -> std::io::Result<()> {
+    // One second: long enough for a client's first bytes, short enough that a client
+    // which connects and waits (server-speaks-first probes) is not kept waiting long.
+    set_defer_accept_secs(&socket2::SockRef::from(s), 1)
+}
+
+/// `TCP_DEFER_ACCEPT` of `secs` (0 turns it off).
+#[allow(unsafe_code)]
+fn set_defer_accept_secs(s: &socket2::SockRef<'_>, secs: u32) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
-    const SECS: libc::c_int = 1;
-    let secs: libc::c_int = SECS;
+    let secs = libc::c_int::try_from(secs).unwrap_or(libc::c_int::MAX);
     // SAFETY: a plain setsockopt on an fd `s` owns, with a pointer to a live c_int and
     // that int's size; the kernel only reads from it during the call.
     let rc = unsafe {

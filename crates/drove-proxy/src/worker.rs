@@ -194,6 +194,9 @@ async fn sweep(weak: &Weak<Worker>) {
     }
 }
 
+/// At most this many queued connections are taken when a worker stops accepting.
+const DRAIN_ON_CLOSE: usize = 1024;
+
 /// After this long without a panic a worker's restart delay starts again from the
 /// shortest: a bug hit once a day must not make the next restart slow.
 const CALM: Duration = Duration::from_secs(10);
@@ -212,12 +215,23 @@ pub(crate) fn run_contained(
     shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     let mut delay = RESTART_FIRST;
+    // Kept open across a panic; closed by the accept loop as soon as it stops accepting
+    // (see `accept_loop`), not when the grace for requests in flight ends.
+    let original = RefCell::new(Some(listener));
     loop {
-        // A duplicate of the descriptor for this run; `listener` itself stays open.
-        let l = listener.try_clone()?;
+        // A duplicate of the descriptor for this run.
+        let Some(l) = original
+            .borrow()
+            .as_ref()
+            .map(|l| l.try_clone())
+            .transpose()?
+        else {
+            return Ok(());
+        };
         let started = std::time::Instant::now();
         let (p, s) = (proxy.clone(), shutdown.clone());
-        match std::panic::catch_unwind(AssertUnwindSafe(move || run(l, p, s))) {
+        let run = AssertUnwindSafe(|| run(l, p, s, &original));
+        match std::panic::catch_unwind(run) {
             Ok(r) => return r,
             Err(panic) => {
                 proxy.stats.panicked(PanicSite::Worker);
@@ -276,54 +290,55 @@ pub(crate) fn run(
     listener: std::net::TcpListener,
     proxy: Proxy,
     shutdown: watch::Receiver<bool>,
+    original: &RefCell<Option<std::net::TcpListener>>,
 ) -> std::io::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let local = tokio::task::LocalSet::new();
-    local.block_on(&rt, accept_loop(listener, proxy, shutdown))
+    local.block_on(&rt, accept_loop(listener, proxy, shutdown, original))
 }
 
 async fn accept_loop(
     listener: std::net::TcpListener,
     proxy: Proxy,
     shutdown: watch::Receiver<bool>,
+    original: &RefCell<Option<std::net::TcpListener>>,
 ) -> std::io::Result<()> {
     let listener = Listener::new(listener)?;
     let worker = Worker::new(proxy.clone());
 
     // The shutdown watch is awaited once around the whole accept loop, not per accept
     // (a fresh `changed()` per connection costs a waiter registration and removal).
+    let start = |sock, peer| {
+        // New connections get the settings in force now: a reloaded certificate
+        // serves the next handshake; a connection keeps its session.
+        let live = worker.snapshot();
+        match &live.settings.tls {
+            None => {
+                let client = conn::Client::new(&worker, sock, peer);
+                let serve = conn::serve(worker.clone(), client, shutdown.clone());
+                tokio::task::spawn_local(contained(serve, &proxy, peer));
+            }
+            Some(config) => match TlsSock::new(sock, config.clone()) {
+                Ok(tls) => {
+                    let client = conn::Client::new(&worker, tls, peer);
+                    let serve = conn::serve(worker.clone(), client, shutdown.clone());
+                    tokio::task::spawn_local(contained(serve, &proxy, peer));
+                }
+                Err(e) => tracing::warn!(error = %e, "TLS session setup failed"),
+            },
+        }
+    };
     let accept_all = async {
         loop {
-            let (sock, peer) = match listener.accept().await {
-                Ok(x) => x,
+            match listener.accept().await {
+                Ok((sock, peer)) => start(sock, peer),
                 Err(e) => {
                     // EMFILE and friends: back off briefly instead of spinning.
                     tracing::warn!(error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(10)).await;
-                    continue;
                 }
-            };
-            // The task is the serve future itself, wrapped by combinators (no async
-            // block that would hold a second copy of what it captured).
-            // New connections get the settings in force now: a reloaded certificate
-            // serves the next handshake; a connection keeps its session.
-            let live = worker.snapshot();
-            match &live.settings.tls {
-                None => {
-                    let client = conn::Client::new(&worker, sock, peer);
-                    let serve = conn::serve(worker.clone(), client, shutdown.clone());
-                    tokio::task::spawn_local(contained(serve, &proxy, peer));
-                }
-                Some(config) => match TlsSock::new(sock, config.clone()) {
-                    Ok(tls) => {
-                        let client = conn::Client::new(&worker, tls, peer);
-                        let serve = conn::serve(worker.clone(), client, shutdown.clone());
-                        tokio::task::spawn_local(contained(serve, &proxy, peer));
-                    }
-                    Err(e) => tracing::warn!(error = %e, "TLS session setup failed"),
-                },
             }
         }
     };
@@ -338,7 +353,18 @@ async fn accept_loop(
     } else {
         drop(accept_all);
     }
+    // Connections the kernel already queued on this socket would be reset when it
+    // closes (a reload that moves or shrinks the listeners): take them and answer their
+    // request (with `Connection: close`). Bounded: a socket shared with the workers
+    // that replace these (same address) keeps receiving, and they take the rest.
+    for _ in 0..DRAIN_ON_CLOSE {
+        match listener.try_accept() {
+            Ok(Some((sock, peer))) => start(sock, peer),
+            _ => break,
+        }
+    }
     drop(listener);
+    original.borrow_mut().take();
     // Graceful: each connection finishes its in-flight request, then closes.
     let grace = worker.snapshot().settings.shutdown_grace;
     let wait = async {

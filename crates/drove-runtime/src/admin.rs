@@ -66,27 +66,55 @@ fn bad(msg: impl Into<String>) -> ApiError {
     ApiError(StatusCode::BAD_REQUEST, msg.into())
 }
 
-/// Serves the admin API until shutdown, with the history sampler beside it.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    running: Arc<Running>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let state = AdminState::new(running);
+/// Starts the history sampler (once per drove: it outlives an admin listener moved by a
+/// reload).
+pub fn start_sampler(
+    state: &AdminState,
+    shutdown: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
     let r = &state.running;
-    let sampler = tokio::spawn(history::run(
+    tokio::spawn(history::run(
         state.history.clone(),
         r.balancer.clone(),
         r.proxy.as_ref().map(|p| p.stats().clone()),
-        shutdown.clone(),
-    ));
-    let app = router(state);
-    let _ = axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            let _ = shutdown.wait_for(|v| *v).await;
-        })
-        .await;
-    sampler.abort();
+        shutdown,
+    ))
+}
+
+/// The admin API served on one listener, until drove shuts down or a reload moves it.
+pub struct AdminServer {
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl AdminServer {
+    /// Serves `state` on `listener` until `shutdown` (drove's) or [`AdminServer::retire`].
+    pub fn start(
+        listener: tokio::net::TcpListener,
+        state: AdminState,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> AdminServer {
+        let (stop, mut stopped) = watch::channel(false);
+        let app = router(state);
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    tokio::select! {
+                        _ = shutdown.wait_for(|v| *v) => {}
+                        _ = stopped.wait_for(|v| *v) => {}
+                    }
+                })
+                .await;
+        });
+        AdminServer { stop, task }
+    }
+
+    /// Stops accepting, finishes the requests in progress (the one that asked for the
+    /// move included), and resolves when the listener is closed.
+    pub async fn retire(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
 }
 
 /// The admin routes.
@@ -117,7 +145,7 @@ pub fn router(state: AdminState) -> Router {
 }
 
 async fn auth(State(s): State<Shared>, req: Request, next: Next) -> Response {
-    if let Some(token) = &s.running.config.admin.token {
+    if let Some(token) = &s.running.config.load().admin.token {
         let ok = req
             .headers()
             .get(axum::http::header::AUTHORIZATION)
@@ -198,7 +226,7 @@ pub async fn status_json(state: &AdminState) -> Value {
         );
     }
     // Static backends are not supervised: list them too.
-    if r.balanced_service.is_none() {
+    if r.balanced_service().is_none() {
         for b in &backends {
             let rate = rates.get(b.id());
             rows.push(json!({
@@ -218,12 +246,12 @@ pub async fn status_json(state: &AdminState) -> Value {
         let l = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
         let totals = state.history.current_totals();
         json!({
-            "listen": r.listen.map(|a| a.to_string()),
-            "tls": r.config.balancer.as_ref().is_some_and(|b| b.tls.is_some()),
+            "listen": r.listen().map(|a| a.to_string()),
+            "tls": r.config.load().balancer.as_ref().is_some_and(|b| b.tls.is_some()),
             "rps": totals.map(|t| round2(t.0)),
             "errors_per_s": totals.map(|t| round2(t.1)),
             "algorithm": p.balancer().settings().algorithm.as_str(),
-            "service": r.balanced_service,
+            "service": r.balanced_service(),
             "requests": l(&s.requests),
             "responses": {
                 "1xx": l(&s.responses[0]), "2xx": l(&s.responses[1]), "3xx": l(&s.responses[2]),
@@ -250,7 +278,7 @@ pub async fn status_json(state: &AdminState) -> Value {
         "version": env!("CARGO_PKG_VERSION"),
         "pid": std::process::id(),
         "uptime_s": r.started.elapsed().as_secs_f64(),
-        "admin": r.admin.to_string(),
+        "admin": r.admin().to_string(),
         "balancer": balancer,
         "services": r.supervisor.services(),
         "instances": rows,
@@ -286,20 +314,26 @@ struct DashboardQuery {
 /// chart series of the last `points` seconds.
 async fn dashboard_json(State(s): State<Shared>, Query(q): Query<DashboardQuery>) -> Json<Value> {
     let mut v = status_json(&s).await;
-    let limits: serde_json::Map<String, Value> = s
-        .running
-        .config
+    // The config in force, with the instance count the supervisor holds now (a
+    // `drove scale` changes it without a config edit).
+    let config = s.running.config.load();
+    let limits: serde_json::Map<String, Value> = config
         .services
         .iter()
         .map(|c| {
+            let instances = s
+                .running
+                .supervisor
+                .desired_instances(&c.name)
+                .unwrap_or(c.instances);
             (
                 c.name.clone(),
-                json!({"instances": c.instances, "max_memory": c.max_memory}),
+                json!({"instances": instances, "max_memory": c.max_memory}),
             )
         })
         .collect();
     v["service_config"] = Value::Object(limits);
-    v["token_required"] = json!(s.running.config.admin.token.is_some());
+    v["token_required"] = json!(s.running.config.load().admin.token.is_some());
     v["history"] = s
         .history
         .series(q.points.unwrap_or(history::KEEP).min(history::KEEP));
@@ -367,7 +401,7 @@ async fn drain_or_undrain(r: &Running, body: &Value, drain: bool) -> Result<Json
         .as_str()
         .ok_or_else(|| bad("`instance` must be a string"))?;
     // A static backend (not supervised) is taken out of rotation directly.
-    if r.balanced_service.is_none() {
+    if r.balanced_service().is_none() {
         if let Some(b) = &r.balancer {
             if b.set_enabled(name, !drain) {
                 if drain {
@@ -387,7 +421,7 @@ async fn drain_or_undrain(r: &Running, body: &Value, drain: bool) -> Result<Json
     if !drain {
         // The Undrained event does the same, asynchronously; doing it here too means the
         // instance is back in rotation when the call returns.
-        if let (Some(b), Some(svc)) = (&r.balancer, &r.balanced_service) {
+        if let (Some(b), Some(svc)) = (&r.balancer, &r.balanced_service()) {
             if *svc == id.service {
                 b.set_enabled(name, true);
             }
@@ -409,14 +443,30 @@ async fn undrain(
 
 /// Re-reads the config file and applies it (`crate::reload`): 200 with what was and was
 /// not applied, 422 with the errors (nothing changed) when the file is invalid.
-async fn reload(State(s): State<Shared>) -> Response {
-    let v = crate::reload::reload(&s.running).await;
-    let status = if v["ok"] == true {
+async fn reload(State(s): State<Shared>, Query(q): Query<ReloadQuery>) -> Response {
+    let dry_run = q.dry_run.unwrap_or(false);
+    let Some(v) =
+        crate::contain::caught("reload", crate::reload::reload(&s.running, dry_run)).await
+    else {
+        return ApiError(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the reload hit a bug in drove (see its log); what it applied before is in force"
+                .into(),
+        )
+        .into_response();
+    };
+    let status = if v.ok {
         StatusCode::OK
     } else {
         StatusCode::UNPROCESSABLE_ENTITY
     };
     (status, Json(v)).into_response()
+}
+
+#[derive(serde::Deserialize)]
+struct ReloadQuery {
+    /// Only compute and return the plan.
+    dry_run: Option<bool>,
 }
 
 async fn down(State(s): State<Shared>) -> Json<Value> {

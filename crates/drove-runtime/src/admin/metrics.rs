@@ -16,7 +16,6 @@
 //! series ([`to_classic_text`]).
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
@@ -76,19 +75,9 @@ impl Metrics {
             register_limit_metrics(&mut registry, p.clone());
         }
         if let Some(b) = &r.balancer {
-            let service = r
-                .balanced_service
-                .clone()
-                .unwrap_or_else(|| STATIC_SERVICE.to_string());
-            register_balancer_metrics(&mut registry, b.clone(), service);
+            register_balancer_metrics(&mut registry, b.clone(), r.balanced.clone());
         }
-        let max_memory = r
-            .config
-            .services
-            .iter()
-            .filter_map(|s| Some((s.name.clone(), s.max_memory?)))
-            .collect();
-        let instances = register_supervisor_metrics(&mut registry, max_memory);
+        let instances = register_supervisor_metrics(&mut registry, r.config.clone());
         Metrics {
             registry,
             supervisor: r.supervisor.clone(),
@@ -398,7 +387,7 @@ impl Collector for LimitCollector {
 pub fn register_balancer_metrics(
     registry: &mut Registry,
     balancer: Arc<Balancer>,
-    service: String,
+    service: crate::BalancedService,
 ) {
     registry.register_collector(Box::new(BalancerCollector { balancer, service }));
 }
@@ -406,15 +395,22 @@ pub fn register_balancer_metrics(
 #[derive(Debug)]
 struct BalancerCollector {
     balancer: Arc<Balancer>,
-    service: String,
+    /// Read at each scrape: a reload may switch what the balancer routes to.
+    service: crate::BalancedService,
 }
 
 impl Collector for BalancerCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> fmt::Result {
         let backends = self.balancer.snapshot();
+        let service = self
+            .service
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .unwrap_or_else(|| STATIC_SERVICE.to_string());
         let labels = |id: &str| -> Labels<'static> {
             vec![
-                ("service", Cow::Owned(self.service.clone())),
+                ("service", Cow::Owned(service.clone())),
                 ("instance", Cow::Owned(id.to_string())),
             ]
         };
@@ -509,7 +505,7 @@ impl Collector for BalancerCollector {
                 .iter()
                 .map(|b| (labels(b.id()), bool_f64(b.is_enabled()))),
         )?;
-        let svc: Labels = vec![("service", Cow::Owned(self.service.clone()))];
+        let svc: Labels = vec![("service", Cow::Owned(service.clone()))];
         gauge(
             &mut enc,
             "balancer_backends",
@@ -540,12 +536,12 @@ impl Collector for BalancerCollector {
 /// encoding (that call is async; a collector is not).
 pub fn register_supervisor_metrics(
     registry: &mut Registry,
-    max_memory: BTreeMap<String, u64>,
+    config: Arc<arc_swap::ArcSwap<drove_config::Config>>,
 ) -> Arc<Mutex<Vec<InstanceStatus>>> {
     let instances = Arc::new(Mutex::new(Vec::new()));
     registry.register_collector(Box::new(SupervisorCollector {
         instances: instances.clone(),
-        max_memory,
+        config,
     }));
     instances
 }
@@ -553,7 +549,8 @@ pub fn register_supervisor_metrics(
 #[derive(Debug)]
 struct SupervisorCollector {
     instances: Arc<Mutex<Vec<InstanceStatus>>>,
-    max_memory: BTreeMap<String, u64>,
+    /// The config in force, for `max_memory` (a reload may change it).
+    config: Arc<arc_swap::ArcSwap<drove_config::Config>>,
 }
 
 impl Collector for SupervisorCollector {
@@ -563,6 +560,7 @@ impl Collector for SupervisorCollector {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
+        let config = self.config.load();
         let labels = |s: &InstanceStatus| -> Labels<'static> {
             vec![
                 ("service", Cow::Owned(s.id.service.clone())),
@@ -616,7 +614,10 @@ impl Collector for SupervisorCollector {
             &mut enc,
             "instance_max_memory_bytes",
             "The service's max_memory: above this RSS an instance is restarted (only for services that set it).",
-            list.iter().filter_map(|s| Some((labels(s), *self.max_memory.get(&s.id.service)? as f64))),
+            list.iter().filter_map(|s| {
+                let max = config.service(&s.id.service)?.max_memory?;
+                Some((labels(s), max as f64))
+            }),
         )
     }
 }
@@ -651,7 +652,11 @@ mod tests {
             );
         }
         let mut reg = Registry::with_prefix("drove");
-        register_balancer_metrics(&mut reg, b.clone(), "web".into());
+        register_balancer_metrics(
+            &mut reg,
+            b.clone(),
+            Arc::new(std::sync::RwLock::new(Some("web".into()))),
+        );
         let mut open = String::new();
         prometheus_client::encoding::text::encode(&mut open, &reg).unwrap();
         let text = to_classic_text(&open);
