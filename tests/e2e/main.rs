@@ -13,6 +13,7 @@ mod identity;
 mod observe;
 mod panic;
 mod prometheus;
+mod reload;
 mod supervisor;
 mod tls;
 mod verify;

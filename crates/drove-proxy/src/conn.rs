@@ -10,13 +10,12 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 
-use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::h1::{self, RequestLimits};
 use crate::request;
 use crate::sock::{Buf, ClientIo, Sock};
-use crate::worker::{OpenConnection, Worker};
+use crate::worker::{OpenConnection, Stop, Worker};
 use crate::ProxyError;
 
 /// The client side of a connection.
@@ -82,9 +81,9 @@ impl<S: ClientIo> Client<S> {
 pub(crate) fn serve<S: ClientIo + 'static>(
     w: Rc<Worker>,
     client: Client<S>,
-    shutdown: watch::Receiver<bool>,
+    stop: Stop,
 ) -> impl std::future::Future<Output = ()> {
-    let (mut client, mut shutdown) = (client, shutdown);
+    let (mut client, mut stop) = (client, stop);
     let open = OpenConnection::new(&w);
     async move {
         let _open = open;
@@ -111,14 +110,17 @@ pub(crate) fn serve<S: ClientIo + 'static>(
                 // or for shutdown. Only then take a buffer: an idle connection holds none.
                 w.buffers
                     .recycle_input(std::mem::replace(&mut client.buf, Buf::with_capacity(0)));
-                if *shutdown.borrow() {
+                // Only drove's shutdown closes an idle connection: listeners retired by
+                // a reload let it carry one more request (answered with
+                // `Connection: close`), so the client never races an idle close.
+                if *stop.shutdown.borrow() {
                     return;
                 }
                 let idle_until = Instant::now() + w.snapshot().settings.idle_timeout;
                 loop {
                     let read = tokio::select! {
                         r = tokio::time::timeout_at(idle_until, client.sock.read_fresh(|| w.buffers.input())) => r,
-                        _ = shutdown.changed() => return,
+                        _ = stop.shutdown.changed() => return,
                     };
                     match read {
                         Ok(Ok((buf, Some(n)))) if n > 0 => {
@@ -173,7 +175,7 @@ pub(crate) fn serve<S: ClientIo + 'static>(
                 crate::hooks::Point::Connection,
                 &client.pending()[head.target_range.0..head.target_range.1],
             );
-            let shutting_down = *shutdown.borrow();
+            let shutting_down = stop.stopping();
             let keep = Box::pin(request::handle(
                 &w,
                 &mut client,
@@ -202,6 +204,7 @@ pub(crate) fn serve<S: ClientIo + 'static>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::sync::watch;
 
     /// An idle connection's memory is mostly its task's future: keep it small.
     #[tokio::test]
@@ -219,7 +222,11 @@ mod tests {
                 let (_tx, rx) = watch::channel(false);
                 let sock = Sock::new(s).unwrap();
                 let client = Client::new(&w, sock, "127.0.0.1:1".parse().unwrap());
-                let fut = serve(w, client, rx);
+                let stop = Stop {
+                    retire: rx.clone(),
+                    shutdown: rx,
+                };
+                let fut = serve(w, client, stop);
                 let size = std::mem::size_of_val(&fut);
                 assert!(size < 1024, "serve future is {size} bytes");
                 eprintln!("serve future: {size} bytes");

@@ -242,15 +242,31 @@ pub async fn serve(
     proxy: Proxy,
     shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> std::io::Result<()> {
+    serve_until(listeners, proxy, shutdown.clone(), shutdown).await
+}
+
+/// [`serve`] for listeners a reload replaces: when `retire` turns true the workers stop
+/// accepting and each connection ends after its next response (`Connection: close`),
+/// at its idle timeout, or when its tunnel closes — no grace cuts them short, so a
+/// client on a keep-alive connection never races an idle close and a WebSocket stays
+/// open. When `shutdown` turns true (drove stops), idle connections close at once and
+/// the rest get the shutdown grace, as with [`serve`].
+pub async fn serve_until(
+    listeners: Vec<std::net::TcpListener>,
+    proxy: Proxy,
+    retire: tokio::sync::watch::Receiver<bool>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    let stop = worker::Stop { retire, shutdown };
     let mut done = Vec::new();
     for (i, l) in listeners.into_iter().enumerate() {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let proxy = proxy.clone();
-        let shutdown = shutdown.clone();
+        let stop = stop.clone();
         std::thread::Builder::new()
             .name(format!("drove-worker-{i}"))
             .spawn(move || {
-                let r = worker::run_contained(l, proxy, shutdown);
+                let r = worker::run_contained(l, proxy, stop);
                 let _ = tx.send(r);
             })?;
         done.push(rx);

@@ -24,6 +24,22 @@ use crate::{Live, PanicSite, Proxy};
 /// backend left rotation (removed, drained, unhealthy).
 const SWEEP_INTERVAL: Duration = Duration::from_millis(500);
 
+/// When a worker stops: `retire` (a reload replaced its listeners: stop accepting, let
+/// every connection end by itself) or `shutdown` (drove stops: idle connections close
+/// at once, the rest get the shutdown grace). Both turn true at a plain shutdown.
+#[derive(Clone)]
+pub(crate) struct Stop {
+    pub(crate) retire: watch::Receiver<bool>,
+    pub(crate) shutdown: watch::Receiver<bool>,
+}
+
+impl Stop {
+    /// Whether a request that starts now should be the connection's last.
+    pub(crate) fn stopping(&self) -> bool {
+        *self.retire.borrow() || *self.shutdown.borrow()
+    }
+}
+
 /// The settings a request (or a connection's wait between requests) runs with: this
 /// worker's copy of one generation, cloned without an atomic operation.
 pub(crate) type Snapshot = Rc<Arc<Live>>;
@@ -212,7 +228,7 @@ const RESTART_MAX: Duration = Duration::from_secs(1);
 pub(crate) fn run_contained(
     listener: std::net::TcpListener,
     proxy: Proxy,
-    shutdown: watch::Receiver<bool>,
+    stop: Stop,
 ) -> std::io::Result<()> {
     let mut delay = RESTART_FIRST;
     // Kept open across a panic; closed by the accept loop as soon as it stops accepting
@@ -229,7 +245,7 @@ pub(crate) fn run_contained(
             return Ok(());
         };
         let started = std::time::Instant::now();
-        let (p, s) = (proxy.clone(), shutdown.clone());
+        let (p, s) = (proxy.clone(), stop.clone());
         let run = AssertUnwindSafe(|| run(l, p, s, &original));
         match std::panic::catch_unwind(run) {
             Ok(r) => return r,
@@ -240,7 +256,7 @@ pub(crate) fn run_contained(
                     thread = std::thread::current().name().unwrap_or("?"),
                     "bug: a proxy worker panicked; its open connections are lost, it starts again on the same socket"
                 );
-                if *shutdown.borrow() {
+                if stop.stopping() {
                     return Ok(());
                 }
                 if started.elapsed() > CALM {
@@ -285,24 +301,24 @@ async fn crash_requested(w: &Worker) {
     }
 }
 
-/// Runs a worker on the calling thread until `shutdown`, then drains its connections.
+/// Runs a worker on the calling thread until `stop`, then drains its connections.
 pub(crate) fn run(
     listener: std::net::TcpListener,
     proxy: Proxy,
-    shutdown: watch::Receiver<bool>,
+    stop: Stop,
     original: &RefCell<Option<std::net::TcpListener>>,
 ) -> std::io::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let local = tokio::task::LocalSet::new();
-    local.block_on(&rt, accept_loop(listener, proxy, shutdown, original))
+    local.block_on(&rt, accept_loop(listener, proxy, stop, original))
 }
 
 async fn accept_loop(
     listener: std::net::TcpListener,
     proxy: Proxy,
-    shutdown: watch::Receiver<bool>,
+    stop: Stop,
     original: &RefCell<Option<std::net::TcpListener>>,
 ) -> std::io::Result<()> {
     let listener = Listener::new(listener)?;
@@ -317,13 +333,13 @@ async fn accept_loop(
         match &live.settings.tls {
             None => {
                 let client = conn::Client::new(&worker, sock, peer);
-                let serve = conn::serve(worker.clone(), client, shutdown.clone());
+                let serve = conn::serve(worker.clone(), client, stop.clone());
                 tokio::task::spawn_local(contained(serve, &proxy, peer));
             }
             Some(config) => match TlsSock::new(sock, config.clone()) {
                 Ok(tls) => {
                     let client = conn::Client::new(&worker, tls, peer);
-                    let serve = conn::serve(worker.clone(), client, shutdown.clone());
+                    let serve = conn::serve(worker.clone(), client, stop.clone());
                     tokio::task::spawn_local(contained(serve, &proxy, peer));
                 }
                 Err(e) => tracing::warn!(error = %e, "TLS session setup failed"),
@@ -342,11 +358,12 @@ async fn accept_loop(
             }
         }
     };
-    if !*shutdown.borrow() {
-        let mut stop = shutdown.clone();
+    if !stop.stopping() {
+        let (mut retire, mut shutdown) = (stop.retire.clone(), stop.shutdown.clone());
         tokio::select! {
             biased;
-            _ = stop.changed() => {}
+            _ = retire.wait_for(|v| *v) => {}
+            _ = shutdown.wait_for(|v| *v) => {}
             _ = accept_all => {}
             _ = crash_requested(&worker) => panic!("injected panic at Worker"),
         }
@@ -365,13 +382,21 @@ async fn accept_loop(
     }
     drop(listener);
     original.borrow_mut().take();
-    // Graceful: each connection finishes its in-flight request, then closes.
-    let grace = worker.snapshot().settings.shutdown_grace;
+    // Graceful: each connection finishes its in-flight request, then closes; once drove
+    // shuts down, within the grace.
     let wait = async {
         while worker.open.get() > 0 {
             worker.all_closed.notified().await;
         }
     };
-    let _ = tokio::time::timeout(grace, wait).await;
+    let mut shutdown = stop.shutdown.clone();
+    let deadline = async {
+        let _ = shutdown.wait_for(|v| *v).await;
+        tokio::time::sleep(worker.snapshot().settings.shutdown_grace).await;
+    };
+    tokio::select! {
+        _ = wait => {}
+        _ = deadline => {}
+    }
     Ok(())
 }

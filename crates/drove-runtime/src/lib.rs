@@ -135,7 +135,11 @@ pub async fn up(config: Config, opts: UpOptions) -> anyhow::Result<()> {
             );
         }
         let p = Proxy::new(bal.clone(), settings).context("cannot open the access log")?;
-        listeners = Some(listeners::ProxyListeners::start(sockets, p.clone())?);
+        listeners = Some(listeners::ProxyListeners::start(
+            sockets,
+            p.clone(),
+            shutdown_rx.clone(),
+        )?);
         proxy = Some(p);
         balancer = Some(bal);
     }

@@ -20,8 +20,13 @@ pub(crate) struct ProxyListeners {
 }
 
 impl ProxyListeners {
-    /// Starts workers on `sockets` (bound and listening).
-    pub(crate) fn start(sockets: Vec<TcpListener>, proxy: Proxy) -> std::io::Result<Self> {
+    /// Starts workers on `sockets` (bound and listening) until they are retired or drove
+    /// shuts down.
+    pub(crate) fn start(
+        sockets: Vec<TcpListener>,
+        proxy: Proxy,
+        shutdown: watch::Receiver<bool>,
+    ) -> std::io::Result<Self> {
         let addr = sockets
             .first()
             .ok_or_else(|| std::io::Error::other("no listening socket"))?
@@ -31,7 +36,7 @@ impl ProxyListeners {
             .map(TcpListener::try_clone)
             .collect::<std::io::Result<Vec<_>>>()?;
         let (stop, rx) = watch::channel(false);
-        let task = tokio::spawn(drove_proxy::serve(sockets, proxy, rx));
+        let task = tokio::spawn(drove_proxy::serve_until(sockets, proxy, rx, shutdown));
         Ok(ProxyListeners {
             addr,
             sockets: dups,
@@ -55,9 +60,10 @@ impl ProxyListeners {
         }
     }
 
-    /// Stops accepting, lets the requests in flight finish (up to the shutdown grace),
-    /// and resolves when the workers are gone. Sockets shared with a newer generation
-    /// stay open through its duplicates.
+    /// Stops accepting; every connection ends by itself (after its next response, at
+    /// its idle timeout, when its tunnel closes — or within the shutdown grace once
+    /// drove shuts down); resolves when the workers are gone. Sockets shared with a
+    /// newer generation stay open through its duplicates.
     pub(crate) fn retire(self) -> tokio::task::JoinHandle<()> {
         let _ = self.stop.send(true);
         // Our duplicates go now: a socket no newer generation holds closes as soon as

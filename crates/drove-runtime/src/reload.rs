@@ -423,7 +423,9 @@ async fn apply_balancer(
             let workers = proxy_settings::workers(nb);
             let started = old
                 .bind_next(addr, workers, nb.defer_accept)
-                .and_then(|sockets| ProxyListeners::start(sockets, proxy.clone()));
+                .and_then(|sockets| {
+                    ProxyListeners::start(sockets, proxy.clone(), r.shutdown.subscribe())
+                });
             let new = match started {
                 Ok(l) => l,
                 Err(e) => {
