@@ -509,3 +509,80 @@ fn listeners_change_without_a_refused_connection_and_a_failed_change_is_reported
     )
     .is_err()));
 }
+
+#[test]
+fn the_balancer_switches_between_a_service_and_backends_live() {
+    let outside = drove_test_support::demo(drove(), "outside");
+    let web = |n: u32| {
+        format!(
+            "[services.web]\ncommand = [\"{}\", \"demo\"]\ninstances = {n}\nport = \"auto\"\nready = {{ http = \"/ready\", interval = \"50ms\" }}\nlogs = {{ dir = \"logs\" }}\n",
+            drove().display()
+        )
+    };
+    let balancer = |target: &str| {
+        format!("\n[balancer]\n{target}\nworkers = 1\ninstance_header = \"X-Drove-Instance\"\n")
+    };
+    let d = Drove::up(
+        drove(),
+        &format!("{}{}", web(2), balancer("service = \"web\"")),
+    );
+    assert!(d.wait_in_rotation(2, Duration::from_secs(20)));
+    let addr = d.addr();
+    let web_pids = d.instance_pids();
+    let served_by = || {
+        (0..6)
+            .map(|_| {
+                http::get(addr, "/whoami")
+                    .unwrap()
+                    .header("x-drove-instance")
+                    .unwrap()
+                    .to_string()
+            })
+            .collect::<std::collections::BTreeSet<_>>()
+    };
+    assert_eq!(
+        served_by().into_iter().collect::<Vec<_>>(),
+        ["web.1", "web.2"]
+    );
+
+    // To a fixed backend, and the service goes away (after the switch: no request
+    // is sent to an instance that is stopping).
+    let to_backends = balancer(&format!("backends = [\"{}\"]", outside.addr));
+    std::fs::write(&d.config, &to_backends).unwrap();
+    let out = under_load(addr, || d.cli_ok(&["reload"]));
+    assert!(
+        out.contains("applied balancer target (service web -> backends)"),
+        "{out}"
+    );
+    assert!(out.contains("applied services.web removed"), "{out}");
+    assert!(!out.contains("NOT applied"), "{out}");
+    assert_eq!(
+        served_by().into_iter().collect::<Vec<_>>(),
+        [outside.addr.to_string()]
+    );
+    assert!(wait_until(Duration::from_secs(10), || web_pids
+        .iter()
+        .all(|p| !alive(*p))));
+
+    // And back to a service, added in the same reload: it takes traffic once ready.
+    std::fs::write(
+        &d.config,
+        format!("{}{}", web(2), balancer("service = \"web\"")),
+    )
+    .unwrap();
+    let out = under_load(addr, || d.cli_ok(&["reload"]));
+    assert!(out.contains("applied services.web added"), "{out}");
+    assert!(
+        out.contains("applied balancer target (backends -> service web)"),
+        "{out}"
+    );
+    assert!(
+        d.wait_in_rotation(2, Duration::from_secs(20)),
+        "{}",
+        d.status()
+    );
+    assert_eq!(
+        served_by().into_iter().collect::<Vec<_>>(),
+        ["web.1", "web.2"]
+    );
+}

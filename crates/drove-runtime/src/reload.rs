@@ -308,6 +308,10 @@ async fn apply_balancer(
                     if r.supervisor.services().iter().all(|s| s != name) {
                         return Err(format!("no service {name} runs"));
                     }
+                    // Traffic moves only once the service can take it: every instance
+                    // it should have is ready (a service added by this reload is still
+                    // starting).
+                    wait_ready(r, name).await?;
                     stop_discovery(state).await;
                     // The target switches first, so Ready events from now on are
                     // applied; the instances ready now are installed in one swap.
@@ -446,6 +450,36 @@ async fn apply_balancer(
             ))
         }
         _ => Err(format!("{change}: not a balancer change")),
+    }
+}
+
+/// How long a switch of the balancer's target waits for the new service's instances.
+const TARGET_READY_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// Waits until every instance `service` should have is ready (at least one).
+async fn wait_ready(r: &Running, service: &str) -> Result<(), String> {
+    let deadline = tokio::time::Instant::now() + TARGET_READY_WAIT;
+    loop {
+        let want = r.supervisor.desired_instances(service).unwrap_or(1).max(1) as usize;
+        let ready = r
+            .supervisor
+            .status()
+            .await
+            .iter()
+            .filter(|s| {
+                s.id.service == service && s.state == drove_supervisor::InstanceState::Ready
+            })
+            .count();
+        if ready >= want {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(format!(
+                "{ready} of {want} instance(s) of {service} ready after {TARGET_READY_WAIT:?}; the balancer routes where it did"
+            ));
+        }
+        // Polling is fine: a reload is rare and instances take far longer than this.
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
 
