@@ -37,7 +37,7 @@ pub struct BenchArgs {
 
     /// How long to send requests, e.g. `500ms`, `30s`, `1m` (a bare number is seconds).
     /// Requests in flight at the end finish within `--timeout`.
-    #[arg(short = 'd', long, default_value = "10s", value_parser = parse_duration_arg, value_name = "DURATION")]
+    #[arg(short = 'd', long, default_value = "10s", value_parser = crate::parse_duration_arg, value_name = "DURATION")]
     pub duration: Duration,
 
     /// Send exactly this many requests instead of running for `--duration`.
@@ -77,7 +77,7 @@ pub struct BenchArgs {
 
     /// Per-request timeout, from send to the end of the response (connect included).
     /// A request that takes longer counts as a `timeout` error.
-    #[arg(long, default_value = "5s", value_parser = parse_duration_arg, value_name = "DURATION")]
+    #[arg(long, default_value = "5s", value_parser = crate::parse_duration_arg, value_name = "DURATION")]
     pub timeout: Duration,
 
     /// Worker threads, each with its share of the connections. One thread usually
@@ -112,13 +112,6 @@ pub struct BenchArgs {
     /// `--fail-if` violations.
     #[arg(short = 'q', long)]
     pub quiet: bool,
-}
-
-fn parse_duration_arg(s: &str) -> Result<Duration, String> {
-    if let Ok(secs) = s.trim().parse::<f64>() {
-        return Duration::try_from_secs_f64(secs).map_err(|e| e.to_string());
-    }
-    drove_bench::parse_duration(s).map_err(|e| e.to_string())
 }
 
 /// Runs `drove bench`; returns the process exit code: 0, 2 (bad arguments or target

@@ -6,7 +6,10 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use anyhow::Context as _;
+use drove_api as api;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
 
 use crate::Command;
 
@@ -23,14 +26,16 @@ fn admin_addr(config: &Path, admin: Option<SocketAddr>) -> SocketAddr {
     drove_config::AdminConfig::default().listen
 }
 
-fn call(
+/// One admin call: `body` as JSON in, the answer as `T` out; a non-2xx answer is an
+/// error carrying the API's message.
+fn call<T: DeserializeOwned>(
     addr: SocketAddr,
     method: &str,
     path: &str,
     token: Option<&str>,
     body: Option<Value>,
     timeout: Duration,
-) -> anyhow::Result<Value> {
+) -> anyhow::Result<T> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -43,14 +48,18 @@ fn call(
         timeout,
     ))?;
     if !(200..300).contains(&status) {
-        let msg = v
-            .get("error")
-            .and_then(Value::as_str)
-            .map(str::to_owned)
-            .unwrap_or_else(|| v.to_string());
+        let msg = serde_json::from_value::<api::ApiError>(v.clone())
+            .map(|e| e.error)
+            .unwrap_or_else(|_| v.to_string());
         anyhow::bail!("{msg} (HTTP {status})");
     }
-    Ok(v)
+    serde_json::from_value(v).with_context(|| {
+        format!("{method} {path}: the answer is not what this drove CLI expects (a different drove version?)")
+    })
+}
+
+fn to_json(v: impl serde::Serialize) -> Option<Value> {
+    serde_json::to_value(v).ok()
 }
 
 pub(crate) fn run(
@@ -65,11 +74,11 @@ pub(crate) fn run(
     let short = Duration::from_secs(10);
     match cmd {
         Command::Status { json, .. } => {
-            let v = call(addr, "GET", "/api/status", token, None, short)?;
+            let st: api::Status = call(addr, "GET", "/api/status", token, None, short)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&v)?);
+                println!("{}", serde_json::to_string_pretty(&st)?);
             } else {
-                print!("{}", status_table(&v));
+                print!("{}", status_table(&st, now_ms()));
             }
         }
         Command::Scale { targets, .. } => {
@@ -78,60 +87,50 @@ pub(crate) fn run(
                     .split_once('=')
                     .and_then(|(s, n)| Some((s, n.parse::<u32>().ok()?)))
                     .ok_or_else(|| anyhow::anyhow!("`{t}`: expected SERVICE=N, e.g. web=5"))?;
-                call(
-                    addr,
-                    "POST",
-                    "/api/scale",
-                    token,
-                    Some(json!({"service": service, "instances": n})),
-                    long,
-                )?;
-                println!("{service}: scaled to {n}");
+                let req = api::ScaleRequest {
+                    service: service.to_string(),
+                    instances: n,
+                };
+                let a: api::ScaleAnswer =
+                    call(addr, "POST", "/api/scale", token, to_json(&req), long)?;
+                println!("{}: scaled to {}", a.service, a.instances);
             }
         }
         Command::Restart { service, .. } => {
-            let v = call(
-                addr,
-                "POST",
-                "/api/restart",
-                token,
-                // `web.2` (an instance id) restarts one instance, `web` all of them.
-                Some(if service.parse::<drove_supervisor::InstanceId>().is_ok() {
-                    json!({"instance": service})
-                } else {
-                    json!({"service": service})
-                }),
-                long,
-            )?;
-            let n = v
-                .get("replaced")
-                .and_then(Value::as_array)
-                .map(Vec::len)
-                .unwrap_or(0);
-            let secs = v.get("elapsed").and_then(Value::as_f64).unwrap_or(0.0);
-            println!("{service}: rolling restart done, {n} instance(s) replaced in {secs:.1}s");
+            // `web.2` (an instance id) restarts one instance, `web` all of them.
+            let req = if service.parse::<drove_supervisor::InstanceId>().is_ok() {
+                api::RestartRequest {
+                    instance: Some(service.clone()),
+                    ..Default::default()
+                }
+            } else {
+                api::RestartRequest {
+                    service: Some(service.clone()),
+                    ..Default::default()
+                }
+            };
+            let a: api::RestartAnswer =
+                call(addr, "POST", "/api/restart", token, to_json(&req), long)?;
+            let surge = a
+                .surge
+                .as_deref()
+                .map_or(String::new(), |s| format!(" behind surge instance {s}"));
+            println!(
+                "{service}: rolling restart done, {} instance(s) restarted in place (same ids and ports){surge} in {:.1}s",
+                a.replaced.len(),
+                a.elapsed
+            );
         }
         Command::Drain { instance, .. } => {
-            call(
-                addr,
-                "POST",
-                "/api/drain",
-                token,
-                Some(json!({"instance": instance})),
-                long,
-            )?;
-            println!("{instance}: drained (out of rotation, still running)");
+            let req = api::DrainRequest { instance };
+            let a: api::DrainAnswer = call(addr, "POST", "/api/drain", token, to_json(&req), long)?;
+            println!("{}: drained (out of rotation, still running)", a.instance);
         }
         Command::Undrain { instance, .. } => {
-            call(
-                addr,
-                "POST",
-                "/api/undrain",
-                token,
-                Some(json!({"instance": instance})),
-                short,
-            )?;
-            println!("{instance}: back in rotation");
+            let req = api::DrainRequest { instance };
+            let a: api::DrainAnswer =
+                call(addr, "POST", "/api/undrain", token, to_json(&req), short)?;
+            println!("{}: back in rotation", a.instance);
         }
         Command::Reload { dry_run, .. } => {
             let path = if dry_run {
@@ -139,17 +138,33 @@ pub(crate) fn run(
             } else {
                 "/api/reload"
             };
-            let v = call(addr, "POST", path, token, None, long)?;
-            let report: drove_runtime::reload::ReloadReport = serde_json::from_value(v)
-                .map_err(|e| anyhow::anyhow!("unexpected reload report: {e}"))?;
+            // A file with errors answers 422 with the report, whose `error` says where.
+            let report: api::ReloadReport = call(addr, "POST", path, token, None, long)?;
             drove_runtime::reload::print_report(&report);
             if !report.not_applied.is_empty() {
                 return Ok(ExitCode::FAILURE);
             }
         }
-        Command::Down { .. } => {
-            call(addr, "POST", "/api/down", token, None, short)?;
-            println!("drove at {addr}: shutting down");
+        Command::Down {
+            no_wait, timeout, ..
+        } => {
+            // Whether drove's processes can be watched from here is decided before it
+            // stops: afterwards a pid that is gone and one never visible look the same.
+            let here = !no_wait && {
+                let st: api::Status = call(addr, "GET", "/api/status", token, None, short)?;
+                crate::down_wait::is_drove_here(st.pid)
+            };
+            let a: api::DownAnswer = call(addr, "POST", "/api/down", token, None, short)?;
+            println!("drove at {addr} (pid {}): shutting down", a.pid);
+            if here {
+                return crate::down_wait::wait(addr, &a, timeout);
+            }
+            if !no_wait {
+                println!(
+                    "drove at {addr}: pid {} is not a drove process on this host (another host or container?): not waiting for it",
+                    a.pid
+                );
+            }
         }
         Command::Logs {
             follow, instance, ..
@@ -157,6 +172,14 @@ pub(crate) fn run(
         _ => unreachable!("handled in main"),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Now, in unix milliseconds (to show `last_exit.at_ms` and `retry_at_ms` as "ago"/"in").
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 fn human_bytes(b: f64) -> String {
@@ -199,72 +222,85 @@ fn human_secs(s: f64) -> String {
     }
 }
 
-/// The `drove status` table.
-pub(crate) fn status_table(v: &Value) -> String {
+/// `exit 1, 12s ago`, `SIGKILL, 3m05s ago`.
+fn last_exit(e: &api::LastExit, now_ms: u64) -> String {
+    let what = match (e.code, &e.text) {
+        (Some(c), _) => format!("exit {c}"),
+        (None, t) => t.trim_start_matches("signal ").to_string(),
+    };
+    if e.at_ms == 0 {
+        return what;
+    }
+    let ago = now_ms.saturating_sub(e.at_ms) as f64 / 1000.0;
+    format!("{what}, {} ago", human_secs(ago))
+}
+
+/// The `drove status` table, then one line per instance that has something to explain
+/// (why it is starting, backing off, crash-looping or exited).
+pub(crate) fn status_table(v: &api::Status, now_ms: u64) -> String {
     let mut out = String::new();
-    if let Some(b) = v.get("balancer").filter(|b| !b.is_null()) {
+    if let Some(b) = &v.balancer {
         out.push_str(&format!(
             "balancer {} ({}), {} requests, {} req/s, {} retries\n",
-            b["listen"].as_str().unwrap_or("-"),
-            b["algorithm"].as_str().unwrap_or("-"),
-            b["requests"],
-            b["rps"]
-                .as_f64()
-                .map(human_rate)
-                .unwrap_or_else(|| "-".into()),
-            b["retries"]
+            b.listen.map_or("-".into(), |a| a.to_string()),
+            b.algorithm,
+            b.requests,
+            b.rps.map(human_rate).unwrap_or_else(|| "-".into()),
+            b.retries
         ));
     }
     let header = [
-        "INSTANCE", "PID", "PORT", "STATE", "HEALTH", "INFLIGHT", "REQ/S", "P99", "REQUESTS",
-        "RESTARTS", "RSS", "UPTIME",
+        "INSTANCE",
+        "PID",
+        "PORT",
+        "STATE",
+        "HEALTH",
+        "INFLIGHT",
+        "REQ/S",
+        "P99",
+        "REQUESTS",
+        "RESTARTS",
+        "LAST EXIT",
+        "RSS",
+        "UPTIME",
     ];
+    let dash = || "-".to_string();
+    let opt = |x: Option<String>| x.unwrap_or_else(dash);
     let mut rows: Vec<Vec<String>> = vec![header.iter().map(|s| s.to_string()).collect()];
-    for i in v["instances"].as_array().into_iter().flatten() {
-        let s = |k: &str| match &i[k] {
-            Value::Null => "-".to_string(),
-            Value::String(s) => s.clone(),
-            x => x.to_string(),
-        };
-        let health = match (&i["healthy"], &i["in_rotation"]) {
-            (Value::Bool(true), Value::Bool(false)) => "drained",
-            (Value::Bool(true), _) => "healthy",
-            (Value::Bool(false), _) => "unhealthy",
+    let mut notes = Vec::new();
+    for i in &v.instances {
+        let health = match (i.healthy, i.in_rotation) {
+            (Some(true), Some(false)) => "drained",
+            (Some(true), _) => "healthy",
+            (Some(false), _) => "unhealthy",
             _ => "-",
         };
-        let port = match &i["port"] {
-            Value::Null => i["addr"].as_str().unwrap_or("-").to_string(),
-            p => p.to_string(),
+        let port = match (i.port, i.addr) {
+            (Some(p), _) => p.to_string(),
+            (None, Some(a)) => a.to_string(),
+            (None, None) => dash(),
         };
         rows.push(vec![
-            s("id"),
-            s("pid"),
+            i.id.clone(),
+            opt(i.pid.map(|p| p.to_string())),
             port,
-            s("state"),
+            i.state.to_string(),
             health.to_string(),
-            s("in_flight"),
-            i["rps"]
-                .as_f64()
-                .map(human_rate)
-                .unwrap_or_else(|| "-".into()),
-            i["p99_ms"]
-                .as_f64()
-                .map(human_ms)
-                .unwrap_or_else(|| "-".into()),
-            s("requests"),
-            s("restarts"),
-            i["rss_bytes"]
-                .as_f64()
-                .map(human_bytes)
-                .unwrap_or_else(|| "-".into()),
-            i["uptime"]
-                .as_f64()
-                .map(human_secs)
-                .unwrap_or_else(|| "-".into()),
+            opt(i.in_flight.map(|n| n.to_string())),
+            opt(i.rps.map(human_rate)),
+            opt(i.p99_ms.map(human_ms)),
+            opt(i.requests.map(|n| n.to_string())),
+            opt(i.restarts.map(|n| n.to_string())),
+            opt(i.last_exit.as_ref().map(|e| last_exit(e, now_ms))),
+            opt(i.rss_bytes.map(|b| human_bytes(b as f64))),
+            opt(i.uptime.map(human_secs)),
         ]);
+        if let Some(why) = &i.why {
+            notes.push(format!("{} {}: {why}", i.id, i.state));
+        }
     }
     let widths: Vec<usize> = (0..header.len())
-        .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
+        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
         .collect();
     for r in rows {
         let line: Vec<String> = r
@@ -274,6 +310,13 @@ pub(crate) fn status_table(v: &Value) -> String {
             .collect();
         out.push_str(line.join("  ").trim_end());
         out.push('\n');
+    }
+    if !notes.is_empty() {
+        out.push('\n');
+        for n in notes {
+            out.push_str(&n);
+            out.push('\n');
+        }
     }
     out
 }

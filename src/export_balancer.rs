@@ -151,6 +151,12 @@ pub fn drove_toml(c: &Config, front: &Front<'_>) -> Option<String> {
     );
     let upgrades: Vec<String> = b.upgrades.iter().map(|u| q(u)).collect();
     kv(&mut t, "upgrades", &format!("[{}]", upgrades.join(", ")));
+    kv(&mut t, "http2", &b.http2.to_string());
+    kv(
+        &mut t,
+        "http2_max_streams",
+        &b.http2_max_streams.to_string(),
+    );
     kv(
         &mut t,
         "access_log",
@@ -361,6 +367,8 @@ instance_header = "X-Served-By"
 request_id = false
 trusted_proxies = ["10.0.0.0/8", "192.168.1.0/24"]
 upgrades = ["websocket", "my-proto"]
+http2 = false
+http2_max_streams = 64
 access_log = "json"
 max_header_size = "32KiB"
 max_body_size = "10MiB"

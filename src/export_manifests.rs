@@ -1,8 +1,9 @@
 //! `drove export k8s|compose`: drove.toml as Kubernetes manifests or a Docker Compose
 //! file with the same semantics where the orchestrator has them: replicas = `instances`,
-//! the ready probe gates first traffic (a startup probe), the health probe (the service's,
-//! else the balancer's) takes a replica out of rotation while it fails (a readiness
-//! probe), stop signal and grace, restart policy, memory limit, dependencies.
+//! the ready probe gates first traffic (a startup probe), the service's `health` probe
+//! replaces a replica that keeps failing it (a liveness probe), the balancer's health
+//! check (else the service's `health`) takes a replica out of rotation while it fails (a
+//! readiness probe), stop signal and grace, restart policy, memory limit, dependencies.
 //!
 //! The balanced service keeps drove in front: a `drove` service (Compose) or Deployment
 //! (Kubernetes) runs `drove up` with a generated drove.toml (`export_balancer.rs`) whose
@@ -14,10 +15,14 @@
 //!
 //! What does not carry over is said in comments in the output: an image must be named
 //! (`--image web=registry/web:1.2`, default `SERVICE:latest`; `drove:latest` for drove
-//! itself and for services that run `{drove}`); replicas have no index, so `{instance}`
-//! becomes the container's hostname through the shell; every replica listens on the same
-//! port in its own network namespace (the base port, 8080 for `port = "auto"`), on every
-//! interface (`HOST=0.0.0.0` unless `env` sets `HOST`).
+//! itself and for services that run `{drove}`); every replica listens on the same port in
+//! its own network namespace (the base port, 8080 for `port = "auto"`), on every interface
+//! (`HOST=0.0.0.0` unless `env` sets `HOST`). Instance numbers: a Kubernetes service that
+//! uses `{instance}` becomes a StatefulSet, whose pod ordinal gives `INSTANCE_ID` (the
+//! ordinal plus one, as drove counts); its governing Service is the headless one that
+//! publishes the replicas to drove when it is the balanced service (one `NAME-headless`
+//! per service). A Deployment's or a Compose service's replicas have no index, so there
+//! `INSTANCE_ID` is not set and `{instance}` becomes the container's hostname.
 //!
 //! YAML is written by a small emitter over `serde_json::Value` (strings JSON-quoted,
 //! which YAML reads the same) so that the output can carry explanatory comments and no
@@ -73,19 +78,67 @@ fn container_port(s: &ServiceConfig) -> Option<u16> {
     }
 }
 
-/// The command as argv for a container: placeholders rendered; `{instance}` (no replica
-/// index in an orchestrator) becomes `${HOSTNAME}`, which needs a shell.
-fn container_command(s: &ServiceConfig) -> Vec<String> {
+fn uses_instance(t: &str) -> bool {
+    drove_template::placeholders(t).contains(&"instance")
+}
+
+/// Whether the service needs its instance number (`{instance}` in its command or env):
+/// exported to Kubernetes as a StatefulSet, whose pods are numbered.
+fn needs_index(s: &ServiceConfig) -> bool {
+    let in_command = match &s.command {
+        CommandSpec::Shell(c) => uses_instance(c),
+        CommandSpec::Argv(v) => v.iter().any(|a| uses_instance(a)),
+    };
+    in_command || s.env.iter().any(|(_, v)| uses_instance(v))
+}
+
+/// Shell that sets `INSTANCE_ID` (and `DROVE_INSTANCE`, and the env values that use
+/// `{instance}`) from a StatefulSet pod's ordinal (`web-0` → 1), then runs the command.
+fn ordinal_prelude(s: &ServiceConfig) -> String {
     let port = container_port(s).map(|p| p.to_string()).unwrap_or_default();
-    let uses_instance = |t: &str| drove_template::placeholders(t).contains(&"instance");
+    let values = [("port", port.as_str()), ("instance", "${INSTANCE_ID}")];
+    let mut out = format!(
+        "INSTANCE_ID=$(( ${{HOSTNAME##*-}} + 1 )); export INSTANCE_ID DROVE_INSTANCE=\"{}.$INSTANCE_ID\"",
+        s.name
+    );
+    for (k, v) in s.env.iter().filter(|(_, v)| uses_instance(v)) {
+        let v = drove_template::render(v, &values)
+            .replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('`', "\\`");
+        let _ = write!(out, " {k}=\"{v}\"");
+    }
+    out.push_str("; ");
+    out
+}
+
+/// The command as argv for a container: placeholders rendered. `{instance}` becomes
+/// `${INSTANCE_ID}` after [`ordinal_prelude`] with `indexed` (a StatefulSet), else the
+/// container's `${HOSTNAME}` (no replica index); either needs a shell.
+fn container_command(s: &ServiceConfig, indexed: bool) -> Vec<String> {
+    let port = container_port(s).map(|p| p.to_string()).unwrap_or_default();
+    let instance = if indexed {
+        "${INSTANCE_ID}"
+    } else {
+        "${HOSTNAME}"
+    };
     let values = [
         ("port", port.as_str()),
         ("drove", "drove"),
-        ("instance", "${HOSTNAME}"),
+        ("instance", instance),
     ];
+    let prelude = if indexed {
+        ordinal_prelude(s)
+    } else {
+        String::new()
+    };
     match &s.command {
-        CommandSpec::Shell(c) => vec!["sh".into(), "-c".into(), drove_template::render(c, &values)],
-        CommandSpec::Argv(v) if v.iter().any(|a| uses_instance(a)) => {
+        CommandSpec::Shell(c) => vec![
+            "sh".into(),
+            "-c".into(),
+            format!("{prelude}{}", drove_template::render(c, &values)),
+        ],
+        CommandSpec::Argv(v) if indexed || v.iter().any(|a| uses_instance(a)) => {
             let line: Vec<String> = v
                 .iter()
                 .map(|a| {
@@ -98,7 +151,11 @@ fn container_command(s: &ServiceConfig) -> Vec<String> {
                     format!("\"{escaped}\"")
                 })
                 .collect();
-            vec!["sh".into(), "-c".into(), format!("exec {}", line.join(" "))]
+            vec![
+                "sh".into(),
+                "-c".into(),
+                format!("{prelude}exec {}", line.join(" ")),
+            ]
         }
         CommandSpec::Argv(v) => v
             .iter()
@@ -107,13 +164,15 @@ fn container_command(s: &ServiceConfig) -> Vec<String> {
     }
 }
 
-/// The environment drove gives an instance, as far as it means something in a replica.
-fn container_env(s: &ServiceConfig) -> BTreeMap<String, String> {
+/// The environment drove gives an instance, as far as it means something in a replica
+/// (with `indexed`, values that use `{instance}` are set by [`ordinal_prelude`]).
+fn container_env(s: &ServiceConfig, indexed: bool) -> BTreeMap<String, String> {
     let port = container_port(s).map(|p| p.to_string()).unwrap_or_default();
     let values = [("port", port.as_str()), ("instance", "")];
     let mut env: BTreeMap<String, String> = s
         .env
         .iter()
+        .filter(|(_, v)| !(indexed && uses_instance(v)))
         .map(|(k, v)| (k.clone(), drove_template::render(v, &values)))
         .collect();
     if let Some(p) = container_port(s) {
@@ -129,18 +188,29 @@ fn secs(d: Duration) -> u64 {
     d.as_secs_f64().ceil().max(1.0) as u64
 }
 
-/// The probe the orchestrator runs for readiness: the service's `health`, else the
-/// balancer's active check when it balances this service, else the ready probe.
+/// The probe the orchestrator runs for readiness (in rotation or not): the balancer's
+/// active check when it balances this service (as drove does; it defaults to the
+/// service's `health`), else the service's `health`, else the ready probe.
 fn readiness<'a>(s: &'a ServiceConfig, c: &'a Config) -> Option<&'a ProbeConfig> {
-    s.health
+    c.balancer
         .as_ref()
-        .or_else(|| {
-            c.balancer.as_ref().and_then(|b| match &b.backends {
-                Backends::Service(name) if *name == s.name => b.health.as_ref(),
-                _ => None,
-            })
+        .and_then(|b| match &b.backends {
+            Backends::Service(name) if *name == s.name => b.health.as_ref(),
+            _ => None,
         })
+        .or(s.health.as_ref())
         .or(s.ready.as_ref())
+}
+
+/// Which Kubernetes probe a drove probe becomes.
+#[derive(Clone, Copy, PartialEq)]
+enum K8sProbe {
+    /// The ready probe: given up on (restarted) after `start_timeout`.
+    Startup,
+    /// In rotation while it passes (`rise`, `fall`).
+    Readiness,
+    /// The service's `health`: restarted after `fall` failures, as drove replaces it.
+    Liveness,
 }
 
 /// A Kubernetes probe handler.
@@ -157,18 +227,25 @@ fn k8s_handler(p: &ProbeConfig, port: Option<u16>) -> Value {
     }
 }
 
-fn k8s_probe(p: &ProbeConfig, port: Option<u16>, startup: bool) -> Value {
+fn k8s_probe(p: &ProbeConfig, port: Option<u16>, kind: K8sProbe) -> Value {
     let mut v = k8s_handler(p, port);
     let o = v.as_object_mut().expect("an object");
     o.insert("periodSeconds".into(), json!(secs(p.interval)));
     o.insert("timeoutSeconds".into(), json!(secs(p.timeout)));
-    if startup {
-        // Given up on (restarted) after `start_timeout`, like drove's ready probe.
-        let tries = (p.start_timeout.as_secs_f64() / p.interval.as_secs_f64().max(1.0)).ceil();
-        o.insert("failureThreshold".into(), json!((tries as u64).max(1)));
-    } else {
-        o.insert("successThreshold".into(), json!(p.rise.max(1)));
-        o.insert("failureThreshold".into(), json!(p.fall.max(1)));
+    match kind {
+        K8sProbe::Startup => {
+            // Given up on (restarted) after `start_timeout`, like drove's ready probe.
+            let tries = (p.start_timeout.as_secs_f64() / p.interval.as_secs_f64().max(1.0)).ceil();
+            o.insert("failureThreshold".into(), json!((tries as u64).max(1)));
+        }
+        K8sProbe::Readiness => {
+            o.insert("successThreshold".into(), json!(p.rise.max(1)));
+            o.insert("failureThreshold".into(), json!(p.fall.max(1)));
+        }
+        // Kubernetes requires successThreshold 1 for liveness probes.
+        K8sProbe::Liveness => {
+            o.insert("failureThreshold".into(), json!(p.fall.max(1)));
+        }
     }
     v
 }
@@ -194,17 +271,26 @@ fn image_of(s: &ServiceConfig, images: &BTreeMap<String, String>) -> String {
     }
 }
 
-/// Kubernetes manifests: a Deployment per service; for the balanced one, drove in front
+/// The headless Service of a service's replicas: drove's DNS backends when it is the
+/// balanced service, a StatefulSet's governing Service (pod DNS names) when it uses
+/// `{instance}`; one object when it is both.
+fn headless_name(s: &ServiceConfig) -> String {
+    format!("{}-headless", s.name)
+}
+
+/// Kubernetes manifests: a Deployment per service (a StatefulSet for one that uses
+/// `{instance}`, with its headless Service); for the balanced one, drove in front
 /// (headless Service, ConfigMap, Deployment, Services), all in `namespace`.
 pub fn k8s(c: &Config, images: &BTreeMap<String, String>, namespace: &str) -> String {
     let mut docs: Vec<(String, Value)> = Vec::new();
     for s in &c.services {
         let port = container_port(s);
+        let indexed = needs_index(s);
         let mut container = Map::new();
         container.insert("name".into(), json!(s.name));
         container.insert("image".into(), json!(image_of(s, images)));
-        container.insert("command".into(), json!(container_command(s)));
-        let env: Vec<Value> = container_env(s)
+        container.insert("command".into(), json!(container_command(s, indexed)));
+        let env: Vec<Value> = container_env(s, indexed)
             .into_iter()
             .map(|(k, v)| json!({"name": k, "value": v}))
             .collect();
@@ -216,10 +302,19 @@ pub fn k8s(c: &Config, images: &BTreeMap<String, String>, namespace: &str) -> St
             );
         }
         if let Some(r) = &s.ready {
-            container.insert("startupProbe".into(), k8s_probe(r, port, true));
+            container.insert("startupProbe".into(), k8s_probe(r, port, K8sProbe::Startup));
         }
         if let Some(h) = readiness(s, c) {
-            container.insert("readinessProbe".into(), k8s_probe(h, port, false));
+            container.insert(
+                "readinessProbe".into(),
+                k8s_probe(h, port, K8sProbe::Readiness),
+            );
+        }
+        if let Some(h) = &s.health {
+            container.insert(
+                "livenessProbe".into(),
+                k8s_probe(h, port, K8sProbe::Liveness),
+            );
         }
         if let Some(m) = s.max_memory {
             container.insert(
@@ -243,15 +338,49 @@ pub fn k8s(c: &Config, images: &BTreeMap<String, String>, namespace: &str) -> St
             json!("Always"),
         );
         let labels = json!({"app.kubernetes.io/name": s.name, "app.kubernetes.io/managed-by": "drove-export"});
-        let deployment = json!({
+        let mut spec = json!({
+            "replicas": s.instances,
+            "selector": {"matchLabels": {"app.kubernetes.io/name": s.name}},
+            "template": {"metadata": {"labels": labels}, "spec": Value::Object(pod)},
+        });
+        let kind = if indexed {
+            // Pods web-0..web-N-1, all started at once as drove does (not one by one).
+            let headless = headless_name(s);
+            spec["serviceName"] = json!(headless);
+            spec["podManagementPolicy"] = json!("Parallel");
+            // The balanced service's headless Service comes with drove in front
+            // (k8s_drove) and governs the StatefulSet too: a second object of the same
+            // name would replace it on `kubectl apply`.
+            if balanced(c).is_none_or(|b| b.name != s.name) {
+                let mut hspec = json!({
+                    "clusterIP": "None",
+                    "selector": {"app.kubernetes.io/name": s.name},
+                });
+                if let Some(p) = port {
+                    hspec["ports"] = json!([{"name": "http", "port": p, "targetPort": p}]);
+                }
+                docs.push((
+                    format!(
+                        "services.{}: the StatefulSet's governing headless Service (pod DNS names)",
+                        s.name
+                    ),
+                    json!({
+                        "apiVersion": "v1",
+                        "kind": "Service",
+                        "metadata": {"name": headless, "namespace": namespace, "labels": {"app.kubernetes.io/managed-by": "drove-export"}},
+                        "spec": hspec,
+                    }),
+                ));
+            }
+            "StatefulSet"
+        } else {
+            "Deployment"
+        };
+        let workload = json!({
             "apiVersion": "apps/v1",
-            "kind": "Deployment",
+            "kind": kind,
             "metadata": {"name": s.name, "namespace": namespace, "labels": labels},
-            "spec": {
-                "replicas": s.instances,
-                "selector": {"matchLabels": {"app.kubernetes.io/name": s.name}},
-                "template": {"metadata": {"labels": labels}, "spec": Value::Object(pod)},
-            },
+            "spec": spec,
         });
         let mut notes = format!(
             "services.{}: {} instance(s); stop = SIG{} then {}s",
@@ -260,6 +389,20 @@ pub fn k8s(c: &Config, images: &BTreeMap<String, String>, namespace: &str) -> St
             s.stop.signal.name(),
             secs(s.stop.grace)
         );
+        if indexed {
+            notes.push_str(
+                &format!("\n# uses {{instance}}: a StatefulSet, INSTANCE_ID = pod ordinal + 1 ({}-0 is 1), as drove numbers instances", s.name),
+            );
+        } else {
+            notes.push_str(
+                "\n# INSTANCE_ID is not set: a Deployment's replicas have no index (a service that uses {instance} is exported as a StatefulSet)",
+            );
+        }
+        if s.health.is_some() {
+            notes.push_str(
+                "\n# health -> livenessProbe: Kubernetes restarts the container after `fall` failures (drove replaces the instance, new one ready first)",
+            );
+        }
         if s.stop.signal.name() != "TERM" {
             let _ = write!(
                 notes,
@@ -283,7 +426,7 @@ pub fn k8s(c: &Config, images: &BTreeMap<String, String>, namespace: &str) -> St
                 s.depends_on
             );
         }
-        docs.push((notes, deployment));
+        docs.push((notes, workload));
     }
     if let (Some(b), Some(svc)) = (&c.balancer, balanced(c)) {
         docs.extend(k8s_drove(c, b, svc, images, namespace));
@@ -291,8 +434,9 @@ pub fn k8s(c: &Config, images: &BTreeMap<String, String>, namespace: &str) -> St
     let mut out = String::from(
         "# Kubernetes manifests from drove.toml (`drove export k8s`).\n\
          # Images: --image SERVICE=IMAGE (default SERVICE:latest; drove:latest for drove).\n\
-         # Replicas have no index: {instance} in a command is the pod's hostname. Services\n\
-         # reach each other through Kubernetes Services, not 127.0.0.1: edit such addresses.\n",
+         # A service that uses {instance} is a StatefulSet (INSTANCE_ID = pod ordinal + 1);\n\
+         # others are Deployments, whose replicas have no index. Services reach each other\n\
+         # through Kubernetes Services, not 127.0.0.1: edit such addresses.\n",
     );
     let _ = writeln!(
         out,
@@ -321,7 +465,7 @@ fn k8s_drove(
 ) -> Vec<(String, Value)> {
     let name = balancer_name(c);
     let target = container_port(svc).unwrap_or(8080);
-    let headless = format!("{}-headless", svc.name);
+    let headless = headless_name(svc);
     let dns_name = format!("{headless}.{namespace}.svc.cluster.local");
     let toml = export_balancer::drove_toml(
         c,
@@ -340,12 +484,16 @@ fn k8s_drove(
         "app.kubernetes.io/managed-by": managed,
     });
     let mut docs = Vec::new();
+    let mut notes = format!(
+        "Every ready replica of {0} in DNS ({dns_name}): drove's backends. A replica\n\
+         # leaves DNS when its readinessProbe fails, and drove re-resolves every resolver.interval.",
+        svc.name
+    );
+    if needs_index(svc) {
+        notes.push_str("\n# Also the StatefulSet's governing Service (pod DNS names).");
+    }
     docs.push((
-        format!(
-            "Every ready replica of {0} in DNS ({dns_name}): drove's backends. A replica\n\
-             # leaves DNS when its readinessProbe fails, and drove re-resolves every resolver.interval.",
-            svc.name
-        ),
+        notes,
         json!({
             "apiVersion": "v1",
             "kind": "Service",
@@ -477,8 +625,8 @@ pub fn compose(c: &Config, images: &BTreeMap<String, String>) -> String {
         let port = container_port(s);
         let mut svc = Map::new();
         svc.insert("image".into(), json!(image_of(s, images)));
-        svc.insert("command".into(), json!(container_command(s)));
-        svc.insert("environment".into(), json!(container_env(s)));
+        svc.insert("command".into(), json!(container_command(s, false)));
+        svc.insert("environment".into(), json!(container_env(s, false)));
         let mut deploy = json!({"replicas": s.instances});
         if let Some(m) = s.max_memory {
             deploy["resources"] = json!({"limits": {"memory": format!("{}b", m)}});
@@ -623,8 +771,11 @@ pub fn compose(c: &Config, images: &BTreeMap<String, String>) -> String {
     let mut out = String::from(
         "# Docker Compose file from drove.toml (`drove export compose`).\n\
          # Images: --image SERVICE=IMAGE (default SERVICE:latest). Health checks run wget or\n\
-         # curl (or nc) inside the container: the image must have one. Services reach each\n\
-         # other by name (redis:6379), not 127.0.0.1: edit such addresses in commands and env.\n",
+         # curl (or nc) inside the container: the image must have one; a failing one marks\n\
+         # the container unhealthy but Docker does not replace it (drove does). Replicas have\n\
+         # no index: INSTANCE_ID is not set and {instance} is the container's hostname.\n\
+         # Services reach each other by name (redis:6379), not 127.0.0.1: edit such\n\
+         # addresses in commands and env.\n",
     );
     for n in notes {
         out.push_str(&n);

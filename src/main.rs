@@ -4,6 +4,7 @@
 
 mod bench_cmd;
 mod cli_admin;
+mod down_wait;
 mod export_balancer;
 mod export_cmd;
 mod export_manifests;
@@ -42,7 +43,8 @@ struct Cli {
     )]
     token: Option<String>,
 
-    /// Format of drove's own log lines.
+    /// Format of drove's own log lines (on stderr; `DROVE_LOG=debug` for more). Text is
+    /// coloured only on a terminal, and never with `NO_COLOR` set.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
 
@@ -109,7 +111,9 @@ enum Command {
     /// errors and the share of requests per instance.
     Bench(Box<bench_cmd::BenchArgs>),
     /// Show every instance: pid, port, state, health, req/s, p99, in-flight, restarts,
-    /// RSS, uptime (`--json` for the full status document).
+    /// last exit, RSS, uptime, and for each one that is not ready, why (the ready probe's
+    /// last error, the exit and the next try of a crash loop, a port held by another
+    /// program). `--json` prints the full status document (docs/admin-api.md).
     Status {
         #[command(flatten)]
         cfg: ConfigArg,
@@ -161,9 +165,17 @@ enum Command {
         instance: Option<String>,
     },
     /// Gracefully stop a running drove: finish in-flight requests, stop every service.
+    /// Waits until drove and every instance are gone (a progress line says what is
+    /// left), so `drove down && drove up` is safe.
     Down {
         #[command(flatten)]
         cfg: ConfigArg,
+        /// Return once the shutdown has begun, without waiting for it.
+        #[arg(long)]
+        no_wait: bool,
+        /// Give up waiting (exit 1) after this long.
+        #[arg(long, default_value = "5m", value_parser = parse_duration_arg, value_name = "DURATION")]
+        timeout: std::time::Duration,
     },
     /// Make a running drove re-read its config file (same as SIGHUP) and apply every
     /// change live: services added, changed (rolling restart), scaled or removed;
@@ -188,6 +200,10 @@ enum Command {
         #[command(flatten)]
         args: verify_cmd::VerifyArgs,
     },
+    /// The guardian drove starts beside itself: stops the instances' process groups if
+    /// drove dies without doing so (internal; see drove-supervisor's guardian.rs).
+    #[command(name = "__guardian", hide = true)]
+    Guardian,
     /// Print a Grafana dashboard (`grafana`) or Prometheus alert rules (`alerts`) for
     /// drove's metrics, the Prometheus scrape config for drove and its instances
     /// (`prometheus`), drove.toml as Kubernetes manifests (`k8s`) or a Compose file
@@ -203,6 +219,13 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Guardian = cli.command {
+        let code = drove_supervisor::guardian_main(
+            std::io::stdin().lock(),
+            Some(std::os::unix::process::parent_id()),
+        );
+        return ExitCode::from(code as u8);
+    }
     init_tracing(cli.log_format);
     match run(cli) {
         Ok(code) => code,
@@ -213,11 +236,24 @@ fn main() -> ExitCode {
     }
 }
 
+/// A duration flag, read exactly like a duration in drove.toml (`500ms`, `10s`,
+/// `1m30s`; a bare number is an error that suggests the unit).
+pub(crate) fn parse_duration_arg(s: &str) -> Result<std::time::Duration, String> {
+    drove_config::parse_duration(s)
+}
+
+/// Colour only on a terminal, and not when `NO_COLOR` is set (no-color.org): log files
+/// and pipes get plain text.
+fn colour(terminal: bool) -> bool {
+    terminal && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
 fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("DROVE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour(std::io::IsTerminal::is_terminal(&std::io::stderr())))
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
@@ -269,11 +305,11 @@ impl Command {
             | Command::Drain { cfg, .. }
             | Command::Undrain { cfg, .. }
             | Command::Logs { cfg, .. }
-            | Command::Down { cfg }
+            | Command::Down { cfg, .. }
             | Command::Reload { cfg, .. }
             | Command::Verify { cfg, .. }
             | Command::Export { cfg, .. } => cfg.path.clone(),
-            Command::Demo | Command::Bench(_) => PathBuf::from("drove.toml"),
+            Command::Demo | Command::Bench(_) | Command::Guardian => PathBuf::from("drove.toml"),
         }
     }
 }
@@ -327,7 +363,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 );
             }
             let rt = tokio::runtime::Runtime::new()?;
-            let color = std::io::IsTerminal::is_terminal(&std::io::stdout());
+            let color = colour(std::io::IsTerminal::is_terminal(&std::io::stdout()));
             rt.block_on(drove_runtime::up(
                 config,
                 drove_runtime::UpOptions {
@@ -335,6 +371,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     color,
                     listen,
                     admin_listen,
+                    guardian: Some(exe),
                 },
             ))?;
             Ok(ExitCode::SUCCESS)

@@ -49,7 +49,7 @@ pub struct VerifyArgs {
     pub skip: Vec<Drill>,
 
     /// Load duration of each drill (longer when its action takes longer).
-    #[arg(short = 'd', long, default_value = "3s", value_parser = parse_duration_arg, value_name = "DURATION")]
+    #[arg(short = 'd', long, default_value = "3s", value_parser = crate::parse_duration_arg, value_name = "DURATION")]
     pub duration: Duration,
 
     /// Rate of the open-model load under failover, freeze, restart, scale, stickiness
@@ -89,19 +89,12 @@ pub struct VerifyArgs {
 
     /// How long to wait for instances to be ready (at the start, between drills, and for
     /// one to come back).
-    #[arg(long, default_value = "30s", value_parser = parse_duration_arg, value_name = "DURATION")]
+    #[arg(long, default_value = "30s", value_parser = crate::parse_duration_arg, value_name = "DURATION")]
     pub settle_timeout: Duration,
 }
 
 fn parse_drill(s: &str) -> Result<Drill, String> {
     s.parse()
-}
-
-fn parse_duration_arg(s: &str) -> Result<Duration, String> {
-    if let Ok(secs) = s.trim().parse::<f64>() {
-        return Duration::try_from_secs_f64(secs).map_err(|e| e.to_string());
-    }
-    drove_bench::parse_duration(s).map_err(|e| e.to_string())
 }
 
 /// What the config file says that the status API does not.
@@ -192,6 +185,9 @@ pub fn run(
     // The built-in demo, when that is what runs: its config says what status does not.
     let mut demo = None;
     let target = if args.start {
+        if let Some(c) = &file {
+            refuse_taken_ports(c, config)?;
+        }
         if file.is_none() {
             demo = Some(builtin_demo()?);
         }
@@ -290,6 +286,48 @@ pub fn run(
         );
     }
     Ok(if failed > 0 { 1 } else { 0 })
+}
+
+/// `--start` runs the file's services on the file's fixed ports (only the balancer and
+/// admin move to free ports). When another process holds one of them — typically a
+/// drove already running this file — the drills would measure that one, or the new
+/// instances would never start: refuse, saying who holds what.
+fn refuse_taken_ports(c: &drove_config::Config, config: &Path) -> anyhow::Result<()> {
+    let mut taken = Vec::new();
+    for s in &c.services {
+        if let drove_config::PortSpec::Base(base) = s.port {
+            for k in 0..s.instances {
+                let Some(port) = base.checked_add(k as u16) else {
+                    continue;
+                };
+                if let Some(used) = drove_supervisor::port_in_use(port) {
+                    taken.push(format!("{}.{}: {used}", s.name, k + 1));
+                }
+            }
+        }
+        // A service on a fixed address of its own (`ready = { tcp = "127.0.0.1:6379" }`).
+        if let Some(drove_config::ProbeKind::Tcp { addr: Some(addr) }) =
+            s.ready.as_ref().map(|r| &r.kind)
+        {
+            if let Some(used) = drove_supervisor::listening_on(*addr) {
+                taken.push(format!("{} (ready on {addr}): {used}", s.name));
+            }
+        }
+    }
+    if taken.is_empty() {
+        return Ok(());
+    }
+    let drove_there = taken.iter().any(|t| t.contains("drove"));
+    anyhow::bail!(
+        "cannot start a drove from {file} to verify: {}.{} Verify the drove that runs it with `drove verify -c {file}` (without --start), or stop it first (`drove down -c {file}`)",
+        taken.join("; "),
+        if drove_there {
+            " Another drove seems to run this file: the drills would measure it, not the one started here."
+        } else {
+            ""
+        },
+        file = config.display()
+    )
 }
 
 fn builtin_demo() -> anyhow::Result<drove_config::Config> {

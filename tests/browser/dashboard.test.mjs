@@ -89,3 +89,42 @@ test("dashboard asks for the admin token and uses it", { timeout: 120000 }, asyn
     await drove.stop();
   }
 });
+
+test("dashboard says why an instance is not ready and how it last exited", { timeout: 120000 }, async () => {
+  // A service that exits at once: it backs off, then crash-loops; the page shows the
+  // exit, the crash-loop rule and the next try, as /api/status does.
+  const bad = `
+[services.bad]
+command = "echo starting; exit 3"
+port = "none"
+restart = { initial_delay = "50ms", max_delay = "3s", reset_after = "10s", crashloop_after = 2 }
+`;
+  const drove = await startDrove(demoConfig(1).replace("[balancer]", bad + "\n[balancer]"));
+  let browser = null;
+  try {
+    await waitReady(drove, 1);
+    browser = await launchBrowser();
+    const page = await browser.newPage();
+    const errors = [];
+    page.on("pageerror", (e) => errors.push(e.message));
+    await page.goto(`http://${drove.admin}/`);
+    const state = page.locator('tr[data-instance="bad.1"] .col-state[data-state="crashloop"]');
+    await state.waitFor({ timeout: 20000 });
+    const why = state.locator(".why");
+    await why.filter({ hasText: "exited (exit code 3)" }).waitFor({ timeout: 10000 });
+    const text = await why.textContent();
+    assert.match(text, /crashloop: \d+ failed runs in a row/);
+    assert.match(text, /next try in \d+\.\ds/);
+    assert.match(await page.locator('tr[data-instance="bad.1"] .col-exit').textContent(), /^exit 3, \d+s ago$/);
+    // A ready instance has nothing to explain.
+    assert.equal(await page.locator('tr[data-instance="web.1"] .col-state .why').textContent(), "");
+    const s = await drove.status();
+    const row = s.instances.find((i) => i.id === "bad.1");
+    assert.equal(row.last_exit.code, 3);
+    assert.ok(row.retry_at_ms > 0 && row.why.includes("exit code 3"), JSON.stringify(row));
+    assert.deepEqual(errors, [], "no script errors on the page");
+  } finally {
+    if (browser) await browser.close().catch(() => {});
+    await drove.stop();
+  }
+});

@@ -99,12 +99,7 @@ fn least_conn_avoids_the_busy_backend() {
         .collect();
     std::thread::sleep(Duration::from_millis(300));
     let status = d.status();
-    let inflight: Vec<u64> = status["balancer"]["backends"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|b| b["in_flight"].as_u64().unwrap())
-        .collect();
+    let inflight: Vec<u64> = status.backends().iter().map(|b| b.in_flight).collect();
     assert_eq!(
         inflight.iter().sum::<u64>(),
         3,
@@ -356,18 +351,13 @@ fn websocket_is_tunnelled_and_counted_in_flight() {
     assert_eq!(resp, [0x81, 2, b'h', b'i']);
     // The tunnel counts as in flight on its backend.
     let st = d.status();
-    let inflight: u64 = st["balancer"]["backends"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|b| b["in_flight"].as_u64().unwrap())
-        .sum();
-    assert_eq!(inflight, 1, "{st}");
-    assert_eq!(st["balancer"]["active_tunnels"], 1);
+    let inflight: u64 = st.backends().iter().map(|b| b.in_flight).sum();
+    assert_eq!(inflight, 1, "{st:?}");
+    assert_eq!(st.balancer.as_ref().unwrap().active_tunnels, 1);
     drop(s);
     assert!(drove_test_support::wait_until(
         Duration::from_secs(5),
-        || { d.status()["balancer"]["active_tunnels"] == 0 }
+        || { d.balancer_status().active_tunnels == 0 }
     ));
 }
 
@@ -566,11 +556,7 @@ fn rate_limits_answer_429_with_retry_after_on_their_routes_only() {
             .collect();
         assert_eq!(codes, [204, 204, 429], "key {key}");
     }
-    let st = d.status();
-    assert_eq!(
-        st["balancer"]["rate_limited"].as_u64().unwrap(),
-        limited + 2
-    );
+    assert_eq!(d.balancer_status().rate_limited, limited + 2);
     // And the limit refills: after 100 ms one more passes.
     std::thread::sleep(Duration::from_millis(250));
     assert_eq!(c.request("GET", "/whoami", &[], b"").unwrap().status, 200);
@@ -748,5 +734,5 @@ fn reload_replaces_fixed_backends_and_applies_the_algorithm() {
     let out = d.cli_ok(&["reload"]);
     assert!(out.contains("applied balancer.algorithm"), "{out}");
     assert!(!out.contains("NOT applied"), "{out}");
-    assert_eq!(d.status()["balancer"]["algorithm"], "least_conn");
+    assert_eq!(d.status().balancer.unwrap().algorithm, "least_conn");
 }

@@ -27,12 +27,7 @@ fn bench_counts_every_request_and_each_instance_share() {
     }
     // What drove counted agrees with what the client counted.
     let st = d.status();
-    let served: u64 = st["balancer"]["backends"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|b| b["requests"].as_u64().unwrap())
-        .sum();
+    let served: u64 = st.backends().iter().map(|b| b.requests).sum();
     assert_eq!(served, 600);
     assert!(std::fs::read_to_string(&html).unwrap().contains("<svg"));
 }

@@ -257,23 +257,50 @@ sticky = { cookie = "s" }
     .unwrap();
 
     let docs = export_yaml("k8s", &path, &["--image", "web=registry.example/web:1.2"]);
+    // web uses {instance}: a StatefulSet, whose pod ordinal gives INSTANCE_ID.
     let web = docs
         .iter()
-        .find(|d| d["kind"] == "Deployment" && d["metadata"]["name"] == "web")
-        .expect("a Deployment for web");
+        .find(|d| d["kind"] == "StatefulSet" && d["metadata"]["name"] == "web")
+        .expect("a StatefulSet for web");
     assert_eq!(web["spec"]["replicas"], 4);
+    assert_eq!(web["spec"]["serviceName"], "web-headless");
+    assert_eq!(web["spec"]["podManagementPolicy"], "Parallel");
+    assert!(docs.iter().any(|d| d["kind"] == "Service"
+        && d["metadata"]["name"] == "web-headless"
+        && d["spec"]["clusterIP"] == "None"));
     let pod = &web["spec"]["template"]["spec"];
     let c = &pod["containers"][0];
     assert_eq!(c["image"], "registry.example/web:1.2");
+    let cmd = c["command"].as_array().unwrap();
+    assert_eq!(cmd[..2], [serde_json::json!("sh"), serde_json::json!("-c")]);
+    let line = cmd[2].as_str().unwrap();
+    assert!(
+        line.ends_with("; node server.js --port 5001 --id ${INSTANCE_ID}"),
+        "{line}"
+    );
+    // Pod web-1 is drove's instance 2, as the shell computes it.
+    let shown = Command::new("sh")
+        .args([
+            "-c",
+            &line.replace("node server.js", "echo $INSTANCE_ID $DROVE_INSTANCE"),
+        ])
+        .env("HOSTNAME", "web-1")
+        .output()
+        .unwrap();
     assert_eq!(
-        c["command"],
-        serde_json::json!(["sh", "-c", "node server.js --port 5001 --id ${HOSTNAME}"])
+        String::from_utf8_lossy(&shown.stdout).trim(),
+        "2 web.2 --port 5001 --id 2"
     );
     assert_eq!(c["startupProbe"]["httpGet"]["path"], "/ready");
     assert_eq!(c["startupProbe"]["failureThreshold"], 30);
     assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/health");
     assert_eq!(c["readinessProbe"]["httpGet"]["port"], 5001);
     assert_eq!(c["readinessProbe"]["failureThreshold"], 3);
+    // The service's health replaces a failing instance in drove: a liveness probe.
+    assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/health");
+    assert_eq!(c["livenessProbe"]["failureThreshold"], 3);
+    assert_eq!(c["livenessProbe"]["periodSeconds"], 2);
+    assert!(c["livenessProbe"]["successThreshold"].is_null());
     assert_eq!(
         c["resources"]["limits"]["memory"],
         (256u64 << 20).to_string()
@@ -298,12 +325,15 @@ sticky = { cookie = "s" }
         .expect("a Service web");
     assert_eq!(svc["spec"]["ports"][0]["port"], 8088);
     assert_eq!(svc["spec"]["selector"]["app.kubernetes.io/name"], "drove");
-    let headless = docs
+    // One headless Service for web: drove's DNS backends and the StatefulSet's governing
+    // Service are the same object (two of one name would not apply).
+    let headless: Vec<&serde_json::Value> = docs
         .iter()
-        .find(|d| d["kind"] == "Service" && d["metadata"]["name"] == "web-headless")
-        .expect("a headless Service for the replicas");
-    assert_eq!(headless["spec"]["clusterIP"], "None");
-    assert_eq!(headless["spec"]["ports"][0]["targetPort"], 5001);
+        .filter(|d| d["kind"] == "Service" && d["metadata"]["name"] == "web-headless")
+        .collect();
+    assert_eq!(headless.len(), 1, "one web-headless Service");
+    assert_eq!(headless[0]["spec"]["clusterIP"], "None");
+    assert_eq!(headless[0]["spec"]["ports"][0]["targetPort"], 5001);
 
     let compose = export_yaml("compose", &path, &[]);
     let web = &compose[0]["services"]["web"];
@@ -336,4 +366,77 @@ sticky = { cookie = "s" }
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// drove's output going to a file or pipe: no ANSI colour codes, and each instance event
+/// once — as the `web.N | [drove] ...` line, or (with --quiet) as a log line on stderr.
+#[test]
+fn output_to_a_pipe_has_no_colour_and_each_event_once() {
+    for quiet in [false, true] {
+        let dir = tempdir("plain");
+        let path = dir.join("drove.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "[services.web]\ncommand = [\"{}\", \"demo\"]\ninstances = 2\nport = \"auto\"\nready = {{ http = \"/ready\", interval = \"50ms\" }}\n\n[balancer]\nservice = \"web\"\n",
+                drove().display()
+            ),
+        )
+        .unwrap();
+        let err_path = dir.join("stderr.txt");
+        let mut cmd = Command::new(drove());
+        cmd.args(["up", "-c"])
+            .arg(&path)
+            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+            .current_dir(&dir)
+            .stderr(std::fs::File::create(&err_path).unwrap());
+        if quiet {
+            cmd.arg("--quiet");
+        }
+        let mut p = Proc::spawn(cmd);
+        p.wait_line(Duration::from_secs(20), |l| {
+            l.starts_with("drove: admin API")
+        })
+        .expect("started");
+        let all_ready = || {
+            let out = [
+                p.stdout.lock().unwrap().join("\n"),
+                std::fs::read_to_string(&err_path).unwrap_or_default(),
+            ]
+            .join("\n");
+            out.matches("ready after").count() >= 2
+        };
+        assert!(drove_test_support::wait_until(
+            Duration::from_secs(20),
+            all_ready
+        ));
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(drove_test_support::signal(
+            p.pid(),
+            nix::sys::signal::Signal::SIGTERM
+        ));
+        p.wait_exit(Duration::from_secs(20)).expect("drove stops");
+        let stdout = p.stdout.lock().unwrap().join("\n");
+        let stderr = std::fs::read_to_string(&err_path).unwrap();
+        let both = format!("{stdout}\n{stderr}");
+        assert!(
+            !both.contains('\x1b'),
+            "colour codes in a pipe (quiet={quiet}):\n{both}"
+        );
+        for id in ["web.1", "web.2"] {
+            for event in ["started pid", "ready after", "stopped ("] {
+                let n = both
+                    .lines()
+                    .filter(|l| l.contains(id) && l.contains(event))
+                    .count();
+                assert_eq!(
+                    n, 1,
+                    "`{id}` `{event}` printed {n} times (quiet={quiet}):\n{both}"
+                );
+            }
+        }
+        // Where the events go: the instance lines on stdout, or log lines with --quiet.
+        let on_stderr = stderr.contains("ready after");
+        assert_eq!(on_stderr, quiet, "quiet={quiet}:\n{both}");
+    }
 }

@@ -163,6 +163,59 @@ fn k8s_validates_strictly_and_compose_against_the_compose_spec() {
     );
     assert_eq!(drove_pod["volumes"][1]["secret"]["secretName"], "drove-tls");
 
+    // A balanced service that uses {instance} is a StatefulSet: its governing Service is
+    // the headless Service drove resolves, one object (two `web-headless` would be one
+    // overwriting the other on `kubectl apply`).
+    let indexed = dir.join("indexed.toml");
+    std::fs::write(
+        &indexed,
+        source(5001, "").replace(
+            "instances = 3\n",
+            "instances = 3\nenv = { NODE_NAME = \"web-{instance}\" }\n",
+        ),
+    )
+    .unwrap();
+    let k8s = export("k8s", &indexed, &["--namespace", "shop"]);
+    let k8s_file = dir.join("k8s-indexed.yaml");
+    std::fs::write(&k8s_file, &k8s).unwrap();
+    validates(
+        Command::new("python3").args(["-m", "kubernetes_validate", "--strict", "--quiet"]),
+        &k8s_file,
+    );
+    let docs = yaml_docs(&k8s);
+    let named = |kind: &str, name: &str| -> Vec<&Value> {
+        docs.iter()
+            .filter(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+            .collect()
+    };
+    let web = named("StatefulSet", "web");
+    assert_eq!(web.len(), 1, "{k8s}");
+    assert_eq!(web[0]["spec"]["serviceName"], "web-headless");
+    let headless = named("Service", "web-headless");
+    assert_eq!(headless.len(), 1, "one web-headless Service:\n{k8s}");
+    assert_eq!(headless[0]["spec"]["clusterIP"], "None");
+    assert_eq!(
+        headless[0]["spec"]["selector"],
+        web[0]["spec"]["selector"]["matchLabels"]
+    );
+    let mut names: Vec<(&str, &str)> = docs
+        .iter()
+        .map(|d| {
+            (
+                d["kind"].as_str().unwrap(),
+                d["metadata"]["name"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    let n = names.len();
+    names.sort_unstable();
+    names.dedup();
+    assert_eq!(
+        names.len(),
+        n,
+        "no two objects of one kind and name: {names:?}"
+    );
+
     let compose = export("compose", &path, &[]);
     let compose_file = dir.join("compose.yaml");
     std::fs::write(&compose_file, &compose).unwrap();
@@ -229,7 +282,11 @@ fn run_exported(toml: &str, dns_name: &str, port: u16) {
     );
     let d = Drove::up_file(drove(), &path, &["--quiet"]);
     let status = d.status();
-    assert_eq!(status["balancer"]["algorithm"], "least_conn", "{status}");
+    assert_eq!(
+        status.balancer.as_ref().map(|b| b.algorithm.as_str()),
+        Some("least_conn"),
+        "{status:?}"
+    );
 
     // Without a cookie: every replica serves, each answer names the backend drove picked.
     let mut seen = BTreeSet::new();

@@ -49,14 +49,8 @@ fn body_requests_seen(backends: &[Demo]) -> u64 {
 
 fn backend_state(d: &Drove, id: &str) -> (bool, bool) {
     let s = d.status();
-    let b = s["balancer"]["backends"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|b| b["id"] == id)
-        .cloned()
-        .unwrap();
-    (b["healthy"] == true, b["enabled"] == true)
+    let b = s.backend(id).expect("the backend");
+    (b.healthy, b.enabled)
 }
 
 #[test]
@@ -79,11 +73,8 @@ fn sigkill_of_a_backend_under_load_fails_no_request() {
     assert_eq!(s.failed, 0, "failed requests: {:?}", s.failures);
     assert!(s.ok > 200, "steady load: {s:?}");
     drop(victim);
-    let st = d.status();
-    assert!(
-        st["balancer"]["retries"].as_u64().unwrap() >= 1 || st["balancer"]["connect_errors"] == 0,
-        "{st}"
-    );
+    let st = d.balancer_status();
+    assert!(st.retries >= 1 || st.connect_errors == 0, "{st:?}");
 }
 
 #[test]
@@ -197,7 +188,7 @@ fn a_post_that_reached_a_frozen_backend_is_not_replayed() {
         "the other backends saw only their own POSTs"
     );
     assert_eq!(
-        d.status()["balancer"]["retries"],
+        d.balancer_status().retries,
         0,
         "no retry of a POST that was sent"
     );
@@ -207,7 +198,7 @@ fn a_post_that_reached_a_frozen_backend_is_not_replayed() {
         assert_eq!(http::get(d.addr(), "/whoami").unwrap().status, 200);
     }
     assert!(signal(b[0].proc.pid(), Signal::SIGCONT));
-    assert!(d.status()["balancer"]["retries"].as_u64().unwrap() >= 4);
+    assert!(d.balancer_status().retries >= 4);
 }
 
 #[test]
@@ -263,15 +254,14 @@ fn the_retry_budget_stops_hammering_a_sick_fleet() {
             503
         );
     }
-    let st = d.status();
-    let retries = st["balancer"]["retries"].as_u64().unwrap();
-    let exhausted = st["balancer"]["retry_budget_exhausted"].as_u64().unwrap();
+    let st = d.balancer_status();
+    let (retries, exhausted) = (st.retries, st.retry_budget_exhausted);
     assert!(
         retries <= n / 5 + 10 + 2,
         "retries {retries} exceed the budget"
     );
     assert!(retries >= n / 5 - 10, "the budget is used: {retries}");
-    assert!(exhausted > 0, "{st}");
+    assert!(exhausted > 0, "{st:?}");
 }
 
 #[test]
@@ -289,7 +279,7 @@ fn a_put_with_a_small_body_is_replayed_on_another_backend() {
     assert_eq!(others, 12, "the other backends answered every PUT");
     // Round robin sends at least every third PUT to the frozen backend (retries move
     // the rotation on, so it can be more); each was retried once.
-    let retries = d.status()["balancer"]["retries"].as_u64().unwrap();
+    let retries = d.balancer_status().retries;
     assert!(
         (4..=12).contains(&retries),
         "{retries} retries for 12 PUTs with one of 3 backends frozen"

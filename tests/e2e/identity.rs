@@ -63,17 +63,14 @@ struct Inst {
 }
 
 fn instances(d: &Drove) -> Vec<Inst> {
-    d.status()["instances"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|i| i["service"] == "web")
+    d.status()
+        .instances_of("web")
         .map(|i| Inst {
-            id: i["id"].as_str().unwrap().to_string(),
-            port: i["port"].as_u64().unwrap_or(0),
-            pid: i["pid"].as_u64().unwrap_or(0),
-            state: i["state"].as_str().unwrap().to_string(),
-            restarts: i["restarts"].as_u64().unwrap_or(0),
+            id: i.id.clone(),
+            port: i.port.map_or(0, u64::from),
+            pid: i.pid.map_or(0, u64::from),
+            state: i.state.to_string(),
+            restarts: i.restarts.map_or(0, u64::from),
         })
         .collect()
 }
@@ -119,19 +116,16 @@ impl Watch {
                 let Ok(r) = http::get(admin, "/api/status") else {
                     continue;
                 };
-                let s: Value = serde_json::from_slice(&r.body).unwrap();
-                let ready: Vec<String> = s["instances"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .filter(|i| i["service"] == "web" && i["state"] == "ready")
-                    .map(|i| i["id"].as_str().unwrap().to_string())
+                let s: drove_api::Status = r.doc();
+                let ready: Vec<String> = s
+                    .instances_of("web")
+                    .filter(|i| i.state == drove_api::InstanceState::Ready)
+                    .map(|i| i.id.clone())
                     .collect();
-                let rotation = s["balancer"]["backends"]
-                    .as_array()
-                    .unwrap()
+                let rotation = s
+                    .backends()
                     .iter()
-                    .filter(|b| b["enabled"] == true && b["healthy"] == true)
+                    .filter(|b| b.enabled && b.healthy)
                     .count();
                 min_ready = min_ready.min(ready.len());
                 min_rotation = min_rotation.min(rotation);
@@ -161,7 +155,7 @@ fn two_rolling_restarts_under_load_keep_ids_and_base_ports_and_capacity() {
     let d = Drove::up(drove(), &config(N.into(), base, ""));
     assert!(
         d.wait_in_rotation(N.into(), Duration::from_secs(20)),
-        "{}",
+        "{:?}",
         d.status()
     );
     let mut before = assert_identity(&d, N, base);
@@ -172,15 +166,14 @@ fn two_rolling_restarts_under_load_keep_ids_and_base_ports_and_capacity() {
         let r = d.post("/api/restart", &json!({"service": "web"}));
         let (min_ready, min_rotation, polls, seen) = watch.stop();
         assert_eq!(r.status, 200, "round {round}: {}", r.text());
-        let report = r.json();
-        assert_eq!(report["surge"], format!("web.{}", N + 1), "{report}");
-        let replaced: Vec<&str> = report["replaced"]
-            .as_array()
-            .unwrap()
+        let report: drove_api::RestartAnswer = r.doc();
+        assert_eq!(report.surge, Some(format!("web.{}", N + 1)), "{report:?}");
+        let replaced: Vec<&str> = report
+            .replaced
             .iter()
-            .map(|x| x["instance"].as_str().unwrap())
+            .map(|x| x.instance.as_str())
             .collect();
-        assert_eq!(replaced, ["web.1", "web.2", "web.3"], "{report}");
+        assert_eq!(replaced, ["web.1", "web.2", "web.3"], "{report:?}");
         // Enough polls to see a dip of one readiness period (50 ms).
         assert!(polls >= 20, "round {round}: only {polls} status polls");
         assert!(
@@ -233,7 +226,7 @@ fn a_memory_replacement_and_a_reload_keep_ids_and_base_ports() {
                 && now.len() == N as usize
                 && now.iter().all(|i| i.state == "ready")
         }),
-        "{}",
+        "{:?}",
         d.status()
     );
     assert!(*min_ready.lock().unwrap() >= N as usize);

@@ -9,9 +9,11 @@ mod cli;
 mod discovery;
 mod export;
 mod failover;
+mod http2;
 mod identity;
 mod observe;
 mod panic;
+mod ports;
 mod prometheus;
 mod reload;
 mod supervisor;
@@ -34,6 +36,14 @@ pub fn output_ok(cmd: &mut std::process::Command) -> std::process::Output {
         String::from_utf8_lossy(&out.stderr)
     );
     out
+}
+
+/// Now, in unix milliseconds (the unit of `last_exit.at_ms` and `retry_at_ms`).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
 }
 
 /// A `[balancer]` over static backends, with extra balancer keys.

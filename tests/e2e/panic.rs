@@ -53,7 +53,7 @@ fn one_injected_panic_under_load_costs_that_request_only() {
     );
     assert!(
         d.wait_in_rotation(3, Duration::from_secs(20)),
-        "{}",
+        "{:?}",
         d.status()
     );
     let pids = instance_pids(&d);
@@ -134,7 +134,7 @@ fn a_panicking_worker_starts_again_on_its_socket() {
     );
     assert!(
         d.wait_in_rotation(3, Duration::from_secs(20)),
-        "{}",
+        "{:?}",
         d.status()
     );
     let pids = instance_pids(&d);
@@ -170,7 +170,7 @@ fn panics_in_supervisor_tasks_leave_the_instances_alone() {
     );
     assert!(
         d.wait_in_rotation(3, Duration::from_secs(20)),
-        "{}",
+        "{:?}",
         d.status()
     );
     assert!(
@@ -187,10 +187,10 @@ fn panics_in_supervisor_tasks_leave_the_instances_alone() {
     assert_eq!(s.per_instance.len(), 3, "{:?}", s.per_instance);
     assert_eq!(instance_pids(&d), pids);
     let st = d.status();
-    for i in st["instances"].as_array().unwrap() {
-        assert_eq!(i["restarts"], 0, "{i}");
-        assert_eq!(i["state"], "ready", "{i}");
-        assert!(i["rss_bytes"].as_u64().unwrap_or(0) > 0, "{i}");
+    for i in &st.instances {
+        assert_eq!(i.restarts, Some(0), "{i:?}");
+        assert_eq!(i.state, drove_api::InstanceState::Ready, "{i:?}");
+        assert!(i.rss_bytes.unwrap_or(0) > 0, "{i:?}");
     }
     assert_eq!(panics(&d, "supervisor"), 2.0);
 }

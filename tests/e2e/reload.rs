@@ -190,13 +190,12 @@ fn instances_seen(addr: SocketAddr, n: usize, headers: &[(&str, &str)]) -> usize
 /// Requests web.1 received over one second, asking it directly.
 fn probes_per_second(d: &Drove) -> u64 {
     let st = d.status();
-    let port = st["instances"]
-        .as_array()
-        .unwrap()
+    let port = st
+        .instances
         .iter()
-        .find(|i| i["id"] == "web.1")
-        .and_then(|i| i["port"].as_u64())
-        .unwrap() as u16;
+        .find(|i| i.id == "web.1")
+        .and_then(|i| i.port)
+        .unwrap();
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let count = || {
         http::get(addr, "/metrics")
@@ -226,18 +225,11 @@ fn statuses(addr: SocketAddr, path: &str, n: usize) -> Vec<u16> {
 
 /// (id, pid, requests) of the web instances.
 fn web_rows(d: &Drove) -> Vec<(String, u64, u64)> {
-    d.status()["instances"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|i| i["service"] == "web")
-        .map(|i| {
-            (
-                i["id"].as_str().unwrap().to_string(),
-                i["pid"].as_u64().unwrap(),
-                i["requests"].as_u64().unwrap_or(0),
-            )
-        })
+    d.status()
+        .instances
+        .into_iter()
+        .filter(|i| i.service.as_deref() == Some("web"))
+        .map(|i| (i.id, u64::from(i.pid.unwrap()), i.requests.unwrap_or(0)))
         .collect()
 }
 
@@ -251,7 +243,7 @@ fn every_group_of_keys_reloads_live_under_mixed_load() {
     let d = Drove::up(drove(), &cfg.text());
     assert!(
         d.wait_in_rotation(3, Duration::from_secs(20)),
-        "{}",
+        "{:?}",
         d.status()
     );
     let addr = d.addr();
@@ -277,7 +269,7 @@ fn every_group_of_keys_reloads_live_under_mixed_load() {
     );
     under_load(addr, || reload_ok(&d, &[], "balancer.algorithm"));
     assert_eq!(instances_seen(addr, 12, &alice), 1);
-    assert_eq!(d.status()["balancer"]["algorithm"], "hash");
+    assert_eq!(d.status().balancer.unwrap().algorithm, "hash");
     ws.check();
 
     // 2. Timeouts: a slow answer within the old response timeout, a 504 after.
@@ -361,12 +353,13 @@ fn every_group_of_keys_reloads_live_under_mixed_load() {
     std::fs::write(&d.config, cfg.text()).unwrap();
     under_load(addr, || reload_ok(&d, &[], "services.extra added"));
     let extra_pids = || -> Vec<u64> {
-        d.status()["instances"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|i| i["service"] == "extra" && i["state"] == "ready")
-            .filter_map(|i| i["pid"].as_u64())
+        d.status()
+            .instances
+            .into_iter()
+            .filter(|i| {
+                i.service.as_deref() == Some("extra") && i.state == drove_api::InstanceState::Ready
+            })
+            .filter_map(|i| i.pid.map(u64::from))
             .collect()
     };
     assert!(wait_until(Duration::from_secs(20), || extra_pids().len() == 2));
@@ -377,7 +370,7 @@ fn every_group_of_keys_reloads_live_under_mixed_load() {
     cfg.services.clear();
     std::fs::write(&d.config, cfg.text()).unwrap();
     under_load(addr, || reload_ok(&d, &[], "services.extra removed"));
-    assert!(extra_pids().is_empty(), "{}", d.status());
+    assert!(extra_pids().is_empty(), "{:?}", d.status());
     assert!(
         wait_until(Duration::from_secs(10), || pids
             .iter()
@@ -476,7 +469,7 @@ fn listeners_change_without_a_refused_connection_and_a_failed_change_is_reported
     drop(taken);
     reload_ok(&d, &[], "balancer.listen");
     let new = SocketAddr::from(([127, 0, 0, 1], port));
-    assert_eq!(d.status()["balancer"]["listen"], new.to_string());
+    assert_eq!(d.status().balancer.unwrap().listen, Some(new));
     assert_eq!(http::get(new, "/whoami").unwrap().status, 200);
     for s in slow {
         assert_eq!(
@@ -578,7 +571,7 @@ fn the_balancer_switches_between_a_service_and_backends_live() {
     );
     assert!(
         d.wait_in_rotation(2, Duration::from_secs(20)),
-        "{}",
+        "{:?}",
         d.status()
     );
     assert_eq!(

@@ -3,12 +3,13 @@
 
 use std::time::{Duration, Instant};
 
+use drove_api::InstanceState;
 use drove_test_support::load::{Load, LoadSpec};
 use drove_test_support::{alive, http, signal, wait_until, Drove};
 use nix::sys::signal::Signal;
 use serde_json::json;
 
-use crate::drove;
+use crate::{drove, now_ms};
 
 /// A web service of `n` demo instances behind the balancer, plus `extra` TOML.
 fn web_config(n: u32, extra_service: &str, extra: &str) -> String {
@@ -37,16 +38,13 @@ retries = {{ attempts = 2, per_try_timeout = "2s" }}
 }
 
 fn states(d: &Drove, service: &str) -> Vec<(String, String, u64)> {
-    d.status()["instances"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|i| i["service"] == service)
+    d.status()
+        .instances_of(service)
         .map(|i| {
             (
-                i["id"].as_str().unwrap().to_string(),
-                i["state"].as_str().unwrap().to_string(),
-                i["pid"].as_u64().unwrap_or(0),
+                i.id.clone(),
+                i.state.to_string(),
+                u64::from(i.pid.unwrap_or(0)),
             )
         })
         .collect()
@@ -64,7 +62,7 @@ fn rolling_restart_under_load_fails_no_request() {
     let d = Drove::up(drove(), &web_config(3, "", ""));
     assert!(
         d.wait_in_rotation(3, Duration::from_secs(20)),
-        "{}",
+        "{:?}",
         d.status()
     );
     let before: Vec<u64> = states(&d, "web").iter().map(|s| s.2).collect();
@@ -72,7 +70,7 @@ fn rolling_restart_under_load_fails_no_request() {
     std::thread::sleep(Duration::from_millis(500));
     let r = d.post("/api/restart", &json!({"service": "web"}));
     assert_eq!(r.status, 200, "{}", r.text());
-    assert_eq!(r.json()["replaced"].as_array().unwrap().len(), 3);
+    assert_eq!(r.doc::<drove_api::RestartAnswer>().replaced.len(), 3);
     std::thread::sleep(Duration::from_millis(500));
     let s = load.stop();
     assert_eq!(s.failed, 0, "failed: {:?}", s.failures);
@@ -98,7 +96,7 @@ fn scale_up_and_down_under_load_fails_no_request() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert!(
         d.wait_in_rotation(10, Duration::from_secs(30)),
-        "{}",
+        "{:?}",
         d.status()
     );
     // Every new instance gets traffic within a second of joining.
@@ -140,14 +138,15 @@ fn a_killed_instance_fails_no_request_and_comes_back() {
     assert!(
         wait_until(Duration::from_secs(10), || {
             let s = d.status();
-            s["instances"].as_array().unwrap().iter().any(|i| {
-                i["id"] == id.as_str()
-                    && i["state"] == "ready"
-                    && i["pid"].as_u64() != Some(pid)
-                    && i["restarts"] == 1
+            s.instance(&id).is_some_and(|i| {
+                i.state == InstanceState::Ready
+                    && i.pid.map(u64::from) != Some(pid)
+                    && i.restarts == Some(1)
+                    // The killed process's end is recorded: SIGKILL, a moment ago.
+                    && i.last_exit.as_ref().is_some_and(|e| e.signal == Some(9) && e.at_ms > 0)
             })
         }),
-        "{}",
+        "{:?}",
         d.status()
     );
     std::thread::sleep(Duration::from_millis(500));
@@ -173,32 +172,43 @@ restart = { initial_delay = "50ms", max_delay = "400ms", reset_after = "10s", cr
         wait_until(Duration::from_secs(10), || states(&d, "bad")
             .iter()
             .any(|s| s.1 == "crashloop")),
-        "{}",
+        "{:?}",
         d.status()
     );
     let st = d.status();
-    let bad1 = st["instances"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|i| i["id"] == "bad.1")
-        .unwrap()
-        .clone();
+    let bad1 = st.instance("bad.1").unwrap().clone();
     // Three quick exits (two restarts) make a crashloop; it is still retried, slowly.
-    let restarts = bad1["restarts"].as_u64().unwrap();
-    assert!(restarts >= 2, "{bad1}");
-    assert_eq!(bad1["last_exit"]["code"], 3);
+    let restarts = bad1.restarts.unwrap();
+    assert!(restarts >= 2, "{bad1:?}");
+    // Status says how it last ended and when, why it is in crashloop and when it is
+    // retried next.
+    let exit = bad1.last_exit.clone().expect("last exit");
+    assert_eq!((exit.code, exit.text.as_str()), (Some(3), "exit code 3"));
+    let now = now_ms();
+    assert!(exit.at_ms <= now && now - exit.at_ms < 10_000, "{exit:?}");
+    let why = bad1.why.clone().unwrap_or_default();
+    assert!(
+        why.contains("exited (exit code 3)")
+            && why.contains("crashloop: 3 failed runs in a row")
+            && why.contains("max_delay (0.4s)")
+            && why.contains("next try in"),
+        "{why}"
+    );
+    let retry = bad1.retry_at_ms.expect("retry time");
+    assert!(retry + 50 >= now && retry <= now + 450, "{retry} vs {now}");
+    // `drove status` prints the reason under the table.
+    let table = d.cli_ok(&["status"]);
+    assert!(
+        table.contains("LAST EXIT") && table.contains("exit 3, "),
+        "{table}"
+    );
+    assert!(
+        table.contains("bad.1 crashloop: exited (exit code 3)"),
+        "{table}"
+    );
     assert!(
         wait_until(Duration::from_secs(5), || {
-            let s = d.status();
-            let b = s["instances"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|i| i["id"] == "bad.1")
-                .cloned()
-                .unwrap();
-            b["restarts"].as_u64().unwrap() > restarts
+            d.status().instance("bad.1").unwrap().restarts.unwrap() > restarts
         }),
         "crashlooping instance is still retried"
     );
@@ -222,7 +232,7 @@ fn max_memory_triggers_a_drained_restart_without_failures() {
     assert!(
         wait_until(Duration::from_secs(15), || !alive(old_pid as u32)
             && ready_count(&d, "web") == 2),
-        "{}",
+        "{:?}",
         d.status()
     );
     std::thread::sleep(Duration::from_millis(300));
@@ -231,7 +241,7 @@ fn max_memory_triggers_a_drained_restart_without_failures() {
 }
 
 /// The pids of every process in drove's tree (children, grandchildren).
-fn tree(root: u32) -> Vec<u32> {
+pub(crate) fn tree(root: u32) -> Vec<u32> {
     let mut all = vec![root];
     let mut i = 0;
     while i < all.len() {
@@ -364,7 +374,7 @@ ready = {{ tcp = "127.0.0.1:{port}" }}
     let d = Drove::up(drove(), &web_config(3, &extra_service, ""));
     assert!(
         d.wait_in_rotation(3, Duration::from_secs(20)),
-        "{}",
+        "{:?}",
         d.status()
     );
     let mut c = drove_test_support::http::Conn::open(d.addr(), Duration::from_secs(5)).unwrap();
@@ -456,7 +466,7 @@ fn reload_applies_changed_settings_with_a_rolling_restart_and_refuses_a_bad_file
     let d = Drove::up(drove(), &web_config(2, "", ""));
     assert!(
         d.wait_in_rotation(2, Duration::from_secs(20)),
-        "{}",
+        "{:?}",
         d.status()
     );
     let before: Vec<u64> = states(&d, "web").iter().map(|s| s.2).collect();
@@ -476,7 +486,7 @@ fn reload_applies_changed_settings_with_a_rolling_restart_and_refuses_a_bad_file
     );
     assert!(
         d.wait_in_rotation(3, Duration::from_secs(20)),
-        "{}",
+        "{:?}",
         d.status()
     );
     std::thread::sleep(Duration::from_millis(300));
@@ -508,7 +518,7 @@ fn reload_applies_changed_settings_with_a_rolling_restart_and_refuses_a_bad_file
     assert!(
         wait_until(Duration::from_secs(20), || ready_count(&d, "web") == 2
             && states(&d, "web").len() == 2),
-        "{}",
+        "{:?}",
         d.status()
     );
 }

@@ -187,7 +187,7 @@ fn verify_a_running_drove_by_admin_address_with_json() {
     let d = Drove::up_file(drove(), &cfg, &["--quiet"]);
     assert!(
         d.wait_in_rotation(3, Duration::from_secs(30)),
-        "{}",
+        "{:?}",
         d.status()
     );
     let admin = d.admin.to_string();
@@ -220,7 +220,7 @@ fn verify_a_running_drove_by_admin_address_with_json() {
     // The drove it verified is still whole: three instances in rotation.
     assert!(
         d.wait_in_rotation(3, Duration::from_secs(20)),
-        "{}",
+        "{:?}",
         d.status()
     );
     d.stop();
@@ -513,4 +513,160 @@ burst = 10
     assert_eq!(code, 0, "{lines:#?}");
     let l = line(&lines, "limits");
     assert!(l.starts_with('✓') && l.contains("got 429"), "{l}");
+}
+
+/// A distribution that fails because a backend went away during the run says so (failed
+/// connects, its failed tries and ejection), instead of a bare χ² that reads as "round
+/// robin is broken".
+#[test]
+fn a_distribution_failure_from_a_backend_that_went_away_names_the_cause() {
+    let mut b: Vec<_> = (1..=3).map(|i| demo(drove(), &format!("b{i}"))).collect();
+    let cfg = write_config("verify-connect-errors", |_| {
+        crate::static_config(
+            &b.iter().map(|d| d.addr).collect::<Vec<_>>(),
+            // Passive health finds the dead backend (a refused connect ejects it for the
+            // rest of the run), not the active probe: on a starved machine a 250 ms probe
+            // could take it out while the load generator stalls, before any request
+            // failed, leaving nothing for verify to explain.
+            "health = { http = \"/health\", interval = \"20s\", rise = 1, fall = 1 }\npassive = { max_fails = 1, fail_timeout = \"30s\" }",
+        )
+    });
+    let d = Drove::up_file(drove(), &cfg, &["--quiet"]);
+    assert!(d.wait_in_rotation(3, Duration::from_secs(20)));
+    let dir = cfg.parent().unwrap().to_path_buf();
+    let admin = d.admin.to_string();
+    let runner = std::thread::spawn(move || {
+        verify(
+            &dir,
+            &["--admin", &admin, "--only", "distribution", "-d", "6s"],
+        )
+    });
+    // Well inside the 6 s run (verify starts within a fraction of a second): the third
+    // backend dies; connects to it are refused, and it is ejected.
+    std::thread::sleep(Duration::from_millis(2500));
+    let gone = b.pop().unwrap();
+    assert!(drove_test_support::signal(
+        gone.proc.pid(),
+        nix::sys::signal::Signal::SIGKILL
+    ));
+    let (code, lines) = runner.join().unwrap();
+    assert_eq!(code, 1, "{lines:#?}");
+    let l = line(&lines, "distribution");
+    assert!(l.starts_with("✗ distribution"), "{l}");
+    assert!(l.contains("round_robin: χ² p="), "{l}");
+    let id = gone.addr.to_string();
+    assert!(
+        l.contains("not the algorithm: during the run drove saw ")
+            && l.contains(" failed connects")
+            && l.contains(&format!("tries: {id} "))
+            && l.contains(&format!("out of rotation by the end: {id}")),
+        "{l}"
+    );
+    d.stop();
+}
+
+/// A freeze drill that fails names the settings that decide it, with their values.
+#[test]
+fn a_failed_freeze_drill_names_the_settings_that_decide_it() {
+    let cfg = write_config("verify-slow-eject", |dir| {
+        three_instance_config(dir)
+            .replace("sticky = { cookie = \"drove_sticky\" }\n", "")
+            .replace(
+                "health = { http = \"/health\", interval = \"250ms\", timeout = \"200ms\", rise = 2, fall = 2 }",
+                "health = { http = \"/health\", interval = \"4s\", timeout = \"1s\", rise = 1, fall = 3 }",
+            )
+            .replace("passive = { max_fails = 2, fail_timeout = \"5s\" }", "passive = { max_fails = 0 }")
+    });
+    let dir = cfg.parent().unwrap();
+    let (code, lines) = verify(
+        dir,
+        &["--start", "-c", cfg.to_str().unwrap(), "--only", "freeze"],
+    );
+    assert_eq!(code, 1, "{lines:#?}");
+    let l = line(&lines, "freeze");
+    assert!(
+        l.starts_with("✗ freeze") && l.contains("not ejected within 5.00s"),
+        "{l}"
+    );
+    assert!(
+        l.contains("decided by: ejection by [balancer] health (http /health): interval × fall = 4s × 3 = 12.00s")
+            && l.contains("passive ejection off (max_fails = 0)")
+            && l.contains("retries.per_try_timeout = 5s"),
+        "{l}"
+    );
+}
+
+/// The supervisor replaces an instance whose liveness probe fails while it is frozen:
+/// the drill reports the replacement, not "healthy again after never".
+#[test]
+fn a_frozen_instance_that_the_supervisor_replaced_is_reported_as_replaced() {
+    let cfg = write_config("verify-replaced", |dir| {
+        three_instance_config(dir)
+            .replace("sticky = { cookie = \"drove_sticky\" }\n", "")
+            .replace(
+                "ready = { http = \"/ready\", interval = \"50ms\" }",
+                "ready = { http = \"/ready\", interval = \"50ms\" }\nhealth = { http = \"/health\", interval = \"200ms\", timeout = \"100ms\", fall = 2 }",
+            )
+    });
+    let dir = cfg.parent().unwrap();
+    let (code, lines) = verify(
+        dir,
+        &[
+            "--start",
+            "-c",
+            cfg.to_str().unwrap(),
+            "--only",
+            "freeze",
+            "--json",
+        ],
+    );
+    let start = lines
+        .iter()
+        .position(|l| l.starts_with('{'))
+        .expect("JSON on stdout");
+    let v: Value = serde_json::from_str(&lines[start..].join("\n")).unwrap();
+    let f = &v["drills"][0];
+    assert_eq!(code, 0, "{f:#}");
+    let summary = f["summary"].as_str().unwrap();
+    assert!(
+        summary.contains("replaced by the supervisor (its health probe failed while frozen)")
+            && !summary.contains("never"),
+        "{summary}"
+    );
+    assert!(f["numbers"]["replaced_by"].is_string(), "{f:#}");
+    assert_eq!(f["numbers"]["healthy_again_s"], Value::Null, "{f:#}");
+}
+
+/// `drove init`'s suggested probes, uncommented as a user would (with the demo as the
+/// app), pass every drill.
+#[test]
+fn the_init_templates_suggested_probes_pass_verify() {
+    let cfg = write_config("verify-init", |_| {
+        let mut t = drove_config::INIT_TEMPLATE.replace(
+            "command = \"node server.js\"",
+            &format!("command = [\"{}\", \"demo\"]", drove().display()),
+        );
+        for key in ["ready", "health"] {
+            let commented = t
+                .lines()
+                .find(|l| l.starts_with(&format!("# {key} = {{ http")))
+                .unwrap_or_else(|| panic!("the template suggests a {key} probe"))
+                .to_string();
+            t = t.replacen(&commented, &commented[2..], 1);
+        }
+        t
+    });
+    let dir = cfg.parent().unwrap();
+    let (code, lines) = verify(dir, &["--start", "-c", cfg.to_str().unwrap()]);
+    assert_eq!(code, 0, "{lines:#?}");
+    for drill in [
+        "health",
+        "distribution",
+        "failover",
+        "freeze",
+        "restart",
+        "scale",
+    ] {
+        assert!(line(&lines, drill).starts_with('✓'), "{lines:#?}");
+    }
 }

@@ -5,7 +5,8 @@
 //! bad values (durations, sizes, addresses, ...) and fall back to defaults so that reading
 //! goes on → cross-section checks (`check.rs`: unknown services and limits, dependency
 //! cycles, port collisions) → a validated [`Config`] of plain Rust types (`Duration`,
-//! `SocketAddr`, enums; no TOML type leaks out). Every problem found on the way is kept
+//! `SocketAddr`, enums; no TOML type leaks out; compression settings are built into
+//! `drove_compress::Settings`, the type the proxy takes). Every problem found on the way is kept
 //! with its position, so [`ConfigErrors`] lists them all at once, rustc-style. Main
 //! items: [`load`], [`parse`], [`Config`], [`ConfigErrors`], [`INIT_TEMPLATE`],
 //! [`builtin_demo`].
@@ -25,6 +26,13 @@ use std::path::{Path, PathBuf};
 pub use error::{ConfigError, ConfigErrors};
 pub use model::*;
 pub use templates::{builtin_demo, builtin_demo_toml, BUILTIN_DEMO_TOML, INIT_TEMPLATE};
+
+/// Parses a duration the way drove.toml does (`"250ms"`, `"2s"`, `"1m30s"`; a bare
+/// number is an error that suggests a unit), so command-line flags read durations
+/// exactly like the config file.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    units::duration(s)
+}
 
 /// Reads and validates the config file at `path`. Relative paths in it (`cwd`, log
 /// directories, ...) are resolved against the file's directory; `Config::path` is the

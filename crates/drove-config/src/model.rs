@@ -263,6 +263,10 @@ pub struct BalancerConfig {
     pub trusted_proxies: Vec<Cidr>,
     /// Protocols a client may switch to with `Upgrade` (lowercase); others are stripped.
     pub upgrades: Vec<String>,
+    /// Speak HTTP/2 with clients (ALPN `h2` with TLS, prior knowledge without).
+    pub http2: bool,
+    /// Concurrent streams per HTTP/2 connection.
+    pub http2_max_streams: u32,
     /// Request id header propagated or generated; `None` = off.
     pub request_id: Option<String>,
     /// Access log format.
@@ -281,6 +285,8 @@ pub struct BalancerConfig {
     pub resolver: ResolverConfig,
     /// TLS for client connections; `None` = plain HTTP.
     pub tls: Option<TlsConfig>,
+    /// Response compression where no route says otherwise; `None` = off (the default).
+    pub compress: Option<drove_compress::Settings>,
 }
 
 /// `tls = { cert = "...", key = "..." }`: PEM files, absolute.
@@ -463,13 +469,25 @@ pub enum LogTarget {
     File(PathBuf),
 }
 
-/// One `[[balancer.routes]]` entry.
+/// One `[[balancer.routes]]` entry: a path prefix with a rate limit, its own
+/// compression settings, or both.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RouteConfig {
     /// Path prefix, starting with `/`.
     pub path: String,
-    /// Name of a `[limits.NAME]` (exists).
+    /// Name of a `[limits.NAME]` (exists), or `""` when the route sets no limit (then
+    /// no limit has that name, so a lookup in `Config::limits` finds none).
     pub limit: String,
+    /// Response compression on this route: its own `compress` over the balancer's, or
+    /// the balancer's when it has none; `None` = off.
+    pub compress: Option<drove_compress::Settings>,
+}
+
+impl RouteConfig {
+    /// The rate limit's name, if the route has one.
+    pub fn limit_name(&self) -> Option<&str> {
+        (!self.limit.is_empty()).then_some(self.limit.as_str())
+    }
 }
 
 /// One `[limits.NAME]` section.

@@ -29,9 +29,13 @@ port = "auto"
 # Default: a TCP connect to the instance port (none when port = "none").
 # ready = { http = "/ready", interval = "500ms", timeout = "1s", start_timeout = "60s" }
 #
-# Health probe while running (default: none); an instance failing `fall` times in a
-# row leaves rotation until it passes `rise` times. expect_status: default any 2xx/3xx.
-# health = { http = "/health", interval = "2s", timeout = "1s", rise = 2, fall = 3 }
+# Liveness probe while running (default: none): an instance failing `fall` times in a
+# row is replaced (a new one started and ready first, then the failing one drained and
+# stopped). It is also the balancer's health check unless [balancer] sets its own, so
+# interval x fall is how long a hung instance keeps getting traffic: these values take
+# it out within ~3s (what `drove verify`'s freeze drill expects, < 5s).
+# expect_status: default any 2xx/3xx.
+# health = { http = "/health", interval = "1s", timeout = "500ms", fall = 3 }
 #
 # stop = { signal = "TERM", grace = "30s" }  # then SIGKILL
 # restart = { policy = "always", initial_delay = "100ms", max_delay = "30s", reset_after = "30s", crashloop_after = 5 }
@@ -67,7 +71,8 @@ algorithm = "round_robin"
 # an instance are always retried; others only if idempotent, within the budget.
 # retries = { attempts = 2, budget = "20%", per_try_timeout = "2s", on_5xx = false }
 # passive = { max_fails = 3, fail_timeout = "10s", on_5xx = false }   # max_fails 0 = off
-# Active checks of backends; default: the service's `health` probe.
+# Active checks of backends: a failing one leaves rotation until it passes `rise` times
+# (it keeps running). Default: the service's `health` probe.
 # health = { http = "/health", interval = "1s", timeout = "500ms", rise = 2, fall = 2 }
 # max_ejected = "50%"                        # never eject more than this share at once
 # timeouts = { connect = "1s", header = "10s", response = "60s", idle = "60s", shutdown_grace = "30s" }
@@ -80,11 +85,21 @@ algorithm = "round_robin"
 # max_header_size = "16KiB"                  # larger: 431
 # max_body_size = "0"                        # 0 = unlimited; larger: 413
 # tls = { cert = "cert.pem", key = "key.pem" }   # HTTPS on `listen` (PEM files)
+#
+# Compress responses for clients that accept it (Accept-Encoding q-values first, then
+# the order of `algorithms`). Absent or false = off; true = all the defaults shown here.
+# Compressed: `types` (default: text/*, JSON, JavaScript, XML, SVG, wasm, fonts, icons),
+# with a length of at least min_size or unknown (streamed); never HEAD, 204/206/304,
+# already-encoded or `Cache-Control: no-transform` responses. Levels: gzip 1-9 (2 gives
+# what nginx's gzip_comp_level 1 does), br 0-11, zstd 1-19.
+compress = { algorithms = ["zstd", "br", "gzip"], min_size = "1KiB", level = { gzip = 2, br = 3, zstd = 3 } }
+#   inside compress = { ... }: types = ["text/*", "application/json", "application/*+json", "image/svg+xml"]
 
-# Rate-limit a path prefix with a named limit:
+# A path prefix with its own rate limit (a [limits.NAME]), compression, or both:
 # [[balancer.routes]]
 # path = "/auth/"
 # limit = "strict"
+# compress = false                           # true, false or a table like [balancer]'s, over it
 
 # ---------------------------------------------------------------------------
 # Rate limits, referenced by routes.
@@ -112,7 +127,8 @@ command = ["{drove}", "demo"]
 instances = 3
 port = "auto"
 ready = { http = "/ready", interval = "100ms" }
-# Liveness: an instance that fails 3 probes 2s apart is restarted (drained first).
+# Liveness: an instance that fails 3 probes 2s apart is replaced (a new one ready first,
+# then the failing one drained and stopped).
 health = { http = "/health", interval = "2s", timeout = "1s", rise = 1, fall = 3 }
 stop = { signal = "TERM", grace = "10s" }
 
@@ -128,6 +144,8 @@ passive = { max_fails = 2, fail_timeout = "5s" }
 # A request stuck on a frozen instance is retried elsewhere after 5s (GET and other
 # idempotent requests only; a POST that reached an instance is never replayed).
 retries = { attempts = 2, per_try_timeout = "5s" }
+# Text responses compressed for clients that accept zstd, br or gzip (the defaults).
+compress = true
 
 [admin]
 listen = "127.0.0.1:9900"

@@ -87,6 +87,7 @@ pub(crate) fn serve<S: ClientIo + 'static>(
     let open = OpenConnection::new(&w);
     async move {
         let _open = open;
+        let mut first = true;
         // A new connection's first request has usually arrived with it (clients write right
         // after connecting): read it now, before any timer, shutdown watch or epoll
         // registration is set up for waiting.
@@ -137,6 +138,15 @@ pub(crate) fn serve<S: ClientIo + 'static>(
             // whatever a reload does meanwhile.
             let live = w.snapshot();
             let settings = &live.settings;
+            // HTTP/2: chosen during the TLS handshake, or prior knowledge (the preface) on
+            // a plain connection — only ever as a connection's first bytes.
+            if settings.http2
+                && first
+                && (client.sock.alpn_h2() || starts_h2(&mut client, settings).await)
+            {
+                return Box::pin(crate::http2::serve(w.clone(), client, stop)).await;
+            }
+            first = false;
             // The head must be complete within the header timeout (slowloris).
             let started = Instant::now();
             let deadline = started + settings.header_timeout;
@@ -197,6 +207,25 @@ pub(crate) fn serve<S: ClientIo + 'static>(
                     .recycle_input(std::mem::replace(&mut client.buf, Buf::with_capacity(0)));
                 return;
             }
+        }
+    }
+}
+
+/// Whether a connection starts with the HTTP/2 preface (reading until its first bytes
+/// tell, within the header timeout).
+async fn starts_h2<S: ClientIo>(client: &mut Client<S>, settings: &crate::ProxySettings) -> bool {
+    let deadline = Instant::now() + settings.header_timeout;
+    loop {
+        let pending = client.pending();
+        if !crate::http2::starts_like_preface(pending) {
+            return false;
+        }
+        if pending.len() >= crate::http2::PREFACE.len() {
+            return true;
+        }
+        match tokio::time::timeout_at(deadline, client.fill()).await {
+            Ok(Ok(n)) if n > 0 => {}
+            _ => return false,
         }
     }
 }

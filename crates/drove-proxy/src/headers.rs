@@ -10,7 +10,15 @@ use crate::h1::RequestHead;
 
 /// The cookie `name`'s value in the request's Cookie headers (quotes removed).
 pub(crate) fn cookie<'b>(buf: &'b [u8], head: &'b RequestHead, name: &[u8]) -> Option<&'b [u8]> {
-    for value in head.headers_named(buf, b"cookie") {
+    cookie_in(head.headers_named(buf, b"cookie"), name)
+}
+
+/// The cookie `name`'s value in these Cookie header values (HTTP/2 may split them).
+pub(crate) fn cookie_in<'b>(
+    values: impl Iterator<Item = &'b [u8]>,
+    name: &[u8],
+) -> Option<&'b [u8]> {
+    for value in values {
         for pair in value.split(|&b| b == b';') {
             let pair = pair.trim_ascii_start();
             if let Some(v) = pair.strip_prefix(name).and_then(|r| r.strip_prefix(b"=")) {
@@ -37,6 +45,16 @@ pub(crate) fn client_ip(buf: &[u8], head: &RequestHead, peer: IpAddr, trusted: &
         .rev()
         .filter(|((s, e), _)| crate::h1::eq(&buf[*s..*e], b"x-forwarded-for"))
         .map(|(_, (s, e))| &buf[*s..*e]);
+    client_ip_in(values, peer, trusted)
+}
+
+/// [`client_ip`] over X-Forwarded-For values, last header first.
+pub(crate) fn client_ip_in<'b>(
+    values_last_first: impl Iterator<Item = &'b [u8]>,
+    peer: IpAddr,
+    trusted: &[Cidr],
+) -> IpAddr {
+    let values = values_last_first;
     let mut ip = peer;
     for hop in values.flat_map(|v| v.rsplit(|&b| b == b',')) {
         match std::str::from_utf8(hop.trim_ascii())

@@ -20,6 +20,7 @@ pub mod error;
 mod h1;
 mod headers;
 mod hooks;
+mod http2;
 mod log;
 mod request;
 mod settings;
@@ -31,7 +32,9 @@ mod worker;
 
 pub use error::{ProxyError, Side};
 pub use headers::Cidr;
-pub use settings::{AccessLogFormat, HashKey, LimitKey, ProxySettings, RouteLimit, StickyCookie};
+pub use settings::{
+    AccessLogFormat, CompressRoute, HashKey, LimitKey, ProxySettings, RouteLimit, StickyCookie,
+};
 pub use stats::{PanicSite, ProxyStats};
 
 use std::net::SocketAddr;
@@ -314,6 +317,10 @@ pub(crate) fn test_settings() -> ProxySettings {
         max_header_size: 16 * 1024,
         max_body_size: 0,
         upgrades: vec!["websocket".into()],
+        http2: true,
+        http2_max_streams: 128,
+        compress: None,
+        compress_routes: Vec::new(),
         sticky: None,
         hash_key: None,
         routes: Vec::new(),

@@ -56,6 +56,15 @@ pub enum LimitKey {
     Cookie(String),
 }
 
+/// Compression of responses to requests whose path starts with `prefix`.
+#[derive(Debug, Clone)]
+pub struct CompressRoute {
+    /// Path prefix.
+    pub prefix: String,
+    /// The settings there; `None`: not compressed.
+    pub settings: Option<Arc<drove_compress::Settings>>,
+}
+
 /// A rate limit applied to requests whose path starts with `prefix`.
 #[derive(Debug, Clone)]
 pub struct RouteLimit {
@@ -112,6 +121,16 @@ pub struct ProxySettings {
     /// any other upgrade (`h2c` above all) is stripped and the request forwarded as a
     /// plain one.
     pub upgrades: Vec<String>,
+    /// Speak HTTP/2 with clients: ALPN `h2` on a TLS listener, prior knowledge (h2c) on
+    /// a plain one.
+    pub http2: bool,
+    /// Streams one HTTP/2 connection may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS).
+    pub http2_max_streams: u32,
+    /// Response compression where no route says otherwise (`None`: off).
+    pub compress: Option<Arc<drove_compress::Settings>>,
+    /// Response compression per route prefix, longest prefix first (the first match
+    /// applies; `None`: off on that route).
+    pub compress_routes: Vec<CompressRoute>,
     /// Cookie stickiness.
     pub sticky: Option<StickyCookie>,
     /// Key for the `hash` algorithm.

@@ -198,6 +198,43 @@ impl Sock {
         (&self.stream).write(data)
     }
 
+    /// Poll-based read for protocol engines that drive the socket themselves (HTTP/2):
+    /// registers on first use; `Pending` registers the waker.
+    pub(crate) fn poll_recv(
+        &self,
+        cx: &mut std::task::Context<'_>,
+        out: &mut [u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        let reg = self.registration()?;
+        loop {
+            let mut guard = std::task::ready!(reg.poll_read_ready(cx))?;
+            match guard.try_io(|_| (&self.stream).read(out)) {
+                Ok(r) => return std::task::Poll::Ready(r),
+                Err(_would_block) => continue,
+            }
+        }
+    }
+
+    /// Poll-based write, the counterpart of [`Sock::poll_recv`].
+    pub(crate) fn poll_send(
+        &self,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        match (&self.stream).write(data) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            r => return std::task::Poll::Ready(r),
+        }
+        let reg = self.registration()?;
+        loop {
+            let mut guard = std::task::ready!(reg.poll_write_ready(cx))?;
+            match guard.try_io(|_| (&self.stream).write(data)) {
+                Ok(r) => return std::task::Poll::Ready(r),
+                Err(_would_block) => continue,
+            }
+        }
+    }
+
     /// Waits until the socket is readable (nothing is read).
     pub(crate) async fn wait_readable(&self) -> io::Result<()> {
         if self.reg.get().is_none() && !self.drained.get() {
@@ -233,6 +270,11 @@ pub(crate) trait ClientIo {
     fn shutdown_write(&self);
     /// Whether the client speaks TLS (`X-Forwarded-Proto: https`).
     fn is_tls(&self) -> bool;
+    /// The client chose HTTP/2 during the TLS handshake (ALPN `h2`).
+    fn alpn_h2(&self) -> bool;
+    /// The connection as a byte stream for the HTTP/2 engine; `read` are plaintext bytes
+    /// already received (they are served first).
+    fn into_h2_io(self, read: Buf) -> crate::http2::H2Io;
 }
 
 impl ClientIo for Sock {
@@ -259,6 +301,12 @@ impl ClientIo for Sock {
     }
     fn is_tls(&self) -> bool {
         false
+    }
+    fn alpn_h2(&self) -> bool {
+        false
+    }
+    fn into_h2_io(self, read: Buf) -> crate::http2::H2Io {
+        crate::http2::H2Io::new(self, None, read)
     }
 }
 

@@ -1,6 +1,7 @@
 //! TLS termination for client connections (`[balancer] tls = { cert, key }`): rustls over
 //! a [`Sock`], behind the same [`ClientIo`] interface as a plain socket, so the rest of
-//! the data path does not know which it serves. HTTP/1.1 only (ALPN `http/1.1`).
+//! the data path does not know which it serves. ALPN offers `h2` (then the connection
+//! goes to the HTTP/2 engine, `h2.rs`) and `http/1.1`.
 //!
 //! rustls is driven by hand (no tokio-rustls): ciphertext is read from the socket into a
 //! scratch buffer, fed to the session, and the session's output (handshake messages,
@@ -24,8 +25,9 @@ use crate::sock::{Buf, ClientIo, Sock};
 /// Ciphertext read at once: one TLS record at most.
 const RAW_READ: usize = 16 * 1024 + 512;
 
-/// Loads a certificate chain and its private key (PEM) into a server config.
-pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, String> {
+/// Loads a certificate chain and its private key (PEM) into a server config; `http2`
+/// offers ALPN `h2` (preferred) besides `http/1.1`.
+pub fn server_config(cert: &Path, key: &Path, http2: bool) -> Result<Arc<ServerConfig>, String> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
         .map_err(|e| format!("{}: {e}", cert.display()))?
         .collect::<Result<_, _>>()
@@ -49,7 +51,12 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, Strin
         .with_no_client_auth()
         .with_single_cert(certs, key)
         .map_err(|e| format!("certificate and key: {e}"))?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // HTTP/2 preferred when the client offers it (browsers do), else HTTP/1.1.
+    config.alpn_protocols = if http2 {
+        vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+    } else {
+        vec![b"http/1.1".to_vec()]
+    };
     config.ignore_client_order = true;
     // Session tickets (rotating keys, as nginx's default): returning clients resume
     // without a full handshake, whichever worker they reach.
@@ -202,5 +209,13 @@ impl ClientIo for TlsSock {
 
     fn is_tls(&self) -> bool {
         true
+    }
+
+    fn alpn_h2(&self) -> bool {
+        self.tls.borrow().alpn_protocol() == Some(b"h2")
+    }
+
+    fn into_h2_io(self, read: Buf) -> crate::http2::H2Io {
+        crate::http2::H2Io::new(self.sock, Some(self.tls.into_inner()), read)
     }
 }

@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod sd;
 
 use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::extract::{Query, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -19,8 +20,10 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use drove_supervisor::InstanceId;
-use serde_json::{json, Value};
+use drove_api as api;
+use drove_supervisor::{InstanceId, InstanceState, InstanceStatus};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
 use tokio::sync::watch;
 
 use crate::Running;
@@ -58,7 +61,7 @@ struct ApiError(StatusCode, String);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.0, Json(json!({ "error": self.1 }))).into_response()
+        (self.0, Json(api::ApiError { error: self.1 })).into_response()
     }
 }
 
@@ -132,7 +135,14 @@ pub fn router(state: AdminState) -> Router {
         .route("/api/reload", post(reload))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
-        .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
+        .route(
+            "/health",
+            get(|| async {
+                Json(api::Health {
+                    status: "ok".into(),
+                })
+            }),
+        )
         .route("/", get(dashboard_page))
         .merge(api)
         .fallback(|| async {
@@ -167,9 +177,105 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// Unix milliseconds of a wall-clock time.
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn api_state(s: InstanceState) -> api::InstanceState {
+    match s {
+        InstanceState::Starting => api::InstanceState::Starting,
+        InstanceState::Ready => api::InstanceState::Ready,
+        InstanceState::Draining => api::InstanceState::Draining,
+        InstanceState::Drained => api::InstanceState::Drained,
+        InstanceState::Stopping => api::InstanceState::Stopping,
+        InstanceState::Stopped => api::InstanceState::Stopped,
+        InstanceState::Backoff => api::InstanceState::Backoff,
+        InstanceState::Crashloop => api::InstanceState::Crashloop,
+        InstanceState::Exited => api::InstanceState::Exited,
+    }
+}
+
+/// A supervised instance as a status row (balancer and traffic columns filled later).
+fn instance_row(s: &InstanceStatus) -> api::InstanceRow {
+    let mut row = api::InstanceRow::new(
+        s.id.to_string(),
+        Some(s.id.service.clone()),
+        api_state(s.state),
+    );
+    row.pid = s.pid;
+    row.port = s.port;
+    row.restarts = Some(s.restarts);
+    row.rss_bytes = s.rss_bytes;
+    row.cpu_seconds = s.cpu_seconds;
+    row.uptime = s.uptime.map(|d| d.as_secs_f64());
+    row.last_exit = s.last_exit.map(|e| api::LastExit {
+        code: e.code,
+        signal: e.signal,
+        text: e.to_string(),
+        at_ms: s.last_exit_at.map(unix_ms).unwrap_or(0),
+    });
+    row.backoff = s.backoff.map(|d| d.as_secs_f64());
+    row.retry_at_ms = s.retry_at.map(unix_ms);
+    row.why = s.why.clone().map(|why| match s.retry_at {
+        Some(at) => {
+            let left = at
+                .duration_since(SystemTime::now())
+                .unwrap_or_default()
+                .as_secs_f64();
+            format!("{why}; next try in {left:.1}s")
+        }
+        None => why,
+    });
+    row.last_probe_error = s.last_probe_error.clone();
+    row
+}
+
+fn backend_row(b: &drove_balancer::Backend) -> api::BackendRow {
+    api::BackendRow {
+        id: b.id().to_string(),
+        addr: b.addr(),
+        enabled: b.is_enabled(),
+        healthy: b.is_healthy_now(),
+        probe_up: b.probe_up(),
+        in_flight: b.in_flight(),
+        requests: b.requests(),
+        failures: b.failures(),
+        ejections: b.ejections(),
+        weight: b.weight(),
+        backup: b.is_backup(),
+    }
+}
+
+/// The settings of `[balancer]` that decide how fast a failing backend leaves rotation.
+fn balancer_settings(b: &drove_config::BalancerConfig) -> api::BalancerSettings {
+    api::BalancerSettings {
+        health: b.health.as_ref().map(|p| api::ProbeSettings {
+            check: match &p.kind {
+                drove_config::ProbeKind::Http { path } => format!("http {path}"),
+                drove_config::ProbeKind::Tcp { .. } => "tcp".into(),
+                drove_config::ProbeKind::Command { cmd } => format!("command {cmd}"),
+            },
+            interval_s: p.interval.as_secs_f64(),
+            timeout_s: p.timeout.as_secs_f64(),
+            rise: p.rise,
+            fall: p.fall,
+        }),
+        retry_attempts: b.retries.attempts,
+        per_try_timeout_s: b.retries.per_try_timeout.map(|d| d.as_secs_f64()),
+        response_timeout_s: b.timeouts.response.as_secs_f64(),
+        connect_timeout_s: b.timeouts.connect.as_secs_f64(),
+        passive_max_fails: b.passive.max_fails,
+        passive_fail_timeout_s: b.passive.fail_timeout.as_secs_f64(),
+        max_ejected: b.max_ejected,
+    }
+}
+
 /// The full status document (also used by `drove status`): instances also get `rps`,
 /// `p50_ms`, `p99_ms` (over the history's last window) and `share` (of the last minute).
-pub async fn status_json(state: &AdminState) -> Value {
+pub async fn status_doc(state: &AdminState) -> api::Status {
     let r = &*state.running;
     let rates = state.history.current();
     let share = state.history.share();
@@ -179,114 +285,93 @@ pub async fn status_json(state: &AdminState) -> Value {
         .as_ref()
         .map(|b| b.snapshot())
         .unwrap_or_default();
-    let now_backend = |id: &str| backends.iter().find(|b| b.id() == id).cloned();
-    let mut rows: Vec<Value> = instances
+    let traffic = |row: &mut api::InstanceRow| {
+        let rate = rates.get(&row.id);
+        row.rps = rate.map(|r| round2(r.rps));
+        row.p50_ms = rate.and_then(|r| r.p50_ms).map(round2);
+        row.p99_ms = rate.and_then(|r| r.p99_ms).map(round2);
+        row.share = share.get(&row.id).map(|s| round2(*s * 100.0) / 100.0);
+    };
+    let mut rows: Vec<api::InstanceRow> = instances
         .iter()
         .map(|s| {
-            let id = s.id.to_string();
-            let b = now_backend(&id);
-            let mut v = serde_json::to_value(s).unwrap_or(Value::Null);
-            if let Value::Object(m) = &mut v {
-                m.insert("service".into(), json!(s.id.service));
-                m.insert(
-                    "in_rotation".into(),
-                    json!(b.as_ref().map(|b| b.is_enabled())),
-                );
-                m.insert(
-                    "healthy".into(),
-                    json!(b.as_ref().map(|b| b.probe_up() && b.is_healthy_now())),
-                );
-                m.insert("in_flight".into(), json!(b.as_ref().map(|b| b.in_flight())));
-                m.insert("requests".into(), json!(b.as_ref().map(|b| b.requests())));
-                m.insert("failures".into(), json!(b.as_ref().map(|b| b.failures())));
+            let mut row = instance_row(s);
+            if let Some(b) = backends.iter().find(|b| b.id() == row.id) {
+                row.in_rotation = Some(b.is_enabled());
+                row.healthy = Some(b.probe_up() && b.is_healthy_now());
+                row.in_flight = Some(b.in_flight());
+                row.requests = Some(b.requests());
+                row.failures = Some(b.failures());
             }
-            v
+            traffic(&mut row);
+            row
         })
         .collect();
-    for row in &mut rows {
-        let Value::Object(m) = row else { continue };
-        let id = m
-            .get("id")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string();
-        let rate = rates.get(&id);
-        m.insert("rps".into(), json!(rate.map(|r| round2(r.rps))));
-        m.insert(
-            "p50_ms".into(),
-            json!(rate.and_then(|r| r.p50_ms).map(round2)),
-        );
-        m.insert(
-            "p99_ms".into(),
-            json!(rate.and_then(|r| r.p99_ms).map(round2)),
-        );
-        m.insert(
-            "share".into(),
-            json!(share.get(&id).map(|s| round2(*s * 100.0) / 100.0)),
-        );
-    }
     // Static backends are not supervised: list them too.
     if r.balanced_service().is_none() {
         for b in &backends {
-            let rate = rates.get(b.id());
-            rows.push(json!({
-                "id": b.id(), "service": null, "addr": b.addr().to_string(), "state": "remote",
-                "in_rotation": b.is_enabled(), "healthy": b.is_healthy_now(),
-                "in_flight": b.in_flight(), "requests": b.requests(), "failures": b.failures(),
-                "weight": b.weight(), "backup": b.is_backup(),
-                "rps": rate.map(|r| round2(r.rps)),
-                "p50_ms": rate.and_then(|r| r.p50_ms).map(round2),
-                "p99_ms": rate.and_then(|r| r.p99_ms).map(round2),
-                "share": share.get(b.id()).map(|s| round2(*s * 100.0) / 100.0),
-            }));
+            let mut row = api::InstanceRow::new(b.id(), None, api::InstanceState::Remote);
+            row.addr = Some(b.addr());
+            row.in_rotation = Some(b.is_enabled());
+            row.healthy = Some(b.is_healthy_now());
+            row.in_flight = Some(b.in_flight());
+            row.requests = Some(b.requests());
+            row.failures = Some(b.failures());
+            row.weight = Some(b.weight());
+            row.backup = Some(b.is_backup());
+            traffic(&mut row);
+            rows.push(row);
         }
     }
-    let balancer = r.proxy.as_ref().map(|p| {
+    let config = r.config.load();
+    let conf = config.balancer.as_ref();
+    let balancer = r.proxy.as_ref().zip(conf).map(|(p, conf)| {
         let s = p.stats();
         let l = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
         let totals = state.history.current_totals();
-        json!({
-            "listen": r.listen().map(|a| a.to_string()),
-            "tls": r.config.load().balancer.as_ref().is_some_and(|b| b.tls.is_some()),
-            "rps": totals.map(|t| round2(t.0)),
-            "errors_per_s": totals.map(|t| round2(t.1)),
-            "algorithm": p.balancer().settings().algorithm.as_str(),
-            "service": r.balanced_service(),
-            "requests": l(&s.requests),
-            "responses": {
-                "1xx": l(&s.responses[0]), "2xx": l(&s.responses[1]), "3xx": l(&s.responses[2]),
-                "4xx": l(&s.responses[3]), "5xx": l(&s.responses[4]),
+        api::BalancerStatus {
+            listen: r.listen(),
+            tls: conf.tls.is_some(),
+            rps: totals.map(|t| round2(t.0)),
+            errors_per_s: totals.map(|t| round2(t.1)),
+            algorithm: p.balancer().settings().algorithm.as_str().to_string(),
+            service: r.balanced_service(),
+            requests: l(&s.requests),
+            responses: api::Responses {
+                c1xx: l(&s.responses[0]),
+                c2xx: l(&s.responses[1]),
+                c3xx: l(&s.responses[2]),
+                c4xx: l(&s.responses[3]),
+                c5xx: l(&s.responses[4]),
             },
-            "retries": l(&s.retries),
-            "retry_budget_exhausted": l(&s.retry_budget_exhausted),
-            "connect_errors": l(&s.connect_errors),
-            "timeouts": l(&s.timeouts),
-            "no_backend": l(&s.no_backend),
-            "rejected": l(&s.rejected),
-            "rate_limited": l(&s.rate_limited),
-            "active_connections": s.active_connections.load(std::sync::atomic::Ordering::Relaxed),
-            "active_tunnels": s.active_tunnels.load(std::sync::atomic::Ordering::Relaxed),
-            "backends": backends.iter().map(|b| json!({
-                "id": b.id(), "addr": b.addr().to_string(), "enabled": b.is_enabled(),
-                "healthy": b.is_healthy_now(), "probe_up": b.probe_up(), "in_flight": b.in_flight(),
-                "requests": b.requests(), "failures": b.failures(), "ejections": b.ejections(),
-                "weight": b.weight(), "backup": b.is_backup(),
-            })).collect::<Vec<_>>(),
-        })
+            retries: l(&s.retries),
+            retry_budget_exhausted: l(&s.retry_budget_exhausted),
+            connect_errors: l(&s.connect_errors),
+            timeouts: l(&s.timeouts),
+            no_backend: l(&s.no_backend),
+            rejected: l(&s.rejected),
+            rate_limited: l(&s.rate_limited),
+            active_connections: s
+                .active_connections
+                .load(std::sync::atomic::Ordering::Relaxed),
+            active_tunnels: s.active_tunnels.load(std::sync::atomic::Ordering::Relaxed),
+            settings: balancer_settings(conf),
+            backends: backends.iter().map(|b| backend_row(b)).collect(),
+        }
     });
-    json!({
-        "version": env!("CARGO_PKG_VERSION"),
-        "pid": std::process::id(),
-        "uptime_s": r.started.elapsed().as_secs_f64(),
-        "admin": r.admin().to_string(),
-        "balancer": balancer,
-        "services": r.supervisor.services(),
-        "instances": rows,
-    })
+    api::Status {
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        pid: std::process::id(),
+        uptime_s: r.started.elapsed().as_secs_f64(),
+        admin: r.admin(),
+        balancer,
+        services: r.supervisor.services(),
+        instances: rows,
+    }
 }
 
-async fn status(State(s): State<Shared>) -> Json<Value> {
-    Json(status_json(&s).await)
+async fn status(State(s): State<Shared>) -> Json<api::Status> {
+    Json(status_doc(&s).await)
 }
 
 fn round2(v: f64) -> f64 {
@@ -312,12 +397,15 @@ struct DashboardQuery {
 
 /// The dashboard's one poll: the status document plus `max_memory` per service and the
 /// chart series of the last `points` seconds.
-async fn dashboard_json(State(s): State<Shared>, Query(q): Query<DashboardQuery>) -> Json<Value> {
-    let mut v = status_json(&s).await;
-    // The config in force, with the instance count the supervisor holds now (a
-    // `drove scale` changes it without a config edit).
+async fn dashboard_json(
+    State(s): State<Shared>,
+    Query(q): Query<DashboardQuery>,
+) -> Json<api::Dashboard> {
+    let status = status_doc(&s).await;
+    // The config in force (what a reload applied), with the instance count the
+    // supervisor holds now (a `drove scale` changes it without a config edit).
     let config = s.running.config.load();
-    let limits: serde_json::Map<String, Value> = config
+    let service_config = config
         .services
         .iter()
         .map(|c| {
@@ -328,16 +416,21 @@ async fn dashboard_json(State(s): State<Shared>, Query(q): Query<DashboardQuery>
                 .unwrap_or(c.instances);
             (
                 c.name.clone(),
-                json!({"instances": instances, "max_memory": c.max_memory}),
+                api::ServiceConfigRow {
+                    instances,
+                    max_memory: c.max_memory,
+                },
             )
         })
         .collect();
-    v["service_config"] = Value::Object(limits);
-    v["token_required"] = json!(s.running.config.load().admin.token.is_some());
-    v["history"] = s
-        .history
-        .series(q.points.unwrap_or(history::KEEP).min(history::KEEP));
-    Json(v)
+    Json(api::Dashboard {
+        status,
+        service_config,
+        token_required: config.admin.token.is_some(),
+        history: s
+            .history
+            .series(q.points.unwrap_or(history::KEEP).min(history::KEEP)),
+    })
 }
 
 async fn metrics_text(State(s): State<Shared>, headers: HeaderMap) -> Response {
@@ -352,62 +445,88 @@ async fn metrics_text(State(s): State<Shared>, headers: HeaderMap) -> Response {
     ([(header::CONTENT_TYPE, ct)], body).into_response()
 }
 
-fn field<'a>(body: &'a Value, name: &str) -> Result<&'a Value, ApiError> {
-    body.get(name)
-        .ok_or_else(|| bad(format!("missing field `{name}`")))
+/// A JSON body as the request type; a missing or mistyped field is a 400 naming it.
+fn body<T: DeserializeOwned>(v: Value) -> Result<T, ApiError> {
+    serde_json::from_value(v).map_err(|e| bad(e.to_string()))
 }
 
-async fn scale(State(s): State<Shared>, Json(body): Json<Value>) -> Result<Json<Value>, ApiError> {
-    let r = &s.running;
-    let service = field(&body, "service")?
-        .as_str()
-        .ok_or_else(|| bad("`service` must be a string"))?;
-    let n = field(&body, "instances")?
-        .as_u64()
-        .filter(|&n| n <= 1000)
-        .ok_or_else(|| bad("`instances` must be a number 0..=1000"))?;
-    r.supervisor
-        .scale(service, n as u32)
+fn refused(e: impl ToString) -> ApiError {
+    ApiError(StatusCode::UNPROCESSABLE_ENTITY, e.to_string())
+}
+
+async fn scale(
+    State(s): State<Shared>,
+    Json(v): Json<Value>,
+) -> Result<Json<api::ScaleAnswer>, ApiError> {
+    let req: api::ScaleRequest = body(v)?;
+    if req.instances > 1000 {
+        return Err(bad("`instances` must be a number 0..=1000"));
+    }
+    s.running
+        .supervisor
+        .scale(&req.service, req.instances)
         .await
-        .map_err(|e| ApiError(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
-    Ok(Json(json!({ "service": service, "instances": n })))
+        .map_err(refused)?;
+    Ok(Json(req))
 }
 
 async fn restart(
     State(s): State<Shared>,
-    Json(body): Json<Value>,
-) -> Result<Json<Value>, ApiError> {
+    Json(v): Json<Value>,
+) -> Result<Json<api::RestartAnswer>, ApiError> {
     let r = &s.running;
     // `{"service": "web"}` restarts every instance; `{"instance": "web.2"}` one.
-    let report = if let Some(instance) = body.get("instance") {
-        let id: InstanceId = instance
-            .as_str()
-            .ok_or_else(|| bad("`instance` must be a string"))?
-            .parse()
-            .map_err(bad)?;
-        r.supervisor.restart_instance(&id).await
-    } else {
-        let service = field(&body, "service")?
-            .as_str()
-            .ok_or_else(|| bad("`service` must be a string"))?;
-        r.supervisor.restart(service).await
+    let report = match body::<api::RestartRequest>(v)? {
+        api::RestartRequest {
+            instance: Some(instance),
+            ..
+        } => {
+            let id: InstanceId = instance.parse().map_err(bad)?;
+            r.supervisor.restart_instance(&id).await
+        }
+        api::RestartRequest {
+            service: Some(service),
+            ..
+        } => r.supervisor.restart(&service).await,
+        _ => return Err(bad("missing field `service` (or `instance`)")),
     }
-    .map_err(|e| ApiError(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
-    Ok(Json(serde_json::to_value(report).unwrap_or(Value::Null)))
+    .map_err(refused)?;
+    Ok(Json(api::RestartAnswer {
+        service: report.service,
+        surge: report.surge.map(|id| id.to_string()),
+        replaced: report
+            .replaced
+            .into_iter()
+            .map(|r| api::Replaced {
+                instance: r.instance.to_string(),
+                old_pid: r.old_pid,
+                new_pid: r.new_pid,
+            })
+            .collect(),
+        elapsed: report.elapsed.as_secs_f64(),
+    }))
 }
 
-async fn drain_or_undrain(r: &Running, body: &Value, drain: bool) -> Result<Json<Value>, ApiError> {
-    let name = field(body, "instance")?
-        .as_str()
-        .ok_or_else(|| bad("`instance` must be a string"))?;
+async fn drain_or_undrain(
+    r: &Running,
+    req: api::DrainRequest,
+    drain: bool,
+) -> Result<Json<api::DrainAnswer>, ApiError> {
+    let name = req.instance;
+    let answer = |instance: String| {
+        Json(api::DrainAnswer {
+            instance,
+            in_rotation: !drain,
+        })
+    };
     // A static backend (not supervised) is taken out of rotation directly.
     if r.balanced_service().is_none() {
         if let Some(b) = &r.balancer {
-            if b.set_enabled(name, !drain) {
+            if b.set_enabled(&name, !drain) {
                 if drain {
-                    b.wait_idle(name, std::time::Duration::from_secs(30)).await;
+                    b.wait_idle(&name, std::time::Duration::from_secs(30)).await;
                 }
-                return Ok(Json(json!({ "instance": name, "in_rotation": !drain })));
+                return Ok(answer(name));
             }
         }
     }
@@ -417,35 +536,38 @@ async fn drain_or_undrain(r: &Running, body: &Value, drain: bool) -> Result<Json
     } else {
         r.supervisor.undrain(&id).await
     };
-    res.map_err(|e| ApiError(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
+    res.map_err(refused)?;
     if !drain {
         // The Undrained event does the same, asynchronously; doing it here too means the
         // instance is back in rotation when the call returns.
         if let (Some(b), Some(svc)) = (&r.balancer, &r.balanced_service()) {
             if *svc == id.service {
-                b.set_enabled(name, true);
+                b.set_enabled(&name, true);
             }
         }
     }
-    Ok(Json(json!({ "instance": name, "in_rotation": !drain })))
+    Ok(answer(name))
 }
 
-async fn drain(State(s): State<Shared>, Json(body): Json<Value>) -> Result<Json<Value>, ApiError> {
-    drain_or_undrain(&s.running, &body, true).await
+async fn drain(
+    State(s): State<Shared>,
+    Json(v): Json<Value>,
+) -> Result<Json<api::DrainAnswer>, ApiError> {
+    drain_or_undrain(&s.running, body(v)?, true).await
 }
 
 async fn undrain(
     State(s): State<Shared>,
-    Json(body): Json<Value>,
-) -> Result<Json<Value>, ApiError> {
-    drain_or_undrain(&s.running, &body, false).await
+    Json(v): Json<Value>,
+) -> Result<Json<api::DrainAnswer>, ApiError> {
+    drain_or_undrain(&s.running, body(v)?, false).await
 }
 
 /// Re-reads the config file and applies it (`crate::reload`): 200 with what was and was
 /// not applied, 422 with the errors (nothing changed) when the file is invalid.
 async fn reload(State(s): State<Shared>, Query(q): Query<ReloadQuery>) -> Response {
     let dry_run = q.dry_run.unwrap_or(false);
-    let Some(v) =
+    let Some(report) =
         crate::contain::caught("reload", crate::reload::reload(&s.running, dry_run)).await
     else {
         return ApiError(
@@ -455,12 +577,12 @@ async fn reload(State(s): State<Shared>, Query(q): Query<ReloadQuery>) -> Respon
         )
         .into_response();
     };
-    let status = if v.ok {
+    let status = if report.ok {
         StatusCode::OK
     } else {
         StatusCode::UNPROCESSABLE_ENTITY
     };
-    (status, Json(v)).into_response()
+    (status, Json(report)).into_response()
 }
 
 #[derive(serde::Deserialize)]
@@ -469,7 +591,21 @@ struct ReloadQuery {
     dry_run: Option<bool>,
 }
 
-async fn down(State(s): State<Shared>) -> Json<Value> {
+/// Starts the shutdown and answers at once with what `drove down` waits for: drove's
+/// pid and the process groups of the instances running now.
+async fn down(State(s): State<Shared>) -> Json<api::DownAnswer> {
+    let instance_pids = s
+        .running
+        .supervisor
+        .status()
+        .await
+        .iter()
+        .filter_map(|i| i.pid)
+        .collect();
     let _ = s.running.shutdown.send(true);
-    Json(json!({ "status": "shutting down" }))
+    Json(api::DownAnswer {
+        status: "shutting down".into(),
+        pid: std::process::id(),
+        instance_pids,
+    })
 }

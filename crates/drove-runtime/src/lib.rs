@@ -14,6 +14,7 @@ pub mod admin;
 pub mod admin_client;
 pub mod contain;
 mod discovery;
+mod listen;
 mod listeners;
 pub mod plan;
 pub mod proxy_settings;
@@ -28,7 +29,7 @@ use arc_swap::ArcSwap;
 use drove_balancer::{BackendSpec, Balancer};
 use drove_config::{Backends, Config};
 use drove_proxy::Proxy;
-use drove_supervisor::{InstanceEvent, Supervisor, SupervisorOptions};
+use drove_supervisor::{Guardian, InstanceEvent, Supervisor, SupervisorOptions};
 use tokio::sync::{mpsc, watch};
 
 /// How `drove up` runs.
@@ -42,6 +43,9 @@ pub struct UpOptions {
     pub listen: Option<SocketAddr>,
     /// Override the admin listen address (tests use port 0).
     pub admin_listen: Option<SocketAddr>,
+    /// Run `PROGRAM __guardian` as the guardian that stops the instances if drove dies
+    /// without doing so (`drove up` passes its own executable; `None`: no guardian).
+    pub guardian: Option<std::path::PathBuf>,
 }
 
 /// The service the balancer routes to (None: its `backends` list), changed by a reload.
@@ -124,13 +128,17 @@ pub async fn up(config: Config, opts: UpOptions) -> anyhow::Result<()> {
             health_task = Some(bal.spawn_health_checks(h));
         }
         let addr = opts.listen.unwrap_or(b.listen);
-        let sockets = drove_proxy::bind(addr, proxy_settings::workers(b), b.defer_accept)
-            .with_context(|| format!("cannot listen on {addr} (balancer.listen)"))?;
+        // SO_REUSEPORT (one socket per worker) would let a second drove bind the same
+        // address and the kernel split traffic between two deployments: check first.
+        let sockets = listen::exclusive(addr, || {
+            drove_proxy::bind(addr, proxy_settings::workers(b), b.defer_accept)
+        })
+        .with_context(|| format!("cannot listen on {addr} (balancer.listen)"))?;
         let mut settings = proxy_settings::proxy_settings(b)?;
         settings.routes = proxy_settings::route_limits(&config, &[], None).await;
         if let Some(t) = &b.tls {
             settings.tls = Some(
-                drove_proxy::tls::server_config(&t.cert, &t.key)
+                drove_proxy::tls::server_config(&t.cert, &t.key, b.http2)
                     .map_err(|e| anyhow::anyhow!("balancer.tls: {e}"))?,
             );
         }
@@ -148,10 +156,19 @@ pub async fn up(config: Config, opts: UpOptions) -> anyhow::Result<()> {
     let admin_addr = opts.admin_listen.unwrap_or(config.admin.listen);
     let admin_listener = tokio::net::TcpListener::bind(admin_addr)
         .await
+        .map_err(|e| listen::explain(admin_addr, e))
         .with_context(|| format!("cannot listen on {admin_addr} (admin.listen)"))?;
     let admin = admin_listener.local_addr()?;
 
-    // Supervisor.
+    // The guardian, then the supervisor: every process group spawned is reported to it.
+    let guardian = opts.guardian.as_ref().and_then(|exe| {
+        Guardian::start(exe, &["__guardian"])
+            .map(Arc::new)
+            .map_err(|e| {
+                tracing::warn!(error = %e, "cannot start the guardian process: instances' children may outlive a killed drove")
+            })
+            .ok()
+    });
     let (events_tx, events_rx) = mpsc::unbounded_channel();
     let specs = services::specs(&config, balanced_service.as_deref());
     let supervisor = Supervisor::start(
@@ -160,9 +177,15 @@ pub async fn up(config: Config, opts: UpOptions) -> anyhow::Result<()> {
         SupervisorOptions {
             log_to_stdout: opts.log_to_stdout,
             color: opts.color,
+            guardian: guardian.clone(),
         },
     )
-    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    .map_err(|e| {
+        if let Some(g) = &guardian {
+            g.release();
+        }
+        anyhow::anyhow!("{e}")
+    })?;
 
     let balanced: BalancedService = Arc::new(RwLock::new(balanced_service));
     let tls = plan::tls_fingerprint(config.balancer.as_ref());
@@ -255,6 +278,9 @@ pub async fn up(config: Config, opts: UpOptions) -> anyhow::Result<()> {
     }
     // 2. Services stop in reverse dependency order.
     supervisor.shutdown().await;
+    if let Some(g) = &guardian {
+        g.release();
+    }
     running.reloadable.lock().await.stop();
     hup_task.abort();
     events_task.abort();
@@ -296,7 +322,8 @@ async fn apply_events(
                     backup: false,
                 });
                 bal.set_enabled(&id, true);
-                tracing::info!(instance = %id, %addr, "instance in rotation");
+                // The supervisor's `ready` line already says it; once is enough.
+                tracing::debug!(instance = %id, %addr, "instance in rotation");
             }
             InstanceEvent::Draining { id, grace, done } => {
                 let id = id.to_string();

@@ -8,133 +8,9 @@
 //! table); a key missing here would be a silent "nothing changed", so
 //! `every_balancer_key_is_covered` checks that changing any one of them yields a plan.
 
-use std::net::SocketAddr;
-
 use drove_config::{Backends, BalancerConfig, Config};
-use serde::{Deserialize, Serialize};
 
-/// One step of a reload.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "change", rename_all = "snake_case")]
-pub enum Change {
-    /// A new `[services.NAME]`: started once its dependencies are ready.
-    ServiceAdded {
-        /// The service.
-        service: String,
-    },
-    /// Settings of a service changed (anything but `instances`): the new spec, then a
-    /// rolling restart behind one surge instance.
-    ServiceChanged {
-        /// The service.
-        service: String,
-        /// The keys that changed.
-        keys: Vec<String>,
-    },
-    /// `instances` changed: a scale.
-    ServiceScaled {
-        /// The service.
-        service: String,
-        /// Instances in force.
-        from: u32,
-        /// Instances in the file.
-        to: u32,
-    },
-    /// A `[services.NAME]` is gone: its instances drained and stopped.
-    ServiceRemoved {
-        /// The service.
-        service: String,
-    },
-    /// What the balancer routes to switched (`service = "a"` → `"b"`, or a service ↔
-    /// `backends = [...]`).
-    Target {
-        /// `service web` or `backends`.
-        from: String,
-        /// Same form.
-        to: String,
-    },
-    /// The list of backends (`backends`, DNS entries, `resolver`) changed.
-    Backends {
-        /// Fixed backends in the file.
-        fixed: usize,
-        /// DNS entries in the file.
-        dns: usize,
-    },
-    /// How the balancer picks and ejects: `algorithm` (with `hash_key`), `passive`,
-    /// `max_ejected`.
-    Balancing {
-        /// The keys that changed.
-        keys: Vec<String>,
-    },
-    /// `balancer.health`: the active probes start again with the new settings.
-    Health,
-    /// Settings each request reads: timeouts, retries, headers, the access log, size
-    /// limits, stickiness, upgrades, trusted proxies.
-    DataPath {
-        /// The keys that changed.
-        keys: Vec<String>,
-    },
-    /// `[[balancer.routes]]` and `[limits.*]`.
-    Limits {
-        /// The keys that changed.
-        keys: Vec<String>,
-    },
-    /// `balancer.tls`: the paths, or the certificate or key files' contents.
-    Tls {
-        /// Only the files' contents changed (a renewal), not the paths.
-        files_only: bool,
-    },
-    /// `listen`, `workers`, `defer_accept`: new listening sockets first, then the old
-    /// ones stop accepting and finish what they serve.
-    Listeners {
-        /// The keys that changed.
-        keys: Vec<String>,
-    },
-    /// `admin.token`.
-    AdminToken,
-    /// `admin.listen`: the new listener first, then the old one finishes and closes.
-    AdminListen {
-        /// Address in force (as the file said).
-        from: SocketAddr,
-        /// Address in the file.
-        to: SocketAddr,
-    },
-    /// `[balancer]` added to or removed from the file.
-    BalancerPresence {
-        /// Whether the file has a `[balancer]`.
-        present: bool,
-    },
-}
-
-impl std::fmt::Display for Change {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let keys = |f: &mut std::fmt::Formatter<'_>, keys: &[String]| {
-            let list: Vec<String> = keys.iter().map(|k| format!("balancer.{k}")).collect();
-            write!(f, "{}", list.join(", "))
-        };
-        match self {
-            Change::ServiceAdded { service } => write!(f, "services.{service} added"),
-            Change::ServiceChanged { service, .. } => write!(f, "services.{service}"),
-            Change::ServiceScaled { service, .. } => write!(f, "services.{service}.instances"),
-            Change::ServiceRemoved { service } => write!(f, "services.{service} removed"),
-            Change::Target { from, to } => write!(f, "balancer target ({from} -> {to})"),
-            Change::Backends { .. } => write!(f, "balancer.backends"),
-            Change::Balancing { keys: k }
-            | Change::DataPath { keys: k }
-            | Change::Listeners { keys: k } => keys(f, k),
-            Change::Health => write!(f, "balancer.health"),
-            Change::Limits { keys: k } => {
-                let list: Vec<&str> = k.iter().map(String::as_str).collect();
-                write!(f, "{}", list.join(", "))
-            }
-            Change::Tls { files_only: true } => write!(f, "balancer.tls (certificate files)"),
-            Change::Tls { files_only: false } => write!(f, "balancer.tls"),
-            Change::AdminToken => write!(f, "admin.token"),
-            Change::AdminListen { from, to } => write!(f, "admin.listen ({from} -> {to})"),
-            Change::BalancerPresence { present: true } => write!(f, "[balancer] added"),
-            Change::BalancerPresence { present: false } => write!(f, "[balancer] removed"),
-        }
-    }
-}
+pub use drove_api::Change;
 
 /// What the TLS files contain now, to notice a renewed certificate under the same path.
 pub(crate) type TlsFingerprint = Option<u64>;
@@ -290,6 +166,12 @@ fn balancer_changes(
         (o.request_id != n.request_id, "request_id"),
         (o.trusted_proxies != n.trusted_proxies, "trusted_proxies"),
         (o.upgrades != n.upgrades, "upgrades"),
+        (o.http2 != n.http2, "http2"),
+        (
+            o.http2_max_streams != n.http2_max_streams,
+            "http2_max_streams",
+        ),
+        (o.compress != n.compress, "compress"),
         (o.access_log != n.access_log, "access_log"),
         (o.access_log_path != n.access_log_path, "access_log_path"),
         (o.max_header_size != n.max_header_size, "max_header_size"),
@@ -305,7 +187,8 @@ fn balancer_changes(
     if !limits.is_empty() {
         plan.push(Change::Limits { keys: limits });
     }
-    if o.tls != n.tls {
+    // `http2` is also in the TLS config (ALPN offers h2 or not).
+    if o.tls != n.tls || (n.tls.is_some() && o.http2 != n.http2) {
         plan.push(Change::Tls { files_only: false });
     } else if n.tls.is_some() && tls_fingerprint(Some(n)) != tls_in_force {
         plan.push(Change::Tls { files_only: true });
@@ -377,6 +260,9 @@ pub fn adopt(in_force: &mut Config, file: &Config, change: &Change) {
                     o.request_id = n.request_id.clone();
                     o.trusted_proxies = n.trusted_proxies.clone();
                     o.upgrades = n.upgrades.clone();
+                    o.http2 = n.http2;
+                    o.http2_max_streams = n.http2_max_streams;
+                    o.compress = n.compress.clone();
                     o.access_log = n.access_log;
                     o.access_log_path = n.access_log_path.clone();
                     o.max_header_size = n.max_header_size;
@@ -433,6 +319,10 @@ mod tests {
             "instance_header = \"X-I\"",
             "trusted_proxies = [\"10.0.0.0/8\"]",
             "upgrades = []",
+            "http2 = false",
+            "http2_max_streams = 7",
+            "compress = true",
+            "[[balancer.routes]]\npath = \"/a\"\ncompress = true",
             "request_id = false",
             "access_log = \"json\"",
             "access_log_path = \"/tmp/x.log\"",

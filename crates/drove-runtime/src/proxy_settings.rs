@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use drove_balancer::{ActiveHealth, Algorithm, BalancerSettings, PassiveHealth, ProbeKind};
 use drove_config::{self as config, BalancerConfig};
-use drove_proxy::{AccessLogFormat, HashKey, LimitKey, ProxySettings, RouteLimit, StickyCookie};
+use drove_proxy::{
+    AccessLogFormat, CompressRoute, HashKey, LimitKey, ProxySettings, RouteLimit, StickyCookie,
+};
 use http::HeaderName;
 
 /// Balancer settings for a `[balancer]` section.
@@ -189,6 +191,21 @@ pub fn proxy_settings(b: &BalancerConfig) -> Result<ProxySettings, SettingsError
         })?,
         max_body_size: b.max_body_size,
         upgrades: b.upgrades.clone(),
+        http2: b.http2,
+        http2_max_streams: b.http2_max_streams,
+        compress: b.compress.clone().map(std::sync::Arc::new),
+        compress_routes: {
+            let mut r: Vec<CompressRoute> = b
+                .routes
+                .iter()
+                .map(|r| CompressRoute {
+                    prefix: r.path.clone(),
+                    settings: r.compress.clone().map(std::sync::Arc::new),
+                })
+                .collect();
+            r.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
+            r
+        },
         sticky: b.sticky.as_ref().map(|s| StickyCookie {
             name: s.cookie.clone(),
             max_age: (s.max_age > Duration::ZERO).then_some(s.max_age),

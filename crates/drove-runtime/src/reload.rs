@@ -29,8 +29,8 @@
 
 use std::sync::Arc;
 
+use drove_api::{Outcome, ReloadReport};
 use drove_config::{Backends, Config};
-use serde::{Deserialize, Serialize};
 
 use crate::admin::{AdminServer, AdminState};
 use crate::listeners::ProxyListeners;
@@ -93,46 +93,6 @@ impl Reloadable {
             .flatten()
         {
             t.abort();
-        }
-    }
-}
-
-/// One change and how it went.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Outcome {
-    /// The change.
-    pub change: Change,
-    /// What was done (applied) or why not (not applied).
-    pub detail: String,
-}
-
-/// What `drove reload` and `POST /api/reload` answer.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ReloadReport {
-    /// False: the file had errors (or there is no file) and nothing changed.
-    pub ok: bool,
-    /// Only the plan was computed; nothing was applied.
-    pub dry_run: bool,
-    /// The changes found, in the order they are applied.
-    pub plan: Vec<Change>,
-    /// Changes applied, with what was done.
-    pub applied: Vec<Outcome>,
-    /// Changes that could not be applied, with the reason; their part of the config in
-    /// force is unchanged, so the next reload tries them again.
-    pub not_applied: Vec<Outcome>,
-    /// Why nothing changed (`ok` false): the file's errors as `file:line:col`.
-    pub error: Option<String>,
-}
-
-impl ReloadReport {
-    fn refused(error: String) -> ReloadReport {
-        ReloadReport {
-            ok: false,
-            dry_run: false,
-            plan: Vec::new(),
-            applied: Vec::new(),
-            not_applied: Vec::new(),
-            error: Some(error),
         }
     }
 }
@@ -404,7 +364,8 @@ async fn apply_balancer(
         Change::Tls { .. } => {
             let tls = match &nb.tls {
                 Some(t) => Some(
-                    drove_proxy::tls::server_config(&t.cert, &t.key).map_err(|e| e.to_string())?,
+                    drove_proxy::tls::server_config(&t.cert, &t.key, nb.http2)
+                        .map_err(|e| e.to_string())?,
                 ),
                 None => None,
             };
@@ -425,16 +386,23 @@ async fn apply_balancer(
                 old.addr
             };
             let workers = proxy_settings::workers(nb);
-            let started = old
-                .bind_next(addr, workers, nb.defer_accept)
-                .and_then(|sockets| {
-                    ProxyListeners::start(sockets, proxy.clone(), r.shutdown.subscribe())
-                });
+            // A new address is checked like at startup: another process's
+            // SO_REUSEPORT socket there would share its traffic.
+            let sockets = if addr == old.addr {
+                old.bind_next(addr, workers, nb.defer_accept)
+                    .map_err(anyhow::Error::from)
+            } else {
+                crate::listen::exclusive(addr, || old.bind_next(addr, workers, nb.defer_accept))
+            };
+            let started = sockets.and_then(|sockets| {
+                ProxyListeners::start(sockets, proxy.clone(), r.shutdown.subscribe())
+                    .map_err(anyhow::Error::from)
+            });
             let new = match started {
                 Ok(l) => l,
                 Err(e) => {
                     state.listeners = Some(old);
-                    return Err(format!("cannot listen on {addr}: {e}"));
+                    return Err(format!("cannot listen on {addr}: {e:#}"));
                 }
             };
             let bound = new.addr;

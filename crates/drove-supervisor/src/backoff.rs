@@ -29,9 +29,16 @@ pub(crate) struct Backoff {
 pub(crate) struct Delay {
     pub delay: Duration,
     pub crashloop: bool,
+    /// Consecutive quick exits so far, this one included.
+    pub quick_exits: u32,
 }
 
 impl Backoff {
+    /// `reset_after` and `max_delay` of the policy, for explaining a crash loop.
+    pub fn limits(&self) -> (Duration, Duration) {
+        (self.reset_after, self.max)
+    }
+
     pub fn new(p: &RestartPolicy) -> Backoff {
         Backoff {
             initial: p.initial_delay,
@@ -57,6 +64,11 @@ impl Backoff {
         Delay {
             delay: base.mul_f64(1.0 - cut),
             crashloop,
+            quick_exits: if uptime < self.reset_after {
+                self.quick_exits
+            } else {
+                0
+            },
         }
     }
 }

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::net::SocketAddr;
 use std::str::FromStr;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 use tokio::sync::oneshot;
@@ -185,7 +185,7 @@ impl fmt::Display for ExitInfo {
 }
 
 /// A snapshot of one instance.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct InstanceStatus {
     /// The instance.
     pub id: InstanceId,
@@ -202,13 +202,21 @@ pub struct InstanceStatus {
     /// User + system CPU time summed over the live processes of the group.
     pub cpu_seconds: Option<f64>,
     /// Time since the current process was spawned.
-    #[serde(serialize_with = "ser_opt_secs")]
     pub uptime: Option<Duration>,
     /// How the previous process ended.
     pub last_exit: Option<ExitInfo>,
+    /// When the previous process ended.
+    pub last_exit_at: Option<SystemTime>,
     /// Current backoff delay while in `Backoff`/`Crashloop`.
-    #[serde(serialize_with = "ser_opt_secs")]
     pub backoff: Option<Duration>,
+    /// When the next start is due while in `Backoff`/`Crashloop`.
+    pub retry_at: Option<SystemTime>,
+    /// Why the instance is not ready, in words: the exit or refused start and the
+    /// crash-loop rule (`Backoff`, `Crashloop`, `Exited`), or the failing ready probe
+    /// (`Starting`). `None` when there is nothing to explain.
+    pub why: Option<String>,
+    /// The last failed ready probe of the current process (`None` once one passed).
+    pub last_probe_error: Option<String>,
 }
 
 /// Result of a completed rolling restart.
@@ -240,13 +248,6 @@ pub struct Replacement {
 
 fn ser_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_f64(d.as_secs_f64())
-}
-
-fn ser_opt_secs<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
-    match d {
-        Some(d) => s.serialize_some(&d.as_secs_f64()),
-        None => s.serialize_none(),
-    }
 }
 
 #[cfg(test)]

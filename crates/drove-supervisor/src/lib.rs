@@ -49,7 +49,9 @@ mod backoff;
 mod contain;
 mod error;
 mod event;
+mod guardian;
 mod logs;
+mod ports;
 mod probe;
 mod procfs;
 mod slot;
@@ -62,7 +64,10 @@ pub use error::SupervisorError;
 pub use event::{
     ExitInfo, InstanceEvent, InstanceId, InstanceState, InstanceStatus, Replacement, RollingReport,
 };
+pub use guardian::{guardian_main, Guardian};
 pub use logs::{log_path, tail};
+pub use ports::{listening_on, port_in_use, PortHolder, PortInUse};
+pub use procfs::group_alive;
 pub use spec::{
     CommandSpec, LogSpec, Policy, PortSpec, Probe, ProbeKind, RestartPolicy, ServiceSpec, Signal,
 };

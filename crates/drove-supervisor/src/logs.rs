@@ -253,6 +253,11 @@ impl InstanceLog {
         }
     }
 
+    /// Whether lines are printed to stdout too.
+    pub fn to_stdout(&self) -> bool {
+        self.stdout_prefix.is_some()
+    }
+
     /// A line from the supervisor about this instance.
     pub fn system(&self, msg: &str) {
         self.line(format!("[drove] {msg}").as_bytes());

@@ -90,6 +90,15 @@ pub(crate) fn group_members(pgid: i32) -> Vec<i32> {
         .collect()
 }
 
+/// Whether a live (non-zombie) process is left in the group: orphaned zombies waiting
+/// for an init that is slow to reap them hold no port and run no code.
+pub fn group_alive(pgid: i32) -> bool {
+    !matches!(
+        killpg(Pid::from_raw(pgid), None),
+        Err(nix::errno::Errno::ESRCH)
+    ) && !group_members(pgid).is_empty()
+}
+
 /// Sends `sig` to the whole group; a group that no longer exists is not an error.
 pub(crate) fn signal_group(pgid: i32, sig: Signal) {
     if pgid <= 1 {

@@ -5,7 +5,7 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::process::ExitStatus;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use tokio::process::Child;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -15,10 +15,11 @@ use tokio::time::{sleep, sleep_until, Instant};
 use crate::backoff::Backoff;
 use crate::error::SupervisorError;
 use crate::event::{ExitInfo, InstanceEvent, InstanceId, InstanceState};
+use crate::guardian::Guardian;
 use crate::logs::{pump, InstanceLog};
 use crate::procfs::{group_members, signal_group};
 use crate::spawn::{self, Spawner};
-use crate::spec::{PortSpec, Probe, ServiceSpec, Signal};
+use crate::spec::{Policy, PortSpec, Probe, ProbeKind, ServiceSpec, Signal};
 
 /// How long past the drain grace the supervisor waits for the runtime's `done` before it
 /// stops the process anyway: the runtime is expected to answer by `grace`; this only
@@ -62,7 +63,17 @@ pub(crate) struct SlotShared {
     pub restarts: u32,
     pub started_at: Option<Instant>,
     pub last_exit: Option<ExitInfo>,
+    /// When the previous process ended (wall clock, for status).
+    pub last_exit_at: Option<SystemTime>,
     pub backoff: Option<Duration>,
+    /// When the next start is due while in Backoff/Crashloop (wall clock, for status).
+    pub retry_at: Option<SystemTime>,
+    /// Why the slot is not running a process (Backoff, Crashloop, Exited): the exit, the
+    /// refused start, the crash-loop rule. `None` while a process runs.
+    pub why: Option<String>,
+    /// The last failed ready probe of the current process, and since when it fails
+    /// (cleared when one passes and on every spawn).
+    pub last_probe_error: Option<(String, Instant)>,
     pub rss_bytes: Option<u64>,
     pub cpu_seconds: Option<f64>,
     /// A replacement was asked for the current process (reset on every spawn).
@@ -109,6 +120,8 @@ pub(crate) struct SlotCtx {
     pub state: watch::Sender<InstanceState>,
     pub shared: Arc<Mutex<SlotShared>>,
     pub cmds: mpsc::UnboundedReceiver<SlotCmd>,
+    /// Told about every process group, so that none outlives a killed drove.
+    pub guardian: Option<Arc<Guardian>>,
 }
 
 /// Creates the channels of a new slot; the caller spawns `run(ctx)`.
@@ -119,6 +132,7 @@ pub(crate) fn new_slot(
     spawner: Spawner,
     log: InstanceLog,
     replace: mpsc::UnboundedSender<ReplaceRequest>,
+    guardian: Option<Arc<Guardian>>,
 ) -> (SlotHandle, SlotCtx) {
     let (cmd_tx, cmds) = mpsc::unbounded_channel();
     let (state, state_rx) = watch::channel(InstanceState::Starting);
@@ -141,16 +155,20 @@ pub(crate) fn new_slot(
         state,
         shared,
         cmds,
+        guardian,
     };
     (handle, ctx)
 }
 
 /// How one process's life ended.
 enum Ended {
-    /// Exited on its own (or failed to spawn: `None`), after `uptime`.
+    /// Exited on its own after `uptime`, was stopped because it never got ready, or
+    /// never ran; `reason` says why in the last two cases (a port held by another
+    /// process, a failed spawn, the start timeout).
     Exited {
         exit: Option<ExitInfo>,
         uptime: Duration,
+        reason: Option<String>,
     },
     /// Stopped on request.
     Stopped {
@@ -195,14 +213,10 @@ fn exit_info(st: std::io::Result<ExitStatus>) -> Option<ExitInfo> {
     })
 }
 
-/// Whether no live process is left in the group.
+/// Whether no live process is left in the group (orphaned zombies waiting for an init
+/// that may never reap them, in a container, do not count).
 fn group_empty(pgid: i32) -> bool {
-    // Fast path: no process at all. Otherwise look closer, because orphaned zombies
-    // (waiting for an init that may never reap them in a container) still count for kill(2).
-    matches!(
-        nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), None),
-        Err(nix::errno::Errno::ESRCH)
-    ) || group_members(pgid).is_empty()
+    !crate::procfs::group_alive(pgid)
 }
 
 async fn wait_group_empty(pgid: i32, until: Instant) -> bool {
@@ -257,8 +271,14 @@ impl SlotCtx {
         lock(&self.shared)
     }
 
+    /// An event of this instance: into its log file, and printed once — as the
+    /// `web.2 | [drove] ...` line when instance output goes to stdout, else as a log line.
     fn note(&self, msg: &str) {
-        tracing::info!(instance = %self.id, "{msg}");
+        if self.log.to_stdout() {
+            tracing::debug!(instance = %self.id, "{msg}");
+        } else {
+            tracing::info!(instance = %self.id, "{msg}");
+        }
         self.log.system(msg);
     }
 
@@ -290,7 +310,7 @@ pub(crate) async fn run(mut ctx: SlotCtx) {
             ctx.shared().restarts += 1;
         }
         first = false;
-        let (exit, uptime) = match run_process(&mut ctx, restarted.take()).await {
+        let (exit, uptime, reason) = match run_process(&mut ctx, restarted.take()).await {
             Ended::Stopped {
                 restart: true,
                 reply,
@@ -308,44 +328,91 @@ pub(crate) async fn run(mut ctx: SlotCtx) {
                 }
                 return;
             }
-            Ended::Exited { exit, uptime } => (exit, uptime),
+            Ended::Exited {
+                exit,
+                uptime,
+                reason,
+            } => (exit, uptime, reason),
         };
         let policy = ctx.spec.restart.policy;
         let restart = match policy {
-            crate::spec::Policy::Always => true,
-            crate::spec::Policy::OnFailure => !exit.is_some_and(|e| e.success()),
-            crate::spec::Policy::Never => false,
+            Policy::Always => true,
+            Policy::OnFailure => !exit.is_some_and(|e| e.success()),
+            Policy::Never => false,
         };
-        let what = exit.map_or("failed to start".to_string(), |e| format!("exited ({e})"));
+        let what = match (reason, exit) {
+            (Some(why), _) => why,
+            (None, Some(e)) => format!("exited ({e}) after {}", secs1(uptime)),
+            (None, None) => format!("ended (exit status unknown) after {}", secs1(uptime)),
+        };
         if !restart {
-            ctx.note(&format!("{what}; restart policy {policy:?}: not restarted"));
+            let why = format!(
+                "{what}; restart policy {}: not restarted",
+                policy_name(policy)
+            );
+            ctx.note(&why);
+            ctx.shared().why = Some(why);
             ctx.set_state(InstanceState::Exited);
             match wait_while_down(&mut ctx, None).await {
                 Down::Stopped => return,
                 Down::Start(reply) => restarted = reply,
             }
+            ctx.shared().why = None;
             continue;
         }
         let d = backoff.on_exit(uptime);
-        ctx.shared().backoff = Some(d.delay);
+        let why = if d.crashloop {
+            let (reset_after, max) = backoff.limits();
+            format!(
+                "{what}; crashloop: {} failed runs in a row, each within reset_after ({}) of its start, so it is retried every max_delay ({})",
+                d.quick_exits,
+                secs1(reset_after),
+                secs1(max)
+            )
+        } else {
+            what.clone()
+        };
+        {
+            let mut s = ctx.shared();
+            s.backoff = Some(d.delay);
+            s.retry_at = Some(SystemTime::now() + d.delay);
+            s.why = Some(why);
+        }
         let state = if d.crashloop {
             InstanceState::Crashloop
         } else {
             InstanceState::Backoff
         };
         ctx.note(&format!(
-            "{what} after {:.1}s; restarting in {:.1}s{}",
-            uptime.as_secs_f64(),
-            d.delay.as_secs_f64(),
+            "{what}; restarting in {}{}",
+            secs1(d.delay),
             if d.crashloop { " (crashloop)" } else { "" }
         ));
         ctx.set_state(state);
         let down = wait_while_down(&mut ctx, Some(d.delay)).await;
-        ctx.shared().backoff = None;
+        {
+            let mut s = ctx.shared();
+            s.backoff = None;
+            s.retry_at = None;
+            s.why = None;
+        }
         match down {
             Down::Stopped => return,
             Down::Start(reply) => restarted = reply,
         }
+    }
+}
+
+/// `0.3s`, `12.0s`.
+fn secs1(d: Duration) -> String {
+    format!("{:.1}s", d.as_secs_f64())
+}
+
+fn policy_name(p: Policy) -> &'static str {
+    match p {
+        Policy::Always => "always",
+        Policy::OnFailure => "on-failure",
+        Policy::Never => "never",
     }
 }
 
@@ -393,17 +460,45 @@ async fn wait_while_down(ctx: &mut SlotCtx, delay: Option<Duration>) -> Down {
     }
 }
 
-/// A probe loop running beside the process; results arrive on a channel.
+/// A probe loop running beside the process; results arrive on a channel. With `owner`
+/// (port, pid of the group leader), a passed probe also needs the listener on that port
+/// to belong to the instance's process group: a probe answered by another program does
+/// not make this instance ready (see `ports.rs`).
 fn spawn_prober(
     probe: Probe,
     port: Option<u16>,
     env: Vec<(String, String)>,
     cwd: std::path::PathBuf,
+    owner: Option<(u16, u32)>,
 ) -> (AbortOnDrop, mpsc::Receiver<Result<(), String>>) {
     let (tx, rx) = mpsc::channel(1);
     let task = tokio::spawn(async move {
+        // The last "who holds it instead" message, by the foreign sockets it is about:
+        // naming the holder scans every process's fds, not something to repeat at every
+        // probe of a fast ready interval.
+        let mut named: Option<(crate::ports::NotOwned, String)> = None;
         loop {
-            let r = crate::probe::run(&probe.kind, port, &env, &cwd, probe.timeout).await;
+            let mut r = crate::probe::run(&probe.kind, port, &env, &cwd, probe.timeout).await;
+            if let (Ok(()), Some((port, pid))) = (&r, owner) {
+                let cached = named.clone();
+                let (res, msg) =
+                    tokio::task::spawn_blocking(move || {
+                        match crate::ports::check_owned(port, &group_members(pid as i32)) {
+                            Ok(()) => (Ok(()), None),
+                            Err(e) => match cached {
+                                Some((k, m)) if k == e => (Err(m.clone()), Some((k, m))),
+                                _ => {
+                                    let m = e.describe(pid);
+                                    (Err(m.clone()), Some((e, m)))
+                                }
+                            },
+                        }
+                    })
+                    .await
+                    .unwrap_or_else(|e| (Err(format!("ownership check failed: {e}")), None));
+                r = res;
+                named = msg;
+            }
             if tx.send(r).await.is_err() {
                 return;
             }
@@ -411,6 +506,15 @@ fn spawn_prober(
         }
     });
     (AbortOnDrop(task), rx)
+}
+
+/// Whether a probe reaches the instance's own port (and can thus be answered by
+/// whoever holds that port).
+fn targets_own_port(p: &Probe) -> bool {
+    matches!(
+        p.kind,
+        ProbeKind::Http { .. } | ProbeKind::Tcp { addr: None }
+    )
 }
 
 async fn recv_opt<T>(rx: &mut Option<(AbortOnDrop, mpsc::Receiver<T>)>) -> Option<T> {
@@ -438,31 +542,46 @@ async fn run_process(ctx: &mut SlotCtx, restarted: Option<oneshot::Sender<()>>) 
     if let Some(r) = restarted {
         let _ = r.send(());
     }
+    let refused = |reason: String| Ended::Exited {
+        exit: None,
+        uptime: Duration::ZERO,
+        reason: Some(reason),
+    };
+    // A fixed port someone else holds: the app would die with EADDRINUSE while the other
+    // program answers its probes and gets its traffic. Refuse before spawning, saying who.
+    if let (PortSpec::Base(_), Some(p)) = (ctx.spec.port, port) {
+        if let Ok(Some(used)) =
+            tokio::task::spawn_blocking(move || crate::ports::port_in_use(p)).await
+        {
+            // Said once, by the restart loop, with the delay.
+            return refused(format!("not started: {used}"));
+        }
+    }
     let env = spawn::instance_env(&ctx.spec, ctx.id.index, port);
     let cmd = spawn::build(&ctx.spec, ctx.id.index, port, &env);
     let mut child = match ctx.spawner.spawn(cmd).await {
         Ok(c) => c,
-        Err(e) => {
-            ctx.note(&format!("cannot start: {e}"));
-            return Ended::Exited {
-                exit: None,
-                uptime: Duration::ZERO,
-            };
-        }
+        Err(e) => return refused(format!("cannot start: {e}")),
     };
     let Some(pid) = child.id() else {
-        return Ended::Exited {
-            exit: None,
-            uptime: Duration::ZERO,
-        };
+        return refused("cannot start: the process ended at once".into());
     };
     let pgid = pid as i32;
     let mut guard = GroupGuard(Some(pgid));
+    if let Some(g) = &ctx.guardian {
+        g.watch(
+            pgid,
+            ctx.spec.stop_signal,
+            ctx.spec.stop_grace,
+            &ctx.id.to_string(),
+        );
+    }
     let started = Instant::now();
     {
         let mut s = ctx.shared();
         s.pid = Some(pid);
         s.started_at = Some(started);
+        s.last_probe_error = None;
     }
     // Output pumps end by themselves at EOF (when every holder of the pipes is gone).
     if let Some(out) = child.stdout.take() {
@@ -485,6 +604,7 @@ async fn run_process(ctx: &mut SlotCtx, restarted: Option<oneshot::Sender<()>>) 
         }
     };
     let uptime = started.elapsed();
+    let mut reason = None;
     let (exit, stop) = match ended {
         Supervised::Exited(st) => {
             let exit = exit_info(st);
@@ -509,17 +629,22 @@ async fn run_process(ctx: &mut SlotCtx, restarted: Option<oneshot::Sender<()>>) 
             };
             (exit, Some((restart, reply)))
         }
-        Supervised::StartTimeout => {
+        Supervised::StartTimeout(why) => {
             ctx.set_state(InstanceState::Stopping);
             let exit = terminate(ctx, &mut child, pgid, false).await;
+            reason = Some(why);
             (exit, None)
         }
     };
     guard.disarm();
+    if let Some(g) = &ctx.guardian {
+        g.forget(pgid);
+    }
     {
         let mut s = ctx.shared();
         s.pid = None;
         s.last_exit = exit;
+        s.last_exit_at = Some(SystemTime::now());
         s.rss_bytes = None;
         s.cpu_seconds = None;
     }
@@ -532,7 +657,11 @@ async fn run_process(ctx: &mut SlotCtx, restarted: Option<oneshot::Sender<()>>) 
             ));
             Ended::Stopped { restart, reply }
         }
-        None => Ended::Exited { exit, uptime },
+        None => Ended::Exited {
+            exit,
+            uptime,
+            reason,
+        },
     }
 }
 
@@ -544,7 +673,8 @@ enum Supervised {
         /// The process exited by itself while being drained.
         exited: Option<std::io::Result<ExitStatus>>,
     },
-    StartTimeout,
+    /// Not ready within the start timeout: stopped, and why (with the last probe error).
+    StartTimeout(String),
 }
 
 /// The life of a running process: readiness, liveness, drain/undrain, stop requests.
@@ -557,10 +687,11 @@ async fn supervise(
     started: Instant,
 ) -> Supervised {
     let spec = ctx.spec.clone();
-    let mut ready_probe = spec
-        .ready
-        .clone()
-        .map(|p| spawn_prober(p, port, env.to_vec(), spec.cwd.clone()));
+    let owner = port.map(|p| (p, pid));
+    let mut ready_probe = spec.ready.clone().map(|p| {
+        let owner = owner.filter(|_| targets_own_port(&p));
+        spawn_prober(p, port, env.to_vec(), spec.cwd.clone(), owner)
+    });
     let start_deadline = started + spec.start_timeout();
     let mut rise = 0u32;
     let mut last_error = String::new();
@@ -584,7 +715,7 @@ async fn supervise(
         health_probe = spec
             .health
             .clone()
-            .map(|p| spawn_prober(p, port, env.to_vec(), spec.cwd.clone()));
+            .map(|p| spawn_prober(p, port, env.to_vec(), spec.cwd.clone(), None));
     }
 
     crate::contain::test_panic("slot");
@@ -593,17 +724,20 @@ async fn supervise(
         tokio::select! {
             st = child.wait() => return Supervised::Exited(st),
             _ = sleep_until(start_deadline), if starting => {
-                ctx.note(&format!(
-                    "not ready after {:?} (last probe: {last_error}); stopping it",
-                    spec.start_timeout()
-                ));
-                return Supervised::StartTimeout;
+                let last = if last_error.is_empty() { "no probe result".to_string() } else { last_error.clone() };
+                let why = format!(
+                    "not ready within start_timeout ({:.1}s; last probe: {last}); stopped",
+                    spec.start_timeout().as_secs_f64()
+                );
+                ctx.note(&why);
+                return Supervised::StartTimeout(why);
             }
             r = recv_opt(&mut ready_probe) => {
                 let Some(r) = r else { continue };
                 match r {
                     Ok(()) => {
                         rise += 1;
+                        ctx.shared().last_probe_error = None;
                         let need = spec.ready.as_ref().map_or(1, |p| p.rise);
                         if rise >= need {
                             ready_probe = None;
@@ -611,11 +745,20 @@ async fn supervise(
                             health_probe = spec
                                 .health
                                 .clone()
-                                .map(|p| spawn_prober(p, port, env.to_vec(), spec.cwd.clone()));
+                                .map(|p| spawn_prober(p, port, env.to_vec(), spec.cwd.clone(), None));
                         }
                     }
                     Err(e) => {
                         rise = 0;
+                        // Someone else's program answering this instance's port is
+                        // worth a line; an app still booting is not.
+                        if e.contains("its probe was answered by another program") && e != last_error {
+                            ctx.note(&format!("not ready: {e}"));
+                        }
+                        let mut s = ctx.shared();
+                        let since = s.last_probe_error.as_ref().map_or_else(Instant::now, |p| p.1);
+                        s.last_probe_error = Some((e.clone(), since));
+                        drop(s);
                         last_error = e;
                     }
                 }

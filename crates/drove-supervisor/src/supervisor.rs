@@ -16,6 +16,7 @@ use crate::error::SupervisorError;
 use crate::event::{
     InstanceEvent, InstanceId, InstanceState, InstanceStatus, Replacement, RollingReport,
 };
+use crate::guardian::Guardian;
 use crate::logs::{self, InstanceLog};
 use crate::procfs;
 use crate::slot::{self, lock, ReplaceRequest, SlotCmd, SlotHandle, SpecCell};
@@ -32,13 +33,16 @@ const DEPS_POLL: Duration = Duration::from_millis(50);
 /// the slot's own start timeout (which stops the process) fires first.
 const READY_WAIT_SLACK: Duration = Duration::from_millis(250);
 
-/// Output options.
-#[derive(Debug, Clone, Copy, Default)]
+/// Output options, and the guardian.
+#[derive(Debug, Clone, Default)]
 pub struct SupervisorOptions {
     /// Also print every instance line to stdout as `web.2 | line`.
     pub log_to_stdout: bool,
     /// Colour the `web.2 |` prefixes (one stable colour per instance).
     pub color: bool,
+    /// Told about every process group spawned, so that it can stop them if drove dies
+    /// without doing so (see [`Guardian`]).
+    pub guardian: Option<Arc<Guardian>>,
 }
 
 /// Handle to a running supervisor; cheap to clone. Dropping every handle does not stop
@@ -237,6 +241,19 @@ impl Supervisor {
                 let state = h.state();
                 let s = h.shared();
                 let u = s.pid.and_then(|p| usage.get(&(p as i32)));
+                let probe = s.last_probe_error.clone();
+                let why = match state {
+                    InstanceState::Starting => probe.as_ref().map(|(e, since)| {
+                        format!(
+                            "ready probe failing for {:.1}s: {e}",
+                            since.elapsed().as_secs_f64()
+                        )
+                    }),
+                    InstanceState::Backoff | InstanceState::Crashloop | InstanceState::Exited => {
+                        s.why.clone()
+                    }
+                    _ => None,
+                };
                 InstanceStatus {
                     id: h.id.clone(),
                     pid: s.pid,
@@ -247,7 +264,11 @@ impl Supervisor {
                     cpu_seconds: u.map(|u| u.cpu_seconds).or(s.cpu_seconds),
                     uptime: s.pid.and(s.started_at).map(|t| t.elapsed()),
                     last_exit: s.last_exit,
+                    last_exit_at: s.last_exit_at,
                     backoff: s.backoff,
+                    retry_at: s.retry_at,
+                    why,
+                    last_probe_error: probe.map(|p| p.0),
                 }
             })
             .collect()
@@ -273,6 +294,7 @@ impl Supervisor {
             tracing::info!(service, from = have, to = n, "scaling up");
             for _ in have..n {
                 let index = svc.free_index()?;
+                svc.explain_skipped(index);
                 inner.create_slot(&svc, index)?;
             }
         } else if n < have {
@@ -560,6 +582,7 @@ impl Inner {
             self.spawner.clone(),
             log,
             svc.replace.clone(),
+            self.opts.guardian.clone(),
         );
         let mut slots = lock(&svc.slots);
         // Checked under the slots lock: shutdown sets the flag before it reads the slots,
@@ -601,6 +624,31 @@ impl Service {
                 }
             }
             i += 1;
+        }
+    }
+
+    /// Says why a new slot got `index` rather than a lower free one: their ports (with a
+    /// base port) are held by other processes, which would otherwise get its traffic.
+    fn explain_skipped(&self, index: u32) {
+        let PortSpec::Base(base) = self.spec().port else {
+            return;
+        };
+        let taken: Vec<u32> = {
+            let slots = lock(&self.slots);
+            (1..index).filter(|i| !slots.contains_key(i)).collect()
+        };
+        for i in taken {
+            let Some(port) = u16::try_from(u32::from(base) + i - 1).ok() else {
+                continue;
+            };
+            if let Some(used) = crate::ports::port_in_use(port) {
+                tracing::warn!(
+                    "{}.{i} not started: {used}; starting {}.{index} on port {} instead",
+                    self.name,
+                    self.name,
+                    u32::from(base) + index - 1
+                );
+            }
         }
     }
 

@@ -41,6 +41,13 @@ impl Response {
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
     }
+    /// Body as a typed document (a `drove_api` type); panics with the body when it is
+    /// not one, so a renamed field fails the test that reads it.
+    pub fn doc<T: serde::de::DeserializeOwned>(&self) -> T {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!("not a {}: {e}: {}", std::any::type_name::<T>(), self.text())
+        })
+    }
 }
 
 /// A keep-alive connection.

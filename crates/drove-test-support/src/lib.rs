@@ -296,10 +296,18 @@ impl Drove {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    /// GET /api/status as JSON.
-    pub fn status(&self) -> serde_json::Value {
+    /// GET /api/status: the typed document of drove-api (a field renamed in the server
+    /// is a compile error here too).
+    pub fn status(&self) -> drove_api::Status {
         let r = http::get(self.admin, "/api/status").expect("admin status");
-        serde_json::from_slice(&r.body).expect("status JSON")
+        serde_json::from_slice(&r.body).unwrap_or_else(|e| {
+            panic!("status document: {e}: {}", String::from_utf8_lossy(&r.body))
+        })
+    }
+
+    /// The balancer part of the status document (panics without a `[balancer]`).
+    pub fn balancer_status(&self) -> drove_api::BalancerStatus {
+        self.status().balancer.expect("drove has a balancer")
     }
 
     /// The value of one series on `/metrics`, named with its labels exactly as drove
@@ -319,14 +327,10 @@ impl Drove {
     /// Waits until `n` instances of the balanced service are in rotation and healthy.
     pub fn wait_in_rotation(&self, n: usize, timeout: Duration) -> bool {
         wait_until(timeout, || {
-            let s = self.status();
-            let backends = s["balancer"]["backends"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default();
-            backends
+            self.status()
+                .backends()
                 .iter()
-                .filter(|b| b["enabled"] == true && b["healthy"] == true)
+                .filter(|b| b.enabled && b.healthy)
                 .count()
                 == n
         })
@@ -334,11 +338,10 @@ impl Drove {
 
     /// Pids of the supervised instances (from status).
     pub fn instance_pids(&self) -> Vec<u32> {
-        self.status()["instances"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|i| i["pid"].as_u64().map(|p| p as u32))
+        self.status()
+            .instances
+            .iter()
+            .filter_map(|i| i.pid)
             .collect()
     }
 

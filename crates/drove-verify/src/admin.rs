@@ -1,10 +1,13 @@
-//! The admin API as the drills see it: `GET /api/status` read into a [`Status`], and the
-//! `POST` operations (scale, restart, drain, undrain).
+//! The admin API as the drills see it: `GET /api/status` (the typed [`api::Status`] of
+//! drove-api) read into a [`Status`], and the `POST` operations (scale, restart, drain,
+//! undrain) with drove-api's request and answer types.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use drove_api as api;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 
 use crate::client;
 
@@ -28,6 +31,8 @@ pub(crate) struct Backend {
     pub enabled: bool,
     pub healthy: bool,
     pub requests: u64,
+    pub failures: u64,
+    pub ejections: u64,
     pub weight: u64,
     pub backup: bool,
 }
@@ -38,10 +43,12 @@ pub(crate) struct Instance {
     pub id: String,
     pub service: Option<String>,
     pub pid: Option<i32>,
-    pub state: String,
+    pub state: api::InstanceState,
+    /// Why it is not ready, as drove explains it.
+    pub why: Option<String>,
 }
 
-/// The parts of `GET /api/status` the drills use.
+/// The parts of `GET /api/status` the drills use, read from the typed document.
 #[derive(Debug, Clone)]
 pub(crate) struct Status {
     /// Whether there is a `[balancer]` at all.
@@ -55,51 +62,58 @@ pub(crate) struct Status {
     pub requests: u64,
     /// Responses of every status class.
     pub responses: u64,
+    /// Retries made so far.
+    pub retries: u64,
+    /// Failed connects to backends so far.
+    pub connect_errors: u64,
+    /// Backend tries that timed out so far.
+    pub timeouts: u64,
+    /// The settings that decide ejection and retries.
+    pub settings: Option<api::BalancerSettings>,
     pub backends: Vec<Backend>,
     pub instances: Vec<Instance>,
 }
 
 impl Status {
-    fn parse(v: &Value) -> Status {
-        let b = &v["balancer"];
-        let s = |v: &Value| v.as_str().map(str::to_string);
-        let backends = b["backends"]
-            .as_array()
-            .into_iter()
-            .flatten()
+    pub(crate) fn from_doc(v: &api::Status) -> Status {
+        let b = v.balancer.as_ref();
+        let backends = v
+            .backends()
+            .iter()
             .map(|x| Backend {
-                id: s(&x["id"]).unwrap_or_default(),
-                enabled: x["enabled"] == true,
-                healthy: x["healthy"] == true,
-                requests: x["requests"].as_u64().unwrap_or(0),
-                weight: x["weight"].as_u64().unwrap_or(1).max(1),
-                backup: x["backup"] == true,
+                id: x.id.clone(),
+                enabled: x.enabled,
+                healthy: x.healthy,
+                requests: x.requests,
+                failures: x.failures,
+                ejections: x.ejections,
+                weight: u64::from(x.weight).max(1),
+                backup: x.backup,
             })
             .collect();
-        let instances = v["instances"]
-            .as_array()
-            .into_iter()
-            .flatten()
+        let instances = v
+            .instances
+            .iter()
             .map(|x| Instance {
-                id: s(&x["id"]).unwrap_or_default(),
-                service: s(&x["service"]),
-                pid: x["pid"].as_i64().map(|p| p as i32),
-                state: s(&x["state"]).unwrap_or_default(),
+                id: x.id.clone(),
+                service: x.service.clone(),
+                pid: x.pid.map(|p| p as i32),
+                state: x.state,
+                why: x.why.clone(),
             })
             .collect();
         Status {
-            has_balancer: b.is_object(),
-            tls: b["tls"] == true,
-            listen: b["listen"]
-                .as_str()
-                .and_then(|a| a.parse().ok())
-                .map(connectable),
-            algorithm: s(&b["algorithm"]).unwrap_or_default(),
-            service: s(&b["service"]),
-            requests: b["requests"].as_u64().unwrap_or(0),
-            responses: b["responses"]
-                .as_object()
-                .map_or(0, |m| m.values().filter_map(Value::as_u64).sum()),
+            has_balancer: b.is_some(),
+            tls: b.is_some_and(|b| b.tls),
+            listen: b.and_then(|b| b.listen).map(connectable),
+            algorithm: b.map(|b| b.algorithm.clone()).unwrap_or_default(),
+            service: b.and_then(|b| b.service.clone()),
+            requests: b.map_or(0, |b| b.requests),
+            responses: b.map_or(0, |b| b.responses.total()),
+            retries: b.map_or(0, |b| b.retries),
+            connect_errors: b.map_or(0, |b| b.connect_errors),
+            timeouts: b.map_or(0, |b| b.timeouts),
+            settings: b.map(|b| b.settings.clone()),
             backends,
             instances,
         }
@@ -108,7 +122,11 @@ impl Status {
     /// The balanced service's instances run under this drove's supervisor (not static
     /// `backends`).
     pub fn supervised(&self) -> bool {
-        self.service.is_some() && !self.instances.iter().any(|i| i.state == "remote")
+        self.service.is_some()
+            && !self
+                .instances
+                .iter()
+                .any(|i| i.state == api::InstanceState::Remote)
     }
 
     /// Instances of the balanced service.
@@ -139,7 +157,10 @@ impl Status {
     pub fn settled(&self) -> bool {
         !self.backends.is_empty()
             && self.backends.iter().all(|b| b.enabled && b.healthy)
-            && self.service_instances().iter().all(|i| i.state == "ready")
+            && self
+                .service_instances()
+                .iter()
+                .all(|i| i.state == api::InstanceState::Ready)
             && (!self.supervised() || self.service_instances().len() == self.backends.len())
     }
 }
@@ -162,8 +183,8 @@ impl Admin {
         self.token.as_ref().map(|t| format!("Bearer {t}"))
     }
 
-    /// The raw status document.
-    pub async fn status_json(&self) -> Result<Value, String> {
+    /// The status document.
+    pub async fn doc(&self) -> Result<api::Status, String> {
         let auth = self.auth();
         let mut headers = vec![("Accept", "application/json")];
         if let Some(a) = &auth {
@@ -179,18 +200,21 @@ impl Admin {
                 String::from_utf8_lossy(&r.body)
             ));
         }
-        match r.json() {
-            Value::Null => Err("admin API: GET /api/status did not answer JSON".into()),
-            v => Ok(v),
-        }
+        serde_json::from_slice(&r.body).map_err(|e| {
+            format!("admin API: GET /api/status did not answer a drove status document: {e}")
+        })
     }
 
     pub async fn status(&self) -> Result<Status, String> {
-        self.status_json().await.map(|v| Status::parse(&v))
+        self.doc().await.map(|v| Status::from_doc(&v))
     }
 
-    /// POSTs a JSON body; Ok(answer) on 2xx, Err(message) otherwise.
-    pub async fn post(&self, path: &str, body: Value) -> Result<Value, String> {
+    /// POSTs `body`; Ok(answer) on 2xx, Err(message) otherwise.
+    pub async fn post<Req: Serialize, Ans: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &Req,
+    ) -> Result<Ans, String> {
         let auth = self.auth();
         let mut headers = vec![
             ("Content-Type", "application/json"),
@@ -204,24 +228,17 @@ impl Admin {
         } else {
             CALL_TIMEOUT
         };
-        let r = client::request(
-            self.addr,
-            "POST",
-            path,
-            &headers,
-            body.to_string().as_bytes(),
-            timeout,
-        )
-        .await
-        .map_err(|e| format!("admin API: {e}"))?;
-        let v = r.json();
+        let body = serde_json::to_vec(body).map_err(|e| e.to_string())?;
+        let r = client::request(self.addr, "POST", path, &headers, &body, timeout)
+            .await
+            .map_err(|e| format!("admin API: {e}"))?;
         if (200..300).contains(&r.status) {
-            Ok(v)
+            serde_json::from_slice(&r.body)
+                .map_err(|e| format!("POST {path}: unexpected answer: {e}"))
         } else {
-            let why = v["error"]
-                .as_str()
-                .map(str::to_string)
-                .unwrap_or_else(|| String::from_utf8_lossy(&r.body).into_owned());
+            let why = serde_json::from_slice::<api::ApiError>(&r.body)
+                .map(|e| e.error)
+                .unwrap_or_else(|_| String::from_utf8_lossy(&r.body).into_owned());
             Err(format!("POST {path} answered {}: {why}", r.status))
         }
     }
@@ -233,13 +250,16 @@ impl Admin {
         if let Some(a) = &auth {
             headers.push(("Authorization", a.as_str()));
         }
-        let body = json!({ "instance": id }).to_string();
+        let body = serde_json::to_vec(&api::DrainRequest {
+            instance: id.to_string(),
+        })
+        .unwrap_or_default();
         let _ = client::request_blocking(
             self.addr,
             "POST",
             "/api/undrain",
             &headers,
-            body.as_bytes(),
+            &body,
             CALL_TIMEOUT,
         );
     }
@@ -249,27 +269,88 @@ impl Admin {
 mod tests {
     use super::*;
 
-    fn status(state3: &str, healthy3: bool, service: Option<&str>) -> Status {
-        Status::parse(&json!({
-            "balancer": {
-                "listen": "0.0.0.0:8080", "algorithm": "round_robin", "service": service,
-                "requests": 10, "responses": {"1xx": 0, "2xx": 9, "3xx": 0, "4xx": 1, "5xx": 0},
-                "backends": [
-                    {"id": "web.1", "enabled": true, "healthy": true, "requests": 5, "weight": 1, "backup": false},
-                    {"id": "web.3", "enabled": true, "healthy": healthy3, "requests": 5, "weight": 2, "backup": true},
+    fn backend(id: &str, healthy: bool, weight: u32, backup: bool) -> api::BackendRow {
+        api::BackendRow {
+            id: id.into(),
+            addr: "127.0.0.1:1".parse().unwrap(),
+            enabled: true,
+            healthy,
+            probe_up: healthy,
+            in_flight: 0,
+            requests: 5,
+            failures: 0,
+            ejections: 0,
+            weight,
+            backup,
+        }
+    }
+
+    fn instance(id: &str, service: &str, pid: u32, state: api::InstanceState) -> api::InstanceRow {
+        let mut r = api::InstanceRow::new(id, Some(service.into()), state);
+        r.pid = Some(pid);
+        r
+    }
+
+    fn status(state3: api::InstanceState, healthy3: bool, service: Option<&str>) -> Status {
+        let remote = state3 == api::InstanceState::Remote;
+        let mut instances = vec![
+            instance("web.1", "web", 10, api::InstanceState::Ready),
+            instance("web.3", "web", 12, state3),
+            instance("redis.1", "redis", 11, api::InstanceState::Ready),
+        ];
+        if remote {
+            instances[1].service = None;
+        }
+        Status::from_doc(&api::Status {
+            version: "0".into(),
+            pid: 1,
+            uptime_s: 1.0,
+            admin: "127.0.0.1:9900".parse().unwrap(),
+            balancer: Some(api::BalancerStatus {
+                listen: Some("0.0.0.0:8080".parse().unwrap()),
+                tls: false,
+                rps: None,
+                errors_per_s: None,
+                algorithm: "round_robin".into(),
+                service: service.map(str::to_string),
+                requests: 10,
+                responses: api::Responses {
+                    c2xx: 9,
+                    c4xx: 1,
+                    ..Default::default()
+                },
+                retries: 0,
+                retry_budget_exhausted: 0,
+                connect_errors: 0,
+                timeouts: 0,
+                no_backend: 0,
+                rejected: 0,
+                rate_limited: 0,
+                active_connections: 0,
+                active_tunnels: 0,
+                settings: api::BalancerSettings {
+                    health: None,
+                    retry_attempts: 2,
+                    per_try_timeout_s: None,
+                    response_timeout_s: 60.0,
+                    connect_timeout_s: 1.0,
+                    passive_max_fails: 3,
+                    passive_fail_timeout_s: 10.0,
+                    max_ejected: 0.5,
+                },
+                backends: vec![
+                    backend("web.1", true, 1, false),
+                    backend("web.3", healthy3, 2, true),
                 ],
-            },
-            "instances": [
-                {"id": "web.1", "service": "web", "pid": 10, "state": "ready"},
-                {"id": "web.3", "service": "web", "pid": 12, "state": state3},
-                {"id": "redis.1", "service": "redis", "pid": 11, "state": "ready"},
-            ],
-        }))
+            }),
+            services: vec!["web".into()],
+            instances,
+        })
     }
 
     #[test]
     fn reads_status() {
-        let st = status("ready", true, Some("web"));
+        let st = status(api::InstanceState::Ready, true, Some("web"));
         assert!(st.has_balancer && st.supervised() && st.settled());
         assert_eq!(st.listen, Some("127.0.0.1:8080".parse().unwrap()));
         assert_eq!((st.requests, st.responses), (10, 10));
@@ -281,16 +362,19 @@ mod tests {
 
     #[test]
     fn settled_needs_every_instance_ready_and_healthy() {
-        assert!(!status("starting", true, Some("web")).settled());
-        assert!(!status("ready", false, Some("web")).settled());
-        assert_eq!(status("ready", false, Some("web")).serving().len(), 1);
+        assert!(!status(api::InstanceState::Starting, true, Some("web")).settled());
+        assert!(!status(api::InstanceState::Ready, false, Some("web")).settled());
+        assert_eq!(
+            status(api::InstanceState::Ready, false, Some("web"))
+                .serving()
+                .len(),
+            1
+        );
     }
 
     #[test]
     fn static_backends_are_not_supervised() {
-        let st = status("remote", true, None);
+        let st = status(api::InstanceState::Remote, true, None);
         assert!(!st.supervised());
-        let none = Status::parse(&json!({"balancer": null, "instances": []}));
-        assert!(!none.has_balancer && !none.settled());
     }
 }

@@ -3,6 +3,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+use super::compress::compress;
 use super::probe::{probe, Role};
 use super::{keyed, resolve, Keyed, Refs, Spanned};
 use crate::model::*;
@@ -26,6 +27,8 @@ const BALANCER_KEYS: &[&str] = &[
     "instance_header",
     "trusted_proxies",
     "upgrades",
+    "http2",
+    "http2_max_streams",
     "request_id",
     "access_log",
     "access_log_path",
@@ -34,6 +37,7 @@ const BALANCER_KEYS: &[&str] = &[
     "routes",
     "resolver",
     "tls",
+    "compress",
 ];
 const ALGORITHMS: &[&str] = &[
     "round_robin",
@@ -85,6 +89,8 @@ pub(super) fn balancer(
         instance_header: None,
         trusted_proxies: Vec::new(),
         upgrades: vec!["websocket".to_string()],
+        http2: true,
+        http2_max_streams: 128,
         request_id: Some(DEFAULT_REQUEST_ID.to_string()),
         access_log: AccessLogFormat::Off,
         access_log_path: LogTarget::Stdout,
@@ -97,6 +103,7 @@ pub(super) fn balancer(
             interval: Duration::from_secs(5),
         },
         tls: None,
+        compress: None,
     };
     if let Some(lf) = t.get("listen") {
         if let Some(a) = r::socket_addr(cx, &lf) {
@@ -292,6 +299,15 @@ pub(super) fn balancer(
         }
     }
 
+    if let Some(v) = t.get("http2").and_then(|f| r::boolean(cx, &f)) {
+        b.http2 = v;
+    }
+    if let Some(v) = t
+        .get("http2_max_streams")
+        .and_then(|f| r::int(cx, &f, 1, 65_535))
+    {
+        b.http2_max_streams = v as u32;
+    }
     if let Some(uf) = t.get("upgrades") {
         b.upgrades.clear();
         for item in r::array(cx, &uf).unwrap_or_default() {
@@ -355,10 +371,13 @@ pub(super) fn balancer(
     if let Some(tf) = t.get("tls") {
         b.tls = tls(cx, &tf, base);
     }
+    if let Some(cf) = t.get("compress") {
+        b.compress = compress(cx, &cf, None, "`compress` of [balancer]").unwrap_or(None);
+    }
 
     if let Some(rf) = t.get("routes") {
         for item in r::array(cx, &rf).unwrap_or_default() {
-            if let Some(route) = route(cx, &item, refs) {
+            if let Some(route) = route(cx, &item, refs, b.compress.as_ref()) {
                 b.routes.push(route);
             }
         }
@@ -610,7 +629,13 @@ fn optional_header(cx: &mut Cx, f: &Field<'_>, default: &str) -> Option<Option<S
     }
 }
 
-fn route(cx: &mut Cx, f: &Field<'_>, refs: &mut Refs) -> Option<RouteConfig> {
+/// One `[[balancer.routes]]` entry; `balancer_compress` is what the route inherits.
+fn route(
+    cx: &mut Cx,
+    f: &Field<'_>,
+    refs: &mut Refs,
+    balancer_compress: Option<&drove_compress::Settings>,
+) -> Option<RouteConfig> {
     if !f.node.is_table() {
         cx.error(
             f.span.clone(),
@@ -626,10 +651,17 @@ fn route(cx: &mut Cx, f: &Field<'_>, refs: &mut Refs) -> Option<RouteConfig> {
         &f.node,
         f.span.clone(),
         "[[balancer.routes]]".into(),
-        &["path", "limit"],
+        &["path", "limit", "compress"],
     );
     let path = t.required(cx, "path");
-    let limit = t.required(cx, "limit");
+    let limit = t.get("limit");
+    let compress_field = t.get("compress");
+    if limit.is_none() && compress_field.is_none() {
+        cx.error(
+            t.span.clone(),
+            "a route needs `limit` (a rate limit), `compress` (compression on this path) or both",
+        );
+    }
     let path_ok = path.and_then(|pf| {
         let p = r::string(cx, &pf)?;
         if !p.starts_with('/') {
@@ -641,16 +673,27 @@ fn route(cx: &mut Cx, f: &Field<'_>, refs: &mut Refs) -> Option<RouteConfig> {
         }
         Some(p)
     });
-    let limit = limit.and_then(|lf| {
-        let l = r::string(cx, &lf)?;
-        refs.route_limits.push(Spanned {
-            name: l.clone(),
-            span: lf.span.clone(),
-        });
-        Some(l)
-    });
+    let limit = match limit {
+        None => Some(String::new()),
+        Some(lf) => r::string(cx, &lf).inspect(|l| {
+            refs.route_limits.push(Spanned {
+                name: l.clone(),
+                span: lf.span.clone(),
+            });
+        }),
+    };
+    let settings = match &compress_field {
+        None => Some(balancer_compress.cloned()),
+        Some(cf) => compress(
+            cx,
+            cf,
+            balancer_compress,
+            "`compress` of [[balancer.routes]]",
+        ),
+    };
     Some(RouteConfig {
         path: path_ok?,
         limit: limit?,
+        compress: settings?,
     })
 }

@@ -4,6 +4,7 @@
 //! the cross-reference checks in `check.rs`. One file per large section.
 
 mod balancer;
+mod compress;
 mod probe;
 mod service;
 

@@ -306,7 +306,7 @@ fn command(cx: &mut Cx, f: &Field<'_>, service: &str, port: PortSpec) -> Option<
                 cx.error(
                     f.span.clone(),
                     format!(
-                        "unknown placeholder `{{{name}}}` in `command`; {hint}known placeholders: {{port}}, {{instance}} (write `{{{{` for a literal brace)"
+                        "unknown placeholder `{{{name}}}` in `command`; {hint}known placeholders: {{port}}, {{instance}}, {{drove}} (write `{{{{` for a literal brace)"
                     ),
                 );
                 ok = false;

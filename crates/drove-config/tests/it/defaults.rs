@@ -120,6 +120,8 @@ fn minimal_balancer_gets_every_default() {
         instance_header: None,
         trusted_proxies: vec![],
         upgrades: vec!["websocket".to_string()],
+        http2: true,
+        http2_max_streams: 128,
         request_id: Some("X-Request-Id".into()),
         access_log: AccessLogFormat::Off,
         access_log_path: LogTarget::Stdout,
@@ -132,6 +134,7 @@ fn minimal_balancer_gets_every_default() {
             interval: secs(5),
         },
         tls: None,
+        compress: None,
     };
     assert_eq!(b, expected);
 }
@@ -476,11 +479,13 @@ fn every_key_set_explicitly() {
         vec![
             RouteConfig {
                 path: "/auth/".into(),
-                limit: "strict".into()
+                limit: "strict".into(),
+                compress: None,
             },
             RouteConfig {
                 path: "/api/".into(),
-                limit: "by_key".into()
+                limit: "by_key".into(),
+                compress: None,
             },
         ]
     );

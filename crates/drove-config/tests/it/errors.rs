@@ -242,11 +242,11 @@ fn unknown_limit() {
 }
 
 #[test]
-fn route_needs_path_and_limit() {
+fn route_needs_path_and_a_limit_or_compress() {
     assert_eq!(
         errs("[balancer]\nbackends = [\":1\"]\n[[balancer.routes]]\npath = \"auth\"\n"),
         vec![
-            e(3, 1, "missing required key `limit` in [[balancer.routes]]"),
+            e(3, 1, "a route needs `limit` (a rate limit), `compress` (compression on this path) or both"),
             e(4, 8, "route `path` must start with `/`, found \"auth\""),
         ]
     );
@@ -329,7 +329,7 @@ fn probe_errors() {
 fn placeholder_errors() {
     assert_eq!(
         err("[services.web]\ncommand = \"app --port {prot}\"\n"),
-        e(2, 11, "unknown placeholder `{prot}` in `command`; did you mean `{port}`? known placeholders: {port}, {instance} (write `{{` for a literal brace)")
+        e(2, 11, "unknown placeholder `{prot}` in `command`; did you mean `{port}`? known placeholders: {port}, {instance}, {drove} (write `{{` for a literal brace)")
     );
     assert_eq!(
         err("[services.w]\ncommand = [\"app\", \"{port}\"]\nport = \"none\"\n"),

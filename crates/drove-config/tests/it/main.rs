@@ -1,6 +1,7 @@
 //! Integration tests of drove-config through its public API: defaults, every key, every
 //! error class with its exact position and message, and the shipped templates.
 
+mod compress;
 mod defaults;
 mod errors;
 mod templates;

@@ -15,6 +15,8 @@ fn init_template_parses() {
     assert_eq!(b.backends, Backends::Service("web".into()));
     assert_eq!(c.admin.listen, "127.0.0.1:9900".parse().unwrap());
     assert!(c.warnings.is_empty());
+    // Compression is on, with the values the template shows being the defaults.
+    assert_eq!(b.compress, Some(drove_compress::Settings::default()));
 }
 
 #[test]
@@ -50,6 +52,11 @@ fn init_template_shows_every_key() {
         "access_log_path",
         "max_header_size",
         "max_body_size",
+        "compress",
+        "algorithms",
+        "types",
+        "min_size",
+        "level",
         "[[balancer.routes]]",
         "limit",
         "[limits.",
@@ -100,7 +107,13 @@ fn init_template_commented_examples_are_valid() {
     assert!(web.health.is_some());
     assert_eq!(web.max_memory, Some(512 << 20));
     assert!(c.limits.contains_key("strict"));
-    assert_eq!(c.balancer.unwrap().routes.len(), 1);
+    let b = c.balancer.unwrap();
+    assert_eq!(b.routes.len(), 1);
+    assert!(b.compress.is_some());
+    assert_eq!(
+        b.routes[0].compress, None,
+        "the route example turns compression off"
+    );
 }
 
 #[test]
@@ -143,6 +156,7 @@ fn builtin_demo_matches_the_spec() {
     assert_eq!(bh.interval, Duration::from_millis(250));
     assert_eq!((bh.rise, bh.fall), (2, 2));
     assert_eq!(b.retries.per_try_timeout, Some(Duration::from_secs(5)));
+    assert_eq!(b.compress, Some(drove_compress::Settings::default()));
     assert_eq!(c.admin.listen, "127.0.0.1:9900".parse().unwrap());
 }
 

@@ -9,7 +9,8 @@ mod response;
 
 pub(crate) use chunked::{write_chunk, Chunked, LAST_CHUNK};
 pub(crate) use request::{
-    parse_request, write_request, RequestHead, RequestLimits, RequestRewrite,
+    parse_request, write_request, write_upstream_head, RequestHead, RequestLimits, RequestRewrite,
+    UpstreamHead,
 };
 pub(crate) use response::{
     check_upgrade, parse_response, write_response, ResponseHead, ResponseRewrite,

@@ -345,35 +345,68 @@ pub(crate) fn write_request(
     rw: &RequestRewrite<'_>,
     out: &mut Vec<u8>,
 ) {
-    out.extend_from_slice(head.method_bytes(buf));
+    let has_connection_header = head.header(buf, b"connection").is_some();
+    let lines = head
+        .headers
+        .iter()
+        .map(|((ns, ne), (vs, ve))| (&buf[*ns..*ne], &buf[*vs..*ve]))
+        .filter(|(name, _)| !(has_connection_header && connection_named(buf, head, name)));
+    let upstream = UpstreamHead {
+        method: head.method_bytes(buf),
+        target: origin_form(head.target(buf)),
+        authority: head.authority.map(|(s, e)| &buf[s..e]),
+        upgrade: head.upgrade.map(|(s, e)| &buf[s..e]),
+        framing: None,
+    };
+    write_upstream_head(&upstream, lines, rw, out);
+}
+
+/// The parts of a request head for a backend that do not come from header lines.
+pub(crate) struct UpstreamHead<'a> {
+    pub(crate) method: &'a [u8],
+    /// Origin-form (or `*`).
+    pub(crate) target: &'a [u8],
+    /// Written as `Host`, replacing any `Host` line (absolute-form targets, HTTP/2's
+    /// `:authority`).
+    pub(crate) authority: Option<&'a [u8]>,
+    /// The allowed protocol the request switches to.
+    pub(crate) upgrade: Option<&'a [u8]>,
+    /// A framing line drove adds (`Transfer-Encoding: chunked` for an HTTP/2 body of
+    /// unknown length).
+    pub(crate) framing: Option<&'a [u8]>,
+}
+
+/// Writes a backend's request head from `head` and the client's header `lines`
+/// (hop-by-hop ones are dropped here; those named by `Connection` by the caller).
+pub(crate) fn write_upstream_head<'b>(
+    head: &UpstreamHead<'_>,
+    lines: impl Iterator<Item = (&'b [u8], &'b [u8])>,
+    rw: &RequestRewrite<'_>,
+    out: &mut Vec<u8>,
+) {
+    out.extend_from_slice(head.method);
     out.push(b' ');
-    out.extend_from_slice(origin_form(head.target(buf)));
+    out.extend_from_slice(head.target);
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    let authority = head.authority.map(|(s, e)| &buf[s..e]);
     let mut xff_prev: Option<&[u8]> = None;
     let mut have_proto = false;
     let mut have_fhost = false;
-    let mut host: Option<&[u8]> = authority;
+    let mut host: Option<&[u8]> = head.authority;
     let mut have_rid = false;
-    let has_connection_header = head.header(buf, b"connection").is_some();
-    if let Some(a) = authority {
+    if let Some(a) = head.authority {
         out.extend_from_slice(b"Host: ");
         out.extend_from_slice(a);
         out.extend_from_slice(b"\r\n");
     }
-    for ((ns, ne), (vs, ve)) in &head.headers {
-        let name = &buf[*ns..*ne];
-        let value = &buf[*vs..*ve];
+    for (name, value) in lines {
         if eq(name, b"x-forwarded-for") && rw.trusted {
             xff_prev = Some(value);
         }
-        if drop_request_header(name, rw.trusted)
-            || (has_connection_header && connection_named(buf, head, name))
-        {
+        if drop_request_header(name, rw.trusted) {
             continue;
         }
         if eq(name, b"host") {
-            if authority.is_some() {
+            if head.authority.is_some() {
                 continue;
             }
             host = Some(value);
@@ -418,9 +451,12 @@ pub(crate) fn write_request(
         out.extend_from_slice(value);
         out.extend_from_slice(b"\r\n");
     }
-    if let Some((s, e)) = head.upgrade {
+    if let Some(framing) = head.framing {
+        out.extend_from_slice(framing);
+    }
+    if let Some(p) = head.upgrade {
         out.extend_from_slice(b"Connection: upgrade\r\nUpgrade: ");
-        out.extend_from_slice(&buf[s..e]);
+        out.extend_from_slice(p);
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"\r\n");

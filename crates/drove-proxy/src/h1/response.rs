@@ -126,9 +126,13 @@ pub(crate) struct ResponseRewrite<'a> {
     /// The client speaks HTTP/1.0 (one that asked for keep-alive gets
     /// `Connection: keep-alive`).
     pub(crate) http10: bool,
-    /// The body will be sent de-chunked (to an HTTP/1.0 client): Transfer-Encoding is
-    /// dropped.
+    /// The body will not go in the backend's framing (de-chunked for an HTTP/1.0 client,
+    /// or compressed): its Transfer-Encoding is dropped.
     pub(crate) dechunk: bool,
+    /// Compression's header edits (fields dropped, fields added).
+    pub(crate) edits: Option<&'a drove_compress::HeadEdits>,
+    /// The body goes chunked (a compressed body to an HTTP/1.1 client).
+    pub(crate) chunked: bool,
 }
 
 /// Writes the response head for the client into `out`.
@@ -151,7 +155,12 @@ pub(crate) fn write_response(
     out.extend_from_slice(b"\r\n");
     for ((ns, ne), (vs, ve)) in &head.headers {
         let name = &buf[*ns..*ne];
-        if drop_response_header(name, upgrade) || (rw.dechunk && eq(name, b"transfer-encoding")) {
+        if drop_response_header(name, upgrade)
+            || (rw.dechunk && eq(name, b"transfer-encoding"))
+            // Compression replaces Vary, ETag and Content-Encoding and drops
+            // Content-Length and Accept-Ranges: the backend's own go.
+            || rw.edits.is_some_and(|e| e.removes(name))
+        {
             continue;
         }
         out.extend_from_slice(name);
@@ -165,6 +174,12 @@ pub(crate) fn write_response(
         out.extend_from_slice(b"Connection: close\r\n");
     } else if rw.http10 {
         out.extend_from_slice(b"Connection: keep-alive\r\n");
+    }
+    if let Some(e) = rw.edits {
+        e.write_http1_additions(out);
+    }
+    if rw.chunked {
+        out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
     }
     out.extend_from_slice(rw.extra);
     out.extend_from_slice(b"\r\n");

@@ -35,6 +35,28 @@ pub(crate) struct LogHead {
 }
 
 impl LogHead {
+    /// From an HTTP/2 request.
+    pub(crate) fn of_h2(parts: &http::request::Parts) -> LogHead {
+        let header = |n: http::header::HeaderName| {
+            parts
+                .headers
+                .get(n)
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                .unwrap_or_default()
+        };
+        LogHead {
+            method: parts.method.as_str().to_owned(),
+            target: parts
+                .uri
+                .path_and_query()
+                .map(|p| p.as_str().to_owned())
+                .unwrap_or_else(|| "/".into()),
+            version: "HTTP/2.0",
+            referer: header(http::header::REFERER),
+            user_agent: header(http::header::USER_AGENT),
+        }
+    }
+
     /// From the head at the start of `buf`; `None` (an unparsable head) logs `-`.
     pub(crate) fn capture(buf: &[u8], head: Option<&RequestHead>) -> LogHead {
         let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();

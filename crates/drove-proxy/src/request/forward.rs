@@ -117,6 +117,27 @@ impl UpstreamRequest {
         Some(req)
     }
 
+    /// A request whose head (and, with `Framing::None`, whole body) is `head`.
+    pub(crate) fn new(head: Vec<u8>, framing: Framing, method: Method) -> UpstreamRequest {
+        UpstreamRequest {
+            head,
+            framing,
+            method,
+            expect_continue: false,
+            upgrade: false,
+        }
+    }
+
+    /// The head (and body, when it was read in advance).
+    pub(crate) fn head(&self) -> &[u8] {
+        &self.head
+    }
+
+    /// How the rest of the body comes.
+    pub(crate) fn framing(&self) -> Framing {
+        self.framing
+    }
+
     /// What kind of request it is, for retrying.
     pub(crate) fn class(&self) -> RequestClass {
         RequestClass {
@@ -169,9 +190,9 @@ pub(crate) struct AttemptFailure {
 }
 
 /// One attempt on `backend`.
-pub(crate) async fn once<S: ClientIo>(
+pub(crate) async fn once<D: Downstream>(
     w: &Worker,
-    client: &mut Client<S>,
+    down: &mut D,
     backend: &Arc<Backend>,
     req: &UpstreamRequest,
     ctx: &mut Ctx,
@@ -194,15 +215,13 @@ pub(crate) async fn once<S: ClientIo>(
         Err(error) => return Err(fail(in_flight, Failure::NotSent, error)),
     };
 
-    if req.expect_continue && req.framing != Framing::None && client.pending().is_empty() {
+    if req.expect_continue
+        && req.framing != Framing::None
+        && !std::mem::replace(&mut ctx.continue_sent, true)
+    {
         // Like nginx, drove answers `Expect: 100-continue` itself before reading the
         // body (once per request: the body is read by the first attempt).
-        if !std::mem::replace(&mut ctx.continue_sent, true) {
-            let _ = client
-                .sock
-                .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
-                .await;
-        }
+        down.continue_100().await;
     }
 
     // A pooled connection found dead before any response byte: the request never
@@ -214,9 +233,12 @@ pub(crate) async fn once<S: ClientIo>(
     let mut buf = w.buffers.input();
     let sent = Instant::now();
     let result = {
-        let exchange = send_and_read_head(w, settings, client, &up, req, &mut buf, stale_ok);
+        // Pinned here and lent to the watcher: moving the exchange's state into another
+        // future would copy it on every request.
+        let exchange = send_and_read_head(w, settings, down, &up, req, &mut buf, stale_ok);
+        tokio::pin!(exchange);
         let watch = movable.then(|| (&**backend, &*w.proxy.stats));
-        while_healthy(exchange, watch, try_deadline).await
+        while_healthy(exchange.as_mut(), watch, try_deadline).await
     };
     match result {
         Ok(head) => {
@@ -285,12 +307,11 @@ async fn connection(
 /// Runs `exchange` until it ends or `try_deadline` passes (a timeout); with `watch`,
 /// also checks every [`HEALTH_CHECK_EVERY`] that the backend is still healthy and gives
 /// up when it is not and a retry can still be paid for. One timer serves both.
-async fn while_healthy(
-    exchange: impl std::future::Future<Output = Result<ResponseHead, SendError>>,
+async fn while_healthy<F: std::future::Future<Output = Result<ResponseHead, SendError>>>(
+    mut exchange: std::pin::Pin<&mut F>,
     watch: Option<(&Backend, &crate::ProxyStats)>,
     try_deadline: Instant,
 ) -> Result<ResponseHead, SendError> {
-    tokio::pin!(exchange);
     let first = match watch {
         Some(_) => (Instant::now() + HEALTH_CHECK_EVERY).min(try_deadline),
         None => try_deadline,
@@ -318,32 +339,66 @@ async fn while_healthy(
 }
 
 /// Why sending or reading the head stopped, with the I/O error when there was one.
-type SendError = (Failure, Option<std::io::Error>);
+pub(crate) type SendError = (Failure, Option<std::io::Error>);
+
+/// Where a request comes from: an HTTP/1.1 connection or an HTTP/2 stream. Attempts,
+/// retries and the rest of the walk are the same; only the body's source (and
+/// `100 Continue`, an HTTP/1.1 affair) differ.
+pub(crate) trait Downstream {
+    /// Writes `req`'s head, and the rest of its body as it arrives, to `up`.
+    async fn send(
+        &mut self,
+        w: &Worker,
+        settings: &ProxySettings,
+        up: &Sock,
+        req: &UpstreamRequest,
+    ) -> Result<(), SendError>;
+    /// Answers `Expect: 100-continue` before the body is read.
+    async fn continue_100(&mut self) {}
+}
+
+impl<S: ClientIo> Downstream for Client<S> {
+    async fn send(
+        &mut self,
+        w: &Worker,
+        settings: &ProxySettings,
+        up: &Sock,
+        req: &UpstreamRequest,
+    ) -> Result<(), SendError> {
+        match req.framing {
+            Framing::None => up
+                .write_all(&req.head)
+                .await
+                .map_err(|e| (Failure::Broken, Some(e))),
+            Framing::Length(n) => send_length_body(w, settings, self, up, &req.head, n).await,
+            Framing::Chunked => send_chunked_body(w, settings, self, up, &req.head).await,
+            Framing::Close => unreachable!("requests are never delimited by close"),
+        }
+    }
+
+    async fn continue_100(&mut self) {
+        if self.pending().is_empty() {
+            let _ = self.sock.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await;
+        }
+    }
+}
 
 /// Writes the request head and body to `up` and reads the response head into `buf`
 /// (1xx other than 101 are skipped). `stale_ok`: a write error or a close before any
 /// response byte means the pooled connection was already dead.
-async fn send_and_read_head<S: ClientIo>(
+async fn send_and_read_head<D: Downstream>(
     w: &Worker,
     settings: &ProxySettings,
-    client: &mut Client<S>,
+    down: &mut D,
     up: &Sock,
     req: &UpstreamRequest,
     buf: &mut Buf,
     stale_ok: bool,
 ) -> Result<ResponseHead, SendError> {
-    let broken = |e: std::io::Error| {
-        if stale_ok {
-            (Failure::Stale, Some(e))
-        } else {
-            (Failure::Broken, Some(e))
-        }
-    };
-    match req.framing {
-        Framing::None => up.write_all(&req.head).await.map_err(broken)?,
-        Framing::Length(n) => send_length_body(w, settings, client, up, &req.head, n).await?,
-        Framing::Chunked => send_chunked_body(w, settings, client, up, &req.head).await?,
-        Framing::Close => unreachable!("requests are never delimited by close"),
+    match down.send(w, settings, up, req).await {
+        Err((Failure::Broken, e)) if stale_ok => return Err((Failure::Stale, e)),
+        Err(e) => return Err(e),
+        Ok(()) => {}
     }
     loop {
         match h1::parse_response(buf.filled(), req.method()) {

@@ -21,13 +21,14 @@
 //! Every answer drove gives itself (400, 413, 429, 502, 503, 504 …) goes through
 //! [`answer`], and is recorded by `finish` like a relayed one.
 
-mod admit;
-mod finish;
-mod forward;
-mod info;
+pub(crate) mod admit;
+pub(crate) mod compress;
+pub(crate) mod finish;
+pub(crate) mod forward;
+pub(crate) mod info;
 mod relay;
-mod respond;
-mod retry;
+pub(crate) mod respond;
+pub(crate) mod retry;
 
 use std::panic::AssertUnwindSafe;
 use std::time::Duration;
@@ -86,7 +87,9 @@ pub(crate) async fn handle<S: ClientIo>(
     live: Snapshot,
 ) -> bool {
     let info = info::extract(&live.settings, client, &head, || w.new_request_id());
-    let mut ctx = Ctx::new(w, live, start, info, client.pending(), Some(&head));
+    let mut ctx = Ctx::new(w, live, start, info, || {
+        finish::LogHead::capture(client.pending(), Some(&head))
+    });
     // A bug in a phase costs this request only: the panic is caught here, the client
     // gets a 500 if no byte of a response went out yet, and the connection closes (its
     // state after a panic cannot be trusted). `catch_unwind` costs nothing until a
@@ -142,28 +145,26 @@ pub(crate) async fn refuse<S: ClientIo>(
     live: Snapshot,
 ) {
     let info = RequestInfo::unparsed(client);
-    let mut ctx = Ctx::new(w, live, start, info, client.pending(), None);
+    let mut ctx = Ctx::new(w, live, start, info, || finish::LogHead::capture(&[], None));
     answer(w, client, &mut ctx, e, true).await;
     client.sock.shutdown_write();
     finish::request(w, &ctx);
 }
 
 impl Ctx {
-    fn new(
+    /// A request's context; `log` captures the head's logged fields (called only when
+    /// the access log is on).
+    pub(crate) fn new(
         w: &Worker,
         live: Snapshot,
         start: Instant,
         info: RequestInfo,
-        buf: &[u8],
-        head: Option<&RequestHead>,
+        log: impl FnOnce() -> finish::LogHead,
     ) -> Ctx {
         w.proxy.stats.request();
         Ctx {
             start,
-            log: live
-                .log
-                .enabled()
-                .then(|| finish::LogHead::capture(buf, head)),
+            log: live.log.enabled().then(log),
             live,
             info,
             status: 0,
@@ -230,7 +231,7 @@ async fn walk<S: ClientIo>(
 }
 
 /// How the tries of a request ended.
-enum Attempted {
+pub(crate) enum Attempted {
     /// A response head to relay.
     Answer(forward::Answer),
     /// No usable answer: drove answers with this.
@@ -241,9 +242,9 @@ enum Attempted {
 
 /// Phases 4 and 5: pick → forward once → decide, until a response head or a final
 /// failure.
-async fn pick_and_forward<S: ClientIo>(
+pub(crate) async fn pick_and_forward<D: forward::Downstream>(
     w: &Worker,
-    client: &mut Client<S>,
+    down: &mut D,
     req: &forward::UpstreamRequest,
     ctx: &mut Ctx,
 ) -> Attempted {
@@ -284,7 +285,7 @@ async fn pick_and_forward<S: ClientIo>(
                 Instant::now() < deadline,
             )
         };
-        let failure = match forward::once(w, client, &backend, req, ctx, deadline).await {
+        let failure = match forward::once(w, down, &backend, req, ctx, deadline).await {
             Ok(answer) => {
                 let decision = if answer.is_gateway_error() && settings.retry_on_5xx {
                     decide(retry::Failure::Http5xx)

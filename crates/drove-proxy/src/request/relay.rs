@@ -5,6 +5,7 @@
 
 use std::sync::atomic::Ordering::Relaxed;
 
+use super::compress::Compressing;
 use super::forward::Answer;
 use super::{answer, respond, Ctx};
 use crate::conn::Client;
@@ -57,11 +58,12 @@ pub(crate) async fn response<S: ClientIo>(
         client_ok: true,
         reusable: head.keep_alive,
     };
-    match head.framing {
-        Framing::None => body.none().await,
-        Framing::Length(n) => body.length(n).await,
-        Framing::Chunked => body.chunked(plan.dechunk).await,
-        Framing::Close => body.until_close().await,
+    match (plan.compress, head.framing) {
+        (_, Framing::None) => body.none().await,
+        (Some(c), framing) => body.compressed(framing, c, !ctx.info.http10).await,
+        (None, Framing::Length(n)) => body.length(n).await,
+        (None, Framing::Chunked) => body.chunked(plan.dechunk).await,
+        (None, Framing::Close) => body.until_close().await,
     }
     let Body {
         buf,
@@ -204,6 +206,88 @@ impl<S: ClientIo> Body<'_, S> {
                 Ok(_) => {}
             }
         }
+    }
+
+    /// The body compressed on its way: decoded from its framing, encoded, flushed after
+    /// each read from the backend (its pauses), sent chunked (HTTP/1.1) or until close.
+    async fn compressed(&mut self, framing: Framing, mut c: Compressing, chunked_out: bool) {
+        let mut head = self.out.len();
+        let mut left = match framing {
+            Framing::Length(n) => n,
+            _ => u64::MAX,
+        };
+        let mut decoder = Chunked::default();
+        let mut data = Vec::new();
+        loop {
+            // The data bytes of what was read.
+            let input = self.buf.filled();
+            let (used, done) = match framing {
+                Framing::Length(_) => {
+                    let take = left.min(input.len() as u64) as usize;
+                    data.extend_from_slice(&input[..take]);
+                    left -= take as u64;
+                    (take, left == 0)
+                }
+                Framing::Chunked => {
+                    let mut at = 0;
+                    let Ok(n) = decoder.feed(input, |p| {
+                        if p.data {
+                            data.extend_from_slice(&input[at..at + p.len]);
+                        }
+                        at += p.len;
+                    }) else {
+                        return self.broke();
+                    };
+                    (n, decoder.done())
+                }
+                _ => {
+                    data.extend_from_slice(input);
+                    (input.len(), false)
+                }
+            };
+            if used < self.buf.len() {
+                self.reusable = false;
+            }
+            self.buf.clear();
+            if c.chunk(&data).is_err() || (done && c.finish().is_err()) {
+                return self.broke();
+            }
+            data.clear();
+            self.emit(&mut c, chunked_out, done);
+            if !self.flush(head).await {
+                return;
+            }
+            head = 0;
+            if done {
+                return;
+            }
+            self.client.nodelay();
+            match self.up.read(&mut self.buf).await {
+                Ok(0) if framing == Framing::Close => {
+                    if c.finish().is_err() {
+                        return self.broke();
+                    }
+                    self.emit(&mut c, chunked_out, true);
+                    self.flush(0).await;
+                    return;
+                }
+                Ok(0) | Err(_) => return self.broke(),
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// Moves the encoder's output to `out`, framed (and the last chunk when `end`).
+    fn emit(&mut self, c: &mut Compressing, chunked_out: bool, end: bool) {
+        if chunked_out {
+            crate::h1::write_chunk(&c.out, &mut self.out);
+            if end {
+                self.out.extend_from_slice(crate::h1::LAST_CHUNK);
+            }
+        } else {
+            self.out.extend_from_slice(&c.out);
+        }
+        c.out.clear();
     }
 
     async fn until_close(&mut self) {

@@ -3,6 +3,9 @@
 //! decided), or drove's own answer. A `101 Switching Protocols` passes only when it
 //! answers the upgrade the request asked for.
 
+use drove_balancer::Backend;
+
+use super::compress::{self, Compressing};
 use super::forward::Answer;
 use super::Ctx;
 use crate::h1::{self, Framing};
@@ -17,6 +20,9 @@ pub(crate) struct Plan {
     pub(crate) dechunk: bool,
     /// A checked `101`: both connections become one tunnel.
     pub(crate) tunnel: bool,
+    /// The body is compressed on its way (then sent chunked to an HTTP/1.1 client, until
+    /// close to an HTTP/1.0 one).
+    pub(crate) compress: Option<Compressing>,
 }
 
 /// Writes the client's response head for `answer` into `out`.
@@ -27,7 +33,6 @@ pub(crate) fn head(
     client_keep: bool,
     out: &mut Vec<u8>,
 ) -> Result<Plan, ProxyError> {
-    let settings = &ctx.live.settings;
     let rhead = &answer.head;
     let buf = answer.buf.filled();
     let tunnel = rhead.status == 101;
@@ -42,13 +47,67 @@ pub(crate) fn head(
             reason,
         })?;
     }
-    let backend = answer.in_flight.backend();
     let mut extra = w.buffers.output();
+    extra_headers(w, ctx, answer.in_flight.backend(), &mut extra);
+    let settings = &ctx.live.settings;
+    let http10 = ctx.info.http10;
+    let decision = match ctx.info.compress {
+        Some(chosen) if !tunnel => Some(compress::decide(
+            settings,
+            chosen,
+            if ctx.info.head_method {
+                b"HEAD"
+            } else {
+                b"GET"
+            },
+            rhead.status,
+            rhead
+                .headers
+                .iter()
+                .map(|((ns, ne), (vs, ve))| (&buf[*ns..*ne], &buf[*vs..*ve])),
+        )),
+        _ => None,
+    };
+    let compressing = match (&decision, ctx.info.compress) {
+        (Some(d), Some(chosen)) if rhead.framing != Framing::None => {
+            Compressing::start(settings, chosen, d)
+        }
+        _ => None,
+    };
+    let compressed = compressing.is_some();
+    let dechunk = (http10 && rhead.framing == Framing::Chunked) || compressed;
+    // A compressed body to an HTTP/1.0 client can only end with the connection.
+    let keep = client_keep && !tunnel && !(http10 && dechunk) && rhead.framing != Framing::Close;
+    let rewrite = h1::ResponseRewrite {
+        extra: &extra,
+        close: !keep && !tunnel,
+        http10,
+        dechunk,
+        edits: decision
+            .as_ref()
+            .map(|d| &d.edits)
+            .filter(|e| !e.is_empty()),
+        chunked: compressed && !http10,
+    };
+    h1::write_response(buf, rhead, &rewrite, out);
+    w.buffers.recycle(extra);
+    Ok(Plan {
+        keep,
+        dechunk,
+        tunnel,
+        compress: compressing,
+    })
+}
+
+/// The header lines drove adds to a backend's response: the instance, the request id,
+/// and a sticky `Set-Cookie` when the client is not (yet) pinned to this backend.
+pub(crate) fn extra_headers(w: &Worker, ctx: &Ctx, backend: &Backend, extra: &mut Vec<u8>) {
+    let settings = &ctx.live.settings;
     if let Some(line) = w.instance_line(settings, backend) {
         extra.extend_from_slice(&line);
     }
     if let (Some(name), Some(value)) = (&settings.request_id_header, &ctx.info.request_id) {
-        header_line(&mut extra, name.as_str().as_bytes(), value.as_bytes());
+        header_line(extra, name.as_str().as_bytes(), value.as_bytes());
     }
     if let Some(s) = &settings.sticky {
         if ctx.info.sticky_str() != Some(backend.sticky_token()) {
@@ -64,22 +123,6 @@ pub(crate) fn head(
             extra.extend_from_slice(b"\r\n");
         }
     }
-    let http10 = ctx.info.http10;
-    let dechunk = http10 && rhead.framing == Framing::Chunked;
-    let keep = client_keep && !tunnel && !dechunk && rhead.framing != Framing::Close;
-    let rewrite = h1::ResponseRewrite {
-        extra: &extra,
-        close: !keep && !tunnel,
-        http10,
-        dechunk,
-    };
-    h1::write_response(buf, rhead, &rewrite, out);
-    w.buffers.recycle(extra);
-    Ok(Plan {
-        keep,
-        dechunk,
-        tunnel,
-    })
 }
 
 fn header_line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {

@@ -1,8 +1,11 @@
 //! In-process tests of the data path: `drove_proxy::serve` on a loopback port in front of
 //! scripted backends (retries, timeouts, the budget, stale pooled connections,
 //! 100-continue, each framing, limits, smuggling shapes). What needs real processes and
-//! signals (a SIGSTOPped instance, SIGKILL) is in the end-to-end tests.
+//! signals (a SIGSTOPped instance, SIGKILL) is in the end-to-end tests. HTTP/2 from
+//! clients is in `http2.rs`, response compression in `compress.rs`.
 
+mod compress;
+mod http2;
 mod support;
 
 use std::io::{Read, Write};

@@ -30,6 +30,10 @@ pub fn settings() -> ProxySettings {
         max_header_size: 16 * 1024,
         max_body_size: 0,
         upgrades: vec!["websocket".into()],
+        http2: true,
+        http2_max_streams: 128,
+        compress: None,
+        compress_routes: Vec::new(),
         sticky: None,
         hash_key: None,
         routes: Vec::new(),
@@ -50,6 +54,9 @@ pub enum Script {
     Hang,
     /// Send the head, wait, then the body (keep the connection).
     Slowly(Vec<u8>, Duration, Vec<u8>),
+    /// Hand the connection to the test (paced streams, holding a connection until the
+    /// proxy closes it); the connection ends when the closure returns.
+    With(Arc<dyn Fn(&mut TcpStream) + Send + Sync>),
 }
 
 /// A backend on a loopback port, one thread per connection.
@@ -62,6 +69,11 @@ pub struct Scripted {
 }
 
 impl Scripted {
+    /// How many complete requests it has received.
+    pub fn count(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+
     /// A backend answering each request with `script(request)`.
     pub fn start(script: impl Fn(&[u8]) -> Script + Send + Sync + 'static) -> Scripted {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -92,6 +104,26 @@ impl Scripted {
     pub fn requests(&self) -> Vec<Vec<u8>> {
         self.seen.lock().unwrap().clone()
     }
+}
+
+/// A script that holds each connection, never answering, until the proxy closes it;
+/// each close seen counts in `closed`. Bounded: a connection still open after 20 s is
+/// dropped without counting.
+pub fn hold(closed: Arc<std::sync::atomic::AtomicUsize>) -> Script {
+    Script::With(Arc::new(move |c| {
+        c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut b = [0u8; 1024];
+        loop {
+            match c.read(&mut b) {
+                Ok(0) => {
+                    closed.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    return;
+                }
+                Ok(_) => {}
+                Err(_) => return,
+            }
+        }
+    }))
 }
 
 /// `HTTP/1.1 {status}` with a Content-Length body.
@@ -147,6 +179,10 @@ fn serve_conn(
                 if c.write_all(&body).is_err() {
                     return;
                 }
+            }
+            Script::With(f) => {
+                f(&mut c);
+                return;
             }
             Script::Close => return,
             Script::Hang => {
@@ -237,6 +273,12 @@ impl ProxyUnderTest {
     pub fn health_checks(&self, cfg: drove_balancer::ActiveHealth) -> AbortOnDrop {
         let _g = self.rt.enter();
         AbortOnDrop(self.balancer.spawn_health_checks(cfg))
+    }
+
+    /// Tells the proxy to shut down (as the guard's drop does): listeners close,
+    /// HTTP/2 connections get GOAWAY, open requests finish within the grace.
+    pub fn shutdown(&self) {
+        let _ = self.stop.send(true);
     }
 
     /// Sends raw bytes on a new connection; returns everything received until the

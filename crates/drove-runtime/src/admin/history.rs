@@ -11,7 +11,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use drove_balancer::{Balancer, ResponseSnapshot};
 use drove_proxy::ProxyStats;
-use serde_json::{json, Value};
 use tokio::time::Instant;
 
 /// How often the sampler copies the counters: one chart point per second.
@@ -158,11 +157,9 @@ impl History {
             .collect()
     }
 
-    /// The chart series: one point per sample after the first, as JSON
-    /// (`{"interval_s", "window_s", "t": [unix ms], "instances": {id: {"rps", "p50_ms",
-    /// "p99_ms", "errors"}}, "balancer": {"rps", "errors"}}`); `null` where an instance
-    /// did not exist. `last` limits it to the latest points.
-    pub fn series(&self, last: usize) -> Value {
+    /// The chart series: one point per sample after the first; `None` where an
+    /// instance did not exist. `last` limits it to the latest points.
+    pub fn series(&self, last: usize) -> drove_api::History {
         let all = self.all();
         let start = all.len().saturating_sub(last + 1).max(1);
         let points = start..all.len();
@@ -171,7 +168,7 @@ impl History {
             .iter()
             .flat_map(|s| s.backends.keys())
             .collect();
-        let mut instances = serde_json::Map::new();
+        let mut instances = BTreeMap::new();
         for id in ids {
             let (mut rps, mut p50, mut p99, mut err) = (vec![], vec![], vec![], vec![]);
             for i in points.clone() {
@@ -184,7 +181,12 @@ impl History {
             }
             instances.insert(
                 id.clone(),
-                json!({"rps": rps, "errors": err, "p50_ms": p50, "p99_ms": p99}),
+                drove_api::InstanceSeries {
+                    rps,
+                    errors: err,
+                    p50_ms: p50,
+                    p99_ms: p99,
+                },
             );
         }
         let (mut rps, mut err) = (vec![], vec![]);
@@ -193,13 +195,13 @@ impl History {
             rps.push(r.map(|r| round(r.0, 2)));
             err.push(r.map(|r| round(r.1, 2)));
         }
-        json!({
-            "interval_s": SAMPLE_INTERVAL.as_secs_f64(),
-            "window_s": WINDOW.as_secs_f64(),
-            "t": t,
-            "instances": instances,
-            "balancer": {"rps": rps, "errors": err},
-        })
+        drove_api::History {
+            interval_s: SAMPLE_INTERVAL.as_secs_f64(),
+            window_s: WINDOW.as_secs_f64(),
+            t,
+            instances,
+            balancer: drove_api::BalancerSeries { rps, errors: err },
+        }
     }
 }
 
@@ -339,8 +341,8 @@ mod tests {
         let share = h.share();
         assert!((share["web.1"] - 0.25).abs() < 1e-9, "{share:?}");
         let s = h.series(300);
-        assert_eq!(s["t"].as_array().unwrap().len(), 5);
-        assert_eq!(s["instances"]["web.2"]["rps"][4], json!(300.0));
+        assert_eq!(s.t.len(), 5);
+        assert_eq!(s.instances["web.2"].rps[4], Some(300.0));
     }
 
     #[tokio::test(start_paused = true)]
@@ -361,7 +363,7 @@ mod tests {
         assert_eq!(h.current()["web.2"].rps, 7.0);
         assert_eq!(h.share()["web.2"], 1.0);
         let s = h.series(10);
-        assert_eq!(s["instances"]["web.2"]["rps"], json!([7.0]));
+        assert_eq!(s.instances["web.2"].rps, [Some(7.0)]);
         for _ in 0..KEEP + 5 {
             tokio::time::advance(SAMPLE_INTERVAL).await;
             h.sample(Some(&b), None);

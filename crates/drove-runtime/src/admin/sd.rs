@@ -2,7 +2,7 @@
 //! format of Prometheus's `http_sd_configs`, so the apps' own `/metrics` are scraped
 //! without editing prometheus.yml when instances are added, removed or restarted.
 //!
-//! The answer is a JSON list of target groups, one per instance:
+//! The answer is a JSON list of target groups ([`SdTargetGroup`]), one per instance:
 //! `[{"targets": ["127.0.0.1:5001"], "labels": {"service": "web", "instance": "web.1",
 //! "drove": "127.0.0.1:9900"}}]`. An instance is listed from the moment it passed its
 //! ready probe until it is stopped (ready, draining, drained): a drained instance still
@@ -15,19 +15,11 @@ use std::collections::BTreeMap;
 
 use axum::extract::{Query, State};
 use axum::Json;
+use drove_api::SdTargetGroup;
 use drove_supervisor::InstanceState;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use super::{AdminState, ApiError};
-
-/// One `http_sd_configs` target group (Prometheus's documented format).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TargetGroup {
-    /// `host:port` of each target.
-    pub targets: Vec<String>,
-    /// Labels put on every series scraped from these targets.
-    pub labels: BTreeMap<String, String>,
-}
 
 /// `?service=NAME`.
 #[derive(Debug, Deserialize)]
@@ -39,7 +31,7 @@ pub(super) struct SdQuery {
 pub(super) async fn targets(
     State(s): State<AdminState>,
     Query(q): Query<SdQuery>,
-) -> Result<Json<Vec<TargetGroup>>, ApiError> {
+) -> Result<Json<Vec<SdTargetGroup>>, ApiError> {
     let r = &s.running;
     if let Some(name) = &q.service {
         if !r.supervisor.services().contains(name) {
@@ -69,7 +61,7 @@ pub(super) async fn targets(
                 ("instance".to_string(), i.id.to_string()),
                 ("drove".to_string(), drove.clone()),
             ]);
-            Some(TargetGroup {
+            Some(SdTargetGroup {
                 targets: vec![format!("127.0.0.1:{port}")],
                 labels,
             })

@@ -769,21 +769,25 @@ async fn updated_spec_applies_to_new_processes() {
             "echo $VERSION > version.$INSTANCE_ID; exec sleep 1000",
         );
         web.env = vec![("VERSION".into(), "1".into())];
+        // Ready once the script has written its file. Without a ready probe an instance
+        // is Ready at spawn, and the rolling restart below stops its surge instance
+        // (web.2) a few milliseconds later: on a busy machine `sh` was killed before it
+        // reached `echo`, version.2 never appeared and reading it waited forever.
+        let mut written = Probe::new(ProbeKind::Command("test -s version.$INSTANCE_ID".into()));
+        written.interval = Duration::from_millis(20);
+        written.start_timeout = Duration::from_secs(10);
+        web.ready = Some(written);
         let (sup, mut ev) = start(vec![web.clone()]);
-        ev.ready_all(5, 1).await;
+        ev.ready_all(10, 1).await;
+        // `echo` writes "1\n" in one write(2): a non-empty file is a whole one.
         let read = |i: u32| {
             let path = dir.path().join(format!("version.{i}"));
-            async move {
-                // Ready comes at spawn (no probe): the script may not have written yet.
-                loop {
-                    match std::fs::read_to_string(&path) {
-                        Ok(s) if s.ends_with('\n') => return s.trim().to_string(),
-                        _ => sleep(Duration::from_millis(20)).await,
-                    }
-                }
-            }
+            std::fs::read_to_string(&path)
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+                .trim()
+                .to_string()
         };
-        assert_eq!(read(1).await, "1");
+        assert_eq!(read(1), "1");
         let before = sup.status().await;
         web.env = vec![("VERSION".into(), "2".into())];
         sup.update(web.clone()).await.unwrap();
@@ -797,8 +801,8 @@ async fn updated_spec_applies_to_new_processes() {
         assert_eq!(report.surge, Some(InstanceId::new("web", 2)));
         assert_eq!(report.replaced.len(), 1);
         assert_eq!(report.replaced[0].instance, InstanceId::new("web", 1));
-        assert_eq!(read(2).await, "2", "the surge instance runs the new spec");
-        assert_eq!(read(1).await, "2", "web.1 restarted with the new spec");
+        assert_eq!(read(2), "2", "the surge instance runs the new spec");
+        assert_eq!(read(1), "2", "web.1 restarted with the new spec");
         let mut bad = web.clone();
         bad.depends_on = vec!["web".into()];
         assert!(sup.update(bad).await.is_err());

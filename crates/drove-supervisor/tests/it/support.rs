@@ -259,19 +259,44 @@ pub async fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
     std::str::from_utf8(&buf).ok()?.get(9..12)?.parse().ok()
 }
 
-/// A base port with `n` consecutive bindable ports.
+/// A base port with `n` consecutive bindable ports, taken *below* the kernel's ephemeral
+/// range (`net.ipv4.ip_local_port_range`). A block found with `bind(0)` lies inside that
+/// range, where every `bind(0)` (auto ports) and every client connection's source port
+/// (probes, requests) of the tests running beside this one is drawn from: between this
+/// check and the instance's own bind, a base port was taken that way and the instance
+/// crash-looped on it. Below the range only an explicit bind can take a port; blocks
+/// handed out by this process never overlap, and the search starts at a per-process
+/// offset so that test binaries running at the same time do not all try the same block.
 pub fn free_port_block(n: u16) -> u16 {
-    for _ in 0..100 {
-        let base = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        if base < 60000
-            && (0..n).all(|i| std::net::TcpListener::bind(("0.0.0.0", base + i)).is_ok())
-        {
+    use std::sync::Mutex;
+    const LOWEST: u16 = 10_000;
+    static NEXT: Mutex<Option<u16>> = Mutex::new(None);
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
+    let end = ephemeral_low.saturating_sub(n);
+    assert!(
+        end > LOWEST,
+        "no room for a port block below the ephemeral range ({ephemeral_low})"
+    );
+    let span = u64::from(end - LOWEST);
+    let mut next = NEXT.lock().unwrap_or_else(|p| p.into_inner());
+    let offset = u64::from(std::process::id()) * 7919 % span;
+    let mut base = next.unwrap_or(LOWEST + offset as u16);
+    let bindable = |p: u16| {
+        std::net::TcpListener::bind(("0.0.0.0", p)).is_ok()
+            && std::net::TcpListener::bind(("127.0.0.1", p)).is_ok()
+    };
+    for _ in 0..1000 {
+        if base >= end {
+            base = LOWEST;
+        }
+        if (0..n).all(|i| bindable(base + i)) {
+            *next = Some(base + n);
             return base;
         }
+        base += n;
     }
-    panic!("no block of {n} free ports");
+    panic!("no block of {n} free ports below {ephemeral_low}");
 }

@@ -44,6 +44,109 @@ pub(crate) fn counts(
     }
 }
 
+/// What went wrong between two looks at status: failed connects, timeouts and retries
+/// (balancer-wide), failed tries and ejections per backend, backends that left rotation.
+/// A distribution that fails *because* of these is not the algorithm's fault.
+#[derive(Debug, Default)]
+pub(crate) struct Trouble {
+    connect_errors: u64,
+    timeouts: u64,
+    retries: u64,
+    /// (backend, failed tries, ejections), only backends with some.
+    per_backend: Vec<(String, u64, u64)>,
+    /// Backends serving before and not after (ejected, unhealthy, drained or gone).
+    left: Vec<String>,
+}
+
+impl Trouble {
+    pub(crate) fn between(before: &Status, after: &Status) -> Trouble {
+        let mut per_backend: Vec<(String, u64, u64)> = after
+            .backends
+            .iter()
+            .map(|a| {
+                let b = before.backend(&a.id);
+                (
+                    a.id.clone(),
+                    a.failures.saturating_sub(b.map_or(0, |b| b.failures)),
+                    a.ejections.saturating_sub(b.map_or(0, |b| b.ejections)),
+                )
+            })
+            .filter(|(_, f, e)| *f > 0 || *e > 0)
+            .collect();
+        per_backend.sort_by_key(|p| natural(&p.0));
+        let left = before
+            .serving()
+            .iter()
+            .filter(|b| {
+                after
+                    .backend(&b.id)
+                    .is_none_or(|a| !(a.enabled && a.healthy))
+            })
+            .map(|b| b.id.clone())
+            .collect();
+        Trouble {
+            connect_errors: after.connect_errors.saturating_sub(before.connect_errors),
+            timeouts: after.timeouts.saturating_sub(before.timeouts),
+            retries: after.retries.saturating_sub(before.retries),
+            per_backend,
+            left,
+        }
+    }
+
+    fn any(&self) -> bool {
+        self.connect_errors > 0
+            || self.timeouts > 0
+            || !self.per_backend.is_empty()
+            || !self.left.is_empty()
+    }
+
+    /// The cause in one clause, or `None` when nothing went wrong.
+    pub(crate) fn explain(&self) -> Option<String> {
+        if !self.any() {
+            return None;
+        }
+        let mut seen = Vec::new();
+        if self.connect_errors > 0 {
+            seen.push(format!("{} failed connects", count(self.connect_errors)));
+        }
+        if self.timeouts > 0 {
+            seen.push(format!("{} timeouts", count(self.timeouts)));
+        }
+        if self.retries > 0 {
+            seen.push(format!("{} retried elsewhere", count(self.retries)));
+        }
+        let tries: Vec<String> = self
+            .per_backend
+            .iter()
+            .map(|(id, f, e)| match e {
+                0 => format!("{id} {f} failed"),
+                e => format!("{id} {f} failed, ejected {e}×"),
+            })
+            .collect();
+        if !tries.is_empty() {
+            seen.push(format!("tries: {}", tries.join(", ")));
+        }
+        if !self.left.is_empty() {
+            seen.push(format!(
+                "out of rotation by the end: {}",
+                self.left.join(", ")
+            ));
+        }
+        Some(format!(
+            "not the algorithm: during the run drove saw {}. A backend that refuses connections (a small listen backlog, a crash) or is ejected gets less than its share: see its log and `drove status`",
+            seen.join("; ")
+        ))
+    }
+
+    fn to_json(&self) -> serde_json::Value {
+        json!({
+            "connect_errors": self.connect_errors, "timeouts": self.timeouts, "retries": self.retries,
+            "backends": self.per_backend.iter().map(|(id, f, e)| json!({"id": id, "failures": f, "ejections": e})).collect::<Vec<_>>(),
+            "left_rotation": self.left,
+        })
+    }
+}
+
 /// Sort key that puts web.2 before web.10.
 pub(crate) fn natural(id: &str) -> (String, u64, String) {
     let digits = id.len() - id.trim_end_matches(|c: char| c.is_ascii_digit()).len();
@@ -152,6 +255,7 @@ pub(crate) async fn run(ctx: &mut Ctx<'_>) -> Result<Outcome, String> {
         }
     };
     let ok = ok && errors == 0 && total > 0;
+    let trouble = Trouble::between(&before, &after);
     let hashing = matches!(algo.as_str(), "ip_hash" | "hash");
     let mut summary = if hashing {
         let to: Vec<&str> = got
@@ -183,6 +287,11 @@ pub(crate) async fn run(ctx: &mut Ctx<'_>) -> Result<Outcome, String> {
     if errors > 0 {
         summary.push_str(&format!("; {} failed", count(errors)));
     }
+    if !ok {
+        if let Some(cause) = trouble.explain() {
+            summary.push_str(&format!("; {cause}"));
+        }
+    }
     Ok(Outcome::verdict(
         ok,
         summary,
@@ -190,14 +299,55 @@ pub(crate) async fn run(ctx: &mut Ctx<'_>) -> Result<Outcome, String> {
             "algorithm": algo, "source": source, "connections": conns,
             "requests": report.requests, "failed": errors, "total_counted": total,
             "per_backend": got.iter().map(|(id, n, w, b)| (id.clone(), json!({"requests": n, "weight": w, "backup": b}))).collect::<serde_json::Map<_, _>>(),
-            "starved": starved, "test": extra,
+            "starved": starved, "test": extra, "during_run": trouble.to_json(),
         }),
     ))
 }
 
 #[cfg(test)]
 mod tests {
-    use super::natural;
+    use super::{natural, Trouble};
+    use crate::admin::{Backend, Status};
+
+    fn st(connect_errors: u64, web2: (u64, u64, bool)) -> Status {
+        let b = |id: &str, failures, ejections, healthy| Backend {
+            id: id.into(),
+            enabled: true,
+            healthy,
+            requests: 0,
+            failures,
+            ejections,
+            weight: 1,
+            backup: false,
+        };
+        Status {
+            has_balancer: true,
+            tls: false,
+            listen: None,
+            algorithm: "round_robin".into(),
+            service: None,
+            requests: 0,
+            responses: 0,
+            retries: connect_errors,
+            connect_errors,
+            timeouts: 0,
+            settings: None,
+            backends: vec![b("web.1", 0, 0, true), b("web.2", web2.0, web2.1, web2.2)],
+            instances: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn trouble_names_connects_tries_and_ejections() {
+        let quiet = Trouble::between(&st(0, (0, 0, true)), &st(0, (0, 0, true)));
+        assert_eq!(quiet.explain(), None);
+        let t = Trouble::between(&st(1, (1, 0, true)), &st(38, (38, 1, false)));
+        let why = t.explain().unwrap();
+        assert!(
+            why.starts_with("not the algorithm: during the run drove saw 37 failed connects; 37 retried elsewhere; tries: web.2 37 failed, ejected 1×; out of rotation by the end: web.2."),
+            "{why}"
+        );
+    }
 
     #[test]
     fn natural_order() {

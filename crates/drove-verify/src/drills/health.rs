@@ -23,8 +23,13 @@ pub(crate) async fn run(ctx: &mut Ctx<'_>) -> Result<Outcome, String> {
     let not_ready: Vec<String> = st
         .service_instances()
         .iter()
-        .filter(|i| i.state != "ready")
-        .map(|i| format!("{}: {}", i.id, i.state))
+        .filter(|i| i.state != drove_api::InstanceState::Ready)
+        // drove's own explanation (a failing probe, a port held by another program, a
+        // crash loop) says more than the state alone.
+        .map(|i| match &i.why {
+            Some(why) => format!("{}: {} ({why})", i.id, i.state),
+            None => format!("{}: {}", i.id, i.state),
+        })
         .chain(
             st.backends
                 .iter()

@@ -2,6 +2,7 @@
 //! answered when done) and `POST /api/scale` to N+1 then back to N. Failed requests
 //! counted; expect 0.
 
+use drove_api as api;
 use serde_json::json;
 use tokio::time::{sleep, Instant};
 
@@ -23,9 +24,13 @@ pub(crate) async fn restart(ctx: &mut Ctx<'_>) -> Result<Outcome, String> {
     let c = &*ctx;
     let (report, res) = load::under_load(&spec, async {
         let t0 = Instant::now();
+        let req = api::RestartRequest {
+            service: Some(service.clone()),
+            ..Default::default()
+        };
         let r = c
             .admin
-            .post("/api/restart", json!({ "service": service }))
+            .post::<_, api::RestartAnswer>("/api/restart", &req)
             .await;
         (r, t0.elapsed())
     })
@@ -33,7 +38,7 @@ pub(crate) async fn restart(ctx: &mut Ctx<'_>) -> Result<Outcome, String> {
     let (answer, took) = res;
     let failed = report.errors.total();
     let (replaced, why) = match &answer {
-        Ok(v) => (v["replaced"].as_array().map_or(0, Vec::len), None),
+        Ok(v) => (v.replaced.len(), None),
         Err(e) => (0, Some(e.clone())),
     };
     let after: Vec<String> = ctx
@@ -44,6 +49,8 @@ pub(crate) async fn restart(ctx: &mut Ctx<'_>) -> Result<Outcome, String> {
         .iter()
         .map(|i| i.id.clone())
         .collect();
+    // Restarts keep every instance's id (web.k stays web.k on its port).
+    let ids_kept = after == before;
     let ok = why.is_none() && failed == 0 && replaced == before.len();
     let mut summary = format!(
         "rolling restart of {service} under {}: {}; {replaced}/{} instances replaced in {}",
@@ -61,7 +68,7 @@ pub(crate) async fn restart(ctx: &mut Ctx<'_>) -> Result<Outcome, String> {
         json!({
             "service": service, "requests": report.requests, "failed": failed,
             "unsent": report.unsent, "replaced": replaced, "elapsed_s": took.as_secs_f64(),
-            "before": before, "after": after, "error": why, "answer": answer.ok(),
+            "before": before, "after": after, "ids_kept": ids_kept, "error": why, "answer": answer.ok().and_then(|a| serde_json::to_value(a).ok()),
             "p99_ms": report.latency.p99.as_secs_f64() * 1000.0, "max_ms": report.latency.max.as_secs_f64() * 1000.0,
         }),
     ))
@@ -95,15 +102,16 @@ pub(crate) async fn scale(ctx: &mut Ctx<'_>) -> Result<Outcome, String> {
     let service = st.service.clone().unwrap_or_default();
     let n = st.service_instances().len();
     let old: Vec<String> = st.backends.iter().map(|b| b.id.clone()).collect();
+    let scale_to = |n: usize| api::ScaleRequest {
+        service: service.clone(),
+        instances: n as u32,
+    };
     let spec = ctx.open_load()?;
     let c = &*ctx;
     let (report, res) = load::under_load(&spec, async {
         let t0 = Instant::now();
         c.admin
-            .post(
-                "/api/scale",
-                json!({ "service": service, "instances": n + 1 }),
-            )
+            .post::<_, api::ScaleAnswer>("/api/scale", &scale_to(n + 1))
             .await?;
         let (up, serving_up) = wait_serving_count(c, n + 1, t0).await?;
         // Let the newcomer take some of the load before it goes again.
@@ -113,7 +121,7 @@ pub(crate) async fn scale(ctx: &mut Ctx<'_>) -> Result<Outcome, String> {
         let t1 = Instant::now();
         let back = c
             .admin
-            .post("/api/scale", json!({ "service": service, "instances": n }))
+            .post::<_, api::ScaleAnswer>("/api/scale", &scale_to(n))
             .await;
         let (down, _) = wait_serving_count(c, n, t1).await?;
         back?;
@@ -126,7 +134,7 @@ pub(crate) async fn scale(ctx: &mut Ctx<'_>) -> Result<Outcome, String> {
             // Put the service back to N whatever happened.
             let _ = ctx
                 .admin
-                .post("/api/scale", json!({ "service": service, "instances": n }))
+                .post::<_, api::ScaleAnswer>("/api/scale", &scale_to(n))
                 .await;
             return Ok(Outcome::verdict(
                 false,

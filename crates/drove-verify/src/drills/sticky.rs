@@ -99,9 +99,12 @@ struct Undrain {
 impl Undrain {
     async fn release(mut self) -> Result<(), String> {
         match self.id.take() {
-            Some(id) => self
+            Some(instance) => self
                 .admin
-                .post("/api/undrain", json!({ "instance": id }))
+                .post::<_, drove_api::DrainAnswer>(
+                    "/api/undrain",
+                    &drove_api::DrainRequest { instance },
+                )
                 .await
                 .map(|_| ()),
             None => Ok(()),
@@ -198,7 +201,12 @@ async fn drill(ctx: &Ctx<'_>) -> Result<Outcome, String> {
         return Ok(Outcome::verdict(ok, summary, numbers));
     }
     ctx.admin
-        .post("/api/drain", json!({ "instance": victim }))
+        .post::<_, drove_api::DrainAnswer>(
+            "/api/drain",
+            &drove_api::DrainRequest {
+                instance: victim.clone(),
+            },
+        )
         .await?;
     let guard = Undrain {
         admin: ctx.admin.clone(),
