@@ -132,10 +132,18 @@ pub(crate) fn run(
                 call(addr, "POST", "/api/undrain", token, to_json(&req), short)?;
             println!("{}: back in rotation", a.instance);
         }
-        Command::Reload { .. } => {
+        Command::Reload { dry_run, .. } => {
+            let path = if dry_run {
+                "/api/reload?dry_run=true"
+            } else {
+                "/api/reload"
+            };
             // A file with errors answers 422 with the report, whose `error` says where.
-            let report: api::ReloadReport = call(addr, "POST", "/api/reload", token, None, long)?;
+            let report: api::ReloadReport = call(addr, "POST", path, token, None, long)?;
             drove_runtime::reload::print_report(&report);
+            if !report.not_applied.is_empty() {
+                return Ok(ExitCode::FAILURE);
+            }
         }
         Command::Down {
             no_wait, timeout, ..

@@ -177,12 +177,19 @@ enum Command {
         #[arg(long, default_value = "5m", value_parser = parse_duration_arg, value_name = "DURATION")]
         timeout: std::time::Duration,
     },
-    /// Make a running drove re-read its config file (same as SIGHUP): changed services
-    /// get a rolling restart or a scale, balancer backends are replaced, no request
-    /// fails; an invalid file changes nothing. Prints what was and was not applied.
+    /// Make a running drove re-read its config file (same as SIGHUP) and apply every
+    /// change live: services added, changed (rolling restart), scaled or removed;
+    /// backends, algorithm, timeouts, retries, health, headers, routes and limits, the
+    /// access log, TLS (also a renewed certificate under the same paths), listeners
+    /// and [admin] — no request fails, open connections keep going. An invalid file
+    /// changes nothing. Prints the plan and what was (and was not) applied; exits 1 if
+    /// something was not. See docs/operations.md.
     Reload {
         #[command(flatten)]
         cfg: ConfigArg,
+        /// Only print the plan (what would change), apply nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Prove it works: drills under load (distribution, stickiness, failover, freeze,
     /// rolling restart, scale, limits, metrics) against a running drove, or one started
@@ -299,7 +306,7 @@ impl Command {
             | Command::Undrain { cfg, .. }
             | Command::Logs { cfg, .. }
             | Command::Down { cfg, .. }
-            | Command::Reload { cfg }
+            | Command::Reload { cfg, .. }
             | Command::Verify { cfg, .. }
             | Command::Export { cfg, .. } => cfg.path.clone(),
             Command::Demo | Command::Bench(_) | Command::Guardian => PathBuf::from("drove.toml"),

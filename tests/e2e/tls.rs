@@ -15,11 +15,21 @@ fn tls_client(
     addr: std::net::SocketAddr,
     cert_pem: &str,
 ) -> rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream> {
+    tls_client_trusting(addr, &[cert_pem])
+}
+
+/// A TLS client connection to `addr` trusting only these certificates.
+fn tls_client_trusting(
+    addr: std::net::SocketAddr,
+    certs: &[&str],
+) -> rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream> {
     use rustls::pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(rustls::pki_types::CertificateDer::from_pem_slice(cert_pem.as_bytes()).unwrap())
-        .unwrap();
+    for cert_pem in certs {
+        roots
+            .add(rustls::pki_types::CertificateDer::from_pem_slice(cert_pem.as_bytes()).unwrap())
+            .unwrap();
+    }
     let config = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
@@ -144,4 +154,103 @@ fn a_missing_certificate_file_is_a_config_error() {
         err.contains("drove.toml:3:16: `tls.cert`: no file"),
         "{err}"
     );
+}
+
+#[test]
+fn a_renewed_certificate_is_served_to_new_handshakes_at_once() {
+    let dir = tempdir("tls-renew");
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let old = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let old_pem = old.cert.pem();
+    std::fs::write(&cert, &old_pem).unwrap();
+    std::fs::write(&key, old.signing_key.serialize_pem()).unwrap();
+    let b = demo(drove(), "only");
+    let cfg = static_config(
+        &[b.addr],
+        &format!(
+            "tls = {{ cert = \"{}\", key = \"{}\" }}",
+            cert.display(),
+            key.display()
+        ),
+    );
+    let d = Drove::up(drove(), &cfg);
+    let get = |s: &mut rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>| {
+        s.write_all(b"GET /whoami HTTP/1.1\r\nHost: localhost\r\n\r\n")?;
+        let mut probe = [0u8; 1];
+        // The handshake happens on first use: a certificate not trusted fails here.
+        s.read_exact(&mut probe)?;
+        let mut rest = Vec::new();
+        while !rest.ends_with(b"\r\n\r\n") {
+            s.read_exact(&mut probe)?;
+            rest.push(probe[0]);
+        }
+        let len: usize = String::from_utf8_lossy(&rest)
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("content-length: ")
+                    .or_else(|| l.strip_prefix("Content-Length: "))
+            })
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        let mut body = vec![0u8; len];
+        s.read_exact(&mut body)?;
+        Ok::<bool, std::io::Error>(rest.starts_with(b"TTP/1.1 200"))
+    };
+    // A connection open across the renewal, and TLS load trusting both certificates.
+    let mut open = tls_client(d.addr(), &old_pem);
+    assert!(get(&mut open).unwrap());
+    let new = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let new_pem = new.cert.pem();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let (addr, stop) = (d.addr(), stop.clone());
+        let (a, b) = (old_pem.clone(), new_pem.clone());
+        std::thread::spawn(move || {
+            let (mut ok, mut failed) = (0u64, Vec::new());
+            let mut c = tls_client_trusting(addr, &[&a, &b]);
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match get(&mut c) {
+                    Ok(true) => ok += 1,
+                    other => failed.push(format!("{other:?}")),
+                }
+                n += 1;
+                if n % 10 == 0 {
+                    // New connections too: they meet whichever certificate is in force.
+                    c = tls_client_trusting(addr, &[&a, &b]);
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            (ok, failed)
+        })
+    };
+
+    // The files change under the same paths (a renewal): the plan says so.
+    std::fs::write(&cert, &new_pem).unwrap();
+    std::fs::write(&key, new.signing_key.serialize_pem()).unwrap();
+    let plan = String::from_utf8_lossy(&d.cli(&["reload", "--dry-run"]).stdout).into_owned();
+    assert!(
+        plan.contains("would apply balancer.tls (certificate files)"),
+        "{plan}"
+    );
+    assert!(get(&mut tls_client(d.addr(), &old_pem)).is_ok(), "dry run");
+    let out = d.cli(&["reload"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("applied balancer.tls (certificate files)"),
+        "{text}"
+    );
+    // New handshakes get the new certificate at once; the open connection goes on.
+    assert!(get(&mut tls_client(d.addr(), &new_pem)).unwrap());
+    assert!(get(&mut tls_client(d.addr(), &old_pem)).is_err());
+    assert!(get(&mut open).unwrap());
+    std::thread::sleep(Duration::from_millis(200));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed) = load.join().unwrap();
+    assert!(failed.is_empty(), "{failed:?}");
+    assert!(ok > 20, "{ok}");
+    // Nothing more to apply.
+    let out = d.cli(&["reload"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("nothing changed"));
 }

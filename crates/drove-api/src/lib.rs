@@ -10,9 +10,9 @@
 //!
 //! Main types: [`Status`] (`GET /api/status`) with its [`BalancerStatus`],
 //! [`BackendRow`]s and [`InstanceRow`]s; [`Dashboard`] (`GET /api/dashboard`);
-//! [`ReloadReport`]; the requests and answers of the operations ([`ScaleRequest`] /
-//! [`ScaleAnswer`], [`RestartRequest`] / [`RestartAnswer`], [`DrainRequest`] /
-//! [`DrainAnswer`], [`DownAnswer`]); [`SdTargetGroup`] (`GET /api/sd`, Prometheus's
+//! [`ReloadReport`] with its [`Change`]s and [`Outcome`]s; the requests and answers of
+//! the operations ([`ScaleRequest`] / [`ScaleAnswer`], [`RestartRequest`] /
+//! [`RestartAnswer`], [`DrainRequest`] / [`DrainAnswer`], [`DownAnswer`]); [`SdTargetGroup`] (`GET /api/sd`, Prometheus's
 //! service-discovery format); [`ApiError`], the body of every error.
 #![warn(missing_docs)]
 
@@ -421,17 +421,169 @@ pub struct BalancerSeries {
     pub errors: Vec<Option<f64>>,
 }
 
-/// `POST /api/reload` (200 when applied, 422 when the file has errors).
+/// One step of a reload (drove-runtime's `plan::diff` lists them).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "change", rename_all = "snake_case")]
+pub enum Change {
+    /// A new `[services.NAME]`: started once its dependencies are ready.
+    ServiceAdded {
+        /// The service.
+        service: String,
+    },
+    /// Settings of a service changed (anything but `instances`): the new spec, then a
+    /// rolling restart behind one surge instance.
+    ServiceChanged {
+        /// The service.
+        service: String,
+        /// The keys that changed.
+        keys: Vec<String>,
+    },
+    /// `instances` changed: a scale.
+    ServiceScaled {
+        /// The service.
+        service: String,
+        /// Instances in force.
+        from: u32,
+        /// Instances in the file.
+        to: u32,
+    },
+    /// A `[services.NAME]` is gone: its instances drained and stopped.
+    ServiceRemoved {
+        /// The service.
+        service: String,
+    },
+    /// What the balancer routes to switched (`service = "a"` → `"b"`, or a service ↔
+    /// `backends = [...]`).
+    Target {
+        /// `service web` or `backends`.
+        from: String,
+        /// Same form.
+        to: String,
+    },
+    /// The list of backends (`backends`, DNS entries, `resolver`) changed.
+    Backends {
+        /// Fixed backends in the file.
+        fixed: usize,
+        /// DNS entries in the file.
+        dns: usize,
+    },
+    /// How the balancer picks and ejects: `algorithm` (with `hash_key`), `passive`,
+    /// `max_ejected`.
+    Balancing {
+        /// The keys that changed.
+        keys: Vec<String>,
+    },
+    /// `balancer.health`: the active probes start again with the new settings.
+    Health,
+    /// Settings each request reads: timeouts, retries, headers, the access log, size
+    /// limits, stickiness, upgrades, trusted proxies.
+    DataPath {
+        /// The keys that changed.
+        keys: Vec<String>,
+    },
+    /// `[[balancer.routes]]` and `[limits.*]`.
+    Limits {
+        /// The keys that changed.
+        keys: Vec<String>,
+    },
+    /// `balancer.tls`: the paths, or the certificate or key files' contents.
+    Tls {
+        /// Only the files' contents changed (a renewal), not the paths.
+        files_only: bool,
+    },
+    /// `listen`, `workers`, `defer_accept`: new listening sockets first, then the old
+    /// ones stop accepting and finish what they serve.
+    Listeners {
+        /// The keys that changed.
+        keys: Vec<String>,
+    },
+    /// `admin.token`.
+    AdminToken,
+    /// `admin.listen`: the new listener first, then the old one finishes and closes.
+    AdminListen {
+        /// Address in force (as the file said).
+        from: SocketAddr,
+        /// Address in the file.
+        to: SocketAddr,
+    },
+    /// `[balancer]` added to or removed from the file.
+    BalancerPresence {
+        /// Whether the file has a `[balancer]`.
+        present: bool,
+    },
+}
+
+impl std::fmt::Display for Change {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let keys = |f: &mut std::fmt::Formatter<'_>, keys: &[String]| {
+            let list: Vec<String> = keys.iter().map(|k| format!("balancer.{k}")).collect();
+            write!(f, "{}", list.join(", "))
+        };
+        match self {
+            Change::ServiceAdded { service } => write!(f, "services.{service} added"),
+            Change::ServiceChanged { service, .. } => write!(f, "services.{service}"),
+            Change::ServiceScaled { service, .. } => write!(f, "services.{service}.instances"),
+            Change::ServiceRemoved { service } => write!(f, "services.{service} removed"),
+            Change::Target { from, to } => write!(f, "balancer target ({from} -> {to})"),
+            Change::Backends { .. } => write!(f, "balancer.backends"),
+            Change::Balancing { keys: k }
+            | Change::DataPath { keys: k }
+            | Change::Listeners { keys: k } => keys(f, k),
+            Change::Health => write!(f, "balancer.health"),
+            Change::Limits { keys: k } => {
+                let list: Vec<&str> = k.iter().map(String::as_str).collect();
+                write!(f, "{}", list.join(", "))
+            }
+            Change::Tls { files_only: true } => write!(f, "balancer.tls (certificate files)"),
+            Change::Tls { files_only: false } => write!(f, "balancer.tls"),
+            Change::AdminToken => write!(f, "admin.token"),
+            Change::AdminListen { from, to } => write!(f, "admin.listen ({from} -> {to})"),
+            Change::BalancerPresence { present: true } => write!(f, "[balancer] added"),
+            Change::BalancerPresence { present: false } => write!(f, "[balancer] removed"),
+        }
+    }
+}
+
+/// One change of a reload and how it went.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Outcome {
+    /// The change.
+    pub change: Change,
+    /// What was done (applied) or why not (not applied).
+    pub detail: String,
+}
+
+/// `POST /api/reload` (200 when applied, 422 when the file has errors) and
+/// `drove reload [--dry-run]`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReloadReport {
-    /// False: the file had errors (or there is none) and nothing changed.
+    /// False: the file had errors (or there is no file) and nothing changed.
     pub ok: bool,
-    /// What was applied, one line each.
-    pub applied: Vec<String>,
-    /// What was not applied and why.
-    pub not_applied: Vec<String>,
-    /// The errors (`file:line:col: ...`) when `ok` is false.
+    /// Only the plan was computed; nothing was applied.
+    pub dry_run: bool,
+    /// The changes found, in the order they are applied.
+    pub plan: Vec<Change>,
+    /// Changes applied, with what was done.
+    pub applied: Vec<Outcome>,
+    /// Changes that could not be applied, with the reason; their part of the config in
+    /// force is unchanged, so the next reload tries them again.
+    pub not_applied: Vec<Outcome>,
+    /// Why nothing changed (`ok` false): the file's errors as `file:line:col`.
     pub error: Option<String>,
+}
+
+impl ReloadReport {
+    /// A reload refused as a whole: nothing changed, for `error`.
+    pub fn refused(error: String) -> ReloadReport {
+        ReloadReport {
+            ok: false,
+            dry_run: false,
+            plan: Vec::new(),
+            applied: Vec::new(),
+            not_applied: Vec::new(),
+            error: Some(error),
+        }
+    }
 }
 
 /// `POST /api/scale` body.

@@ -89,7 +89,8 @@ pub(crate) struct BackendSet {
 
 /// A load balancer's backend set and selection state, shared by every worker.
 pub struct Balancer {
-    settings: BalancerSettings,
+    /// Swapped whole by a reload ([`Balancer::set_settings`]); a pick reads it once.
+    settings: ArcSwap<BalancerSettings>,
     set: ArcSwap<BackendSet>,
     /// Monotonic counter feeding round robin and tie-breaks.
     cursor: AtomicUsize,
@@ -101,7 +102,7 @@ pub struct Balancer {
 impl std::fmt::Debug for Balancer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Balancer")
-            .field("settings", &self.settings)
+            .field("settings", &**self.settings.load())
             .field("backends", &self.snapshot().len())
             .finish()
     }
@@ -113,16 +114,23 @@ impl Balancer {
         let clock = backend::Clock::new();
         Arc::new(Balancer {
             set: ArcSwap::from_pointee(BackendSet::build(Vec::new())),
-            settings,
+            settings: ArcSwap::from_pointee(settings),
             cursor: AtomicUsize::new(0),
             rng: AtomicU64::new(0x9E37_79B9_7F4A_7C15 ^ std::process::id() as u64),
             clock,
         })
     }
 
-    /// The settings it was built with.
-    pub fn settings(&self) -> &BalancerSettings {
-        &self.settings
+    /// The settings in force.
+    pub fn settings(&self) -> arc_swap::Guard<Arc<BalancerSettings>> {
+        self.settings.load()
+    }
+
+    /// Replaces the settings (a reload): picks from now on use the new algorithm and
+    /// attempts that end from now on are judged by the new passive-health rules. The
+    /// backends, their health, ejections, in-flight counts and latency EWMA are kept.
+    pub fn set_settings(&self, settings: BalancerSettings) {
+        self.settings.store(Arc::new(settings));
     }
 
     /// Replaces the whole set. Backends whose id is kept keep their state (health,
@@ -183,6 +191,14 @@ impl Balancer {
         }
     }
 
+    /// Active health checks were turned off (a reload): every backend counts as passing
+    /// its probes again, as a new backend does; nothing would ever probe it back up.
+    pub fn clear_probe_state(&self) {
+        for b in self.set.load().all.iter() {
+            b.record_probe(true, 1, 1);
+        }
+    }
+
     /// Waits until the backend has no request in flight, or `grace` has passed.
     /// Returns whether it became idle.
     pub async fn wait_idle(&self, id: &str, grace: Duration) -> bool {
@@ -229,7 +245,7 @@ impl Balancer {
                 ejected += 1;
             }
         }
-        (ejected + 1) * 100 <= base * self.settings.max_ejected_percent as usize
+        (ejected + 1) * 100 <= base * self.settings.load().max_ejected_percent as usize
     }
 
     fn next_random(&self) -> u64 {

@@ -10,13 +10,12 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 
-use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::h1::{self, RequestLimits};
 use crate::request;
 use crate::sock::{Buf, ClientIo, Sock};
-use crate::worker::{OpenConnection, Worker};
+use crate::worker::{OpenConnection, Stop, Worker};
 use crate::ProxyError;
 
 /// The client side of a connection.
@@ -43,7 +42,7 @@ impl<S: ClientIo> Client<S> {
             peer: ip,
             peer_ip: h1::IpText::of(ip),
             trusted: w
-                .proxy
+                .snapshot()
                 .settings
                 .trusted_proxies
                 .iter()
@@ -82,13 +81,12 @@ impl<S: ClientIo> Client<S> {
 pub(crate) fn serve<S: ClientIo + 'static>(
     w: Rc<Worker>,
     client: Client<S>,
-    shutdown: watch::Receiver<bool>,
+    stop: Stop,
 ) -> impl std::future::Future<Output = ()> {
-    let (mut client, mut shutdown) = (client, shutdown);
+    let (mut client, mut stop) = (client, stop);
     let open = OpenConnection::new(&w);
     async move {
         let _open = open;
-        let settings = &*w.proxy.settings;
         let mut first = true;
         // A new connection's first request has usually arrived with it (clients write right
         // after connecting): read it now, before any timer, shutdown watch or epoll
@@ -113,14 +111,17 @@ pub(crate) fn serve<S: ClientIo + 'static>(
                 // or for shutdown. Only then take a buffer: an idle connection holds none.
                 w.buffers
                     .recycle_input(std::mem::replace(&mut client.buf, Buf::with_capacity(0)));
-                if *shutdown.borrow() {
+                // Only drove's shutdown closes an idle connection: listeners retired by
+                // a reload let it carry one more request (answered with
+                // `Connection: close`), so the client never races an idle close.
+                if *stop.shutdown.borrow() {
                     return;
                 }
-                let idle_until = Instant::now() + settings.idle_timeout;
+                let idle_until = Instant::now() + w.snapshot().settings.idle_timeout;
                 loop {
                     let read = tokio::select! {
                         r = tokio::time::timeout_at(idle_until, client.sock.read_fresh(|| w.buffers.input())) => r,
-                        _ = shutdown.changed() => return,
+                        _ = stop.shutdown.changed() => return,
                     };
                     match read {
                         Ok(Ok((buf, Some(n)))) if n > 0 => {
@@ -133,13 +134,17 @@ pub(crate) fn serve<S: ClientIo + 'static>(
                     }
                 }
             }
+            // The request runs with the settings in force when its first bytes are here,
+            // whatever a reload does meanwhile.
+            let live = w.snapshot();
+            let settings = &live.settings;
             // HTTP/2: chosen during the TLS handshake, or prior knowledge (the preface) on
             // a plain connection — only ever as a connection's first bytes.
             if settings.http2
                 && first
                 && (client.sock.alpn_h2() || starts_h2(&mut client, settings).await)
             {
-                return Box::pin(crate::http2::serve(w.clone(), client, shutdown)).await;
+                return Box::pin(crate::http2::serve(w.clone(), client, stop)).await;
             }
             first = false;
             // The head must be complete within the header timeout (slowloris).
@@ -169,20 +174,25 @@ pub(crate) fn serve<S: ClientIo + 'static>(
                 Ok(h) => h,
                 Err(e) => {
                     // The stream cannot be trusted past a bad head: answer and close.
-                    Box::pin(request::refuse(&w, &mut client, started, e)).await;
+                    Box::pin(request::refuse(&w, &mut client, started, e, live.clone())).await;
                     return;
                 }
             };
             // Boxed: the exchange's state is large (timers, buffers, nested futures) and
             // would otherwise sit in every idle connection's task; boxing per request costs
             // one allocation and keeps an idle connection to a few hundred bytes.
-            let shutting_down = *shutdown.borrow();
+            crate::hooks::panic_at(
+                crate::hooks::Point::Connection,
+                &client.pending()[head.target_range.0..head.target_range.1],
+            );
+            let shutting_down = stop.stopping();
             let keep = Box::pin(request::handle(
                 &w,
                 &mut client,
                 head,
                 started,
                 shutting_down,
+                live.clone(),
             ))
             .await;
             if keep {
@@ -223,6 +233,7 @@ async fn starts_h2<S: ClientIo>(client: &mut Client<S>, settings: &crate::ProxyS
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::sync::watch;
 
     /// An idle connection's memory is mostly its task's future: keep it small.
     #[tokio::test]
@@ -240,7 +251,11 @@ mod tests {
                 let (_tx, rx) = watch::channel(false);
                 let sock = Sock::new(s).unwrap();
                 let client = Client::new(&w, sock, "127.0.0.1:1".parse().unwrap());
-                let fut = serve(w, client, rx);
+                let stop = Stop {
+                    retire: rx.clone(),
+                    shutdown: rx,
+                };
+                let fut = serve(w, client, stop);
                 let size = std::mem::size_of_val(&fut);
                 assert!(size < 1024, "serve future is {size} bytes");
                 eprintln!("serve future: {size} bytes");

@@ -81,6 +81,9 @@ pub enum ProxyError {
     /// The body exceeds the limit (announced or counted).
     #[error("request body too large")]
     BodyTooLarge,
+    /// drove hit a bug (a panic, contained) before any byte of a response was sent.
+    #[error("internal error: {0}")]
+    Internal(String),
     /// A rate limit refused the request.
     #[error("rate limit `{limit}` exceeded")]
     RateLimited {
@@ -107,6 +110,7 @@ impl ProxyError {
             ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::HeaderTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ProxyError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -121,7 +125,9 @@ impl ProxyError {
             | ProxyError::MethodNotAllowed
             | ProxyError::HeaderTooLarge
             | ProxyError::BodyTooLarge => Side::Downstream,
-            ProxyError::NoBackend | ProxyError::RateLimited { .. } => Side::Internal,
+            ProxyError::NoBackend | ProxyError::RateLimited { .. } | ProxyError::Internal(_) => {
+                Side::Internal
+            }
         }
     }
 
@@ -157,6 +163,9 @@ impl ProxyError {
             ProxyError::BodyTooLarge => "413 Payload Too Large\n",
             ProxyError::HeaderTooLarge => "431 Request Header Fields Too Large\n",
             ProxyError::RateLimited { .. } => "429 Too Many Requests: rate limit exceeded\n",
+            ProxyError::Internal(_) => {
+                "500 Internal Server Error: drove hit a bug; its log has the details\n"
+            }
         }
     }
 }

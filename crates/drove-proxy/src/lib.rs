@@ -19,6 +19,7 @@ mod conn;
 pub mod error;
 mod h1;
 mod headers;
+mod hooks;
 mod http2;
 mod log;
 mod request;
@@ -34,20 +35,52 @@ pub use headers::Cidr;
 pub use settings::{
     AccessLogFormat, CompressRoute, HashKey, LimitKey, ProxySettings, RouteLimit, StickyCookie,
 };
-pub use stats::ProxyStats;
+pub use stats::{PanicSite, ProxyStats};
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use drove_balancer::Balancer;
 
-/// A proxy: settings, the balancer it picks from, and its counters.
+/// A proxy: the settings in force, the balancer it picks from, and its counters. Cheap
+/// to clone; clones share everything, so [`Proxy::update`] on one reaches every worker.
 #[derive(Debug, Clone)]
 pub struct Proxy {
     pub(crate) balancer: Arc<Balancer>,
-    pub(crate) settings: Arc<ProxySettings>,
+    pub(crate) shared: Arc<Shared>,
     pub(crate) stats: Arc<ProxyStats>,
+}
+
+/// The settings in force, swapped whole by [`Proxy::update`].
+#[derive(Debug)]
+pub(crate) struct Shared {
+    live: ArcSwap<Live>,
+    /// Bumped after every swap. Workers compare it with the generation they cached (one
+    /// relaxed read of a line that is written only by a reload, so it stays in every
+    /// core's cache) and reload their copy only when it moved: a request costs one
+    /// atomic load, never a shared reference count.
+    generation: AtomicU64,
+}
+
+/// One generation of settings, with what is built from them (the access log's writer).
+/// A request holds the generation it started with until it ends.
+#[derive(Debug)]
+pub(crate) struct Live {
+    pub(crate) settings: ProxySettings,
     pub(crate) log: Arc<log::AccessLog>,
+}
+
+impl Shared {
+    /// The generation number and the settings of that generation (or a newer one).
+    pub(crate) fn load(&self) -> (u64, Arc<Live>) {
+        let g = self.generation.load(Ordering::Acquire);
+        (g, self.live.load_full())
+    }
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
 }
 
 impl Proxy {
@@ -57,9 +90,44 @@ impl Proxy {
         Ok(Proxy {
             balancer,
             stats: Arc::new(ProxyStats::new(settings.retry_budget_percent)),
-            settings: Arc::new(settings),
-            log: Arc::new(log),
+            shared: Arc::new(Shared {
+                live: ArcSwap::from_pointee(Live {
+                    settings,
+                    log: Arc::new(log),
+                }),
+                generation: AtomicU64::new(0),
+            }),
         })
+    }
+
+    /// Puts new settings in force (a reload): every request that starts from now on, on
+    /// every worker, uses them; a request in flight finishes with the settings it started
+    /// with, and a connection keeps the TLS session and trusted-proxy decision it was
+    /// accepted with. The access log is reopened only when its format or file changed;
+    /// that is the only step that can fail, and then nothing changes. Rate limiters are
+    /// whatever `settings.routes` holds (the caller keeps the state of unchanged ones by
+    /// passing the same `Arc`s).
+    pub fn update(&self, settings: ProxySettings) -> std::io::Result<()> {
+        let current = self.shared.live.load();
+        let log = if current.settings.access_log == settings.access_log
+            && current.settings.access_log_path == settings.access_log_path
+        {
+            current.log.clone()
+        } else {
+            Arc::new(log::AccessLog::open(
+                settings.access_log,
+                settings.access_log_path.as_deref(),
+            )?)
+        };
+        self.stats.set_budget_percent(settings.retry_budget_percent);
+        self.shared.live.store(Arc::new(Live { settings, log }));
+        self.shared.generation.fetch_add(1, Ordering::Release);
+        Ok(())
+    }
+
+    /// The settings in force (a copy: for the admin API and reloads, not the data path).
+    pub fn settings(&self) -> ProxySettings {
+        self.shared.live.load().settings.clone()
     }
 
     /// The counters, shared with every worker.
@@ -67,9 +135,9 @@ impl Proxy {
         &self.stats
     }
 
-    /// The rate-limited routes it enforces.
-    pub fn routes(&self) -> &[RouteLimit] {
-        &self.settings.routes
+    /// The rate-limited routes in force.
+    pub fn routes(&self) -> Vec<RouteLimit> {
+        self.shared.live.load().settings.routes.clone()
     }
 
     /// The balancer it picks from.
@@ -108,16 +176,50 @@ pub fn bind(
     Ok(out)
 }
 
+/// [`bind`] for a reload that changes `workers` or `defer_accept` on the same address:
+/// the first sockets are duplicates of `existing` (the same kernel sockets, so the
+/// connections queued on them are served by the new workers instead of being reset when
+/// the old ones close), the rest are bound anew; `defer_accept` is set on all of them.
+pub fn bind_reusing(
+    addr: SocketAddr,
+    workers: usize,
+    defer_accept: bool,
+    existing: &[std::net::TcpListener],
+) -> std::io::Result<Vec<std::net::TcpListener>> {
+    let workers = workers.max(1);
+    let mut out = Vec::with_capacity(workers);
+    for l in existing.iter().take(workers) {
+        let l = l.try_clone()?;
+        set_defer_accept_secs(&socket2::SockRef::from(&l), u32::from(defer_accept))?;
+        out.push(l);
+    }
+    let addr = out
+        .first()
+        .map(|l| l.local_addr())
+        .transpose()?
+        .unwrap_or(addr);
+    if out.len() < workers {
+        out.extend(bind(addr, workers - out.len(), defer_accept)?);
+    }
+    Ok(out)
+}
+
 /// Linux `TCP_DEFER_ACCEPT`: the listener reports a connection only once its first
-/// bytes have arrived (or after about `SECS`, when the kernel gives up waiting), so the
+/// bytes have arrived (or after about a second, when the kernel gives up waiting), so the
 /// worker reads the request right after `accept` and a `Connection: close` request
 /// never needs an epoll registration (see `sock.rs`). Neither socket2 nor nix exposes
 /// this option and std's is unstable, hence this crate's only `unsafe` block.
-#[allow(unsafe_code)]
 fn set_defer_accept(s: &socket2::Socket) -> std::io::Result<()> {
+    // One second: long enough for a client's first bytes, short enough that a client
+    // which connects and waits (server-speaks-first probes) is not kept waiting long.
+    set_defer_accept_secs(&socket2::SockRef::from(s), 1)
+}
+
+/// `TCP_DEFER_ACCEPT` of `secs` (0 turns it off).
+#[allow(unsafe_code)]
+fn set_defer_accept_secs(s: &socket2::SockRef<'_>, secs: u32) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
-    const SECS: libc::c_int = 1;
-    let secs: libc::c_int = SECS;
+    let secs = libc::c_int::try_from(secs).unwrap_or(libc::c_int::MAX);
     // SAFETY: a plain setsockopt on an fd `s` owns, with a pointer to a live c_int and
     // that int's size; the kernel only reads from it during the call.
     let rc = unsafe {
@@ -143,15 +245,31 @@ pub async fn serve(
     proxy: Proxy,
     shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> std::io::Result<()> {
+    serve_until(listeners, proxy, shutdown.clone(), shutdown).await
+}
+
+/// [`serve`] for listeners a reload replaces: when `retire` turns true the workers stop
+/// accepting and each connection ends after its next response (`Connection: close`),
+/// at its idle timeout, or when its tunnel closes — no grace cuts them short, so a
+/// client on a keep-alive connection never races an idle close and a WebSocket stays
+/// open. When `shutdown` turns true (drove stops), idle connections close at once and
+/// the rest get the shutdown grace, as with [`serve`].
+pub async fn serve_until(
+    listeners: Vec<std::net::TcpListener>,
+    proxy: Proxy,
+    retire: tokio::sync::watch::Receiver<bool>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    let stop = worker::Stop { retire, shutdown };
     let mut done = Vec::new();
     for (i, l) in listeners.into_iter().enumerate() {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let proxy = proxy.clone();
-        let shutdown = shutdown.clone();
+        let stop = stop.clone();
         std::thread::Builder::new()
             .name(format!("drove-worker-{i}"))
             .spawn(move || {
-                let r = worker::run(l, proxy, shutdown);
+                let r = worker::run_contained(l, proxy, stop);
                 let _ = tx.send(r);
             })?;
         done.push(rx);
@@ -165,6 +283,15 @@ pub async fn serve(
         }
     }
     result
+}
+
+/// The text of a panic's payload (`panic!("...")` gives a `&str` or a `String`).
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
+    payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(a panic without a message)")
 }
 
 /// Settings for the crate's unit tests (explicit values, not defaults: drove's defaults

@@ -335,6 +335,24 @@ impl Listener {
         })
     }
 
+    /// A connection already waiting in the accept queue, if any (never waits).
+    pub(crate) fn try_accept(&self) -> io::Result<Option<(Sock, std::net::SocketAddr)>> {
+        match self
+            .fd
+            .get_ref()
+            .accept4(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC)
+        {
+            Ok((s, peer)) => {
+                let peer = peer
+                    .as_socket()
+                    .unwrap_or_else(|| std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
+                Ok(Some((Sock::unregistered(s.into()), peer)))
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// The next connection, already non-blocking (`accept4` with `SOCK_NONBLOCK`: no
     /// extra syscall). TCP_NODELAY is left to the connection: it matters only once the
     /// connection is reused (see [`Sock::set_nodelay`]), as nginx does it.

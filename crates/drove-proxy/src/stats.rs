@@ -29,9 +29,40 @@ pub struct ProxyStats {
     pub connections: AtomicU64,
     /// Upgrade tunnels open now.
     pub active_tunnels: AtomicI64,
+    /// Panics contained, by where they happened (index: [`PanicSite`] as usize).
+    pub panics: [AtomicU64; 3],
     /// Retry budget in thousandths of a retry.
     budget: AtomicI64,
-    deposit: i64,
+    /// Budget credit per request, in thousandths of a retry (`retries.budget`; a reload
+    /// may change it).
+    deposit: AtomicI64,
+}
+
+/// Where in the data path a panic was contained; each costs what its name says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PanicSite {
+    /// In a request's walk: that request (a 500 if nothing was sent yet) and its
+    /// connection.
+    Request = 0,
+    /// In a connection's task outside a request: that connection.
+    Connection = 1,
+    /// In a worker thread (its accept loop or its pool sweeper): the worker's open
+    /// connections; the worker starts again on the same listening socket.
+    Worker = 2,
+}
+
+impl PanicSite {
+    /// Every site, in index order.
+    pub const ALL: [PanicSite; 3] = [PanicSite::Request, PanicSite::Connection, PanicSite::Worker];
+
+    /// The `where` label of `drove_panics_total`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PanicSite::Request => "request",
+            PanicSite::Connection => "connection",
+            PanicSite::Worker => "worker",
+        }
+    }
 }
 
 /// Budget credit a fresh proxy starts with and the most it can save up, in retries:
@@ -55,9 +86,25 @@ impl ProxyStats {
             active_connections: AtomicI64::new(0),
             connections: AtomicU64::new(0),
             active_tunnels: AtomicI64::new(0),
+            panics: Default::default(),
             budget: AtomicI64::new(BUDGET_INITIAL * 1000),
-            deposit: budget_percent as i64 * 10,
+            deposit: AtomicI64::new(budget_percent as i64 * 10),
         }
+    }
+
+    /// A new `retries.budget` (percent of requests); the credit saved so far is kept.
+    pub(crate) fn set_budget_percent(&self, percent: u32) {
+        self.deposit.store(percent as i64 * 10, Relaxed);
+    }
+
+    /// A panic was contained at `site`.
+    pub(crate) fn panicked(&self, site: PanicSite) {
+        self.panics[site as usize].fetch_add(1, Relaxed);
+    }
+
+    /// Panics contained at `site` so far.
+    pub fn panics(&self, site: PanicSite) -> u64 {
+        self.panics[site as usize].load(Relaxed)
     }
 
     pub(crate) fn connection_opened(&self) {
@@ -71,8 +118,9 @@ impl ProxyStats {
     /// A request arrived: count it and credit the retry budget.
     pub(crate) fn request(&self) {
         self.requests.fetch_add(1, Relaxed);
-        if self.deposit > 0 && self.budget.load(Relaxed) < BUDGET_MAX * 1000 {
-            self.budget.fetch_add(self.deposit, Relaxed);
+        let deposit = self.deposit.load(Relaxed);
+        if deposit > 0 && self.budget.load(Relaxed) < BUDGET_MAX * 1000 {
+            self.budget.fetch_add(deposit, Relaxed);
         }
     }
 

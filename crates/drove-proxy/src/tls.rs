@@ -15,7 +15,10 @@ use std::sync::Arc;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::{ServerConfig, ServerConnection};
+use rustls::ServerConnection;
+
+/// The TLS configuration a proxy serves with (rustls'), as built by [`server_config`].
+pub use rustls::ServerConfig;
 
 use crate::sock::{Buf, ClientIo, Sock};
 

@@ -4,10 +4,13 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::rc::Rc;
+use std::panic::AssertUnwindSafe;
+use std::rc::{Rc, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
 use drove_balancer::Backend;
+use futures_util::FutureExt;
 use tokio::sync::watch;
 
 use crate::buffers::Buffers;
@@ -15,15 +18,37 @@ use crate::conn;
 use crate::sock::Listener;
 use crate::tls::TlsSock;
 use crate::upstream::Pool;
-use crate::Proxy;
+use crate::{Live, PanicSite, Proxy};
 
 /// How often idle upstream connections are checked: closed when too old, or when their
 /// backend left rotation (removed, drained, unhealthy).
 const SWEEP_INTERVAL: Duration = Duration::from_millis(500);
 
+/// When a worker stops: `retire` (a reload replaced its listeners: stop accepting, let
+/// every connection end by itself) or `shutdown` (drove stops: idle connections close
+/// at once, the rest get the shutdown grace). Both turn true at a plain shutdown.
+#[derive(Clone)]
+pub(crate) struct Stop {
+    pub(crate) retire: watch::Receiver<bool>,
+    pub(crate) shutdown: watch::Receiver<bool>,
+}
+
+impl Stop {
+    /// Whether a request that starts now should be the connection's last.
+    pub(crate) fn stopping(&self) -> bool {
+        *self.retire.borrow() || *self.shutdown.borrow()
+    }
+}
+
+/// The settings a request (or a connection's wait between requests) runs with: this
+/// worker's copy of one generation, cloned without an atomic operation.
+pub(crate) type Snapshot = Rc<Arc<Live>>;
+
 /// Per-worker state shared by its connections.
 pub(crate) struct Worker {
     pub(crate) proxy: Proxy,
+    /// The generation of settings this worker last saw, and its copy of them.
+    live: RefCell<(u64, Snapshot)>,
     /// Idle keep-alive connections to backends.
     pub(crate) pool: Pool,
     /// Free I/O buffers.
@@ -36,6 +61,9 @@ pub(crate) struct Worker {
     /// (graceful shutdown waits for it).
     open: Cell<usize>,
     all_closed: tokio::sync::Notify,
+    /// Test hook (`worker`): wakes the accept loop to panic.
+    #[cfg(feature = "test-hooks")]
+    crash: tokio::sync::Notify,
 }
 
 /// A client connection counted as open (worker and metrics) for as long as it lives.
@@ -68,33 +96,51 @@ impl Worker {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_nanos() as u64)
                 .unwrap_or(1);
+        let (generation, live) = proxy.shared.load();
         let w = Rc::new(Worker {
             proxy,
+            live: RefCell::new((generation, Rc::new(live))),
             pool: Pool::default(),
             buffers: Buffers::default(),
             instance_lines: RefCell::new(HashMap::new()),
             rid: Cell::new(seed | 1),
             open: Cell::new(0),
             all_closed: tokio::sync::Notify::new(),
+            #[cfg(feature = "test-hooks")]
+            crash: tokio::sync::Notify::new(),
         });
         let weak = Rc::downgrade(&w);
+        let stats = w.proxy.stats.clone();
         tokio::task::spawn_local(async move {
-            let mut tick = tokio::time::interval(SWEEP_INTERVAL);
-            loop {
-                tick.tick().await;
-                let Some(w) = weak.upgrade() else { return };
-                let live: Vec<(u64, bool)> = w
-                    .proxy
-                    .balancer
-                    .snapshot()
-                    .iter()
-                    .map(|b| (b.key(), b.is_enabled() && b.is_healthy_now()))
-                    .collect();
-                w.pool
-                    .sweep(|k| live.iter().any(|&(key, usable)| key == k && usable));
+            // A panic in a sweep is contained and the sweeper goes on: without it, idle
+            // connections to removed backends would never be closed.
+            while let Err(panic) = AssertUnwindSafe(sweep(&weak)).catch_unwind().await {
+                stats.panicked(PanicSite::Worker);
+                tracing::error!(
+                    panic = crate::panic_message(&*panic),
+                    "bug: the upstream pool sweeper panicked; it starts again"
+                );
             }
         });
         w
+    }
+
+    /// The settings in force, for a request that starts now: one atomic load when
+    /// nothing changed; after a reload, this worker's copy is refreshed first.
+    pub(crate) fn snapshot(&self) -> Snapshot {
+        let g = self.proxy.shared.generation();
+        let mut live = self.live.borrow_mut();
+        if live.0 != g {
+            let (g, new) = self.proxy.shared.load();
+            *live = (g, Rc::new(new));
+        }
+        live.1.clone()
+    }
+
+    /// Test hook (`worker`): makes this worker's accept loop panic.
+    pub(crate) fn crash_worker(&self) {
+        #[cfg(feature = "test-hooks")]
+        self.crash.notify_one();
     }
 
     /// A new request id: 16 hex digits.
@@ -109,9 +155,23 @@ impl Worker {
     }
 
     /// The complete `instance_header` line for responses from `b`, if configured.
-    pub(crate) fn instance_line(&self, b: &Backend) -> Option<Rc<[u8]>> {
-        let name = self.proxy.settings.instance_header.as_ref()?;
+    pub(crate) fn instance_line(
+        &self,
+        settings: &crate::ProxySettings,
+        b: &Backend,
+    ) -> Option<Rc<[u8]>> {
+        let name = settings.instance_header.as_ref()?;
         let mut m = self.instance_lines.borrow_mut();
+        // A line cached under another header name (a reload renamed it while a request
+        // that started before is still running) is rebuilt: each request writes the
+        // name of its own settings.
+        let named = |l: &[u8]| {
+            l.strip_prefix(name.as_str().as_bytes())
+                .is_some_and(|rest| rest.starts_with(b":"))
+        };
+        if m.get(&b.key()).is_some_and(|l| !named(l)) {
+            m.remove(&b.key());
+        }
         Some(
             m.entry(b.key())
                 .or_insert_with(|| {
@@ -131,79 +191,212 @@ impl Worker {
     }
 }
 
-/// Runs a worker on the calling thread until `shutdown`, then drains its connections.
+/// Closes idle upstream connections that are too old or whose backend left rotation,
+/// every [`SWEEP_INTERVAL`], until the worker is gone.
+async fn sweep(weak: &Weak<Worker>) {
+    let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+    loop {
+        tick.tick().await;
+        let Some(w) = weak.upgrade() else { return };
+        let live: Vec<(u64, bool)> = w
+            .proxy
+            .balancer
+            .snapshot()
+            .iter()
+            .map(|b| (b.key(), b.is_enabled() && b.is_healthy_now()))
+            .collect();
+        w.pool
+            .sweep(|k| live.iter().any(|&(key, usable)| key == k && usable));
+    }
+}
+
+/// At most this many queued connections are taken when a worker stops accepting.
+const DRAIN_ON_CLOSE: usize = 1024;
+
+/// After this long without a panic a worker's restart delay starts again from the
+/// shortest: a bug hit once a day must not make the next restart slow.
+const CALM: Duration = Duration::from_secs(10);
+/// Restart delays after a worker panicked: short enough that queued connections wait
+/// little, growing so a worker that panics at once on every start does not spin.
+const RESTART_FIRST: Duration = Duration::from_millis(10);
+const RESTART_MAX: Duration = Duration::from_secs(1);
+
+/// Runs a worker (see [`run`]) and starts it again whenever it panics, on the same
+/// listening socket: the socket is never closed meanwhile, so connections the kernel
+/// queues on it wait for the new worker instead of being refused or reset. Only that
+/// worker's open connections are lost.
+pub(crate) fn run_contained(
+    listener: std::net::TcpListener,
+    proxy: Proxy,
+    stop: Stop,
+) -> std::io::Result<()> {
+    let mut delay = RESTART_FIRST;
+    // Kept open across a panic; closed by the accept loop as soon as it stops accepting
+    // (see `accept_loop`), not when the grace for requests in flight ends.
+    let original = RefCell::new(Some(listener));
+    loop {
+        // A duplicate of the descriptor for this run.
+        let Some(l) = original
+            .borrow()
+            .as_ref()
+            .map(|l| l.try_clone())
+            .transpose()?
+        else {
+            return Ok(());
+        };
+        let started = std::time::Instant::now();
+        let (p, s) = (proxy.clone(), stop.clone());
+        let run = AssertUnwindSafe(|| run(l, p, s, &original));
+        match std::panic::catch_unwind(run) {
+            Ok(r) => return r,
+            Err(panic) => {
+                proxy.stats.panicked(PanicSite::Worker);
+                tracing::error!(
+                    panic = crate::panic_message(&*panic),
+                    thread = std::thread::current().name().unwrap_or("?"),
+                    "bug: a proxy worker panicked; its open connections are lost, it starts again on the same socket"
+                );
+                if stop.stopping() {
+                    return Ok(());
+                }
+                if started.elapsed() > CALM {
+                    delay = RESTART_FIRST;
+                }
+                std::thread::sleep(delay);
+                delay = (delay * 2).min(RESTART_MAX);
+            }
+        }
+    }
+}
+
+/// A connection's task: a panic outside a request's walk (which contains its own) ends
+/// that connection only, counted and logged.
+fn contained(
+    serve: impl std::future::Future<Output = ()>,
+    proxy: &Proxy,
+    peer: std::net::SocketAddr,
+) -> impl std::future::Future<Output = ()> {
+    let stats = proxy.stats.clone();
+    AssertUnwindSafe(serve).catch_unwind().map(move |r| {
+        if let Err(panic) = r {
+            stats.panicked(PanicSite::Connection);
+            tracing::error!(
+                %peer,
+                panic = crate::panic_message(&*panic),
+                "bug: a client connection panicked; it is closed, drove goes on"
+            );
+        }
+    })
+}
+
+/// Test hook (`worker`): resolves when a request asked this worker to panic; never
+/// without the `test-hooks` feature.
+async fn crash_requested(w: &Worker) {
+    #[cfg(feature = "test-hooks")]
+    w.crash.notified().await;
+    #[cfg(not(feature = "test-hooks"))]
+    {
+        let _ = w;
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Runs a worker on the calling thread until `stop`, then drains its connections.
 pub(crate) fn run(
     listener: std::net::TcpListener,
     proxy: Proxy,
-    shutdown: watch::Receiver<bool>,
+    stop: Stop,
+    original: &RefCell<Option<std::net::TcpListener>>,
 ) -> std::io::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let local = tokio::task::LocalSet::new();
-    local.block_on(&rt, accept_loop(listener, proxy, shutdown))
+    local.block_on(&rt, accept_loop(listener, proxy, stop, original))
 }
 
 async fn accept_loop(
     listener: std::net::TcpListener,
     proxy: Proxy,
-    shutdown: watch::Receiver<bool>,
+    stop: Stop,
+    original: &RefCell<Option<std::net::TcpListener>>,
 ) -> std::io::Result<()> {
     let listener = Listener::new(listener)?;
     let worker = Worker::new(proxy.clone());
 
     // The shutdown watch is awaited once around the whole accept loop, not per accept
     // (a fresh `changed()` per connection costs a waiter registration and removal).
+    let start = |sock, peer| {
+        // New connections get the settings in force now: a reloaded certificate
+        // serves the next handshake; a connection keeps its session.
+        let live = worker.snapshot();
+        match &live.settings.tls {
+            None => {
+                let client = conn::Client::new(&worker, sock, peer);
+                let serve = conn::serve(worker.clone(), client, stop.clone());
+                tokio::task::spawn_local(contained(serve, &proxy, peer));
+            }
+            Some(config) => match TlsSock::new(sock, config.clone()) {
+                Ok(tls) => {
+                    let client = conn::Client::new(&worker, tls, peer);
+                    let serve = conn::serve(worker.clone(), client, stop.clone());
+                    tokio::task::spawn_local(contained(serve, &proxy, peer));
+                }
+                Err(e) => tracing::warn!(error = %e, "TLS session setup failed"),
+            },
+        }
+    };
     let accept_all = async {
         loop {
-            let (sock, peer) = match listener.accept().await {
-                Ok(x) => x,
+            match listener.accept().await {
+                Ok((sock, peer)) => start(sock, peer),
                 Err(e) => {
                     // EMFILE and friends: back off briefly instead of spinning.
                     tracing::warn!(error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(10)).await;
-                    continue;
                 }
-            };
-            // The task is the serve future itself (no wrapping block that would hold
-            // a second copy of what it captured).
-            match &proxy.settings.tls {
-                None => {
-                    let client = conn::Client::new(&worker, sock, peer);
-                    tokio::task::spawn_local(conn::serve(worker.clone(), client, shutdown.clone()));
-                }
-                Some(config) => match TlsSock::new(sock, config.clone()) {
-                    Ok(tls) => {
-                        let client = conn::Client::new(&worker, tls, peer);
-                        tokio::task::spawn_local(conn::serve(
-                            worker.clone(),
-                            client,
-                            shutdown.clone(),
-                        ));
-                    }
-                    Err(e) => tracing::warn!(error = %e, "TLS session setup failed"),
-                },
             }
         }
     };
-    if !*shutdown.borrow() {
-        let mut stop = shutdown.clone();
+    if !stop.stopping() {
+        let (mut retire, mut shutdown) = (stop.retire.clone(), stop.shutdown.clone());
         tokio::select! {
             biased;
-            _ = stop.changed() => {}
+            _ = retire.wait_for(|v| *v) => {}
+            _ = shutdown.wait_for(|v| *v) => {}
             _ = accept_all => {}
+            _ = crash_requested(&worker) => panic!("injected panic at Worker"),
         }
     } else {
         drop(accept_all);
     }
+    // Connections the kernel already queued on this socket would be reset when it
+    // closes (a reload that moves or shrinks the listeners): take them and answer their
+    // request (with `Connection: close`). Bounded: a socket shared with the workers
+    // that replace these (same address) keeps receiving, and they take the rest.
+    for _ in 0..DRAIN_ON_CLOSE {
+        match listener.try_accept() {
+            Ok(Some((sock, peer))) => start(sock, peer),
+            _ => break,
+        }
+    }
     drop(listener);
-    // Graceful: each connection finishes its in-flight request, then closes.
-    let grace = proxy.settings.shutdown_grace;
+    original.borrow_mut().take();
+    // Graceful: each connection finishes its in-flight request, then closes; once drove
+    // shuts down, within the grace.
     let wait = async {
         while worker.open.get() > 0 {
             worker.all_closed.notified().await;
         }
     };
-    let _ = tokio::time::timeout(grace, wait).await;
+    let mut shutdown = stop.shutdown.clone();
+    let deadline = async {
+        let _ = shutdown.wait_for(|v| *v).await;
+        tokio::time::sleep(worker.snapshot().settings.shutdown_grace).await;
+    };
+    tokio::select! {
+        _ = wait => {}
+        _ = deadline => {}
+    }
     Ok(())
 }

@@ -69,27 +69,55 @@ fn bad(msg: impl Into<String>) -> ApiError {
     ApiError(StatusCode::BAD_REQUEST, msg.into())
 }
 
-/// Serves the admin API until shutdown, with the history sampler beside it.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    running: Arc<Running>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let state = AdminState::new(running);
+/// Starts the history sampler (once per drove: it outlives an admin listener moved by a
+/// reload).
+pub fn start_sampler(
+    state: &AdminState,
+    shutdown: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
     let r = &state.running;
-    let sampler = tokio::spawn(history::run(
+    tokio::spawn(history::run(
         state.history.clone(),
         r.balancer.clone(),
         r.proxy.as_ref().map(|p| p.stats().clone()),
-        shutdown.clone(),
-    ));
-    let app = router(state);
-    let _ = axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            let _ = shutdown.wait_for(|v| *v).await;
-        })
-        .await;
-    sampler.abort();
+        shutdown,
+    ))
+}
+
+/// The admin API served on one listener, until drove shuts down or a reload moves it.
+pub struct AdminServer {
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl AdminServer {
+    /// Serves `state` on `listener` until `shutdown` (drove's) or [`AdminServer::retire`].
+    pub fn start(
+        listener: tokio::net::TcpListener,
+        state: AdminState,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> AdminServer {
+        let (stop, mut stopped) = watch::channel(false);
+        let app = router(state);
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    tokio::select! {
+                        _ = shutdown.wait_for(|v| *v) => {}
+                        _ = stopped.wait_for(|v| *v) => {}
+                    }
+                })
+                .await;
+        });
+        AdminServer { stop, task }
+    }
+
+    /// Stops accepting, finishes the requests in progress (the one that asked for the
+    /// move included), and resolves when the listener is closed.
+    pub async fn retire(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
 }
 
 /// The admin routes.
@@ -127,7 +155,7 @@ pub fn router(state: AdminState) -> Router {
 }
 
 async fn auth(State(s): State<Shared>, req: Request, next: Next) -> Response {
-    if let Some(token) = &s.running.config.admin.token {
+    if let Some(token) = &s.running.config.load().admin.token {
         let ok = req
             .headers()
             .get(axum::http::header::AUTHORIZATION)
@@ -280,7 +308,7 @@ pub async fn status_doc(state: &AdminState) -> api::Status {
         })
         .collect();
     // Static backends are not supervised: list them too.
-    if r.balanced_service.is_none() {
+    if r.balanced_service().is_none() {
         for b in &backends {
             let mut row = api::InstanceRow::new(b.id(), None, api::InstanceState::Remote);
             row.addr = Some(b.addr());
@@ -295,18 +323,19 @@ pub async fn status_doc(state: &AdminState) -> api::Status {
             rows.push(row);
         }
     }
-    let conf = r.config.balancer.as_ref();
+    let config = r.config.load();
+    let conf = config.balancer.as_ref();
     let balancer = r.proxy.as_ref().zip(conf).map(|(p, conf)| {
         let s = p.stats();
         let l = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
         let totals = state.history.current_totals();
         api::BalancerStatus {
-            listen: r.listen,
+            listen: r.listen(),
             tls: conf.tls.is_some(),
             rps: totals.map(|t| round2(t.0)),
             errors_per_s: totals.map(|t| round2(t.1)),
             algorithm: p.balancer().settings().algorithm.as_str().to_string(),
-            service: r.balanced_service.clone(),
+            service: r.balanced_service(),
             requests: l(&s.requests),
             responses: api::Responses {
                 c1xx: l(&s.responses[0]),
@@ -334,7 +363,7 @@ pub async fn status_doc(state: &AdminState) -> api::Status {
         version: env!("CARGO_PKG_VERSION").to_string(),
         pid: std::process::id(),
         uptime_s: r.started.elapsed().as_secs_f64(),
-        admin: r.admin,
+        admin: r.admin(),
         balancer,
         services: r.supervisor.services(),
         instances: rows,
@@ -373,16 +402,22 @@ async fn dashboard_json(
     Query(q): Query<DashboardQuery>,
 ) -> Json<api::Dashboard> {
     let status = status_doc(&s).await;
-    let service_config = s
-        .running
-        .config
+    // The config in force (what a reload applied), with the instance count the
+    // supervisor holds now (a `drove scale` changes it without a config edit).
+    let config = s.running.config.load();
+    let service_config = config
         .services
         .iter()
         .map(|c| {
+            let instances = s
+                .running
+                .supervisor
+                .desired_instances(&c.name)
+                .unwrap_or(c.instances);
             (
                 c.name.clone(),
                 api::ServiceConfigRow {
-                    instances: c.instances,
+                    instances,
                     max_memory: c.max_memory,
                 },
             )
@@ -391,7 +426,7 @@ async fn dashboard_json(
     Json(api::Dashboard {
         status,
         service_config,
-        token_required: s.running.config.admin.token.is_some(),
+        token_required: config.admin.token.is_some(),
         history: s
             .history
             .series(q.points.unwrap_or(history::KEEP).min(history::KEEP)),
@@ -485,7 +520,7 @@ async fn drain_or_undrain(
         })
     };
     // A static backend (not supervised) is taken out of rotation directly.
-    if r.balanced_service.is_none() {
+    if r.balanced_service().is_none() {
         if let Some(b) = &r.balancer {
             if b.set_enabled(&name, !drain) {
                 if drain {
@@ -505,7 +540,7 @@ async fn drain_or_undrain(
     if !drain {
         // The Undrained event does the same, asynchronously; doing it here too means the
         // instance is back in rotation when the call returns.
-        if let (Some(b), Some(svc)) = (&r.balancer, &r.balanced_service) {
+        if let (Some(b), Some(svc)) = (&r.balancer, &r.balanced_service()) {
             if *svc == id.service {
                 b.set_enabled(&name, true);
             }
@@ -530,14 +565,30 @@ async fn undrain(
 
 /// Re-reads the config file and applies it (`crate::reload`): 200 with what was and was
 /// not applied, 422 with the errors (nothing changed) when the file is invalid.
-async fn reload(State(s): State<Shared>) -> Response {
-    let report = crate::reload::reload(&s.running).await;
+async fn reload(State(s): State<Shared>, Query(q): Query<ReloadQuery>) -> Response {
+    let dry_run = q.dry_run.unwrap_or(false);
+    let Some(report) =
+        crate::contain::caught("reload", crate::reload::reload(&s.running, dry_run)).await
+    else {
+        return ApiError(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the reload hit a bug in drove (see its log); what it applied before is in force"
+                .into(),
+        )
+        .into_response();
+    };
     let status = if report.ok {
         StatusCode::OK
     } else {
         StatusCode::UNPROCESSABLE_ENTITY
     };
     (status, Json(report)).into_response()
+}
+
+#[derive(serde::Deserialize)]
+struct ReloadQuery {
+    /// Only compute and return the plan.
+    dry_run: Option<bool>,
 }
 
 /// Starts the shutdown and answers at once with what `drove down` waits for: drove's

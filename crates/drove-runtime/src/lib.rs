@@ -12,16 +12,20 @@
 
 pub mod admin;
 pub mod admin_client;
+pub mod contain;
 mod discovery;
 mod listen;
+mod listeners;
+pub mod plan;
 pub mod proxy_settings;
 pub mod reload;
 pub mod services;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, RwLock};
 
 use anyhow::Context;
+use arc_swap::ArcSwap;
 use drove_balancer::{BackendSpec, Balancer};
 use drove_config::{Backends, Config};
 use drove_proxy::Proxy;
@@ -44,28 +48,57 @@ pub struct UpOptions {
     pub guardian: Option<std::path::PathBuf>,
 }
 
+/// The service the balancer routes to (None: its `backends` list), changed by a reload.
+pub type BalancedService = Arc<RwLock<Option<String>>>;
+
 /// The running parts, shared with the admin API.
 pub struct Running {
-    /// The config it runs.
-    pub config: Config,
+    /// The config in force: what runs, changed only by what a reload applied.
+    pub config: Arc<ArcSwap<Config>>,
     /// The balancer, if there is a `[balancer]`.
     pub balancer: Option<Arc<Balancer>>,
     /// The proxy, if there is a `[balancer]`.
     pub proxy: Option<Proxy>,
-    /// The balancer's bound address.
-    pub listen: Option<SocketAddr>,
-    /// The admin API's bound address.
-    pub admin: SocketAddr,
     /// The supervisor.
     pub supervisor: Supervisor,
     /// The service the balancer routes to, if any.
-    pub balanced_service: Option<String>,
+    pub balanced: BalancedService,
     /// Set to true to shut everything down.
     pub shutdown: watch::Sender<bool>,
     /// When drove started.
     pub started: tokio::time::Instant,
-    /// What `drove reload` changes (the config in force, the DNS refresh loop).
+    /// The balancer's and the admin API's bound addresses.
+    addrs: Mutex<(Option<SocketAddr>, SocketAddr)>,
+    /// What `drove reload` changes, one reload at a time.
     pub reloadable: tokio::sync::Mutex<reload::Reloadable>,
+}
+
+impl Running {
+    /// The balancer's bound address.
+    pub fn listen(&self) -> Option<SocketAddr> {
+        lock(&self.addrs).0
+    }
+    /// The admin API's bound address.
+    pub fn admin(&self) -> SocketAddr {
+        lock(&self.addrs).1
+    }
+    pub(crate) fn set_listen(&self, a: SocketAddr) {
+        lock(&self.addrs).0 = Some(a);
+    }
+    pub(crate) fn set_admin(&self, a: SocketAddr) {
+        lock(&self.addrs).1 = a;
+    }
+    /// The service the balancer routes to now.
+    pub fn balanced_service(&self) -> Option<String> {
+        self.balanced
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Runs `config` until SIGINT/SIGTERM or `POST /api/down`, then shuts down in order.
@@ -75,8 +108,7 @@ pub async fn up(config: Config, opts: UpOptions) -> anyhow::Result<()> {
     // Balancer and proxy.
     let mut balancer = None;
     let mut proxy = None;
-    let mut listen = None;
-    let mut proxy_task = None;
+    let mut listeners = None;
     let mut balanced_service = None;
     let mut health_task = None;
     let mut discovery_task = None;
@@ -98,13 +130,12 @@ pub async fn up(config: Config, opts: UpOptions) -> anyhow::Result<()> {
         let addr = opts.listen.unwrap_or(b.listen);
         // SO_REUSEPORT (one socket per worker) would let a second drove bind the same
         // address and the kernel split traffic between two deployments: check first.
-        let listeners = listen::exclusive(addr, || {
+        let sockets = listen::exclusive(addr, || {
             drove_proxy::bind(addr, proxy_settings::workers(b), b.defer_accept)
         })
         .with_context(|| format!("cannot listen on {addr} (balancer.listen)"))?;
-        listen = Some(listeners[0].local_addr()?);
         let mut settings = proxy_settings::proxy_settings(b)?;
-        settings.routes = proxy_settings::route_limits(&config).await;
+        settings.routes = proxy_settings::route_limits(&config, &[], None).await;
         if let Some(t) = &b.tls {
             settings.tls = Some(
                 drove_proxy::tls::server_config(&t.cert, &t.key, b.http2)
@@ -112,11 +143,11 @@ pub async fn up(config: Config, opts: UpOptions) -> anyhow::Result<()> {
             );
         }
         let p = Proxy::new(bal.clone(), settings).context("cannot open the access log")?;
-        proxy_task = Some(tokio::spawn(drove_proxy::serve(
-            listeners,
+        listeners = Some(listeners::ProxyListeners::start(
+            sockets,
             p.clone(),
             shutdown_rx.clone(),
-        )));
+        )?);
         proxy = Some(p);
         balancer = Some(bal);
     }
@@ -156,36 +187,64 @@ pub async fn up(config: Config, opts: UpOptions) -> anyhow::Result<()> {
         anyhow::anyhow!("{e}")
     })?;
 
+    let balanced: BalancedService = Arc::new(RwLock::new(balanced_service));
+    let tls = plan::tls_fingerprint(config.balancer.as_ref());
     let running = Arc::new(Running {
         reloadable: tokio::sync::Mutex::new(reload::Reloadable::new(
-            config.clone(),
             discovery_task,
+            health_task,
+            tls,
+            listeners,
         )),
-        config,
+        config: Arc::new(ArcSwap::from_pointee(config)),
         balancer: balancer.clone(),
         proxy,
-        listen,
-        admin,
+        addrs: Mutex::new((None, admin)),
         supervisor: supervisor.clone(),
-        balanced_service: balanced_service.clone(),
+        balanced: balanced.clone(),
         shutdown: shutdown_tx.clone(),
         started: tokio::time::Instant::now(),
     });
-    let events_task = tokio::spawn(apply_events(
-        events_rx,
-        balancer.clone(),
-        balanced_service.clone(),
-    ));
+    let listen = running
+        .reloadable
+        .lock()
+        .await
+        .listeners
+        .as_ref()
+        .map(|l| l.addr);
+    if let Some(l) = listen {
+        running.set_listen(l);
+    }
+    let events_task = {
+        let balancer = balancer.clone();
+        tokio::spawn(async move {
+            let mut rx = events_rx;
+            while contain::caught(
+                "instance events",
+                apply_events(&mut rx, balancer.as_ref(), &balanced),
+            )
+            .await
+            .is_none()
+            {}
+        })
+    };
     let hup_task = reload::on_sighup(running.clone())?;
-    let admin_task = tokio::spawn(admin::serve(
-        admin_listener,
-        running.clone(),
-        shutdown_rx.clone(),
-    ));
+    let admin_state = admin::AdminState::new(running.clone());
+    let sampler = admin::start_sampler(&admin_state, shutdown_rx.clone());
+    {
+        let mut r = running.reloadable.lock().await;
+        r.admin = Some(admin::AdminServer::start(
+            admin_listener,
+            admin_state.clone(),
+            shutdown_rx.clone(),
+        ));
+        r.admin_state = Some(admin_state);
+    }
 
     if let Some(l) = listen {
         let scheme = if running
             .config
+            .load()
             .balancer
             .as_ref()
             .is_some_and(|b| b.tls.is_some())
@@ -209,38 +268,44 @@ pub async fn up(config: Config, opts: UpOptions) -> anyhow::Result<()> {
     }
     let _ = shutdown_tx.send(true);
     // 1. The proxy stops accepting and finishes in-flight requests (up to its grace).
-    if let Some(t) = proxy_task {
-        match t.await {
-            Ok(Err(e)) => tracing::warn!(error = %e, "proxy ended with an error"),
-            Err(e) => tracing::warn!(error = %e, "proxy task failed"),
-            Ok(Ok(())) => {}
-        }
+    // (A reload in progress finishes first: it holds the lock.)
+    let (current, retiring, admin_server) = running.reloadable.lock().await.take_servers();
+    if let Some(l) = current {
+        let _ = l.retire().await;
+    }
+    for t in retiring {
+        let _ = t.await;
     }
     // 2. Services stop in reverse dependency order.
     supervisor.shutdown().await;
     if let Some(g) = &guardian {
         g.release();
     }
-    if let Some(t) = health_task {
-        t.abort();
-    }
     running.reloadable.lock().await.stop();
     hup_task.abort();
     events_task.abort();
-    let _ = admin_task.await;
+    sampler.abort();
+    if let Some(a) = admin_server {
+        a.retire().await;
+    }
     println!("drove: stopped");
     Ok(())
 }
 
 /// Turns supervisor events into backend-set changes for the balanced service.
 async fn apply_events(
-    mut rx: mpsc::UnboundedReceiver<InstanceEvent>,
-    balancer: Option<Arc<Balancer>>,
-    service: Option<String>,
+    rx: &mut mpsc::UnboundedReceiver<InstanceEvent>,
+    balancer: Option<&Arc<Balancer>>,
+    balanced: &BalancedService,
 ) {
     while let Some(ev) = rx.recv().await {
-        let ours = balancer.is_some() && service.as_deref() == Some(ev.id().service.as_str());
-        let Some(bal) = balancer.as_ref().filter(|_| ours) else {
+        let ours = balancer.is_some()
+            && balanced
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .as_deref()
+                == Some(ev.id().service.as_str());
+        let Some(bal) = balancer.filter(|_| ours) else {
             // Not balanced: nothing waits on a drain, ack at once.
             if let InstanceEvent::Draining { done, .. } = ev {
                 let _ = done.send(());

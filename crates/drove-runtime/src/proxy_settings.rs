@@ -73,12 +73,30 @@ fn header_name(key: &'static str, s: &str) -> Result<HeaderName, SettingsError> 
 
 /// The rate-limited routes of a config: one limiter per `[limits.NAME]`, shared by every
 /// route naming it; longest prefixes first (the first match applies).
-pub async fn route_limits(config: &config::Config) -> Vec<RouteLimit> {
+///
+/// On a reload, `current` are the routes in force and `in_force` the `[limits]` they
+/// were built from: a limit whose settings did not change keeps its limiter, so the
+/// clients it is holding back stay held back (its GCRA state is kept).
+pub async fn route_limits(
+    config: &config::Config,
+    current: &[RouteLimit],
+    in_force: Option<&std::collections::BTreeMap<String, config::LimitConfig>>,
+) -> Vec<RouteLimit> {
     let Some(b) = &config.balancer else {
         return Vec::new();
     };
     let mut limiters: std::collections::HashMap<&str, std::sync::Arc<drove_limits::Limit>> =
         Default::default();
+    for (name, l) in &config.limits {
+        let unchanged = in_force.and_then(|f| f.get(name)) == Some(l);
+        if let Some(r) = current
+            .iter()
+            .find(|r| r.name == *name)
+            .filter(|_| unchanged)
+        {
+            limiters.insert(name, r.limiter.clone());
+        }
+    }
     let mut routes: Vec<RouteLimit> = Vec::new();
     for r in &b.routes {
         let Some(l) = config.limits.get(&r.limit) else {

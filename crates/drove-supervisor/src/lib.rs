@@ -46,6 +46,7 @@
 //! `PR_SET_PDEATHSIG` so they die with drove even if drove is SIGKILLed.
 
 mod backoff;
+mod contain;
 mod error;
 mod event;
 mod guardian;
@@ -58,6 +59,7 @@ mod spawn;
 mod spec;
 mod supervisor;
 
+pub use contain::panics_contained;
 pub use error::SupervisorError;
 pub use event::{
     ExitInfo, InstanceEvent, InstanceId, InstanceState, InstanceStatus, Replacement, RollingReport,

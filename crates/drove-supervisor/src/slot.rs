@@ -595,7 +595,14 @@ async fn run_process(ctx: &mut SlotCtx, restarted: Option<oneshot::Sender<()>>) 
         port.map(|p| format!(" on port {p}")).unwrap_or_default()
     ));
 
-    let ended = supervise(ctx, &mut child, pid, port, &env, started).await;
+    // A panic while watching the process is contained and the watch starts again over
+    // the same process (probes from the start); the process itself is not touched.
+    let ended = loop {
+        let watch = supervise(ctx, &mut child, pid, port, &env, started);
+        if let Some(ended) = crate::contain::caught("instance watch", watch).await {
+            break ended;
+        }
+    };
     let uptime = started.elapsed();
     let mut reason = None;
     let (exit, stop) = match ended {
@@ -711,6 +718,7 @@ async fn supervise(
             .map(|p| spawn_prober(p, port, env.to_vec(), spec.cwd.clone(), None));
     }
 
+    crate::contain::test_panic("slot");
     loop {
         let starting = ctx.current() == InstanceState::Starting;
         tokio::select! {

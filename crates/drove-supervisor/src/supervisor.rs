@@ -4,13 +4,14 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
+use crate::contain;
 use crate::error::SupervisorError;
 use crate::event::{
     InstanceEvent, InstanceId, InstanceState, InstanceStatus, Replacement, RollingReport,
@@ -62,16 +63,22 @@ impl std::fmt::Debug for Supervisor {
 }
 
 struct Inner {
-    services: Vec<Arc<Service>>,
-    by_name: HashMap<String, usize>,
-    /// Dependency depth per service (0 = depends on nothing); shutdown goes deepest first.
-    depth: Vec<usize>,
+    /// The services and their dependency depths; changed by `add_service` and
+    /// `remove_service` (a reload), read as a snapshot everywhere else.
+    table: Mutex<Table>,
     events: mpsc::UnboundedSender<InstanceEvent>,
     opts: SupervisorOptions,
     spawner: Spawner,
     id_width: usize,
     shutting_down: watch::Sender<bool>,
     shutdown_done: tokio::sync::Mutex<bool>,
+}
+
+#[derive(Clone, Default)]
+struct Table {
+    services: Vec<Arc<Service>>,
+    /// Dependency depth per service (0 = depends on nothing); shutdown goes deepest first.
+    depth: Vec<usize>,
 }
 
 struct Service {
@@ -84,6 +91,11 @@ struct Service {
     ops: tokio::sync::Mutex<u32>,
     /// Initial instances were created (dependencies were ready).
     started: AtomicBool,
+    /// Removed by `remove_service`: it starts nothing any more.
+    removed: AtomicBool,
+    /// The desired instance count (a copy of what `ops` holds, readable without
+    /// waiting for an operation in progress).
+    desired: AtomicU32,
     replace: mpsc::UnboundedSender<ReplaceRequest>,
 }
 
@@ -105,31 +117,8 @@ impl Supervisor {
             .map(|s| s.name.len() + 1 + digits(s.instances.max(1) + 1))
             .max()
             .unwrap_or(0);
-        let mut receivers = Vec::new();
-        let services: Vec<Arc<Service>> = specs
-            .into_iter()
-            .map(|spec| {
-                let (tx, rx) = mpsc::unbounded_channel();
-                receivers.push(rx);
-                Arc::new(Service {
-                    ops: tokio::sync::Mutex::new(spec.instances),
-                    name: spec.name.clone(),
-                    spec: Arc::new(Mutex::new(Arc::new(spec))),
-                    slots: Mutex::new(BTreeMap::new()),
-                    started: AtomicBool::new(false),
-                    replace: tx,
-                })
-            })
-            .collect();
-        let by_name = services
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (s.name.clone(), i))
-            .collect();
         let inner = Arc::new(Inner {
-            services,
-            by_name,
-            depth,
+            table: Mutex::new(Table::default()),
             events,
             opts,
             spawner,
@@ -137,18 +126,91 @@ impl Supervisor {
             shutting_down: watch::channel(false).0,
             shutdown_done: tokio::sync::Mutex::new(false),
         });
-        for (i, rx) in receivers.into_iter().enumerate() {
-            let svc = inner.services[i].clone();
-            tokio::spawn(start_service(inner.clone(), svc.clone()));
-            tokio::spawn(replace_worker(inner.clone(), svc, rx));
-        }
-        tokio::spawn(monitor(inner.clone()));
+        let services: Vec<Arc<Service>> =
+            specs.into_iter().map(|spec| launch(&inner, spec)).collect();
+        *lock(&inner.table) = Table { services, depth };
+        let i = inner.clone();
+        tokio::spawn(async move {
+            while contain::caught("monitor", monitor(i.clone()))
+                .await
+                .is_none()
+            {}
+        });
         Ok(Supervisor { inner })
+    }
+
+    /// Adds a service (a reload) and starts it like at startup: once every instance of
+    /// each of its dependencies is ready. The other services are untouched.
+    pub async fn add_service(&self, spec: ServiceSpec) -> Result<(), SupervisorError> {
+        let inner = &self.inner;
+        inner.check_running()?;
+        let mut table = lock(&inner.table);
+        let mut specs: Vec<ServiceSpec> =
+            table.services.iter().map(|s| (*s.spec()).clone()).collect();
+        specs.push(spec.clone());
+        let depth = validate(&specs)?;
+        tracing::info!(service = %spec.name, "service added");
+        let svc = launch(inner, spec);
+        table.services.push(svc);
+        table.depth = depth;
+        Ok(())
+    }
+
+    /// Removes a service (a reload): its instances are drained and stopped like a scale
+    /// to 0, then it is forgotten. Refused while another service depends on it.
+    pub async fn remove_service(&self, name: &str) -> Result<(), SupervisorError> {
+        let inner = &self.inner;
+        let svc = inner.service(name)?;
+        if let Some(dependent) = inner
+            .services()
+            .iter()
+            .find(|s| s.name != name && s.spec().depends_on.iter().any(|d| d == name))
+        {
+            return Err(SupervisorError::InvalidSpec {
+                service: name.to_string(),
+                reason: format!("{} depends on it", dependent.name),
+            });
+        }
+        {
+            let mut desired = svc.ops.lock().await;
+            inner.check_running()?;
+            *desired = 0;
+            svc.desired.store(0, Ordering::Relaxed);
+            svc.removed.store(true, Ordering::SeqCst);
+        }
+        tracing::info!(service = %name, "removing service: stopping its instances");
+        loop {
+            let slots: Vec<SlotHandle> = lock(&svc.slots).values().cloned().collect();
+            if slots.is_empty() {
+                break;
+            }
+            stop_all(&svc, slots).await;
+        }
+        let mut table = lock(&inner.table);
+        if let Some(i) = table.services.iter().position(|s| Arc::ptr_eq(s, &svc)) {
+            table.services.remove(i);
+            table.depth.remove(i);
+        }
+        let specs: Vec<ServiceSpec> = table.services.iter().map(|s| (*s.spec()).clone()).collect();
+        if let Ok(depth) = validate(&specs) {
+            table.depth = depth;
+        }
+        Ok(())
+    }
+
+    /// The instance count a service is meant to have (set by `start`, `scale`, a reload).
+    pub fn desired_instances(&self, service: &str) -> Option<u32> {
+        let svc = self.inner.service(service).ok()?;
+        Some(svc.desired.load(Ordering::Relaxed))
     }
 
     /// Names of the services, in the order given to `start`.
     pub fn services(&self) -> Vec<String> {
-        self.inner.services.iter().map(|s| s.name.clone()).collect()
+        self.inner
+            .services()
+            .iter()
+            .map(|s| s.name.clone())
+            .collect()
     }
 
     /// Live log file of an instance (`<logs.dir>/<service>.<index>.log`; rotated files
@@ -162,7 +224,7 @@ impl Supervisor {
     pub async fn status(&self) -> Vec<InstanceStatus> {
         let slots: Vec<SlotHandle> = self
             .inner
-            .services
+            .services()
             .iter()
             .flat_map(|s| lock(&s.slots).values().cloned().collect::<Vec<_>>())
             .collect();
@@ -222,6 +284,7 @@ impl Supervisor {
         let mut desired = svc.ops.lock().await;
         inner.check_running()?;
         *desired = n;
+        svc.desired.store(n, Ordering::Relaxed);
         if !svc.started.load(Ordering::SeqCst) {
             return Ok(());
         }
@@ -344,18 +407,30 @@ impl Supervisor {
     /// Replaces the spec of a service (config reload). It applies to every process started
     /// from now on — crash restarts, new slots, rolling restarts — while running processes
     /// keep theirs: follow with [`Supervisor::restart`] to roll it out without downtime.
-    /// `instances` is not applied (use [`Supervisor::scale`]); `depends_on` cannot change
-    /// at runtime; a new `logs` applies to new slots; backoff timings to new slots.
+    /// `instances` is not applied (use [`Supervisor::scale`]); a new `depends_on` orders
+    /// the shutdown (the start is over); a new `logs` applies to new slots; backoff
+    /// timings to new slots.
     pub async fn update(&self, spec: ServiceSpec) -> Result<(), SupervisorError> {
         spec.validate()?;
         let svc = self.inner.service(&spec.name)?;
         let _ops = svc.ops.lock().await;
         self.inner.check_running()?;
         if spec.depends_on != svc.spec().depends_on {
-            return Err(SupervisorError::InvalidSpec {
-                service: spec.name,
-                reason: "depends_on cannot change at runtime".into(),
-            });
+            // Dependencies matter for the start (already done) and the shutdown order:
+            // check the new graph and keep its depths.
+            let mut table = lock(&self.inner.table);
+            let specs: Vec<ServiceSpec> = table
+                .services
+                .iter()
+                .map(|s| {
+                    if Arc::ptr_eq(s, &svc) {
+                        spec.clone()
+                    } else {
+                        (*s.spec()).clone()
+                    }
+                })
+                .collect();
+            table.depth = validate(&specs)?;
         }
         tracing::info!(service = %svc.name, "spec updated");
         *lock(&svc.spec) = Arc::new(spec);
@@ -397,11 +472,12 @@ impl Supervisor {
         }
         inner.shutting_down.send_replace(true);
         tracing::info!("shutting down");
-        let max_depth = inner.depth.iter().copied().max().unwrap_or(0);
+        let table = lock(&inner.table).clone();
+        let max_depth = table.depth.iter().copied().max().unwrap_or(0);
         for d in (0..=max_depth).rev() {
             let mut set = tokio::task::JoinSet::new();
-            for (i, svc) in inner.services.iter().enumerate() {
-                if inner.depth[i] == d {
+            for (i, svc) in table.services.iter().enumerate() {
+                if table.depth[i] == d {
                     let svc = svc.clone();
                     set.spawn(async move {
                         // Loop: a slot created concurrently (before the flag was seen) is
@@ -423,6 +499,33 @@ impl Supervisor {
     }
 }
 
+/// A service's state and its tasks: the start (once its dependencies are ready) and the
+/// replacement worker (which ends with the service: when its last sender is gone).
+fn launch(inner: &Arc<Inner>, spec: ServiceSpec) -> Arc<Service> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let instances = spec.instances;
+    let svc = Arc::new(Service {
+        ops: tokio::sync::Mutex::new(instances),
+        name: spec.name.clone(),
+        spec: Arc::new(Mutex::new(Arc::new(spec))),
+        slots: Mutex::new(BTreeMap::new()),
+        started: AtomicBool::new(false),
+        removed: AtomicBool::new(false),
+        desired: AtomicU32::new(instances),
+        replace: tx,
+    });
+    tokio::spawn(start_service(inner.clone(), svc.clone()));
+    let (inner, s) = (inner.clone(), svc.clone());
+    tokio::spawn(async move {
+        let mut rx = rx;
+        while contain::caught("replacements", replace_worker(&inner, &s, &mut rx))
+            .await
+            .is_none()
+        {}
+    });
+    svc
+}
+
 /// Digits of a number (for aligning `web.12 |` prefixes).
 fn digits(n: u32) -> usize {
     n.to_string().len()
@@ -430,10 +533,17 @@ fn digits(n: u32) -> usize {
 
 impl Inner {
     fn service(&self, name: &str) -> Result<Arc<Service>, SupervisorError> {
-        self.by_name
-            .get(name)
-            .map(|i| self.services[*i].clone())
+        lock(&self.table)
+            .services
+            .iter()
+            .find(|s| s.name == name)
+            .cloned()
             .ok_or_else(|| SupervisorError::UnknownService(name.to_string()))
+    }
+
+    /// The services now, in start order.
+    fn services(&self) -> Vec<Arc<Service>> {
+        lock(&self.table).services.clone()
     }
 
     fn instance(&self, id: &InstanceId) -> Result<SlotHandle, SupervisorError> {
@@ -622,14 +732,19 @@ async fn wait_ready_again(h: &SlotHandle, start_timeout: Duration) -> Result<(),
 /// Creates the initial slots once every dependency is ready.
 async fn start_service(inner: Arc<Inner>, svc: Arc<Service>) {
     let spec = svc.spec();
-    let deps: Vec<Arc<Service>> = spec
-        .depends_on
-        .iter()
-        .filter_map(|d| inner.service(d).ok())
-        .collect();
+    // Looked up on every round: the table may still be filling (startup) or change (a
+    // reload adds the dependency together with this service).
+    let deps_ready = || {
+        spec.depends_on
+            .iter()
+            .all(|d| inner.service(d).map(|s| s.all_ready()).unwrap_or(false))
+    };
     let mut shutdown = inner.shutting_down.subscribe();
     let mut logged = false;
-    while !deps.iter().all(|d| d.all_ready()) {
+    while !deps_ready() {
+        if svc.removed.load(Ordering::SeqCst) {
+            return;
+        }
         if !logged {
             tracing::info!(service = %svc.name, deps = ?spec.depends_on, "waiting for dependencies to be ready");
             logged = true;
@@ -640,6 +755,9 @@ async fn start_service(inner: Arc<Inner>, svc: Arc<Service>) {
         }
     }
     let desired = svc.ops.lock().await;
+    if svc.removed.load(Ordering::SeqCst) {
+        return;
+    }
     for index in 1..=*desired {
         if let Err(e) = inner.create_slot(&svc, index) {
             tracing::debug!(service = %svc.name, error = %e, "not starting");
@@ -655,9 +773,9 @@ async fn start_service(inner: Arc<Inner>, svc: Arc<Service>) {
 /// or it never got ready) the instance is restarted in place all the same (drained
 /// first): a sick instance must not stay because its stand-in failed.
 async fn replace_worker(
-    inner: Arc<Inner>,
-    svc: Arc<Service>,
-    mut rx: mpsc::UnboundedReceiver<ReplaceRequest>,
+    inner: &Arc<Inner>,
+    svc: &Arc<Service>,
+    rx: &mut mpsc::UnboundedReceiver<ReplaceRequest>,
 ) {
     while let Some(req) = rx.recv().await {
         let _ops = svc.ops.lock().await;
@@ -680,12 +798,12 @@ async fn replace_worker(
             continue; // another process already
         }
         tracing::warn!(instance = %old.id, reason = %req.reason, "replacing instance");
-        let surge = match svc.free_index().and_then(|i| inner.create_slot(&svc, i)) {
+        let surge = match svc.free_index().and_then(|i| inner.create_slot(svc, i)) {
             Ok(surge) => match wait_ready(&surge, svc.spec().start_timeout()).await {
                 Ok(()) => Some(surge),
                 Err(reason) => {
                     tracing::warn!(instance = %surge.id, %reason, "surge instance failed; restarting {} in place without it", old.id);
-                    stop_all(&svc, vec![surge]).await;
+                    stop_all(svc, vec![surge]).await;
                     None
                 }
             },
@@ -699,7 +817,7 @@ async fn replace_worker(
             if let Err(reason) = wait_ready_again(&old, svc.spec().start_timeout()).await {
                 tracing::warn!(instance = %old.id, %reason, "not ready again after its replacement; its restart policy retries it");
             }
-            stop_all(&svc, vec![surge]).await;
+            stop_all(svc, vec![surge]).await;
         }
     }
 }
@@ -729,8 +847,9 @@ async fn monitor(inner: Arc<Inner>) {
             _ = tick.tick() => {}
             _ = shutdown.wait_for(|s| *s) => return,
         }
+        contain::test_panic("monitor");
         let slots: Vec<(Arc<Service>, SlotHandle)> = inner
-            .services
+            .services()
             .iter()
             .flat_map(|s| {
                 lock(&s.slots)

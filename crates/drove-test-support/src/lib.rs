@@ -75,14 +75,31 @@ pub struct Proc {
     pub child: Child,
     /// Lines it printed on stdout (collected by a thread).
     pub stdout: Arc<Mutex<Vec<String>>>,
+    /// Lines it printed on stderr, when spawned with [`Proc::spawn_capturing_stderr`]
+    /// (empty otherwise).
+    pub stderr: Arc<Mutex<Vec<String>>>,
 }
 
 impl Proc {
-    /// Spawns `cmd` in a new process group with stdout captured (stderr inherited).
-    pub fn spawn(mut cmd: Command) -> Proc {
+    /// Spawns `cmd` in a new process group with stdout captured (stderr as `cmd` says:
+    /// inherited unless set).
+    pub fn spawn(cmd: Command) -> Proc {
+        Self::spawn_with(cmd, false)
+    }
+
+    /// Spawns `cmd` in a new process group with stdout and stderr captured (stderr is
+    /// also copied to the test's own stderr, so a failing test still shows it).
+    pub fn spawn_capturing_stderr(cmd: Command) -> Proc {
+        Self::spawn_with(cmd, true)
+    }
+
+    fn spawn_with(mut cmd: Command, capture_stderr: bool) -> Proc {
         cmd.process_group(0)
             .stdout(Stdio::piped())
             .stdin(Stdio::null());
+        if capture_stderr {
+            cmd.stderr(Stdio::piped());
+        }
         let mut child = cmd.spawn().expect("spawn child");
         let out = child.stdout.take().expect("stdout");
         let lines = Arc::new(Mutex::new(Vec::new()));
@@ -92,9 +109,20 @@ impl Proc {
                 l2.lock().unwrap().push(line);
             }
         });
+        let err_lines = Arc::new(Mutex::new(Vec::new()));
+        if let Some(err) = child.stderr.take() {
+            let e2 = err_lines.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(err).lines().map_while(Result::ok) {
+                    eprintln!("{line}");
+                    e2.lock().unwrap().push(line);
+                }
+            });
+        }
         Proc {
             child,
             stdout: lines,
+            stderr: err_lines,
         }
     }
 
@@ -192,9 +220,24 @@ impl Drove {
         Self::up_file(drove, &path, &[])
     }
 
+    /// [`Drove::up`] with extra environment variables for the drove process (test
+    /// hooks such as `DROVE_TEST_PANIC`).
+    pub fn up_env(drove: &Path, config: &str, env: &[(&str, &str)]) -> Drove {
+        let dir = tempdir("up");
+        let path = dir.join("drove.toml");
+        std::fs::write(&path, config).unwrap();
+        Self::up_file_env(drove, &path, &[], env)
+    }
+
     /// Runs `drove up -c path` with extra arguments.
     pub fn up_file(drove: &Path, path: &Path, extra: &[&str]) -> Drove {
+        Self::up_file_env(drove, path, extra, &[])
+    }
+
+    /// Runs `drove up -c path` with extra arguments and environment variables.
+    pub fn up_file_env(drove: &Path, path: &Path, extra: &[&str], env: &[(&str, &str)]) -> Drove {
         let mut cmd = Command::new(drove);
+        cmd.envs(env.iter().copied());
         cmd.arg("up")
             .arg("-c")
             .arg(path)
@@ -204,7 +247,7 @@ impl Drove {
             .arg("127.0.0.1:0")
             .args(extra)
             .current_dir(path.parent().unwrap());
-        let proc = Proc::spawn(cmd);
+        let proc = Proc::spawn_capturing_stderr(cmd);
         let admin_line = proc
             .wait_line(Duration::from_secs(20), |l| {
                 l.starts_with("drove: admin API")
@@ -265,6 +308,15 @@ impl Drove {
     /// The balancer part of the status document (panics without a `[balancer]`).
     pub fn balancer_status(&self) -> drove_api::BalancerStatus {
         self.status().balancer.expect("drove has a balancer")
+    }
+
+    /// The value of one series on `/metrics`, named with its labels exactly as drove
+    /// writes them (`drove_panics_total{where="request"}`); None if it is absent.
+    pub fn metric(&self, series: &str) -> Option<f64> {
+        let text = http::get(self.admin, "/metrics").ok()?.text();
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok())
     }
 
     /// POSTs JSON to the admin API.

@@ -25,7 +25,6 @@ use std::rc::Rc;
 use bytes::Bytes;
 use h2::server::SendResponse;
 use h2::{RecvStream, SendStream};
-use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::conn::Client;
@@ -35,8 +34,10 @@ use crate::request::forward::{Answer, Downstream, SendError, UpstreamRequest};
 use crate::request::retry::Failure;
 use crate::request::{self, finish, info, respond, Attempted, Ctx};
 use crate::sock::{ClientIo, Sock};
+use crate::worker::Stop;
 use crate::worker::Worker;
 use crate::ProxyError;
+use crate::ProxySettings;
 
 /// The client connection preface of HTTP/2 with prior knowledge (RFC 9113 §3.4).
 pub(crate) const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -64,14 +65,13 @@ pub(crate) fn starts_like_preface(buf: &[u8]) -> bool {
     n > 0 && buf[..n] == PREFACE[..n]
 }
 
-/// Serves a client connection as HTTP/2 until it closes, or drove shuts down (GOAWAY,
-/// then the open streams finish).
-pub(crate) async fn serve<S: ClientIo>(
-    w: Rc<Worker>,
-    client: Client<S>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let settings = &*w.proxy.settings;
+/// Serves a client connection as HTTP/2 until it closes, or drove shuts down or a reload
+/// retires its listener (GOAWAY, then the open streams finish).
+pub(crate) async fn serve<S: ClientIo>(w: Rc<Worker>, client: Client<S>, mut stop: Stop) {
+    // The connection's own parameters (streams, header list size, idle timeout) come
+    // from the settings in force when it opened; each stream takes its own snapshot.
+    let live = w.snapshot();
+    let settings = &live.settings;
     let peer = Rc::new(Peer {
         ip: client.peer,
         ip_text: client.peer_ip,
@@ -99,7 +99,7 @@ pub(crate) async fn serve<S: ClientIo>(
     let resets = Rc::new(Cell::new(0u32));
     let open = Rc::new(Cell::new(0u32));
     let mut accepted = 0u32;
-    let mut closing = *shutdown.borrow();
+    let mut closing = stop.stopping();
     if closing {
         conn.graceful_shutdown();
     }
@@ -131,7 +131,14 @@ pub(crate) async fn serve<S: ClientIo>(
                 }
                 None => break,
             },
-            _ = shutdown.changed(), if !closing => {
+            // drove's shutdown, or a reload retiring the listener this connection came
+            // from: GOAWAY, the open streams finish, the client opens a new connection
+            // (on the listeners in force) for its next request.
+            _ = stop.shutdown.changed(), if !closing => {
+                closing = true;
+                conn.graceful_shutdown();
+            }
+            _ = stop.retire.changed(), if !closing => {
                 closing = true;
                 conn.graceful_shutdown();
             }
@@ -162,9 +169,12 @@ async fn stream(
 ) {
     let start = Instant::now();
     let (parts, body) = req.into_parts();
-    let settings = &*w.proxy.settings;
+    // The stream runs with the settings in force when its head arrived, whatever a
+    // reload does meanwhile.
+    let live = w.snapshot();
+    let settings = &live.settings;
     let info = info::extract_h2(settings, peer, &parts, || w.new_request_id());
-    let mut ctx = Ctx::new(w, start, info, || finish::LogHead::of_h2(&parts));
+    let mut ctx = Ctx::new(w, live, start, info, || finish::LogHead::of_h2(&parts));
     // The walk up to a response head races the client's RST_STREAM: a cancelled stream
     // cancels its upstream exchange (dropping it closes the backend connection).
     let walked = {
@@ -177,7 +187,7 @@ async fn stream(
     };
     match walked {
         None => resets.set(resets.get() + 1),
-        Some(Err(e)) => answer(w, &mut respond, &mut ctx, e),
+        Some(Err(e)) => answer(&mut respond, &mut ctx, e),
         Some(Ok(answer)) => {
             if !relay(w, &mut respond, &mut ctx, answer).await {
                 resets.set(resets.get() + 1);
@@ -195,7 +205,8 @@ async fn walk(
     body: RecvStream,
     ctx: &mut Ctx,
 ) -> Result<Answer, ProxyError> {
-    let settings = &*w.proxy.settings;
+    let live = ctx.live.clone();
+    let settings = &live.settings;
     request::admit::check(settings, &ctx.info).await?;
     if parts.method == http::Method::CONNECT {
         return Err(ProxyError::MethodNotAllowed);
@@ -224,7 +235,7 @@ async fn upstream_request(
     down: &mut H2Body,
     ctx: &Ctx,
 ) -> Result<UpstreamRequest, ProxyError> {
-    let settings = &*w.proxy.settings;
+    let settings = &ctx.live.settings;
     let method = Method::parse(parts.method.as_str().as_bytes());
     let length = parts
         .headers
@@ -342,6 +353,7 @@ impl Downstream for H2Body {
     async fn send(
         &mut self,
         w: &Worker,
+        _settings: &ProxySettings,
         up: &Sock,
         req: &UpstreamRequest,
     ) -> Result<(), SendError> {
@@ -387,8 +399,9 @@ impl Downstream for H2Body {
 }
 
 /// drove's own answer on a stream.
-fn answer(w: &Worker, respond: &mut SendResponse<Bytes>, ctx: &mut Ctx, e: ProxyError) {
-    let settings = &*w.proxy.settings;
+fn answer(respond: &mut SendResponse<Bytes>, ctx: &mut Ctx, e: ProxyError) {
+    let live = ctx.live.clone();
+    let settings = &live.settings;
     let mut resp = http::Response::builder()
         .status(e.status())
         .header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8");
@@ -427,7 +440,7 @@ async fn relay(
             reason: "HTTP/2 streams carry no protocol switch",
         };
         answer.discard(w);
-        self::answer(w, respond, ctx, e);
+        self::answer(respond, ctx, e);
         return true;
     }
     let Answer {
@@ -438,7 +451,8 @@ async fn relay(
         ..
     } = answer;
     let raw = buf.filled();
-    let settings = &*w.proxy.settings;
+    let live = ctx.live.clone();
+    let settings = &live.settings;
     let decision = ctx.info.compress.map(|chosen| {
         compress::decide(
             settings,
@@ -498,7 +512,7 @@ async fn relay(
                 "response head not valid in HTTP/2",
             ),
         };
-        self::answer(w, respond, ctx, e);
+        self::answer(respond, ctx, e);
         return true;
     };
     let empty = head.framing == Framing::None;

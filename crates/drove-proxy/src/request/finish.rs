@@ -149,7 +149,7 @@ pub(crate) fn request(w: &Worker, ctx: &Ctx) {
         .and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
         .unwrap_or("");
     let error = ctx.error.as_ref().map(|e| e.to_string());
-    w.proxy.log.write(&Entry {
+    ctx.live.log.write(&Entry {
         client: ctx.info.client_ip,
         method: &h.method,
         target: &h.target,

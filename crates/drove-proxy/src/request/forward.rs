@@ -22,7 +22,7 @@ use crate::h1::{self, Chunked, Framing, Method, RequestHead, RequestRewrite, Res
 use crate::sock::{Buf, ClientIo, Sock};
 use crate::upstream::Pool;
 use crate::worker::Worker;
-use crate::ProxyError;
+use crate::{ProxyError, ProxySettings};
 
 /// An idempotent request with a Content-Length body up to this size is read whole before
 /// it is sent, so it can be replayed on another backend (like nginx's request
@@ -60,7 +60,7 @@ impl UpstreamRequest {
         head: RequestHead,
         ctx: &Ctx,
     ) -> Option<UpstreamRequest> {
-        let settings = &*w.proxy.settings;
+        let settings = &ctx.live.settings;
         let mut out = w.buffers.output();
         h1::write_request(
             client.pending(),
@@ -198,7 +198,8 @@ pub(crate) async fn once<D: Downstream>(
     ctx: &mut Ctx,
     deadline: Instant,
 ) -> Result<Answer, AttemptFailure> {
-    let settings = &*w.proxy.settings;
+    let live = ctx.live.clone();
+    let settings = &live.settings;
     let in_flight = w.proxy.balancer.start(backend);
     let start = Instant::now();
     let try_deadline = (start + settings.per_try_timeout).min(deadline);
@@ -209,7 +210,7 @@ pub(crate) async fn once<D: Downstream>(
         elapsed: start.elapsed(),
     };
 
-    let (up, warm) = match connection(w, backend, try_deadline).await {
+    let (up, warm) = match connection(w, backend, try_deadline, settings.connect_timeout).await {
         Ok(x) => x,
         Err(error) => return Err(fail(in_flight, Failure::NotSent, error)),
     };
@@ -234,7 +235,7 @@ pub(crate) async fn once<D: Downstream>(
     let result = {
         // Pinned here and lent to the watcher: moving the exchange's state into another
         // future would copy it on every request.
-        let exchange = send_and_read_head(w, down, &up, req, &mut buf, stale_ok);
+        let exchange = send_and_read_head(w, settings, down, &up, req, &mut buf, stale_ok);
         tokio::pin!(exchange);
         let watch = movable.then(|| (&**backend, &*w.proxy.stats));
         while_healthy(exchange.as_mut(), watch, try_deadline).await
@@ -284,16 +285,13 @@ async fn connection(
     w: &Worker,
     backend: &Backend,
     try_deadline: Instant,
+    connect_timeout: Duration,
 ) -> Result<(Sock, bool), ProxyError> {
     if let Some(s) = w.pool.take(backend.key()) {
         return Ok((s, true));
     }
     let now = Instant::now();
-    let budget = w
-        .proxy
-        .settings
-        .connect_timeout
-        .min(try_deadline.saturating_duration_since(now));
+    let budget = connect_timeout.min(try_deadline.saturating_duration_since(now));
     match Pool::connect(backend.addr(), budget).await {
         Ok(s) => Ok((s, false)),
         Err(e) => {
@@ -348,8 +346,13 @@ pub(crate) type SendError = (Failure, Option<std::io::Error>);
 /// `100 Continue`, an HTTP/1.1 affair) differ.
 pub(crate) trait Downstream {
     /// Writes `req`'s head, and the rest of its body as it arrives, to `up`.
-    async fn send(&mut self, w: &Worker, up: &Sock, req: &UpstreamRequest)
-        -> Result<(), SendError>;
+    async fn send(
+        &mut self,
+        w: &Worker,
+        settings: &ProxySettings,
+        up: &Sock,
+        req: &UpstreamRequest,
+    ) -> Result<(), SendError>;
     /// Answers `Expect: 100-continue` before the body is read.
     async fn continue_100(&mut self) {}
 }
@@ -358,6 +361,7 @@ impl<S: ClientIo> Downstream for Client<S> {
     async fn send(
         &mut self,
         w: &Worker,
+        settings: &ProxySettings,
         up: &Sock,
         req: &UpstreamRequest,
     ) -> Result<(), SendError> {
@@ -366,8 +370,8 @@ impl<S: ClientIo> Downstream for Client<S> {
                 .write_all(&req.head)
                 .await
                 .map_err(|e| (Failure::Broken, Some(e))),
-            Framing::Length(n) => send_length_body(w, self, up, &req.head, n).await,
-            Framing::Chunked => send_chunked_body(w, self, up, &req.head).await,
+            Framing::Length(n) => send_length_body(w, settings, self, up, &req.head, n).await,
+            Framing::Chunked => send_chunked_body(w, settings, self, up, &req.head).await,
             Framing::Close => unreachable!("requests are never delimited by close"),
         }
     }
@@ -384,13 +388,14 @@ impl<S: ClientIo> Downstream for Client<S> {
 /// response byte means the pooled connection was already dead.
 async fn send_and_read_head<D: Downstream>(
     w: &Worker,
+    settings: &ProxySettings,
     down: &mut D,
     up: &Sock,
     req: &UpstreamRequest,
     buf: &mut Buf,
     stale_ok: bool,
 ) -> Result<ResponseHead, SendError> {
-    match down.send(w, up, req).await {
+    match down.send(w, settings, up, req).await {
         Err((Failure::Broken, e)) if stale_ok => return Err((Failure::Stale, e)),
         Err(e) => return Err(e),
         Ok(()) => {}
@@ -424,8 +429,11 @@ async fn send_and_read_head<D: Downstream>(
 }
 
 /// Reads more of the client's body, within the idle timeout.
-async fn more_body<S: ClientIo>(w: &Worker, client: &mut Client<S>) -> Result<(), SendError> {
-    match tokio::time::timeout(w.proxy.settings.idle_timeout, client.fill()).await {
+async fn more_body<S: ClientIo>(
+    settings: &ProxySettings,
+    client: &mut Client<S>,
+) -> Result<(), SendError> {
+    match tokio::time::timeout(settings.idle_timeout, client.fill()).await {
         Ok(Ok(n)) if n > 0 => Ok(()),
         Ok(Err(e)) => Err((Failure::ClientGone, Some(e))),
         _ => Err((Failure::ClientGone, None)),
@@ -436,6 +444,7 @@ async fn more_body<S: ClientIo>(w: &Worker, client: &mut Client<S>) -> Result<()
 /// bytes in one write).
 async fn send_length_body<S: ClientIo>(
     w: &Worker,
+    settings: &ProxySettings,
     client: &mut Client<S>,
     up: &Sock,
     head: &[u8],
@@ -459,7 +468,7 @@ async fn send_length_body<S: ClientIo>(
             if left == 0 {
                 return Ok(());
             }
-            more_body(w, client).await?;
+            more_body(settings, client).await?;
         }
     }
     .await;
@@ -472,11 +481,12 @@ async fn send_length_body<S: ClientIo>(
 /// attempt stops and the backend never sees the body's end.
 async fn send_chunked_body<S: ClientIo>(
     w: &Worker,
+    settings: &ProxySettings,
     client: &mut Client<S>,
     up: &Sock,
     head: &[u8],
 ) -> Result<(), SendError> {
-    let max = w.proxy.settings.max_body_size;
+    let max = settings.max_body_size;
     let mut chunked = Chunked::default();
     let mut out = w.buffers.output();
     out.extend_from_slice(head);
@@ -508,7 +518,7 @@ async fn send_chunked_body<S: ClientIo>(
             if chunked.done() {
                 return Ok(());
             }
-            more_body(w, client).await?;
+            more_body(settings, client).await?;
         }
     }
     .await;

@@ -30,15 +30,18 @@ mod relay;
 pub(crate) mod respond;
 pub(crate) mod retry;
 
+use std::panic::AssertUnwindSafe;
 use std::time::Duration;
 
 use drove_balancer::{Backend, PickContext};
+use futures_util::FutureExt;
 use tokio::time::Instant;
 
 use crate::conn::Client;
 use crate::h1::{Framing, RequestHead};
+use crate::hooks;
 use crate::sock::ClientIo;
-use crate::worker::Worker;
+use crate::worker::{Snapshot, Worker};
 use crate::ProxyError;
 
 pub(crate) use info::RequestInfo;
@@ -49,6 +52,8 @@ const MAX_STALE_RETRIES: u32 = 4;
 /// The per-request context: what the head said, and what happened — everything
 /// [`finish`] records.
 pub(crate) struct Ctx {
+    /// The settings this request runs with, from start to end.
+    pub(crate) live: Snapshot,
     /// When the head started to arrive.
     pub(crate) start: Instant,
     pub(crate) info: RequestInfo,
@@ -79,14 +84,55 @@ pub(crate) async fn handle<S: ClientIo>(
     head: RequestHead,
     start: Instant,
     shutting_down: bool,
+    live: Snapshot,
 ) -> bool {
-    let info = info::extract(&w.proxy.settings, client, &head, || w.new_request_id());
-    let mut ctx = Ctx::new(w, start, info, || {
+    let info = info::extract(&live.settings, client, &head, || w.new_request_id());
+    let mut ctx = Ctx::new(w, live, start, info, || {
         finish::LogHead::capture(client.pending(), Some(&head))
     });
-    let keep = walk(w, client, head, &mut ctx, shutting_down).await;
+    // A bug in a phase costs this request only: the panic is caught here, the client
+    // gets a 500 if no byte of a response went out yet, and the connection closes (its
+    // state after a panic cannot be trusted). `catch_unwind` costs nothing until a
+    // panic happens.
+    let walked = AssertUnwindSafe(walk(w, client, head, &mut ctx, shutting_down))
+        .catch_unwind()
+        .await;
+    let keep = match walked {
+        Ok(keep) => keep,
+        Err(panic) => {
+            contained(w, client, &mut ctx, &*panic).await;
+            false
+        }
+    };
     finish::request(w, &ctx);
     keep
+}
+
+/// After a panic in a request's walk: count it, log it with the request id, and answer
+/// 500 unless a response had started.
+async fn contained<S: ClientIo>(
+    w: &Worker,
+    client: &mut Client<S>,
+    ctx: &mut Ctx,
+    panic: &(dyn std::any::Any + Send),
+) {
+    w.proxy.stats.panicked(crate::PanicSite::Request);
+    let msg = crate::panic_message(panic);
+    let request_id = ctx
+        .info
+        .request_id
+        .as_ref()
+        .and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
+        .unwrap_or("-");
+    tracing::error!(
+        request_id,
+        panic = msg,
+        responded = ctx.status != 0,
+        "bug: a request panicked; it is answered 500 (if nothing was sent yet) and its connection closed, drove goes on"
+    );
+    if ctx.status == 0 {
+        answer(w, client, ctx, ProxyError::Internal(msg.to_string()), true).await;
+    }
 }
 
 /// Answers a head that could not be accepted (malformed, too large) and records it; the
@@ -96,9 +142,10 @@ pub(crate) async fn refuse<S: ClientIo>(
     client: &mut Client<S>,
     start: Instant,
     e: ProxyError,
+    live: Snapshot,
 ) {
     let info = RequestInfo::unparsed(client);
-    let mut ctx = Ctx::new(w, start, info, || finish::LogHead::capture(&[], None));
+    let mut ctx = Ctx::new(w, live, start, info, || finish::LogHead::capture(&[], None));
     answer(w, client, &mut ctx, e, true).await;
     client.sock.shutdown_write();
     finish::request(w, &ctx);
@@ -109,6 +156,7 @@ impl Ctx {
     /// the access log is on).
     pub(crate) fn new(
         w: &Worker,
+        live: Snapshot,
         start: Instant,
         info: RequestInfo,
         log: impl FnOnce() -> finish::LogHead,
@@ -116,7 +164,8 @@ impl Ctx {
         w.proxy.stats.request();
         Ctx {
             start,
-            log: w.proxy.log.enabled().then(log),
+            log: live.log.enabled().then(log),
+            live,
             info,
             status: 0,
             body_bytes: 0,
@@ -138,10 +187,17 @@ async fn walk<S: ClientIo>(
     ctx: &mut Ctx,
     shutting_down: bool,
 ) -> bool {
-    let settings = &*w.proxy.settings;
+    let live = ctx.live.clone();
+    let settings = &live.settings;
     // A body left unread makes the connection unusable after drove's own answer.
     let unread_body = head.framing != Framing::None;
     let client_keep = head.keep_alive && !shutting_down;
+    let target = &client.pending()[head.target_range.0..head.target_range.1];
+    hooks::panic_at(hooks::Point::Request, target);
+    if hooks::armed(hooks::Point::Worker, target) {
+        w.crash_worker();
+    }
+    let late_panic = hooks::armed(hooks::Point::Relay, target);
 
     if let Err(e) = admit::check(settings, &ctx.info).await {
         client.consume(head.len);
@@ -158,6 +214,11 @@ async fn walk<S: ClientIo>(
     w.buffers.recycle(req.into_head());
 
     match answered {
+        Attempted::Answer(answer) if late_panic => {
+            // Test hook: the response head goes out, then the walk panics mid-body.
+            let _ = relay::response(w, client, ctx, answer, false).await;
+            panic!("injected panic at Relay");
+        }
         Attempted::Answer(answer) => relay::response(w, client, ctx, answer, client_keep).await,
         Attempted::ClientGone => false,
         Attempted::Failed(e) => {
@@ -187,7 +248,8 @@ pub(crate) async fn pick_and_forward<D: forward::Downstream>(
     req: &forward::UpstreamRequest,
     ctx: &mut Ctx,
 ) -> Attempted {
-    let settings = &*w.proxy.settings;
+    let live = ctx.live.clone();
+    let settings = &live.settings;
     let sticky = ctx.info.sticky;
     let pick = PickContext {
         client_ip: ctx.info.client_ip,
@@ -288,7 +350,8 @@ pub(crate) async fn answer<S: ClientIo>(
     e: ProxyError,
     close: bool,
 ) {
-    let settings = &*w.proxy.settings;
+    let live = ctx.live.clone();
+    let settings = &live.settings;
     let rid = settings
         .request_id_header
         .as_ref()

@@ -49,10 +49,11 @@ pub(crate) fn head(
     }
     let mut extra = w.buffers.output();
     extra_headers(w, ctx, answer.in_flight.backend(), &mut extra);
+    let settings = &ctx.live.settings;
     let http10 = ctx.info.http10;
     let decision = match ctx.info.compress {
         Some(chosen) if !tunnel => Some(compress::decide(
-            &w.proxy.settings,
+            settings,
             chosen,
             if ctx.info.head_method {
                 b"HEAD"
@@ -69,7 +70,7 @@ pub(crate) fn head(
     };
     let compressing = match (&decision, ctx.info.compress) {
         (Some(d), Some(chosen)) if rhead.framing != Framing::None => {
-            Compressing::start(&w.proxy.settings, chosen, d)
+            Compressing::start(settings, chosen, d)
         }
         _ => None,
     };
@@ -101,8 +102,8 @@ pub(crate) fn head(
 /// The header lines drove adds to a backend's response: the instance, the request id,
 /// and a sticky `Set-Cookie` when the client is not (yet) pinned to this backend.
 pub(crate) fn extra_headers(w: &Worker, ctx: &Ctx, backend: &Backend, extra: &mut Vec<u8>) {
-    let settings = &*w.proxy.settings;
-    if let Some(line) = w.instance_line(backend) {
+    let settings = &ctx.live.settings;
+    if let Some(line) = w.instance_line(settings, backend) {
         extra.extend_from_slice(&line);
     }
     if let (Some(name), Some(value)) = (&settings.request_id_header, &ctx.info.request_id) {

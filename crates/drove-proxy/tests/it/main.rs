@@ -600,3 +600,63 @@ fn the_access_log_records_every_answer_with_bytes_and_full_time() {
     assert_eq!(bad["method"], "-");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn new_settings_apply_to_requests_that_start_after_the_swap_only() {
+    // `/slow` is answered after 600 ms: it is in flight while the settings change.
+    let b = Scripted::start(|req| {
+        if req.starts_with(b"GET /slow") {
+            Script::Slowly(
+                Vec::new(),
+                Duration::from_millis(600),
+                response(200, "slow"),
+            )
+        } else {
+            Script::Reply(response(200, "fast"))
+        }
+    });
+    let p = ProxyUnderTest::start(&[&b], support::settings());
+    let (s, r) = p.get("/");
+    assert_eq!(s, 200);
+    assert!(
+        r.to_ascii_lowercase().contains("x-drove-instance: b1"),
+        "{r}"
+    );
+
+    let addr = p.addr;
+    let in_flight = std::thread::spawn(move || {
+        let mut c = std::net::TcpStream::connect(addr).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        c.write_all(b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n")
+            .unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !text(&got).ends_with("slow") {
+            let n = c.read(&mut buf).unwrap();
+            assert!(n > 0, "closed early: {}", text(&got));
+            got.extend_from_slice(&buf[..n]);
+        }
+        // The next request on the same keep-alive connection starts after the swap.
+        c.write_all(b"GET /next HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut next = Vec::new();
+        let _ = c.read_to_end(&mut next);
+        (text(&got), text(&next))
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    let mut s = support::settings();
+    s.instance_header = Some(http::HeaderName::from_static("x-served-by"));
+    p.proxy.update(s).unwrap();
+
+    let (_, r) = p.get("/");
+    let lower = r.to_ascii_lowercase();
+    assert!(lower.contains("x-served-by: b1"), "{r}");
+    assert!(!lower.contains("x-drove-instance"), "{r}");
+    let (slow, next) = in_flight.join().unwrap();
+    let (slow, next) = (slow.to_ascii_lowercase(), next.to_ascii_lowercase());
+    assert!(
+        slow.contains("x-drove-instance: b1") && !slow.contains("x-served-by"),
+        "the request in flight keeps the settings it started with: {slow}"
+    );
+    assert!(next.contains("x-served-by: b1"), "{next}");
+}

@@ -16,13 +16,12 @@
 //! series ([`to_classic_text`]).
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 
 use drove_balancer::{Balancer, LATENCY_BUCKETS};
-use drove_proxy::ProxyStats;
+use drove_proxy::{PanicSite, ProxyStats};
 use drove_supervisor::{InstanceState, InstanceStatus, Supervisor};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeCounterValue};
@@ -70,24 +69,15 @@ impl Metrics {
     pub fn new(r: &Running) -> Metrics {
         let mut registry = Registry::with_prefix("drove");
         registry.register_collector(Box::new(BuildInfo));
+        register_panic_metrics(&mut registry, r.proxy.as_ref().map(|p| p.stats().clone()));
         if let Some(p) = &r.proxy {
             register_proxy_metrics(&mut registry, p.stats().clone());
-            register_limit_metrics(&mut registry, p.routes());
+            register_limit_metrics(&mut registry, p.clone());
         }
         if let Some(b) = &r.balancer {
-            let service = r
-                .balanced_service
-                .clone()
-                .unwrap_or_else(|| STATIC_SERVICE.to_string());
-            register_balancer_metrics(&mut registry, b.clone(), service);
+            register_balancer_metrics(&mut registry, b.clone(), r.balanced.clone());
         }
-        let max_memory = r
-            .config
-            .services
-            .iter()
-            .filter_map(|s| Some((s.name.clone(), s.max_memory?)))
-            .collect();
-        let instances = register_supervisor_metrics(&mut registry, max_memory);
+        let instances = register_supervisor_metrics(&mut registry, r.config.clone());
         Metrics {
             registry,
             supervisor: r.supervisor.clone(),
@@ -222,6 +212,36 @@ impl Collector for BuildInfo {
     }
 }
 
+/// Registers `drove_panics_total{where}`: bugs drove contained, by the part they cost
+/// (`request`, `connection`, `worker`: the data path; `supervisor`; `runtime`). Every
+/// series is always present, so an alert on `increase(...) > 0` sees zeros meanwhile.
+pub fn register_panic_metrics(registry: &mut Registry, proxy: Option<Arc<ProxyStats>>) {
+    registry.register_collector(Box::new(PanicCollector(proxy)));
+}
+
+#[derive(Debug)]
+struct PanicCollector(Option<Arc<ProxyStats>>);
+
+impl Collector for PanicCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> fmt::Result {
+        let proxy = PanicSite::ALL.iter().map(|site| {
+            let n = self.0.as_ref().map_or(0, |s| s.panics(*site));
+            (vec![("where", Cow::Borrowed(site.as_str()))], n)
+        });
+        let others = [
+            ("supervisor", drove_supervisor::panics_contained()),
+            ("runtime", crate::contain::panics_contained()),
+        ]
+        .map(|(w, n)| (vec![("where", Cow::Borrowed(w))], n));
+        counter(
+            &mut enc,
+            "panics",
+            "Panics (bugs in drove) contained, by the part each one cost: a request (answered 500 if nothing was sent yet), a connection, a proxy worker's connections (the worker starts again), or a supervisor or runtime task (started again). Instances are never touched.",
+            proxy.chain(others),
+        )
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // The data path (drove-proxy): what clients sent and got, drove's own answers included.
 
@@ -320,30 +340,33 @@ const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
 /// Registers `drove_limit_redis_fallbacks_total{limit}` for the limits shared through
 /// Redis: checks decided by this process alone because Redis failed or was too slow.
-pub fn register_limit_metrics(registry: &mut Registry, routes: &[drove_proxy::RouteLimit]) {
-    let mut shared: Vec<(String, Arc<drove_limits::Limit>)> = Vec::new();
-    for r in routes {
-        if matches!(*r.limiter, drove_limits::Limit::Shared(_))
-            && !shared.iter().any(|(n, _)| *n == r.name)
-        {
-            shared.push((r.name.clone(), r.limiter.clone()));
-        }
-    }
-    if !shared.is_empty() {
-        registry.register_collector(Box::new(LimitCollector(shared)));
-    }
+/// The limits are read at each scrape (a reload may add or remove them); the family is
+/// absent while there is none.
+pub fn register_limit_metrics(registry: &mut Registry, proxy: drove_proxy::Proxy) {
+    registry.register_collector(Box::new(LimitCollector(proxy)));
 }
 
 #[derive(Debug)]
-struct LimitCollector(Vec<(String, Arc<drove_limits::Limit>)>);
+struct LimitCollector(drove_proxy::Proxy);
 
 impl Collector for LimitCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> fmt::Result {
+        let mut shared: Vec<(String, Arc<drove_limits::Limit>)> = Vec::new();
+        for r in self.0.routes() {
+            if matches!(*r.limiter, drove_limits::Limit::Shared(_))
+                && !shared.iter().any(|(n, _)| *n == r.name)
+            {
+                shared.push((r.name.clone(), r.limiter.clone()));
+            }
+        }
+        if shared.is_empty() {
+            return Ok(());
+        }
         counter(
             &mut enc,
             "limit_redis_fallbacks",
             "Rate-limit checks decided by this process alone because Redis failed or did not answer within 50 ms.",
-            self.0.iter().filter_map(|(name, l)| match &**l {
+            shared.iter().filter_map(|(name, l)| match &**l {
                 drove_limits::Limit::Shared(s) => {
                     let labels: Labels = vec![("limit", Cow::Owned(name.clone()))];
                     Some((labels, s.fallbacks.load(Relaxed)))
@@ -364,7 +387,7 @@ impl Collector for LimitCollector {
 pub fn register_balancer_metrics(
     registry: &mut Registry,
     balancer: Arc<Balancer>,
-    service: String,
+    service: crate::BalancedService,
 ) {
     registry.register_collector(Box::new(BalancerCollector { balancer, service }));
 }
@@ -372,15 +395,22 @@ pub fn register_balancer_metrics(
 #[derive(Debug)]
 struct BalancerCollector {
     balancer: Arc<Balancer>,
-    service: String,
+    /// Read at each scrape: a reload may switch what the balancer routes to.
+    service: crate::BalancedService,
 }
 
 impl Collector for BalancerCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> fmt::Result {
         let backends = self.balancer.snapshot();
+        let service = self
+            .service
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .unwrap_or_else(|| STATIC_SERVICE.to_string());
         let labels = |id: &str| -> Labels<'static> {
             vec![
-                ("service", Cow::Owned(self.service.clone())),
+                ("service", Cow::Owned(service.clone())),
                 ("instance", Cow::Owned(id.to_string())),
             ]
         };
@@ -475,7 +505,7 @@ impl Collector for BalancerCollector {
                 .iter()
                 .map(|b| (labels(b.id()), bool_f64(b.is_enabled()))),
         )?;
-        let svc: Labels = vec![("service", Cow::Owned(self.service.clone()))];
+        let svc: Labels = vec![("service", Cow::Owned(service.clone()))];
         gauge(
             &mut enc,
             "balancer_backends",
@@ -506,12 +536,12 @@ impl Collector for BalancerCollector {
 /// encoding (that call is async; a collector is not).
 pub fn register_supervisor_metrics(
     registry: &mut Registry,
-    max_memory: BTreeMap<String, u64>,
+    config: Arc<arc_swap::ArcSwap<drove_config::Config>>,
 ) -> Arc<Mutex<Vec<InstanceStatus>>> {
     let instances = Arc::new(Mutex::new(Vec::new()));
     registry.register_collector(Box::new(SupervisorCollector {
         instances: instances.clone(),
-        max_memory,
+        config,
     }));
     instances
 }
@@ -519,7 +549,8 @@ pub fn register_supervisor_metrics(
 #[derive(Debug)]
 struct SupervisorCollector {
     instances: Arc<Mutex<Vec<InstanceStatus>>>,
-    max_memory: BTreeMap<String, u64>,
+    /// The config in force, for `max_memory` (a reload may change it).
+    config: Arc<arc_swap::ArcSwap<drove_config::Config>>,
 }
 
 impl Collector for SupervisorCollector {
@@ -529,6 +560,7 @@ impl Collector for SupervisorCollector {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
+        let config = self.config.load();
         let labels = |s: &InstanceStatus| -> Labels<'static> {
             vec![
                 ("service", Cow::Owned(s.id.service.clone())),
@@ -582,7 +614,10 @@ impl Collector for SupervisorCollector {
             &mut enc,
             "instance_max_memory_bytes",
             "The service's max_memory: above this RSS an instance is restarted (only for services that set it).",
-            list.iter().filter_map(|s| Some((labels(s), *self.max_memory.get(&s.id.service)? as f64))),
+            list.iter().filter_map(|s| {
+                let max = config.service(&s.id.service)?.max_memory?;
+                Some((labels(s), max as f64))
+            }),
         )
     }
 }
@@ -617,7 +652,11 @@ mod tests {
             );
         }
         let mut reg = Registry::with_prefix("drove");
-        register_balancer_metrics(&mut reg, b.clone(), "web".into());
+        register_balancer_metrics(
+            &mut reg,
+            b.clone(),
+            Arc::new(std::sync::RwLock::new(Some("web".into()))),
+        );
         let mut open = String::new();
         prometheus_client::encoding::text::encode(&mut open, &reg).unwrap();
         let text = to_classic_text(&open);

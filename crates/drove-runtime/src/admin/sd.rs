@@ -41,7 +41,7 @@ pub(super) async fn targets(
             ));
         }
     }
-    let drove = r.admin.to_string();
+    let drove = r.admin().to_string();
     let groups = r
         .supervisor
         .status()
