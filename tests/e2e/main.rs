@@ -15,6 +15,7 @@ mod panic;
 mod prometheus;
 mod reload;
 mod supervisor;
+mod systemd;
 mod tls;
 mod verify;
 

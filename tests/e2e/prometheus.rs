@@ -147,6 +147,12 @@ fn prometheus_scrapes_every_instance_found_through_drove_sd_and_follows_a_scale(
     let _p = Proc::spawn(cmd);
 
     assert!(wait_web_up(prom, 3), "targets: {:#?}", targets(prom));
+    // drove's own target is scraped on its own schedule (Prometheus spreads first
+    // scrapes over the interval): it may still be `unknown` when the instances are up.
+    let drove_target = ("drove".to_string(), d.admin.to_string());
+    wait_until(Duration::from_secs(10), || {
+        targets(prom).get(&drove_target).map(|x| x.0.as_str()) == Some("up")
+    });
     let t = targets(prom);
     assert_eq!(
         t.get(&("drove".to_string(), d.admin.to_string()))
