@@ -33,6 +33,9 @@ pub enum ExportKind {
     Prometheus,
     /// The Dockerfile of drove's image (build it in a checkout of drove's source).
     Dockerfile,
+    /// A systemd unit running this drove (Type=notify, watchdog, ExecReload = drove
+    /// reload, stop timeout covering the graces).
+    Systemd,
 }
 
 impl ExportKind {
@@ -40,7 +43,7 @@ impl ExportKind {
     pub fn reads_config(self) -> bool {
         matches!(
             self,
-            ExportKind::K8s | ExportKind::Compose | ExportKind::Prometheus
+            ExportKind::K8s | ExportKind::Compose | ExportKind::Prometheus | ExportKind::Systemd
         )
     }
 }
@@ -148,7 +151,18 @@ pub fn run(
             crate::export_prometheus::scrape_config(c, admin, args.interval)
         ),
         (ExportKind::Dockerfile, _) => print!("{DOCKERFILE}"),
-        (ExportKind::K8s | ExportKind::Compose | ExportKind::Prometheus, None) => {
+        (ExportKind::Systemd, Some(c)) => {
+            let path = c
+                .path
+                .as_deref()
+                .ok_or_else(|| anyhow::anyhow!("drove export systemd needs a config file (-c)"))?;
+            let exe = std::env::current_exe()?;
+            print!("{}", crate::export_systemd::unit(c, path, &exe))
+        }
+        (
+            ExportKind::K8s | ExportKind::Compose | ExportKind::Prometheus | ExportKind::Systemd,
+            None,
+        ) => {
             anyhow::bail!("no config loaded")
         }
     }

@@ -9,6 +9,7 @@ mod export_balancer;
 mod export_cmd;
 mod export_manifests;
 mod export_prometheus;
+mod export_systemd;
 mod verify_cmd;
 
 use std::net::SocketAddr;

@@ -17,6 +17,7 @@ mod ports;
 mod prometheus;
 mod reload;
 mod supervisor;
+mod systemd;
 mod tls;
 mod verify;
 

@@ -16,6 +16,7 @@ pub mod contain;
 mod discovery;
 mod listen;
 mod listeners;
+pub mod notify;
 pub mod plan;
 pub mod proxy_settings;
 pub mod reload;
@@ -71,6 +72,8 @@ pub struct Running {
     addrs: Mutex<(Option<SocketAddr>, SocketAddr)>,
     /// What `drove reload` changes, one reload at a time.
     pub reloadable: tokio::sync::Mutex<reload::Reloadable>,
+    /// systemd's notify socket (a no-op outside systemd).
+    pub notify: Arc<notify::Notifier>,
 }
 
 impl Running {
@@ -204,7 +207,9 @@ pub async fn up(config: Config, opts: UpOptions) -> anyhow::Result<()> {
         balanced: balanced.clone(),
         shutdown: shutdown_tx.clone(),
         started: tokio::time::Instant::now(),
+        notify: Arc::new(notify::Notifier::from_env()),
     });
+    let watchdog = running.notify.spawn_watchdog();
     let listen = running
         .reloadable
         .lock()
@@ -258,6 +263,7 @@ pub async fn up(config: Config, opts: UpOptions) -> anyhow::Result<()> {
     println!(
         "drove: admin API, metrics and dashboard on http://{admin}/ (drove status, drove down)"
     );
+    let ready_task = tokio::spawn(notify_ready(running.clone()));
 
     // Wait for a reason to stop.
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -267,6 +273,8 @@ pub async fn up(config: Config, opts: UpOptions) -> anyhow::Result<()> {
         _ = shutdown_rx.wait_for(|v| *v) => println!("drove: shutdown requested, shutting down"),
     }
     let _ = shutdown_tx.send(true);
+    running.notify.stopping();
+    ready_task.abort();
     // 1. The proxy stops accepting and finishes in-flight requests (up to its grace).
     // (A reload in progress finishes first: it holds the lock.)
     let (current, retiring, admin_server) = running.reloadable.lock().await.take_servers();
@@ -285,11 +293,46 @@ pub async fn up(config: Config, opts: UpOptions) -> anyhow::Result<()> {
     hup_task.abort();
     events_task.abort();
     sampler.abort();
+    if let Some(w) = watchdog {
+        w.abort();
+    }
     if let Some(a) = admin_server {
         a.retire().await;
     }
     println!("drove: stopped");
     Ok(())
+}
+
+/// Tells systemd `READY=1` once every service has all its instances ready (the
+/// listeners are bound before this task starts).
+async fn notify_ready(r: Arc<Running>) {
+    loop {
+        let status = r.supervisor.status().await;
+        let services = r.supervisor.services();
+        let ready = |svc: &str| {
+            status
+                .iter()
+                .filter(|s| {
+                    s.id.service == svc && s.state == drove_supervisor::InstanceState::Ready
+                })
+                .count()
+        };
+        let all = services.iter().all(|svc| {
+            let want = r.supervisor.desired_instances(svc).unwrap_or(0) as usize;
+            ready(svc) >= want
+        });
+        if all {
+            let n: usize = services.iter().map(|s| ready(s)).sum();
+            let listen = r
+                .listen()
+                .map(|l| format!(", balancer on {l}"))
+                .unwrap_or_default();
+            r.notify.ready(&format!("{n} instance(s) ready{listen}"));
+            return;
+        }
+        // Polling: readiness is a one-time event at startup.
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }
 
 /// Turns supervisor events into backend-set changes for the balanced service.

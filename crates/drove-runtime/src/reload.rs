@@ -123,6 +123,7 @@ pub async fn reload(r: &Running, dry_run: bool) -> ReloadReport {
     if dry_run {
         return report;
     }
+    r.notify.reloading();
     let mut current = (*in_force).clone();
     current.path = file.path.clone();
     current.warnings = file.warnings.clone();
@@ -144,6 +145,15 @@ pub async fn reload(r: &Running, dry_run: bool) -> ReloadReport {
         }
     }
     r.config.store(Arc::new(current));
+    let (a, n) = (report.applied.len(), report.not_applied.len());
+    r.notify.ready(&format!(
+        "reloaded: {a} change(s) applied{}",
+        if n > 0 {
+            format!(", {n} NOT applied")
+        } else {
+            String::new()
+        }
+    ));
     report
 }
 
