@@ -166,6 +166,26 @@ pub(crate) fn run(
                 );
             }
         }
+        Command::Upgrade {
+            binary, timeout, ..
+        } => {
+            let req = api::UpgradeRequest {
+                binary: binary.map(|b| {
+                    std::fs::canonicalize(&b)
+                        .unwrap_or(b)
+                        .to_string_lossy()
+                        .into_owned()
+                }),
+            };
+            // A refused check answers 422 with the reason: an error here, exit 1.
+            let a: api::UpgradeAnswer =
+                call(addr, "POST", "/api/upgrade", token, to_json(&req), long)?;
+            println!(
+                "drove at {addr}: {} (drove {}) checked; replacing the running drove",
+                a.binary, a.version
+            );
+            return wait_upgraded(addr, token, a.count_before, timeout);
+        }
         Command::Logs {
             follow, instance, ..
         } => return logs(config, instance.as_deref(), follow),
@@ -413,4 +433,56 @@ fn logs(config: &Path, which: Option<&str>, follow: bool) -> anyhow::Result<Exit
             out.flush()?;
         }
     }
+}
+
+/// Polls the status until the new drove reports the upgrade (or the old one reports
+/// that it failed and goes on).
+fn wait_upgraded(
+    addr: SocketAddr,
+    token: Option<&str>,
+    before: u32,
+    timeout: Duration,
+) -> anyhow::Result<ExitCode> {
+    let end = std::time::Instant::now() + timeout;
+    let mut last_err = String::new();
+    while std::time::Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(100));
+        // During the exchange the admin socket queues the request: a slow answer or a
+        // reset is normal for a moment.
+        match call::<api::Status>(
+            addr,
+            "GET",
+            "/api/status",
+            token,
+            None,
+            Duration::from_secs(5),
+        ) {
+            Ok(st) if st.upgrades.count > before => {
+                if let Some(r) = &st.upgrades.last {
+                    println!(
+                        "drove at {addr}: upgraded {} -> {} in {} ms (pid {} unchanged): {} instance(s) kept, {} connection(s) handed over, {} closed",
+                        r.from_version, r.to_version, r.took_ms, st.pid, r.instances_kept,
+                        r.connections_handed, r.connections_closed
+                    );
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            Ok(st) => {
+                if let Some(why) = st.upgrades.failed {
+                    eprintln!("drove at {addr}: upgrade failed, the running drove goes on: {why}");
+                    return Ok(ExitCode::FAILURE);
+                }
+            }
+            Err(e) => last_err = e.to_string(),
+        }
+    }
+    anyhow::bail!(
+        "no upgraded drove answered at {addr} within {}s{}",
+        timeout.as_secs(),
+        if last_err.is_empty() {
+            String::new()
+        } else {
+            format!(" (last: {last_err})")
+        }
+    )
 }

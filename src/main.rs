@@ -192,6 +192,29 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Replace the running drove by a new binary without downtime: the listening
+    /// sockets stay open, requests in flight finish, idle keep-alive connections and
+    /// WebSockets are handed over, every instance keeps running (same PID, never
+    /// signalled), counters go on. The new binary is checked first; if it refuses, the
+    /// running drove goes on and this exits 1 with the reason. Also SIGUSR2. See
+    /// docs/operations.md.
+    Upgrade {
+        #[command(flatten)]
+        cfg: ConfigArg,
+        /// The binary to run (default: the path drove was started from).
+        #[arg(long, value_name = "PATH")]
+        binary: Option<PathBuf>,
+        /// How long to wait for the new drove to answer.
+        #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration_arg)]
+        timeout: std::time::Duration,
+    },
+    /// Whether this binary can take over a running drove (internal: `drove upgrade`
+    /// runs it on the new binary; prints its version and hand-over format as JSON).
+    #[command(name = "__upgrade-check", hide = true)]
+    UpgradeCheck {
+        #[command(flatten)]
+        cfg: ConfigArg,
+    },
     /// Prove it works: drills under load (distribution, stickiness, failover, freeze,
     /// rolling restart, scale, limits, metrics) against a running drove, or one started
     /// from -c FILE; one line per drill with its numbers; exit 1 if any fails.
@@ -308,6 +331,8 @@ impl Command {
             | Command::Logs { cfg, .. }
             | Command::Down { cfg, .. }
             | Command::Reload { cfg, .. }
+            | Command::Upgrade { cfg, .. }
+            | Command::UpgradeCheck { cfg }
             | Command::Verify { cfg, .. }
             | Command::Export { cfg, .. } => cfg.path.clone(),
             Command::Demo | Command::Bench(_) | Command::Guardian => PathBuf::from("drove.toml"),
@@ -375,6 +400,20 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     guardian: Some(exe),
                 },
             ))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::UpgradeCheck { .. } => {
+            // The config in force must be one this binary accepts.
+            if config.exists() {
+                if let Err(code) = load_config(&config) {
+                    return Ok(code);
+                }
+            }
+            let answer = drove_api::UpgradeCheck {
+                version: env!("CARGO_PKG_VERSION").to_string(),
+                handoff_format: drove_runtime::upgrade::HANDOFF_FORMAT,
+            };
+            println!("{}", serde_json::to_string(&answer)?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo => {

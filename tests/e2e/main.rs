@@ -19,6 +19,7 @@ mod reload;
 mod supervisor;
 mod systemd;
 mod tls;
+mod upgrade;
 mod verify;
 
 use std::path::Path;

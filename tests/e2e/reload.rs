@@ -18,7 +18,7 @@ use drove_test_support::{alive, tempdir, wait_until, Drove};
 use crate::drove;
 
 /// A WebSocket through drove to the demo's `/ws` echo.
-struct Ws(TcpStream);
+pub(crate) struct Ws(TcpStream);
 
 impl Ws {
     fn open(addr: SocketAddr) -> std::io::Result<Ws> {
@@ -58,14 +58,14 @@ impl Ws {
 }
 
 /// `n` WebSockets exchanging a message each, round after round, until stopped.
-struct Sockets {
+pub(crate) struct Sockets {
     stop: Arc<AtomicBool>,
     rounds: Arc<AtomicU64>,
     handle: JoinHandle<Vec<String>>,
 }
 
 impl Sockets {
-    fn open(addr: SocketAddr, n: usize) -> Sockets {
+    pub(crate) fn open(addr: SocketAddr, n: usize) -> Sockets {
         let mut ws: Vec<Ws> = (0..n)
             .map(|i| Ws::open(addr).unwrap_or_else(|e| panic!("websocket {i}: {e}")))
             .collect();
@@ -99,7 +99,7 @@ impl Sockets {
     }
 
     /// Waits for two more complete rounds (every socket answered twice since now).
-    fn check(&self) {
+    pub(crate) fn check(&self) {
         let r = self.rounds.load(Ordering::Relaxed);
         assert!(
             wait_until(Duration::from_secs(10), || self
@@ -110,14 +110,14 @@ impl Sockets {
         );
     }
 
-    fn stop(self) -> Vec<String> {
+    pub(crate) fn stop(self) -> Vec<String> {
         self.stop.store(true, Ordering::Relaxed);
         self.handle.join().unwrap()
     }
 }
 
 /// Keep-alive GETs and POSTs through drove while `f` runs; asserts none failed.
-fn under_load<T>(addr: SocketAddr, f: impl FnOnce() -> T) -> T {
+pub(crate) fn under_load<T>(addr: SocketAddr, f: impl FnOnce() -> T) -> T {
     let gets = Load::start(LoadSpec::get(addr, "/whoami", 3));
     let mut post = LoadSpec::get(addr, "/echo", 2);
     post.method = "POST".into();

@@ -40,6 +40,69 @@ pub struct Status {
     /// One row per supervised instance (every service), then, with static or DNS
     /// backends, one row per backend (`state` = `remote`).
     pub instances: Vec<InstanceRow>,
+    /// `drove upgrade`s of this drove (the PID stays across them).
+    #[serde(default)]
+    pub upgrades: UpgradeStatus,
+}
+
+/// The upgrades of a running drove (`drove upgrade`, SIGUSR2).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct UpgradeStatus {
+    /// Upgrades done since `drove up` (carried from binary to binary).
+    pub count: u32,
+    /// The last one done.
+    pub last: Option<UpgradeReport>,
+    /// Why the last one attempted failed, if it did (drove kept serving); cleared by
+    /// the next success.
+    pub failed: Option<String>,
+}
+
+/// One upgrade, as the new drove reports it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UpgradeReport {
+    /// The version of the drove replaced.
+    pub from_version: String,
+    /// The version now running.
+    pub to_version: String,
+    /// The binary now running.
+    pub binary: String,
+    /// Instances taken over (same PIDs, never signalled).
+    pub instances_kept: usize,
+    /// Client connections handed over (idle keep-alive connections and tunnels).
+    pub connections_handed: usize,
+    /// Connections still busy when the hand-over's wait ended (closed by it).
+    pub connections_closed: i64,
+    /// From the request to the old drove's `execve`, in milliseconds.
+    pub took_ms: u64,
+}
+
+/// `POST /api/upgrade`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct UpgradeRequest {
+    /// The binary to run; default: the path drove was started from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub binary: Option<String>,
+}
+
+/// The answer to `POST /api/upgrade` once the new binary passed its check: the
+/// replacement follows at once (poll `GET /api/status` for `upgrades.count`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UpgradeAnswer {
+    /// The binary that will run.
+    pub binary: String,
+    /// Its version, as it reported it.
+    pub version: String,
+    /// `upgrades.count` before this one.
+    pub count_before: u32,
+}
+
+/// What `drove __upgrade-check` prints: a binary's answer to "can you take over?".
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UpgradeCheck {
+    /// Its version.
+    pub version: String,
+    /// The hand-over format it reads.
+    pub handoff_format: u32,
 }
 
 impl Status {

@@ -72,18 +72,18 @@ impl Clock {
 pub(crate) struct State {
     in_flight: AtomicI64,
     enabled: AtomicBool,
-    probe_up: AtomicBool,
+    pub(crate) probe_up: AtomicBool,
     probe_streak: AtomicI64,
     ejected_until: AtomicU64,
     fails: AtomicU32,
     fail_window_start: AtomicU64,
     /// Peak-EWMA of response latency in ns, stored as f64 bits.
-    ewma_bits: AtomicU64,
+    pub(crate) ewma_bits: AtomicU64,
     ewma_stamp: AtomicU64,
-    requests: AtomicU64,
-    failures: AtomicU64,
-    ejections: AtomicU64,
-    responses: crate::stats::ResponseStats,
+    pub(crate) requests: AtomicU64,
+    pub(crate) failures: AtomicU64,
+    pub(crate) ejections: AtomicU64,
+    pub(crate) responses: crate::stats::ResponseStats,
 }
 
 /// A backend of a [`Balancer`]: its spec and live state. Shared by every worker.

@@ -12,12 +12,14 @@
 //! Active health probes (HTTP or TCP) run as tokio tasks ([`Balancer::spawn_health_checks`]).
 
 mod backend;
+mod carry;
 mod health;
 mod maglev;
 mod select;
 mod stats;
 
 pub use backend::{Backend, BackendSpec, InFlight, Outcome};
+pub use carry::BackendCarry;
 pub use health::{ActiveHealth, ProbeKind};
 pub use select::{Algorithm, PickContext};
 pub use stats::{ResponseSnapshot, ResponseStats, LATENCY_BUCKETS};

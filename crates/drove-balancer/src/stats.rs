@@ -50,6 +50,28 @@ impl ResponseStats {
         self.sum_us.fetch_add(latency.as_micros() as u64, Relaxed);
     }
 
+    pub(crate) fn classes(&self) -> [u64; 5] {
+        std::array::from_fn(|i| self.classes[i].load(Relaxed))
+    }
+    pub(crate) fn buckets(&self) -> Vec<u64> {
+        self.buckets.iter().map(|b| b.load(Relaxed)).collect()
+    }
+    pub(crate) fn sum_us(&self) -> u64 {
+        self.sum_us.load(Relaxed)
+    }
+    /// Counters carried over by an upgrade (a histogram of another shape is skipped).
+    pub(crate) fn restore(&self, classes: &[u64; 5], buckets: &[u64], sum_us: u64) {
+        for (c, v) in self.classes.iter().zip(classes) {
+            c.store(*v, Relaxed);
+        }
+        if buckets.len() == self.buckets.len() {
+            for (b, v) in self.buckets.iter().zip(buckets) {
+                b.store(*v, Relaxed);
+            }
+            self.sum_us.store(sum_us, Relaxed);
+        }
+    }
+
     /// A copy of the counters.
     pub fn snapshot(&self) -> ResponseSnapshot {
         let mut acc = 0;

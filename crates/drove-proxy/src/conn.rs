@@ -13,6 +13,7 @@ use std::rc::Rc;
 use tokio::time::Instant;
 
 use crate::h1::{self, RequestLimits};
+use crate::handoff::HandedConnection;
 use crate::request;
 use crate::sock::{Buf, ClientIo, Sock};
 use crate::worker::{OpenConnection, Stop, Worker};
@@ -117,11 +118,15 @@ pub(crate) fn serve<S: ClientIo + 'static>(
                 if *stop.shutdown.borrow() {
                     return;
                 }
+                if stop.handing_off() {
+                    return hand_over(&w, &client);
+                }
                 let idle_until = Instant::now() + w.snapshot().settings.idle_timeout;
                 loop {
                     let read = tokio::select! {
                         r = tokio::time::timeout_at(idle_until, client.sock.read_fresh(|| w.buffers.input())) => r,
                         _ = stop.shutdown.changed() => return,
+                        _ = stop.handoff.wait_for(|v| *v) => return hand_over(&w, &client),
                     };
                     match read {
                         Ok(Ok((buf, Some(n)))) if n > 0 => {
@@ -211,6 +216,40 @@ pub(crate) fn serve<S: ClientIo + 'static>(
     }
 }
 
+/// An upgrade: an idle plain connection goes to the next drove (a duplicate of its
+/// socket; this one closes when the task ends). A TLS one cannot: it closes.
+fn hand_over<S: ClientIo>(w: &Worker, client: &Client<S>) {
+    if let Some(s) = client.sock.handoff_stream() {
+        w.proxy.handoff.give(HandedConnection::Http1(s));
+    }
+}
+
+/// Serves a connection handed over by the drove this one replaced: an HTTP/1.x client
+/// between requests, or a tunnel.
+pub(crate) fn serve_adopted(
+    w: Rc<Worker>,
+    conn: HandedConnection,
+    stop: Stop,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()>>> {
+    match conn {
+        HandedConnection::Http1(s) => {
+            let peer = s
+                .peer_addr()
+                .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+            let _ = s.set_nonblocking(true);
+            let client = Client::new(&w, Sock::unregistered(s), peer);
+            Box::pin(serve(w, client, stop))
+        }
+        HandedConnection::Tunnel {
+            client,
+            upstream,
+            backend,
+        } => Box::pin(request::relay::adopted_tunnel(
+            w, client, upstream, backend, stop,
+        )),
+    }
+}
+
 /// Whether a connection starts with the HTTP/2 preface (reading until its first bytes
 /// tell, within the header timeout).
 async fn starts_h2<S: ClientIo>(client: &mut Client<S>, settings: &crate::ProxySettings) -> bool {
@@ -253,6 +292,7 @@ mod tests {
                 let client = Client::new(&w, sock, "127.0.0.1:1".parse().unwrap());
                 let stop = Stop {
                     retire: rx.clone(),
+                    handoff: rx.clone(),
                     shutdown: rx,
                 };
                 let fut = serve(w, client, stop);

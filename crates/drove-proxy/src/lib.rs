@@ -18,6 +18,7 @@ mod buffers;
 mod conn;
 pub mod error;
 mod h1;
+pub mod handoff;
 mod headers;
 mod hooks;
 mod http2;
@@ -51,6 +52,8 @@ pub struct Proxy {
     pub(crate) balancer: Arc<Balancer>,
     pub(crate) shared: Arc<Shared>,
     pub(crate) stats: Arc<ProxyStats>,
+    /// Connections given up for, or taken over from, an upgrade (`drove upgrade`).
+    pub(crate) handoff: Arc<handoff::HandoffState>,
 }
 
 /// The settings in force, swapped whole by [`Proxy::update`].
@@ -90,6 +93,7 @@ impl Proxy {
         Ok(Proxy {
             balancer,
             stats: Arc::new(ProxyStats::new(settings.retry_budget_percent)),
+            handoff: Arc::default(),
             shared: Arc::new(Shared {
                 live: ArcSwap::from_pointee(Live {
                     settings,
@@ -133,6 +137,34 @@ impl Proxy {
     /// The counters, shared with every worker.
     pub fn stats(&self) -> &Arc<ProxyStats> {
         &self.stats
+    }
+
+    /// Before an upgrade: every worker stops accepting (the listening sockets stay open,
+    /// connections queue on them) and every client connection gives up its socket at a
+    /// point where drove holds none of its bytes (see [`handoff`]). Resolves once no
+    /// connection is left or after `grace`; the workers are gone by then.
+    pub async fn hand_off(&self, grace: std::time::Duration) -> handoff::HandedOff {
+        let started = std::time::Instant::now();
+        let _ = self.handoff.requested.send(true);
+        let deadline = tokio::time::Instant::now() + grace;
+        while self.stats.active_connections.load(Ordering::Relaxed) > 0
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        handoff::HandedOff {
+            connections: std::mem::take(&mut *handoff::lock(&self.handoff.handed)),
+            still_open: self.stats.active_connections.load(Ordering::Relaxed),
+            took: started.elapsed(),
+        }
+    }
+
+    /// Connections to serve (handed over by the drove this one replaced, or given back
+    /// after a failed upgrade): the next workers started take them. Also ends a
+    /// hand-over, so workers started from now on accept again.
+    pub fn adopt(&self, connections: Vec<handoff::HandedConnection>) {
+        let _ = self.handoff.requested.send(false);
+        handoff::lock(&self.handoff.adopted).extend(connections);
     }
 
     /// The rate-limited routes in force.
@@ -260,16 +292,29 @@ pub async fn serve_until(
     retire: tokio::sync::watch::Receiver<bool>,
     shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> std::io::Result<()> {
-    let stop = worker::Stop { retire, shutdown };
+    let stop = worker::Stop {
+        retire,
+        shutdown,
+        handoff: proxy.handoff.requested.subscribe(),
+    };
+    // Connections adopted from an upgrade, spread over the workers.
+    let n = listeners.len().max(1);
+    let mut shares: Vec<Vec<handoff::HandedConnection>> = (0..n).map(|_| Vec::new()).collect();
+    for (i, c) in std::mem::take(&mut *handoff::lock(&proxy.handoff.adopted))
+        .into_iter()
+        .enumerate()
+    {
+        shares[i % n].push(c);
+    }
     let mut done = Vec::new();
-    for (i, l) in listeners.into_iter().enumerate() {
+    for ((i, l), adopted) in listeners.into_iter().enumerate().zip(shares) {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let proxy = proxy.clone();
         let stop = stop.clone();
         std::thread::Builder::new()
             .name(format!("drove-worker-{i}"))
             .spawn(move || {
-                let r = worker::run_contained(l, proxy, stop);
+                let r = worker::run_contained(l, proxy, stop, adopted);
                 let _ = tx.send(r);
             })?;
         done.push(rx);

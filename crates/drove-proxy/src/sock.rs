@@ -52,6 +52,11 @@ impl Sock {
         Ok(sock)
     }
 
+    /// A duplicate of the socket (the same connection), to hand it over at an upgrade.
+    pub(crate) fn dup(&self) -> io::Result<std::net::TcpStream> {
+        self.stream.try_clone()
+    }
+
     /// A non-blocking std stream, not registered until it would block.
     pub(crate) fn unregistered(stream: std::net::TcpStream) -> Sock {
         Sock {
@@ -272,12 +277,18 @@ pub(crate) trait ClientIo {
     fn is_tls(&self) -> bool;
     /// The client chose HTTP/2 during the TLS handshake (ALPN `h2`).
     fn alpn_h2(&self) -> bool;
+    /// A duplicate of the plain TCP socket, to hand the connection over to the next drove
+    /// (`drove upgrade`); `None` for TLS, whose session lives in this process.
+    fn handoff_stream(&self) -> Option<std::net::TcpStream>;
     /// The connection as a byte stream for the HTTP/2 engine; `read` are plaintext bytes
     /// already received (they are served first).
     fn into_h2_io(self, read: Buf) -> crate::http2::H2Io;
 }
 
 impl ClientIo for Sock {
+    fn handoff_stream(&self) -> Option<std::net::TcpStream> {
+        self.stream.try_clone().ok()
+    }
     fn try_read(&self, buf: &mut Buf) -> io::Result<Option<usize>> {
         Sock::try_read(self, buf)
     }
@@ -377,25 +388,41 @@ impl Listener {
 }
 
 /// Copies bytes both ways until both directions reach EOF or either fails: an upgraded
-/// connection (WebSocket) between a client and a backend. Returns the bytes copied
-/// (to `a`, to `b`).
+/// connection (WebSocket) between a client and a backend. Returns the bytes copied (to
+/// `a`, to `b`), and whether the copy stopped for an upgrade instead (`handoff` turned
+/// true: each direction stops before its next read, so no byte is left in a buffer).
 pub(crate) async fn tunnel<A: ClientIo>(
     a: &A,
     b: &Sock,
     scratch: (&mut Buf, &mut Buf),
-) -> (u64, u64) {
+    handoff: Option<tokio::sync::watch::Receiver<bool>>,
+) -> (u64, u64, bool) {
+    /// How one direction ended.
+    #[derive(PartialEq)]
+    enum End {
+        Eof,
+        HandOff,
+    }
     async fn one_way(
         from: &impl ClientIo,
         to: &impl ClientIo,
         buf: &mut Buf,
         copied: &std::cell::Cell<u64>,
-    ) -> io::Result<()> {
+        mut handoff: Option<tokio::sync::watch::Receiver<bool>>,
+    ) -> io::Result<End> {
         loop {
             buf.clear();
-            let n = from.read(buf).await?;
+            let n = match handoff.as_mut() {
+                None => from.read(buf).await?,
+                Some(h) => tokio::select! {
+                    biased;
+                    _ = h.wait_for(|v| *v) => return Ok(End::HandOff),
+                    r = from.read(buf) => r?,
+                },
+            };
             if n == 0 {
                 to.shutdown_write();
-                return Ok(());
+                return Ok(End::Eof);
             }
             to.write_all(buf.filled()).await?;
             copied.set(copied.get() + n as u64);
@@ -403,8 +430,12 @@ pub(crate) async fn tunnel<A: ClientIo>(
     }
     let (ab, ba) = scratch;
     let (to_b, to_a) = (std::cell::Cell::new(0), std::cell::Cell::new(0));
-    let _ = tokio::try_join!(one_way(a, b, ab, &to_b), one_way(b, a, ba, &to_a));
-    (to_a.get(), to_b.get())
+    let r = tokio::try_join!(
+        one_way(a, b, ab, &to_b, handoff.clone()),
+        one_way(b, a, ba, &to_a, handoff)
+    );
+    let handed = matches!(r, Ok((x, y)) if x == End::HandOff || y == End::HandOff);
+    (to_a.get(), to_b.get(), handed)
 }
 
 /// A byte buffer with a filled window `data[start..end]`.

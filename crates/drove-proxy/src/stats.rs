@@ -92,6 +92,52 @@ impl ProxyStats {
         }
     }
 
+    /// The monotonic counters by name (carried to the next drove by an upgrade).
+    pub fn counters(&self) -> Vec<(String, u64)> {
+        self.monotonic()
+            .into_iter()
+            .map(|(n, c)| (n, c.load(Relaxed)))
+            .collect()
+    }
+
+    /// Puts counters carried over by an upgrade back (names it does not know are
+    /// ignored: a newer drove may count more).
+    pub fn restore(&self, values: &[(String, u64)]) {
+        let mine = self.monotonic();
+        for (name, v) in values {
+            if let Some((_, c)) = mine.iter().find(|(n, _)| n == name) {
+                c.store(*v, Relaxed);
+            }
+        }
+    }
+
+    fn monotonic(&self) -> Vec<(String, &AtomicU64)> {
+        let mut v: Vec<(String, &AtomicU64)> = vec![
+            ("requests".into(), &self.requests),
+            ("retries".into(), &self.retries),
+            (
+                "retry_budget_exhausted".into(),
+                &self.retry_budget_exhausted,
+            ),
+            ("connect_errors".into(), &self.connect_errors),
+            ("timeouts".into(), &self.timeouts),
+            ("no_backend".into(), &self.no_backend),
+            ("rejected".into(), &self.rejected),
+            ("rate_limited".into(), &self.rate_limited),
+            ("connections".into(), &self.connections),
+        ];
+        for (i, c) in self.responses.iter().enumerate() {
+            v.push((format!("responses_{}xx", i + 1), c));
+        }
+        for site in PanicSite::ALL {
+            v.push((
+                format!("panics_{}", site.as_str()),
+                &self.panics[site as usize],
+            ));
+        }
+        v
+    }
+
     /// A new `retries.budget` (percent of requests); the credit saved so far is kept.
     pub(crate) fn set_budget_percent(&self, percent: u32) {
         self.deposit.store(percent as i64 * 10, Relaxed);

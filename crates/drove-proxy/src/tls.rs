@@ -140,6 +140,9 @@ impl TlsSock {
 }
 
 impl ClientIo for TlsSock {
+    fn handoff_stream(&self) -> Option<std::net::TcpStream> {
+        None
+    }
     fn try_read(&self, _buf: &mut Buf) -> io::Result<Option<usize>> {
         // The handshake comes first: nothing to read before it is driven by `read`.
         Ok(None)

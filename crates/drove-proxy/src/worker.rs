@@ -15,6 +15,7 @@ use tokio::sync::watch;
 
 use crate::buffers::Buffers;
 use crate::conn;
+use crate::handoff::HandedConnection;
 use crate::sock::Listener;
 use crate::tls::TlsSock;
 use crate::upstream::Pool;
@@ -31,12 +32,18 @@ const SWEEP_INTERVAL: Duration = Duration::from_millis(500);
 pub(crate) struct Stop {
     pub(crate) retire: watch::Receiver<bool>,
     pub(crate) shutdown: watch::Receiver<bool>,
+    /// An upgrade: stop accepting, hand connections over (see `handoff.rs`).
+    pub(crate) handoff: watch::Receiver<bool>,
 }
 
 impl Stop {
     /// Whether a request that starts now should be the connection's last.
     pub(crate) fn stopping(&self) -> bool {
         *self.retire.borrow() || *self.shutdown.borrow()
+    }
+    /// Whether connections are being handed over to the next drove.
+    pub(crate) fn handing_off(&self) -> bool {
+        *self.handoff.borrow()
     }
 }
 
@@ -229,8 +236,10 @@ pub(crate) fn run_contained(
     listener: std::net::TcpListener,
     proxy: Proxy,
     stop: Stop,
+    adopted: Vec<HandedConnection>,
 ) -> std::io::Result<()> {
     let mut delay = RESTART_FIRST;
+    let adopted = RefCell::new(adopted);
     // Kept open across a panic; closed by the accept loop as soon as it stops accepting
     // (see `accept_loop`), not when the grace for requests in flight ends.
     let original = RefCell::new(Some(listener));
@@ -246,7 +255,8 @@ pub(crate) fn run_contained(
         };
         let started = std::time::Instant::now();
         let (p, s) = (proxy.clone(), stop.clone());
-        let run = AssertUnwindSafe(|| run(l, p, s, &original));
+        let a = std::mem::take(&mut *adopted.borrow_mut());
+        let run = AssertUnwindSafe(|| run(l, p, s, &original, a));
         match std::panic::catch_unwind(run) {
             Ok(r) => return r,
             Err(panic) => {
@@ -307,12 +317,13 @@ pub(crate) fn run(
     proxy: Proxy,
     stop: Stop,
     original: &RefCell<Option<std::net::TcpListener>>,
+    adopted: Vec<HandedConnection>,
 ) -> std::io::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let local = tokio::task::LocalSet::new();
-    local.block_on(&rt, accept_loop(listener, proxy, stop, original))
+    local.block_on(&rt, accept_loop(listener, proxy, stop, original, adopted))
 }
 
 async fn accept_loop(
@@ -320,9 +331,20 @@ async fn accept_loop(
     proxy: Proxy,
     stop: Stop,
     original: &RefCell<Option<std::net::TcpListener>>,
+    adopted: Vec<HandedConnection>,
 ) -> std::io::Result<()> {
     let listener = Listener::new(listener)?;
     let worker = Worker::new(proxy.clone());
+    // Connections the drove before this one handed over (`drove upgrade`).
+    for c in adopted {
+        let peer = match &c {
+            HandedConnection::Http1(s) | HandedConnection::Tunnel { client: s, .. } => s
+                .peer_addr()
+                .unwrap_or_else(|_| std::net::SocketAddr::from(([0, 0, 0, 0], 0))),
+        };
+        let serve = conn::serve_adopted(worker.clone(), c, stop.clone());
+        tokio::task::spawn_local(contained(serve, &proxy, peer));
+    }
 
     // The shutdown watch is awaited once around the whole accept loop, not per accept
     // (a fresh `changed()` per connection costs a waiter registration and removal).
@@ -358,12 +380,14 @@ async fn accept_loop(
             }
         }
     };
-    if !stop.stopping() {
+    if !stop.stopping() && !stop.handing_off() {
         let (mut retire, mut shutdown) = (stop.retire.clone(), stop.shutdown.clone());
+        let mut handoff = stop.handoff.clone();
         tokio::select! {
             biased;
             _ = retire.wait_for(|v| *v) => {}
             _ = shutdown.wait_for(|v| *v) => {}
+            _ = handoff.wait_for(|v| *v) => {}
             _ = accept_all => {}
             _ = crash_requested(&worker) => panic!("injected panic at Worker"),
         }
@@ -374,7 +398,11 @@ async fn accept_loop(
     // closes (a reload that moves or shrinks the listeners): take them and answer their
     // request (with `Connection: close`). Bounded: a socket shared with the workers
     // that replace these (same address) keeps receiving, and they take the rest.
+    // Not at an upgrade: the socket stays open and the next drove takes them.
     for _ in 0..DRAIN_ON_CLOSE {
+        if stop.handing_off() {
+            break;
+        }
         match listener.try_accept() {
             Ok(Some((sock, peer))) => start(sock, peer),
             _ => break,

@@ -88,6 +88,9 @@ pub fn start_sampler(
 pub struct AdminServer {
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
+    /// The listening socket's descriptor (valid while the server runs; an upgrade keeps
+    /// it open across `execve`).
+    fd: i32,
 }
 
 impl AdminServer {
@@ -97,6 +100,7 @@ impl AdminServer {
         state: AdminState,
         mut shutdown: watch::Receiver<bool>,
     ) -> AdminServer {
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&listener);
         let (stop, mut stopped) = watch::channel(false);
         let app = router(state);
         let task = tokio::spawn(async move {
@@ -109,7 +113,12 @@ impl AdminServer {
                 })
                 .await;
         });
-        AdminServer { stop, task }
+        AdminServer { stop, task, fd }
+    }
+
+    /// The listening socket's descriptor.
+    pub fn raw_fd(&self) -> i32 {
+        self.fd
     }
 
     /// Stops accepting, finishes the requests in progress (the one that asked for the
@@ -133,6 +142,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/api/undrain", post(undrain))
         .route("/api/down", post(down))
         .route("/api/reload", post(reload))
+        .route("/api/upgrade", post(upgrade))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
         .route(
@@ -367,6 +377,7 @@ pub async fn status_doc(state: &AdminState) -> api::Status {
         balancer,
         services: r.supervisor.services(),
         instances: rows,
+        upgrades: r.upgrades.lock().map(|u| u.clone()).unwrap_or_default(),
     }
 }
 
@@ -583,6 +594,16 @@ async fn reload(State(s): State<Shared>, Query(q): Query<ReloadQuery>) -> Respon
         StatusCode::UNPROCESSABLE_ENTITY
     };
     (status, Json(report)).into_response()
+}
+
+/// `drove upgrade`: checks the new binary (its refusal is a 422 with the reason), then
+/// answers and replaces this drove (see `upgrade.rs`).
+async fn upgrade(State(s): State<Shared>, body: Option<Json<api::UpgradeRequest>>) -> Response {
+    let binary = body.and_then(|b| b.0.binary).map(std::path::PathBuf::from);
+    match crate::upgrade::start(&s.running, binary).await {
+        Ok(a) => (StatusCode::ACCEPTED, Json(a)).into_response(),
+        Err(why) => ApiError(StatusCode::UNPROCESSABLE_ENTITY, why).into_response(),
+    }
 }
 
 #[derive(serde::Deserialize)]

@@ -21,6 +21,7 @@ pub mod plan;
 pub mod proxy_settings;
 pub mod reload;
 pub mod services;
+pub mod upgrade;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, RwLock};
@@ -74,6 +75,12 @@ pub struct Running {
     pub reloadable: tokio::sync::Mutex<reload::Reloadable>,
     /// systemd's notify socket (a no-op outside systemd).
     pub notify: Arc<notify::Notifier>,
+    /// The path drove was started from (what `drove upgrade` runs by default).
+    pub exe: std::path::PathBuf,
+    /// The guardian process, if one runs.
+    pub guardian: Option<Arc<Guardian>>,
+    /// The upgrades so far.
+    pub upgrades: Mutex<drove_api::UpgradeStatus>,
 }
 
 impl Running {
@@ -107,6 +114,18 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// Runs `config` until SIGINT/SIGTERM or `POST /api/down`, then shuts down in order.
 pub async fn up(config: Config, opts: UpOptions) -> anyhow::Result<()> {
     let (shutdown_tx, mut shutdown_rx) = watch::channel(false);
+    // Started by `drove upgrade`: sockets, instances and counters come from the drove
+    // this one replaces, instead of being bound and spawned.
+    let inherited = upgrade::take_inherited()?;
+    let mut config = config;
+    if let Some(h) = &inherited {
+        // A `drove scale` since startup holds across the upgrade.
+        for (svc, n) in &h.desired {
+            if let Some(s) = config.services.iter_mut().find(|s| &s.name == svc) {
+                s.instances = *n;
+            }
+        }
+    }
 
     // Balancer and proxy.
     let mut balancer = None;
@@ -131,12 +150,21 @@ pub async fn up(config: Config, opts: UpOptions) -> anyhow::Result<()> {
             health_task = Some(bal.spawn_health_checks(h));
         }
         let addr = opts.listen.unwrap_or(b.listen);
-        // SO_REUSEPORT (one socket per worker) would let a second drove bind the same
-        // address and the kernel split traffic between two deployments: check first.
-        let sockets = listen::exclusive(addr, || {
-            drove_proxy::bind(addr, proxy_settings::workers(b), b.defer_accept)
-        })
-        .with_context(|| format!("cannot listen on {addr} (balancer.listen)"))?;
+        let sockets = match inherited.as_ref().filter(|h| !h.listeners.is_empty()) {
+            Some(h) => h
+                .listeners
+                .iter()
+                .map(|fd| drove_proxy::handoff::listener_from_fd(*fd))
+                .collect::<std::io::Result<Vec<_>>>()
+                .context("cannot take over the balancer's listening sockets")?,
+            // SO_REUSEPORT (one socket per worker) would let a second drove bind the
+            // same address and the kernel split traffic between two deployments: check
+            // first.
+            None => listen::exclusive(addr, || {
+                drove_proxy::bind(addr, proxy_settings::workers(b), b.defer_accept)
+            })
+            .with_context(|| format!("cannot listen on {addr} (balancer.listen)"))?,
+        };
         let mut settings = proxy_settings::proxy_settings(b)?;
         settings.routes = proxy_settings::route_limits(&config, &[], None).await;
         if let Some(t) = &b.tls {
@@ -146,6 +174,26 @@ pub async fn up(config: Config, opts: UpOptions) -> anyhow::Result<()> {
             );
         }
         let p = Proxy::new(bal.clone(), settings).context("cannot open the access log")?;
+        if let Some(h) = &inherited {
+            // The instances that were in rotation are in rotation before the first
+            // request is accepted (the supervisor's own `ready` events follow).
+            if let Some(svc) = &balanced_service {
+                for i in h.instances.iter().filter(|i| &i.service == svc && i.ready) {
+                    let id =
+                        drove_supervisor::InstanceId::new(i.service.clone(), i.index).to_string();
+                    bal.upsert(BackendSpec {
+                        id: id.clone(),
+                        addr: SocketAddr::from(([127, 0, 0, 1], i.port.unwrap_or(0))),
+                        weight: 1,
+                        backup: false,
+                    });
+                    bal.set_enabled(&id, true);
+                }
+            }
+            bal.restore(&h.backends);
+            p.stats().restore(&h.counters.values);
+            p.adopt(upgrade::connections(&h.connections));
+        }
         listeners = Some(listeners::ProxyListeners::start(
             sockets,
             p.clone(),
@@ -157,21 +205,31 @@ pub async fn up(config: Config, opts: UpOptions) -> anyhow::Result<()> {
 
     // Admin listener (bound before the services start, so a port clash fails fast).
     let admin_addr = opts.admin_listen.unwrap_or(config.admin.listen);
-    let admin_listener = tokio::net::TcpListener::bind(admin_addr)
-        .await
-        .map_err(|e| listen::explain(admin_addr, e))
-        .with_context(|| format!("cannot listen on {admin_addr} (admin.listen)"))?;
+    let admin_listener = match inherited.as_ref().and_then(|h| h.admin) {
+        Some(fd) => tokio::net::TcpListener::from_std(
+            drove_proxy::handoff::listener_from_fd(fd)
+                .context("cannot take over the admin listening socket")?,
+        )?,
+        None => tokio::net::TcpListener::bind(admin_addr)
+            .await
+            .map_err(|e| listen::explain(admin_addr, e))
+            .with_context(|| format!("cannot listen on {admin_addr} (admin.listen)"))?,
+    };
     let admin = admin_listener.local_addr()?;
 
     // The guardian, then the supervisor: every process group spawned is reported to it.
-    let guardian = opts.guardian.as_ref().and_then(|exe| {
+    let adopted_guardian = inherited
+        .as_ref()
+        .and_then(|h| h.guardian)
+        .map(|(pid, fd)| Arc::new(Guardian::adopt(pid, fd)));
+    let guardian = adopted_guardian.or_else(|| opts.guardian.as_ref().and_then(|exe| {
         Guardian::start(exe, &["__guardian"])
             .map(Arc::new)
             .map_err(|e| {
                 tracing::warn!(error = %e, "cannot start the guardian process: instances' children may outlive a killed drove")
             })
             .ok()
-    });
+    }));
     let (events_tx, events_rx) = mpsc::unbounded_channel();
     let specs = services::specs(&config, balanced_service.as_deref());
     let supervisor = Supervisor::start(
@@ -181,6 +239,10 @@ pub async fn up(config: Config, opts: UpOptions) -> anyhow::Result<()> {
             log_to_stdout: opts.log_to_stdout,
             color: opts.color,
             guardian: guardian.clone(),
+            adopt: inherited
+                .as_ref()
+                .map(|h| h.instances.clone())
+                .unwrap_or_default(),
         },
     )
     .map_err(|e| {
@@ -208,7 +270,30 @@ pub async fn up(config: Config, opts: UpOptions) -> anyhow::Result<()> {
         shutdown: shutdown_tx.clone(),
         started: tokio::time::Instant::now(),
         notify: Arc::new(notify::Notifier::from_env()),
+        exe: opts
+            .guardian
+            .clone()
+            .or_else(|| std::env::current_exe().ok())
+            .unwrap_or_default(),
+        guardian: guardian.clone(),
+        upgrades: Mutex::new(match &inherited {
+            Some(h) => drove_api::UpgradeStatus {
+                count: h.upgrades + 1,
+                last: Some(h.report.clone()),
+                failed: None,
+            },
+            None => Default::default(),
+        }),
     });
+    if let Some(h) = &inherited {
+        println!(
+            "drove: upgraded from {} in {} ms: {} instance(s) kept, {} connection(s) handed over",
+            h.report.from_version,
+            h.report.took_ms,
+            h.instances.len(),
+            h.connections.len()
+        );
+    }
     let watchdog = running.notify.spawn_watchdog();
     let listen = running
         .reloadable
@@ -234,6 +319,7 @@ pub async fn up(config: Config, opts: UpOptions) -> anyhow::Result<()> {
         })
     };
     let hup_task = reload::on_sighup(running.clone())?;
+    let usr2_task = on_sigusr2(running.clone())?;
     let admin_state = admin::AdminState::new(running.clone());
     let sampler = admin::start_sampler(&admin_state, shutdown_rx.clone());
     {
@@ -291,6 +377,7 @@ pub async fn up(config: Config, opts: UpOptions) -> anyhow::Result<()> {
     }
     running.reloadable.lock().await.stop();
     hup_task.abort();
+    usr2_task.abort();
     events_task.abort();
     sampler.abort();
     if let Some(w) = watchdog {
@@ -301,6 +388,19 @@ pub async fn up(config: Config, opts: UpOptions) -> anyhow::Result<()> {
     }
     println!("drove: stopped");
     Ok(())
+}
+
+/// SIGUSR2 upgrades drove in place with the binary at its path (like nginx's USR2).
+fn on_sigusr2(r: Arc<Running>) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    let mut usr2 = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined2())?;
+    Ok(tokio::spawn(async move {
+        while usr2.recv().await.is_some() {
+            println!("drove: SIGUSR2, upgrading");
+            if let Err(why) = upgrade::start(&r, None).await {
+                println!("drove: upgrade refused: {why}");
+            }
+        }
+    }))
 }
 
 /// Tells systemd `READY=1` once every service has all its instances ready (the

@@ -45,6 +45,28 @@ impl ProxyListeners {
         })
     }
 
+    /// The listening sockets' descriptors (an upgrade keeps them open across `execve`).
+    pub(crate) fn raw_fds(&self) -> Vec<i32> {
+        use std::os::fd::AsRawFd;
+        self.sockets.iter().map(|s| s.as_raw_fd()).collect()
+    }
+
+    /// After a failed upgrade (its workers handed everything over and ended): workers
+    /// again on the very same sockets.
+    pub(crate) fn restart(
+        self,
+        proxy: Proxy,
+        shutdown: watch::Receiver<bool>,
+    ) -> std::io::Result<Self> {
+        let sockets = self
+            .sockets
+            .iter()
+            .map(TcpListener::try_clone)
+            .collect::<std::io::Result<Vec<_>>>()?;
+        let _ = self.stop.send(true);
+        Self::start(sockets, proxy, shutdown)
+    }
+
     /// Binds the sockets of a next generation: on the same address the current sockets
     /// are taken over (duplicates) and completed; elsewhere new ones are bound.
     pub(crate) fn bind_next(

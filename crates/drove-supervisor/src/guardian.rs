@@ -28,7 +28,7 @@
 use std::collections::BTreeMap;
 use std::io::{self, BufRead, Write};
 use std::path::Path;
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -48,8 +48,11 @@ const KILL_WAIT: Duration = Duration::from_secs(5);
 /// drove's end of the guardian: tells it which process groups to watch.
 #[derive(Debug)]
 pub struct Guardian {
-    pipe: Mutex<Option<ChildStdin>>,
-    child: Mutex<Child>,
+    pipe: Mutex<Option<std::fs::File>>,
+    /// The guardian process: our child, spawned here or by the drove this one replaced
+    /// (`drove upgrade` keeps the PID, so it stays our child).
+    child: Mutex<Option<Child>>,
+    pid: u32,
 }
 
 impl Guardian {
@@ -65,16 +68,41 @@ impl Guardian {
             .stderr(Stdio::inherit())
             .process_group(0)
             .spawn()?;
-        let pipe = child.stdin.take();
+        let pipe = child
+            .stdin
+            .take()
+            .map(|p| std::fs::File::from(std::os::fd::OwnedFd::from(p)));
         Ok(Guardian {
             pipe: Mutex::new(pipe),
-            child: Mutex::new(child),
+            pid: child.id(),
+            child: Mutex::new(Some(child)),
         })
     }
 
     /// The guardian's pid.
     pub fn pid(&self) -> u32 {
-        lock(&self.child).id()
+        self.pid
+    }
+
+    /// For an upgrade: the guardian's pid and the descriptor of the pipe to it (kept
+    /// open across `execve`, so the guardian never sees end of file).
+    pub fn hand_off(&self) -> Option<(u32, i32)> {
+        use std::os::fd::AsRawFd;
+        lock(&self.pipe).as_ref().map(|p| (self.pid, p.as_raw_fd()))
+    }
+
+    /// The guardian the drove before this one started (`drove upgrade`), with its pipe.
+    #[allow(unsafe_code)]
+    pub fn adopt(pid: u32, pipe_fd: i32) -> Guardian {
+        use std::os::fd::FromRawFd;
+        // SAFETY: the descriptor was listed in the hand-over by the drove before this
+        // one, which kept it open across `execve` for this; nothing else owns it.
+        let pipe = unsafe { std::fs::File::from_raw_fd(pipe_fd) };
+        Guardian {
+            pipe: Mutex::new(Some(pipe)),
+            child: Mutex::new(None),
+            pid,
+        }
     }
 
     fn send(&self, line: &str) {
@@ -109,7 +137,17 @@ impl Guardian {
         let mut child = lock(&self.child);
         let end = Instant::now() + Duration::from_secs(2);
         while Instant::now() < end {
-            if let Ok(Some(_)) = child.try_wait() {
+            let exited = match child.as_mut() {
+                Some(c) => matches!(c.try_wait(), Ok(Some(_))),
+                None => !matches!(
+                    nix::sys::wait::waitpid(
+                        nix::unistd::Pid::from_raw(self.pid as i32),
+                        Some(nix::sys::wait::WaitPidFlag::WNOHANG)
+                    ),
+                    Ok(nix::sys::wait::WaitStatus::StillAlive)
+                ),
+            };
+            if exited {
                 return;
             }
             std::thread::sleep(Duration::from_millis(10));

@@ -50,6 +50,7 @@ mod contain;
 mod error;
 mod event;
 mod guardian;
+mod handoff;
 mod logs;
 mod ports;
 mod probe;
@@ -65,6 +66,7 @@ pub use event::{
     ExitInfo, InstanceEvent, InstanceId, InstanceState, InstanceStatus, Replacement, RollingReport,
 };
 pub use guardian::{guardian_main, Guardian};
+pub use handoff::InstanceHandoff;
 pub use logs::{log_path, tail};
 pub use ports::{listening_on, port_in_use, PortHolder, PortInUse};
 pub use procfs::group_alive;

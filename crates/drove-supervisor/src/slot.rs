@@ -7,7 +7,7 @@ use std::process::ExitStatus;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
-use tokio::process::Child;
+use crate::handoff::{adopt_pipe, Adopted, InstanceHandoff, Proc};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::{sleep, sleep_until, Instant};
@@ -78,6 +78,9 @@ pub(crate) struct SlotShared {
     pub cpu_seconds: Option<f64>,
     /// A replacement was asked for the current process (reset on every spawn).
     pub replace_requested: bool,
+    /// The read ends of the current process's stdout and stderr pipes (listed in an
+    /// upgrade's hand-over).
+    pub out_fds: (Option<i32>, Option<i32>),
 }
 
 /// What the rest of the supervisor holds of a slot.
@@ -122,17 +125,28 @@ pub(crate) struct SlotCtx {
     pub cmds: mpsc::UnboundedReceiver<SlotCmd>,
     /// Told about every process group, so that none outlives a killed drove.
     pub guardian: Option<Arc<Guardian>>,
+    /// The process to take over instead of spawning the first one (an upgrade).
+    pub adopt: Option<InstanceHandoff>,
+    /// True while an upgrade hands the instances over: no process is started.
+    pub frozen: watch::Receiver<bool>,
+}
+
+/// What every slot of a supervisor shares (cloned into each new slot).
+pub(crate) struct SlotEnv {
+    pub events: mpsc::UnboundedSender<InstanceEvent>,
+    pub spawner: Spawner,
+    pub guardian: Option<Arc<Guardian>>,
+    pub frozen: watch::Receiver<bool>,
 }
 
 /// Creates the channels of a new slot; the caller spawns `run(ctx)`.
 pub(crate) fn new_slot(
     id: InstanceId,
     spec_src: SpecCell,
-    events: mpsc::UnboundedSender<InstanceEvent>,
-    spawner: Spawner,
     log: InstanceLog,
     replace: mpsc::UnboundedSender<ReplaceRequest>,
-    guardian: Option<Arc<Guardian>>,
+    adopt: Option<InstanceHandoff>,
+    env: SlotEnv,
 ) -> (SlotHandle, SlotCtx) {
     let (cmd_tx, cmds) = mpsc::unbounded_channel();
     let (state, state_rx) = watch::channel(InstanceState::Starting);
@@ -148,14 +162,16 @@ pub(crate) fn new_slot(
         id,
         spec,
         spec_src,
-        events,
-        spawner,
+        events: env.events,
+        spawner: env.spawner,
         log,
         replace,
         state,
         shared,
         cmds,
-        guardian,
+        guardian: env.guardian,
+        adopt,
+        frozen: env.frozen,
     };
     (handle, ctx)
 }
@@ -305,6 +321,9 @@ pub(crate) async fn run(mut ctx: SlotCtx) {
     // process is `Starting`, so that whoever waits for it to become ready next never
     // mistakes the old process's `Stopping` or `Backoff` for the new one's.
     let mut restarted: Option<oneshot::Sender<()>> = None;
+    if let Some(a) = &ctx.adopt {
+        ctx.shared().restarts = a.restarts;
+    }
     loop {
         if !first {
             ctx.shared().restarts += 1;
@@ -527,8 +546,14 @@ async fn recv_opt<T>(rx: &mut Option<(AbortOnDrop, mpsc::Receiver<T>)>) -> Optio
 /// Spawns one process and supervises it until it exits or is stopped. `restarted` is
 /// answered as soon as the state is `Starting` (see `run`).
 async fn run_process(ctx: &mut SlotCtx, restarted: Option<oneshot::Sender<()>>) -> Ended {
+    // An upgrade in progress: the process list is written down, nothing may start.
+    let _ = ctx.frozen.wait_for(|f| !*f).await;
     ctx.spec = lock(&ctx.spec_src).clone();
-    let port = ctx.port();
+    let adopt = ctx.adopt.take();
+    let port = match &adopt {
+        Some(a) => a.port,
+        None => ctx.port(),
+    };
     {
         let mut s = ctx.shared();
         s.port = port;
@@ -549,7 +574,7 @@ async fn run_process(ctx: &mut SlotCtx, restarted: Option<oneshot::Sender<()>>) 
     };
     // A fixed port someone else holds: the app would die with EADDRINUSE while the other
     // program answers its probes and gets its traffic. Refuse before spawning, saying who.
-    if let (PortSpec::Base(_), Some(p)) = (ctx.spec.port, port) {
+    if let (PortSpec::Base(_), Some(p), None) = (ctx.spec.port, port, &adopt) {
         if let Ok(Some(used)) =
             tokio::task::spawn_blocking(move || crate::ports::port_in_use(p)).await
         {
@@ -558,13 +583,22 @@ async fn run_process(ctx: &mut SlotCtx, restarted: Option<oneshot::Sender<()>>) 
         }
     }
     let env = spawn::instance_env(&ctx.spec, ctx.id.index, port);
-    let cmd = spawn::build(&ctx.spec, ctx.id.index, port, &env);
-    let mut child = match ctx.spawner.spawn(cmd).await {
-        Ok(c) => c,
-        Err(e) => return refused(format!("cannot start: {e}")),
-    };
-    let Some(pid) = child.id() else {
-        return refused("cannot start: the process ended at once".into());
+    let (mut child, pid, was_ready) = match &adopt {
+        Some(a) => (Proc::Adopted(Adopted::new(a.pid)), a.pid, a.ready),
+        None => {
+            // With a guardian, no parent-death signal: it would fire when an upgrade's
+            // `execve` ends the spawner thread (the guardian covers a killed drove).
+            let guarded = ctx.guardian.is_some();
+            let cmd = spawn::build(&ctx.spec, ctx.id.index, port, &env, guarded);
+            let child = match ctx.spawner.spawn(cmd).await {
+                Ok(c) => c,
+                Err(e) => return refused(format!("cannot start: {e}")),
+            };
+            let Some(pid) = child.id() else {
+                return refused("cannot start: the process ended at once".into());
+            };
+            (Proc::Spawned(child), pid, false)
+        }
     };
     let pgid = pid as i32;
     let mut guard = GroupGuard(Some(pgid));
@@ -576,29 +610,65 @@ async fn run_process(ctx: &mut SlotCtx, restarted: Option<oneshot::Sender<()>>) 
             &ctx.id.to_string(),
         );
     }
-    let started = Instant::now();
+    let uptime_before = adopt
+        .as_ref()
+        .map_or(Duration::ZERO, |a| Duration::from_millis(a.uptime_ms));
+    let started = Instant::now()
+        .checked_sub(uptime_before)
+        .unwrap_or_else(Instant::now);
+    // Output pumps end by themselves at EOF (when every holder of the pipes is gone).
+    let mut fds = (None, None);
+    match (&mut child, &adopt) {
+        (Proc::Spawned(c), _) => {
+            use std::os::fd::AsRawFd;
+            if let Some(out) = c.stdout.take() {
+                fds.0 = Some(out.as_raw_fd());
+                tokio::spawn(pump(out, ctx.log.clone()));
+            }
+            if let Some(err) = c.stderr.take() {
+                fds.1 = Some(err.as_raw_fd());
+                tokio::spawn(pump(err, ctx.log.clone()));
+            }
+        }
+        (Proc::Adopted(_), Some(a)) => {
+            for (fd, slot) in [(a.stdout_fd, &mut fds.0), (a.stderr_fd, &mut fds.1)] {
+                let Some(fd) = fd else { continue };
+                match adopt_pipe(fd) {
+                    Ok(p) => {
+                        *slot = Some(fd);
+                        tokio::spawn(pump(p, ctx.log.clone()));
+                    }
+                    Err(e) => {
+                        tracing::warn!(instance = %ctx.id, error = %e, "cannot read the adopted instance's output")
+                    }
+                }
+            }
+        }
+        (Proc::Adopted(_), None) => {}
+    }
     {
         let mut s = ctx.shared();
         s.pid = Some(pid);
         s.started_at = Some(started);
         s.last_probe_error = None;
+        s.out_fds = fds;
     }
-    // Output pumps end by themselves at EOF (when every holder of the pipes is gone).
-    if let Some(out) = child.stdout.take() {
-        tokio::spawn(pump(out, ctx.log.clone()));
+    if adopt.is_some() {
+        ctx.note(&format!(
+            "pid {pid} taken over after an upgrade of drove{}",
+            port.map(|p| format!(" (port {p})")).unwrap_or_default()
+        ));
+    } else {
+        ctx.note(&format!(
+            "started pid {pid}{}",
+            port.map(|p| format!(" on port {p}")).unwrap_or_default()
+        ));
     }
-    if let Some(err) = child.stderr.take() {
-        tokio::spawn(pump(err, ctx.log.clone()));
-    }
-    ctx.note(&format!(
-        "started pid {pid}{}",
-        port.map(|p| format!(" on port {p}")).unwrap_or_default()
-    ));
 
     // A panic while watching the process is contained and the watch starts again over
     // the same process (probes from the start); the process itself is not touched.
     let ended = loop {
-        let watch = supervise(ctx, &mut child, pid, port, &env, started);
+        let watch = supervise(ctx, &mut child, pid, port, &env, started, was_ready);
         if let Some(ended) = crate::contain::caught("instance watch", watch).await {
             break ended;
         }
@@ -643,6 +713,7 @@ async fn run_process(ctx: &mut SlotCtx, restarted: Option<oneshot::Sender<()>>) 
     {
         let mut s = ctx.shared();
         s.pid = None;
+        s.out_fds = (None, None);
         s.last_exit = exit;
         s.last_exit_at = Some(SystemTime::now());
         s.rss_bytes = None;
@@ -680,15 +751,17 @@ enum Supervised {
 /// The life of a running process: readiness, liveness, drain/undrain, stop requests.
 async fn supervise(
     ctx: &mut SlotCtx,
-    child: &mut Child,
+    child: &mut Proc,
     pid: u32,
     port: Option<u16>,
     env: &[(String, String)],
     started: Instant,
+    was_ready: bool,
 ) -> Supervised {
     let spec = ctx.spec.clone();
     let owner = port.map(|p| (p, pid));
-    let mut ready_probe = spec.ready.clone().map(|p| {
+    // Adopted after an upgrade while ready: in rotation at once (it never left).
+    let mut ready_probe = spec.ready.clone().filter(|_| !was_ready).map(|p| {
         let owner = owner.filter(|_| targets_own_port(&p));
         spawn_prober(p, port, env.to_vec(), spec.cwd.clone(), owner)
     });
@@ -833,7 +906,7 @@ async fn supervise(
 
 /// Takes the instance out of rotation: `Draining` event, then waits for the runtime's
 /// acknowledgement. Returns the exit status if the process exited meanwhile.
-async fn drain(ctx: &SlotCtx, child: &mut Child) -> Option<std::io::Result<ExitStatus>> {
+async fn drain(ctx: &SlotCtx, child: &mut Proc) -> Option<std::io::Result<ExitStatus>> {
     ctx.set_state(InstanceState::Draining);
     let (done, ack) = oneshot::channel();
     let grace = ctx.spec.stop_grace;
@@ -857,7 +930,7 @@ async fn drain(ctx: &SlotCtx, child: &mut Child) -> Option<std::io::Result<ExitS
 /// reaped and no live process of the group is left (or `KILL_WAIT` after SIGKILL).
 /// With `exited`, the leader has already been reaped and only the rest of the group is
 /// stopped.
-async fn terminate(ctx: &SlotCtx, child: &mut Child, pgid: i32, exited: bool) -> Option<ExitInfo> {
+async fn terminate(ctx: &SlotCtx, child: &mut Proc, pgid: i32, exited: bool) -> Option<ExitInfo> {
     let spec = &ctx.spec;
     if exited && group_empty(pgid) {
         return None;

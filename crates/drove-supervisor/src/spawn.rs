@@ -81,6 +81,7 @@ pub(crate) fn build(
     index: u32,
     port: Option<u16>,
     env: &[(String, String)],
+    guarded: bool,
 ) -> Command {
     let mut cmd = match &spec.command {
         CommandSpec::Shell(s) => {
@@ -101,7 +102,9 @@ pub(crate) fn build(
         .stderr(Stdio::piped())
         // Own group (pgid = pid): the stop signal and SIGKILL reach grandchildren too.
         .process_group(0);
-    set_parent_death_signal(&mut cmd);
+    if !guarded {
+        set_parent_death_signal(&mut cmd);
+    }
     cmd
 }
 

@@ -17,6 +17,7 @@ use crate::event::{
     InstanceEvent, InstanceId, InstanceState, InstanceStatus, Replacement, RollingReport,
 };
 use crate::guardian::Guardian;
+use crate::handoff::InstanceHandoff;
 use crate::logs::{self, InstanceLog};
 use crate::procfs;
 use crate::slot::{self, lock, ReplaceRequest, SlotCmd, SlotHandle, SpecCell};
@@ -43,6 +44,9 @@ pub struct SupervisorOptions {
     /// Told about every process group spawned, so that it can stop them if drove dies
     /// without doing so (see [`Guardian`]).
     pub guardian: Option<Arc<Guardian>>,
+    /// Instances to take over instead of starting them (`drove upgrade`: the list the
+    /// drove before this one wrote with [`Supervisor::freeze`]).
+    pub adopt: Vec<InstanceHandoff>,
 }
 
 /// Handle to a running supervisor; cheap to clone. Dropping every handle does not stop
@@ -72,6 +76,11 @@ struct Inner {
     id_width: usize,
     shutting_down: watch::Sender<bool>,
     shutdown_done: tokio::sync::Mutex<bool>,
+    /// True while an upgrade hands the instances over (see [`Supervisor::freeze`]).
+    frozen: watch::Sender<bool>,
+    /// Instances handed over by the drove before this one, by slot, until a slot takes
+    /// its own.
+    adopt: Mutex<HashMap<(String, u32), InstanceHandoff>>,
 }
 
 #[derive(Clone, Default)]
@@ -117,9 +126,32 @@ impl Supervisor {
             .map(|s| s.name.len() + 1 + digits(s.instances.max(1) + 1))
             .max()
             .unwrap_or(0);
+        let adopt: HashMap<(String, u32), InstanceHandoff> = opts
+            .adopt
+            .iter()
+            .map(|a| ((a.service.clone(), a.index), a.clone()))
+            .collect();
+        // Handed-over instances no slot of this config will take (a service removed, or
+        // fewer instances, in the file since): stopped, as a reload would have.
+        for a in adopt.values() {
+            let kept = specs
+                .iter()
+                .any(|s| s.name == a.service && a.index <= s.instances.max(1));
+            if !kept {
+                tracing::warn!(service = %a.service, index = a.index, pid = a.pid,
+                    "instance handed over by the previous drove is not in the config: stopping it");
+                procfs::signal_group(a.pid as i32, nix::sys::signal::Signal::SIGTERM);
+                let mut p = crate::handoff::Adopted::new(a.pid);
+                tokio::spawn(async move {
+                    let _ = p.wait().await;
+                });
+            }
+        }
         let inner = Arc::new(Inner {
             table: Mutex::new(Table::default()),
             events,
+            frozen: watch::channel(false).0,
+            adopt: Mutex::new(adopt),
             opts,
             spawner,
             id_width,
@@ -218,6 +250,52 @@ impl Supervisor {
     pub fn log_path(&self, id: &InstanceId) -> Option<PathBuf> {
         let svc = self.inner.service(&id.service).ok()?;
         Some(logs::log_path(&svc.spec().logs.dir, id))
+    }
+
+    /// Before an upgrade: no slot starts a process from now on (stops and exits go on
+    /// being watched), and the running ones are listed for the next drove to take over
+    /// ([`SupervisorOptions::adopt`]). [`Supervisor::thaw`] undoes it if the upgrade fails.
+    pub async fn freeze(&self) -> Vec<InstanceHandoff> {
+        self.inner.frozen.send_replace(true);
+        // A slot that passed the check just before is spawning now: let it finish, so
+        // that its process is listed.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut out = Vec::new();
+        for svc in self.inner.services() {
+            for h in lock(&svc.slots).values() {
+                let s = h.shared();
+                let Some(pid) = s.pid else { continue };
+                out.push(InstanceHandoff {
+                    service: svc.name.clone(),
+                    index: h.id.index,
+                    pid,
+                    port: s.port,
+                    ready: matches!(
+                        h.state(),
+                        crate::InstanceState::Ready | crate::InstanceState::Draining
+                    ),
+                    restarts: s.restarts,
+                    uptime_ms: s.started_at.map_or(0, |t| t.elapsed().as_millis() as u64),
+                    stdout_fd: s.out_fds.0,
+                    stderr_fd: s.out_fds.1,
+                });
+            }
+        }
+        out
+    }
+
+    /// The upgrade did not happen: slots start processes again.
+    pub fn thaw(&self) {
+        self.inner.frozen.send_replace(false);
+    }
+
+    /// The desired instance count of every service.
+    pub fn desired_counts(&self) -> Vec<(String, u32)> {
+        self.inner
+            .services()
+            .iter()
+            .map(|s| (s.name.clone(), s.desired.load(Ordering::Relaxed)))
+            .collect()
     }
 
     /// One entry per existing slot, services in start order, slots by index.
@@ -575,15 +653,15 @@ impl Inner {
             self.opts.color,
             self.id_width,
         );
-        let (handle, ctx) = slot::new_slot(
-            id,
-            svc.spec.clone(),
-            self.events.clone(),
-            self.spawner.clone(),
-            log,
-            svc.replace.clone(),
-            self.opts.guardian.clone(),
-        );
+        let adopt = lock(&self.adopt).remove(&(svc.name.clone(), index));
+        let env = slot::SlotEnv {
+            events: self.events.clone(),
+            spawner: self.spawner.clone(),
+            guardian: self.opts.guardian.clone(),
+            frozen: self.frozen.subscribe(),
+        };
+        let (handle, ctx) =
+            slot::new_slot(id, svc.spec.clone(), log, svc.replace.clone(), adopt, env);
         let mut slots = lock(&svc.slots);
         // Checked under the slots lock: shutdown sets the flag before it reads the slots,
         // so a slot is either refused here or seen (and stopped) by shutdown.

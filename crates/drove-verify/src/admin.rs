@@ -302,6 +302,7 @@ mod tests {
             instances[1].service = None;
         }
         Status::from_doc(&api::Status {
+            upgrades: Default::default(),
             version: "0".into(),
             pid: 1,
             uptime_s: 1.0,

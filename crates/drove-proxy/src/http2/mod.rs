@@ -99,7 +99,9 @@ pub(crate) async fn serve<S: ClientIo>(w: Rc<Worker>, client: Client<S>, mut sto
     let resets = Rc::new(Cell::new(0u32));
     let open = Rc::new(Cell::new(0u32));
     let mut accepted = 0u32;
-    let mut closing = stop.stopping();
+    // An upgrade cannot move an HTTP/2 connection (its state is in this process): it
+    // is asked to go away like at a reload.
+    let mut closing = stop.stopping() || stop.handing_off();
     if closing {
         conn.graceful_shutdown();
     }
@@ -139,6 +141,10 @@ pub(crate) async fn serve<S: ClientIo>(w: Rc<Worker>, client: Client<S>, mut sto
                 conn.graceful_shutdown();
             }
             _ = stop.retire.changed(), if !closing => {
+                closing = true;
+                conn.graceful_shutdown();
+            }
+            _ = stop.handoff.changed(), if !closing => {
                 closing = true;
                 conn.graceful_shutdown();
             }

@@ -26,7 +26,7 @@ pub(crate) mod compress;
 pub(crate) mod finish;
 pub(crate) mod forward;
 pub(crate) mod info;
-mod relay;
+pub(crate) mod relay;
 pub(crate) mod respond;
 pub(crate) mod retry;
 

@@ -10,8 +10,10 @@ use super::forward::Answer;
 use super::{answer, respond, Ctx};
 use crate::conn::Client;
 use crate::h1::{Chunked, Framing};
+use crate::handoff::HandedConnection;
 use crate::sock::{Buf, ClientIo, Sock};
 use crate::worker::Worker;
+use std::rc::Rc;
 
 /// Relays `answer` to the client. Returns whether the client connection stays open.
 pub(crate) async fn response<S: ClientIo>(
@@ -348,9 +350,58 @@ async fn tunnel<S: ClientIo>(
     let stats = &w.proxy.stats;
     stats.active_tunnels.fetch_add(1, Relaxed);
     let mut other = w.buffers.input();
-    let (to_client, _) = crate::sock::tunnel(&client.sock, up, (&mut ubuf, &mut other)).await;
+    // A plain tunnel can move to the next drove at an upgrade; a TLS one cannot.
+    let handoff = client
+        .sock
+        .handoff_stream()
+        .map(|_| w.proxy.handoff.requested.subscribe());
+    let (to_client, _, handed) =
+        crate::sock::tunnel(&client.sock, up, (&mut ubuf, &mut other), handoff).await;
     stats.active_tunnels.fetch_sub(1, Relaxed);
+    if handed {
+        if let (Some(c), Ok(u), Some(b)) = (client.sock.handoff_stream(), up.dup(), &ctx.backend) {
+            w.proxy.handoff.give(HandedConnection::Tunnel {
+                client: c,
+                upstream: u,
+                backend: b.id().to_string(),
+            });
+        }
+    }
     ctx.body_bytes = to_client;
     w.buffers.recycle_input(other);
     w.buffers.recycle_input(ubuf);
+}
+
+/// A tunnel handed over by the drove this one replaced (`drove upgrade`): it counts in
+/// flight on its backend again, and can be handed over again.
+pub(crate) async fn adopted_tunnel(
+    w: Rc<Worker>,
+    client: std::net::TcpStream,
+    upstream: std::net::TcpStream,
+    backend: String,
+    _stop: crate::worker::Stop,
+) {
+    let _open = crate::worker::OpenConnection::new(&w);
+    let _ = (client.set_nonblocking(true), upstream.set_nonblocking(true));
+    let (c, u) = (Sock::unregistered(client), Sock::unregistered(upstream));
+    let bal = &w.proxy.balancer;
+    let in_flight = bal.find(&backend).map(|b| bal.start(&b));
+    let stats = &w.proxy.stats;
+    stats.active_tunnels.fetch_add(1, Relaxed);
+    let (mut a, mut b) = (w.buffers.input(), w.buffers.input());
+    let handoff = Some(w.proxy.handoff.requested.subscribe());
+    let (_, _, handed) = crate::sock::tunnel(&c, &u, (&mut a, &mut b), handoff).await;
+    stats.active_tunnels.fetch_sub(1, Relaxed);
+    if handed {
+        if let (Ok(c), Ok(u)) = (c.dup(), u.dup()) {
+            w.proxy.handoff.give(HandedConnection::Tunnel {
+                client: c,
+                upstream: u,
+                backend,
+            });
+        }
+    }
+    drop(in_flight);
+    w.buffers.recycle_input(a);
+    w.buffers.recycle_input(b);
 }

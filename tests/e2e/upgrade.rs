@@ -1,0 +1,152 @@
+//! `drove upgrade` replaces the running drove in place: under mixed load (keep-alive
+//! GETs and POSTs, 20 WebSockets exchanging messages) five upgrades in a row fail no
+//! request and refuse no connection, keep every instance (same PIDs, never restarted)
+//! and every WebSocket, and the counters go on; a binary that refuses to take over
+//! (exits 1, or reads another hand-over format) leaves the running drove serving, with
+//! the reason; SIGUSR2 upgrades too.
+
+use std::os::unix::fs::PermissionsExt;
+use std::time::{Duration, Instant};
+
+use drove_test_support::{alive, tempdir, wait_until, Drove};
+
+use crate::drove;
+use crate::reload::{under_load, Sockets};
+
+fn config() -> String {
+    format!(
+        r#"[services.web]
+command = ["{drove}", "demo"]
+instances = 3
+port = "auto"
+ready = {{ http = "/ready", interval = "50ms" }}
+logs = {{ dir = "logs" }}
+
+[balancer]
+service = "web"
+workers = 2
+instance_header = "X-Drove-Instance"
+"#,
+        drove = drove().display()
+    )
+}
+
+/// The pid of every instance, by id.
+fn instance_pids(d: &Drove) -> Vec<(String, Option<u32>, Option<u32>)> {
+    d.status()
+        .instances
+        .iter()
+        .map(|i| (i.id.clone(), i.pid, i.restarts))
+        .collect()
+}
+
+#[test]
+fn five_upgrades_under_load_fail_nothing_and_keep_instances_and_websockets() {
+    let d = Drove::up(drove(), &config());
+    assert!(d.wait_in_rotation(3, Duration::from_secs(20)));
+    let addr = d.addr();
+    let before = instance_pids(&d);
+    assert_eq!(before.len(), 3);
+    let sockets = Sockets::open(addr, 20);
+    sockets.check();
+    let mut took = Vec::new();
+    let requests_before = d.metric("drove_balancer_requests_total").unwrap_or(0.0);
+    let backend_requests = |d: &Drove| d.status().backend("web.1").map_or(0, |b| b.requests);
+    let web1_before = backend_requests(&d);
+    under_load(addr, || {
+        for round in 1..=5 {
+            let t = Instant::now();
+            let out = d.cli_ok(&["upgrade", "--binary", drove().to_str().unwrap()]);
+            took.push(t.elapsed());
+            assert!(out.contains("upgraded"), "upgrade {round}: {out}");
+            let st = d.status();
+            assert_eq!(st.pid, d.proc.pid() as u32, "same drove process");
+            assert_eq!(st.upgrades.count, round);
+            let last = st.upgrades.last.expect("the upgrade's report");
+            assert_eq!(last.instances_kept, 3, "{last:?}");
+            assert!(
+                last.connections_handed >= 20,
+                "the WebSockets (and idle keep-alive connections) are handed over: {last:?}"
+            );
+            sockets.check();
+            eprintln!("upgrade {round}: {:?} ({out:?})", t.elapsed());
+        }
+    });
+    assert_eq!(instance_pids(&d), before, "same instance pids, no restart");
+    for (_, pid, _) in &before {
+        assert!(alive(pid.unwrap()));
+    }
+    let errors = sockets.stop();
+    assert!(errors.is_empty(), "websockets: {errors:?}");
+    // The counters went on from where they were (they are not reset by an upgrade).
+    let requests_after = d.metric("drove_balancer_requests_total").unwrap();
+    assert!(
+        requests_after > requests_before + 100.0,
+        "{requests_before} -> {requests_after}"
+    );
+    // Per-instance counters too (they live in the balancer's backends).
+    let web1_after = backend_requests(&d);
+    assert!(
+        web1_after > web1_before + 30,
+        "web.1: {web1_before} -> {web1_after}"
+    );
+    eprintln!("upgrade durations (CLI, check to new drove answering): {took:?}");
+    let log = d.proc.stdout.lock().unwrap().join("\n");
+    assert_eq!(
+        log.matches("[drove] started pid").count(),
+        3,
+        "only the first three instances were ever started:\n{log}"
+    );
+    d.stop();
+}
+
+#[test]
+fn a_binary_that_refuses_leaves_drove_serving() {
+    let d = Drove::up(drove(), &config());
+    assert!(d.wait_in_rotation(3, Duration::from_secs(20)));
+    let before = instance_pids(&d);
+    let dir = tempdir("upgrade-refused");
+    let script = |name: &str, body: &str| {
+        let p = dir.join(name);
+        std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        p
+    };
+    let failing = script("fails", "echo 'not today' >&2; exit 1");
+    let other_format = script(
+        "other-format",
+        r#"echo '{"version":"9.9.9","handoff_format":99}'"#,
+    );
+    for (bin, expect) in [
+        (&failing, "not today"),
+        (&other_format, "hand-over format 99"),
+    ] {
+        let out = d.cli(&["upgrade", "--binary", bin.to_str().unwrap()]);
+        assert!(!out.status.success(), "{bin:?} must be refused");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(expect), "{bin:?}: {err}");
+        // Still serving, nothing touched.
+        let r = drove_test_support::http::request(d.addr(), "GET", "/whoami", &[], b"").unwrap();
+        assert_eq!(r.status, 200);
+        let st = d.status();
+        assert_eq!(st.upgrades.count, 0);
+        assert!(st.upgrades.failed.as_deref().unwrap_or("").contains(expect));
+    }
+    assert_eq!(instance_pids(&d), before);
+    d.stop();
+}
+
+#[test]
+fn sigusr2_upgrades_in_place() {
+    let d = Drove::up(drove(), &config());
+    assert!(d.wait_in_rotation(3, Duration::from_secs(20)));
+    let before = instance_pids(&d);
+    drove_test_support::signal(d.proc.pid(), nix::sys::signal::Signal::SIGUSR2);
+    assert!(
+        wait_until(Duration::from_secs(30), || d.status().upgrades.count == 1),
+        "SIGUSR2 did not upgrade drove"
+    );
+    assert!(d.wait_in_rotation(3, Duration::from_secs(10)));
+    assert_eq!(instance_pids(&d), before);
+    d.stop();
+}
