@@ -148,5 +148,38 @@ fn sigusr2_upgrades_in_place() {
     );
     assert!(d.wait_in_rotation(3, Duration::from_secs(10)));
     assert_eq!(instance_pids(&d), before);
+    // Instances started after the upgrade inherit none of drove's descriptors (the
+    // hand-over's sockets and pipes are close-on-exec again).
+    d.cli_ok(&["restart", "web"]);
+    let drove_sockets = sockets_of(d.proc.pid() as u32);
+    assert!(!drove_sockets.is_empty());
+    for (id, pid, _) in instance_pids(&d) {
+        let pid = pid.expect("running");
+        assert!(
+            !before.iter().any(|b| b.1 == Some(pid)),
+            "{id} was restarted"
+        );
+        let shared: Vec<_> = sockets_of(pid)
+            .intersection(&drove_sockets)
+            .cloned()
+            .collect();
+        assert!(
+            shared.is_empty(),
+            "{id} (pid {pid}) inherited drove's sockets {shared:?}"
+        );
+    }
     d.stop();
+}
+
+/// The socket inodes a process holds open.
+fn sockets_of(pid: u32) -> std::collections::BTreeSet<String> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| std::fs::read_link(e.path()).ok())
+                .map(|l| l.to_string_lossy().into_owned())
+                .filter(|l| l.starts_with("socket:"))
+                .collect()
+        })
+        .unwrap_or_default()
 }

@@ -76,7 +76,8 @@ pub struct HandedOff {
     pub took: Duration,
 }
 
-/// A listening socket kept open across `execve` by the drove before this one.
+/// A listening socket kept open across `execve` by the drove before this one (or
+/// passed by systemd's socket activation).
 #[allow(unsafe_code)]
 pub fn listener_from_fd(fd: i32) -> std::io::Result<std::net::TcpListener> {
     use std::os::fd::FromRawFd;
@@ -85,7 +86,11 @@ pub fn listener_from_fd(fd: i32) -> std::io::Result<std::net::TcpListener> {
     // it open across `execve` for exactly this purpose; it is checked to be an open
     // socket above, and nothing else in this process knows the number: this is its only
     // owner.
-    let l = unsafe { std::net::TcpListener::from_raw_fd(fd) };
+    let inherited = unsafe { std::net::TcpListener::from_raw_fd(fd) };
+    // Inherited without close-on-exec: a duplicate that has it (and the inherited
+    // number closed), so that no instance started later inherits the socket.
+    let l = inherited.try_clone()?;
+    drop(inherited);
     l.set_nonblocking(true)?;
     Ok(l)
 }
@@ -96,7 +101,9 @@ pub fn stream_from_fd(fd: i32) -> std::io::Result<TcpStream> {
     use std::os::fd::FromRawFd;
     check_socket(fd)?;
     // SAFETY: as in `listener_from_fd`.
-    Ok(unsafe { TcpStream::from_raw_fd(fd) })
+    let inherited = unsafe { TcpStream::from_raw_fd(fd) };
+    // With close-on-exec again (see `listener_from_fd`).
+    inherited.try_clone()
 }
 
 /// Refuses a number that is not an open socket (a corrupt hand-over must not make

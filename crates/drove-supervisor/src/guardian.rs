@@ -97,9 +97,13 @@ impl Guardian {
         use std::os::fd::FromRawFd;
         // SAFETY: the descriptor was listed in the hand-over by the drove before this
         // one, which kept it open across `execve` for this; nothing else owns it.
-        let pipe = unsafe { std::fs::File::from_raw_fd(pipe_fd) };
+        let inherited = unsafe { std::fs::File::from_raw_fd(pipe_fd) };
+        // With close-on-exec again: an instance that inherited the pipe would keep it
+        // open after drove died, and the guardian would never see end of file.
+        let pipe = inherited.try_clone().ok();
+        drop(inherited);
         Guardian {
-            pipe: Mutex::new(Some(pipe)),
+            pipe: Mutex::new(pipe),
             child: Mutex::new(None),
             pid,
         }

@@ -102,6 +102,10 @@ pub(crate) fn adopt_pipe(fd: i32) -> io::Result<tokio::net::unix::pipe::Receiver
     // SAFETY: `fd` was listed in the hand-over by the drove before this one, which kept
     // it open across `execve` for exactly this purpose; nothing else in this process
     // knows the number, so this is its only owner.
-    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    let inherited = unsafe { OwnedFd::from_raw_fd(fd) };
+    // Inherited without close-on-exec: a duplicate that has it, so that no instance
+    // started later inherits another one's output pipe.
+    let owned = inherited.try_clone()?;
+    drop(inherited);
     tokio::net::unix::pipe::Receiver::from_owned_fd(owned)
 }
