@@ -167,3 +167,95 @@ fn the_exported_unit_is_a_valid_notify_service() {
         Err(e) => eprintln!("systemd-analyze not available ({e}); unit content checked only"),
     }
 }
+
+/// What systemd does for a socket unit, in Python (always there for the tests, unlike
+/// systemd itself in a container): listen on each address, put the sockets at
+/// descriptors 3, 4, ..., set `LISTEN_PID` (this very process: exec keeps it),
+/// `LISTEN_FDS` and `LISTEN_FDNAMES`, and exec the command.
+const ACTIVATE: &str = r#"
+import os, socket, sys
+addrs, names, cmd = sys.argv[1].split(","), sys.argv[2], sys.argv[3:]
+socks = []
+for a in addrs:
+    host, port = a.rsplit(":", 1)
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((host, int(port)))
+    s.listen(128)
+    socks.append(s)
+# Duplicates above the target range first: a socket may itself sit at 3 or 4.
+tmp = [os.dup(s.fileno()) for s in socks]
+for i, t in enumerate(tmp):
+    os.dup2(t, 3 + i, inheritable=True)
+os.environ.update(LISTEN_PID=str(os.getpid()), LISTEN_FDS=str(len(addrs)), LISTEN_FDNAMES=names)
+os.execv(cmd[0], cmd)
+"#;
+
+/// Socket activation: drove serves on the sockets systemd passes (`LISTEN_FDS`): the
+/// balancer's and, named `admin`, the admin API's; the config's `listen` addresses are
+/// not bound; the instances inherit neither the sockets nor the `LISTEN_*` variables.
+#[test]
+fn socket_activation_serves_on_the_sockets_systemd_passes() {
+    let dir = tempdir("activation");
+    let path = dir.join("drove.toml");
+    // The config's own addresses would fail if drove bound them (ports 1 and 2 need
+    // root, and are not what the test connects to).
+    let text = config("5s").replace("[balancer]\n", "[balancer]\nlisten = \"127.0.0.1:1\"\n")
+        + "\n[admin]\nlisten = \"127.0.0.1:2\"\n";
+    std::fs::write(&path, text).unwrap();
+    let (bal, adm) = (
+        drove_test_support::free_port(),
+        drove_test_support::free_port(),
+    );
+    let mut cmd = std::process::Command::new("python3");
+    cmd.args(["-c", ACTIVATE])
+        .arg(format!("127.0.0.1:{bal},127.0.0.1:{adm}"))
+        .arg("balancer:admin")
+        .arg(drove())
+        .args(["up", "-c"])
+        .arg(&path)
+        .current_dir(&dir);
+    let proc = drove_test_support::Proc::spawn_capturing_stderr(cmd);
+    let balancer: std::net::SocketAddr = format!("127.0.0.1:{bal}").parse().unwrap();
+    let d = Drove {
+        proc,
+        listen: Some(balancer),
+        admin: format!("127.0.0.1:{adm}").parse().unwrap(),
+        config: path.clone(),
+        exe: drove().to_path_buf(),
+    };
+    assert!(
+        d.proc
+            .wait_line(Duration::from_secs(20), |l| l
+                .starts_with("drove: admin API"))
+            .is_some(),
+        "drove did not start: {:?}",
+        d.proc.stdout.lock().unwrap()
+    );
+    assert!(d.wait_in_rotation(3, Duration::from_secs(20)));
+    let st = d.status();
+    assert_eq!(st.admin.port(), adm);
+    assert_eq!(st.balancer.as_ref().unwrap().listen, Some(balancer));
+    let r = drove_test_support::http::request(balancer, "GET", "/whoami", &[], b"").unwrap();
+    assert_eq!(r.status, 200);
+    let drove_sockets = crate::upgrade::sockets_of(d.proc.pid() as u32);
+    for i in &st.instances {
+        let pid = i.pid.unwrap();
+        let shared: Vec<_> = crate::upgrade::sockets_of(pid)
+            .intersection(&drove_sockets)
+            .cloned()
+            .collect();
+        assert!(
+            shared.is_empty(),
+            "{} inherited drove's sockets {shared:?}",
+            i.id
+        );
+        let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+        assert!(
+            !String::from_utf8_lossy(&env).contains("LISTEN_FDS"),
+            "{} sees LISTEN_FDS",
+            i.id
+        );
+    }
+    d.stop();
+}

@@ -172,7 +172,7 @@ fn sigusr2_upgrades_in_place() {
 }
 
 /// The socket inodes a process holds open.
-fn sockets_of(pid: u32) -> std::collections::BTreeSet<String> {
+pub(crate) fn sockets_of(pid: u32) -> std::collections::BTreeSet<String> {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
         .map(|d| {
             d.flatten()

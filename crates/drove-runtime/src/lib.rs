@@ -10,6 +10,7 @@
 //! finish, then stop the services in reverse dependency order.
 //! Main entry points: [`up`] and [`admin_client::request`].
 
+mod activation;
 pub mod admin;
 pub mod admin_client;
 pub mod contain;
@@ -117,6 +118,13 @@ pub async fn up(config: Config, opts: UpOptions) -> anyhow::Result<()> {
     // Started by `drove upgrade`: sockets, instances and counters come from the drove
     // this one replaces, instead of being bound and spawned.
     let inherited = upgrade::take_inherited()?;
+    // Started by systemd with sockets it listens on (only at a first start: an upgrade
+    // hands over what was activated then).
+    let mut activated = match &inherited {
+        Some(_) => None,
+        None => activation::take()?,
+    }
+    .unwrap_or_default();
     let mut config = config;
     if let Some(h) = &inherited {
         // A `drove scale` since startup holds across the upgrade.
@@ -157,6 +165,10 @@ pub async fn up(config: Config, opts: UpOptions) -> anyhow::Result<()> {
                 .map(|fd| drove_proxy::handoff::listener_from_fd(*fd))
                 .collect::<std::io::Result<Vec<_>>>()
                 .context("cannot take over the balancer's listening sockets")?,
+            None if !activated.balancer.is_empty() => activation::for_workers(
+                std::mem::take(&mut activated.balancer),
+                proxy_settings::workers(b),
+            )?,
             // SO_REUSEPORT (one socket per worker) would let a second drove bind the
             // same address and the kernel split traffic between two deployments: check
             // first.
@@ -205,12 +217,13 @@ pub async fn up(config: Config, opts: UpOptions) -> anyhow::Result<()> {
 
     // Admin listener (bound before the services start, so a port clash fails fast).
     let admin_addr = opts.admin_listen.unwrap_or(config.admin.listen);
-    let admin_listener = match inherited.as_ref().and_then(|h| h.admin) {
-        Some(fd) => tokio::net::TcpListener::from_std(
+    let admin_listener = match (inherited.as_ref().and_then(|h| h.admin), activated.admin) {
+        (Some(fd), _) => tokio::net::TcpListener::from_std(
             drove_proxy::handoff::listener_from_fd(fd)
                 .context("cannot take over the admin listening socket")?,
         )?,
-        None => tokio::net::TcpListener::bind(admin_addr)
+        (None, Some(l)) => tokio::net::TcpListener::from_std(l)?,
+        (None, None) => tokio::net::TcpListener::bind(admin_addr)
             .await
             .map_err(|e| listen::explain(admin_addr, e))
             .with_context(|| format!("cannot listen on {admin_addr} (admin.listen)"))?,
