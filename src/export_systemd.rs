@@ -67,6 +67,7 @@ pub fn unit(
          NotifyAccess=main\n\
          ExecStart={exe} up -c {file}\n\
          ExecReload={exe} reload -c {file}\n\
+         # A new drove binary without downtime: `systemctl kill -s USR2 drove` (= drove upgrade).\n\
          WorkingDirectory={dir}\n\
          # READY=1 comes once every instance is ready.\n\
          TimeoutStartSec={start}\n\

@@ -233,12 +233,15 @@ pub async fn replace(r: &Arc<Running>, binary: PathBuf, check: api::UpgradeCheck
         instances,
         connections,
     };
+    // systemd (Type=notify) waits for the new drove's READY=1, as around a reload.
+    r.notify.reloading();
     let failed = match exec(&binary, &handoff, &keep) {
         Ok(never) => match never {},
         Err(e) => e,
     };
     // Still here: nothing was replaced. Serve again exactly as before.
     tracing::error!(error = %failed, "upgrade failed; drove goes on serving");
+    r.notify.ready("upgrade failed; serving as before");
     r.supervisor.thaw();
     if let Some(p) = &r.proxy {
         p.adopt(handed.connections);
@@ -369,6 +372,13 @@ pub async fn start(
 ) -> Result<api::UpgradeAnswer, String> {
     let binary = binary.unwrap_or_else(|| default_binary(r));
     let config = r.config.load().path.clone();
+    if r.guardian.is_none() && !r.supervisor.services().is_empty() {
+        let why = "no guardian process runs, so the instances carry PR_SET_PDEATHSIG and would be killed by the upgrade's execve: restart drove instead".to_string();
+        if let Ok(mut u) = r.upgrades.lock() {
+            u.failed = Some(why.clone());
+        }
+        return Err(why);
+    }
     let record_failure = |why: &str| {
         if let Ok(mut u) = r.upgrades.lock() {
             u.failed = Some(why.to_string());

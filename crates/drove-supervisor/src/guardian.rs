@@ -1,11 +1,13 @@
 //! The guardian: one small helper process per drove that stops what drove started when
 //! drove itself dies without doing it (`kill -9`, an OOM kill, a crash).
 //!
-//! Why it exists: every instance is spawned with `PR_SET_PDEATHSIG = SIGKILL`, but the
-//! kernel sends that signal to the *direct* child only. An app run through `sh -c 'cd
-//! app && node server.js'`, or one that forks workers (gunicorn, node cluster), leaves
-//! processes that outlive a killed drove, keep their ports and answer the next drove's
-//! probes. Process groups do not help by themselves: nobody is left to signal them.
+//! Why it exists: `PR_SET_PDEATHSIG = SIGKILL` (what instances get when no guardian
+//! runs) reaches the *direct* child only, and it cannot be used with `drove upgrade`
+//! (it fires when `execve` ends the spawning thread), so with a guardian instances are
+//! spawned without it and the guardian alone stops them when drove dies. Even the
+//! signal would not be enough: an app run through `sh -c 'cd app && node server.js'`,
+//! or one that forks workers (gunicorn, node cluster), leaves processes that outlive a
+//! killed drove, keep their ports and answer the next drove's probes. Process groups do not help by themselves: nobody is left to signal them.
 //!
 //! How: drove starts `drove __guardian` (any program that calls [`guardian_main`]) in its
 //! own process group, with a pipe as its stdin. For every instance process group drove
