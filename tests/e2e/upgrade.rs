@@ -31,6 +31,12 @@ instance_header = "X-Drove-Instance"
     )
 }
 
+/// GET /api/dashboard.
+fn dashboard(d: &Drove) -> drove_api::Dashboard {
+    let r = drove_test_support::http::get(d.admin, "/api/dashboard").unwrap();
+    serde_json::from_slice(&r.body).expect("a dashboard document")
+}
+
 /// The pid of every instance, by id.
 fn instance_pids(d: &Drove) -> Vec<(String, Option<u32>, Option<u32>)> {
     d.status()
@@ -42,13 +48,34 @@ fn instance_pids(d: &Drove) -> Vec<(String, Option<u32>, Option<u32>)> {
 
 #[test]
 fn five_upgrades_under_load_fail_nothing_and_keep_instances_and_websockets() {
-    let d = Drove::up(drove(), &config());
+    // A service that writes a line every 50 ms: its log file must keep growing after
+    // every upgrade (each drove reads the output pipes the one before handed over).
+    let ticker = r#"
+[services.ticker]
+command = ["sh", "-c", "while true; do echo tick; sleep 0.05; done"]
+logs = { dir = "logs" }
+"#;
+    let d = Drove::up(drove(), &format!("{}{ticker}", config()));
     assert!(d.wait_in_rotation(3, Duration::from_secs(20)));
     let addr = d.addr();
     let before = instance_pids(&d);
-    assert_eq!(before.len(), 3);
+    assert_eq!(before.len(), 4);
+    let ticker_log = d.config.parent().unwrap().join("logs/ticker.1.log");
+    let ticks = || {
+        std::fs::read_to_string(&ticker_log)
+            .map(|t| t.matches("tick").count())
+            .unwrap_or(0)
+    };
     let sockets = Sockets::open(addr, 20);
     sockets.check();
+    // The dashboard's history before the first upgrade: its points must survive them.
+    std::thread::sleep(Duration::from_millis(2200));
+    let first_point = dashboard(&d)
+        .history
+        .t
+        .first()
+        .copied()
+        .expect("history points");
     let mut took = Vec::new();
     let requests_before = d.metric("drove_balancer_requests_total").unwrap_or(0.0);
     let backend_requests = |d: &Drove| d.status().backend("web.1").map_or(0, |b| b.requests);
@@ -63,12 +90,17 @@ fn five_upgrades_under_load_fail_nothing_and_keep_instances_and_websockets() {
             assert_eq!(st.pid, d.proc.pid() as u32, "same drove process");
             assert_eq!(st.upgrades.count, round);
             let last = st.upgrades.last.expect("the upgrade's report");
-            assert_eq!(last.instances_kept, 3, "{last:?}");
+            assert_eq!(last.instances_kept, 4, "{last:?}");
             assert!(
                 last.connections_handed >= 20,
                 "the WebSockets (and idle keep-alive connections) are handed over: {last:?}"
             );
             sockets.check();
+            let seen = ticks();
+            assert!(
+                wait_until(Duration::from_secs(5), || ticks() > seen + 2),
+                "upgrade {round}: the ticker's output is no longer read ({seen} lines)"
+            );
             eprintln!("upgrade {round}: {:?} ({out:?})", t.elapsed());
         }
     });
@@ -84,6 +116,9 @@ fn five_upgrades_under_load_fail_nothing_and_keep_instances_and_websockets() {
         requests_after > requests_before + 100.0,
         "{requests_before} -> {requests_after}"
     );
+    // The dashboard's history goes on: its oldest point is from before the upgrades.
+    let h = dashboard(&d).history;
+    assert_eq!(h.t.first().copied(), Some(first_point), "{:?}", h.t);
     // Per-instance counters too (they live in the balancer's backends).
     let web1_after = backend_requests(&d);
     assert!(
@@ -94,8 +129,8 @@ fn five_upgrades_under_load_fail_nothing_and_keep_instances_and_websockets() {
     let log = d.proc.stdout.lock().unwrap().join("\n");
     assert_eq!(
         log.matches("[drove] started pid").count(),
-        3,
-        "only the first three instances were ever started:\n{log}"
+        4,
+        "only the first four instances were ever started:\n{log}"
     );
     d.stop();
 }
@@ -143,7 +178,9 @@ fn sigusr2_upgrades_in_place() {
     let before = instance_pids(&d);
     drove_test_support::signal(d.proc.pid(), nix::sys::signal::Signal::SIGUSR2);
     assert!(
-        wait_until(Duration::from_secs(30), || d.status().upgrades.count == 1),
+        wait_until(Duration::from_secs(30), || {
+            d.try_status().is_some_and(|s| s.upgrades.count == 1)
+        }),
         "SIGUSR2 did not upgrade drove"
     );
     assert!(d.wait_in_rotation(3, Duration::from_secs(10)));

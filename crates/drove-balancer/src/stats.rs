@@ -26,7 +26,7 @@ pub struct ResponseStats {
 }
 
 /// A consistent-enough copy of [`ResponseStats`].
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ResponseSnapshot {
     /// By status class: index 0 = 1xx … 4 = 5xx.
     pub classes: [u64; 5],

@@ -48,6 +48,11 @@ impl AdminState {
             running,
         }
     }
+
+    /// The traffic history (the dashboard's charts), carried across `drove upgrade`.
+    pub fn history(&self) -> &Arc<History> {
+        &self.history
+    }
 }
 
 type Shared = AdminState;

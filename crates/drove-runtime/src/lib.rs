@@ -334,6 +334,12 @@ pub async fn up(config: Config, opts: UpOptions) -> anyhow::Result<()> {
     let hup_task = reload::on_sighup(running.clone())?;
     let usr2_task = on_sigusr2(running.clone())?;
     let admin_state = admin::AdminState::new(running.clone());
+    let mut inherited = inherited;
+    if let Some(h) = inherited.as_mut() {
+        admin_state
+            .history()
+            .restore(std::mem::take(&mut h.history));
+    }
     let sampler = admin::start_sampler(&admin_state, shutdown_rx.clone());
     {
         let mut r = running.reloadable.lock().await;

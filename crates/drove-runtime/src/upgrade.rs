@@ -70,6 +70,8 @@ pub struct Handoff {
     pub counters: Counters,
     /// Each backend's counters, latency EWMA and health verdict.
     pub backends: Vec<drove_balancer::BackendCarry>,
+    /// The dashboard's recent samples.
+    pub history: Vec<crate::admin::history::CarriedSample>,
     /// Upgrades before this one, and this one's report (completed by the new drove).
     pub upgrades: u32,
     /// This upgrade, as far as the old drove knows it.
@@ -220,6 +222,11 @@ pub async fn replace(r: &Arc<Running>, binary: PathBuf, check: api::UpgradeCheck
         desired: r.supervisor.desired_counts(),
         counters: r.proxy.as_ref().map(counters).unwrap_or_default(),
         backends: r.balancer.as_ref().map(|b| b.carry()).unwrap_or_default(),
+        history: reloadable
+            .admin_state
+            .as_ref()
+            .map(|a| a.history().carry())
+            .unwrap_or_default(),
         upgrades,
         report: api::UpgradeReport {
             from_version: env!("CARGO_PKG_VERSION").to_string(),

@@ -99,6 +99,17 @@ impl Proc {
 #[allow(unsafe_code)]
 pub(crate) fn adopt_pipe(fd: i32) -> io::Result<tokio::net::unix::pipe::Receiver> {
     use std::os::fd::{FromRawFd, OwnedFd};
+    // A number that is not a pipe is not ours to own: taking it would close whatever
+    // this process opened under that number.
+    let st = nix::sys::stat::fstat(fd).map_err(io::Error::from)?;
+    let kind =
+        nix::sys::stat::SFlag::from_bits_truncate(st.st_mode) & nix::sys::stat::SFlag::S_IFMT;
+    if kind != nix::sys::stat::SFlag::S_IFIFO {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("descriptor {fd} is not a pipe; left alone"),
+        ));
+    }
     // SAFETY: `fd` was listed in the hand-over by the drove before this one, which kept
     // it open across `execve` for exactly this purpose; nothing else in this process
     // knows the number, so this is its only owner.

@@ -635,7 +635,10 @@ async fn run_process(ctx: &mut SlotCtx, restarted: Option<oneshot::Sender<()>>) 
                 let Some(fd) = fd else { continue };
                 match adopt_pipe(fd) {
                     Ok(p) => {
-                        *slot = Some(fd);
+                        // The duplicate's number: the inherited one is closed now, and
+                        // the next upgrade must name the descriptor that is open.
+                        use std::os::fd::AsRawFd;
+                        *slot = Some(p.as_raw_fd());
                         tokio::spawn(pump(p, ctx.log.clone()));
                     }
                     Err(e) => {

@@ -305,6 +305,14 @@ impl Drove {
         })
     }
 
+    /// The status document, or None if the admin API did not answer (as while drove
+    /// replaces itself in an upgrade: a request accepted at the instant of the exec is
+    /// cut, the ones after it wait in the kept listening socket).
+    pub fn try_status(&self) -> Option<drove_api::Status> {
+        let r = http::get(self.admin, "/api/status").ok()?;
+        serde_json::from_slice(&r.body).ok()
+    }
+
     /// The balancer part of the status document (panics without a `[balancer]`).
     pub fn balancer_status(&self) -> drove_api::BalancerStatus {
         self.status().balancer.expect("drove has a balancer")

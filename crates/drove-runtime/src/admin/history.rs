@@ -47,6 +47,16 @@ pub struct Rates {
     pub p99_ms: Option<f64>,
 }
 
+/// A sample as `drove upgrade` carries it to the next drove (its age instead of an
+/// `Instant`, which means nothing in another process).
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct CarriedSample {
+    age_ms: u64,
+    unix_ms: u64,
+    backends: BTreeMap<String, ResponseSnapshot>,
+    totals: Option<(u64, [u64; 5])>,
+}
+
 /// The samples, oldest first.
 #[derive(Debug, Default)]
 pub struct History {
@@ -85,6 +95,42 @@ impl History {
             backends,
             totals,
         });
+    }
+
+    /// Every sample, for the next drove (`drove upgrade`): the dashboard's charts and
+    /// rates go on across the upgrade.
+    pub fn carry(&self) -> Vec<CarriedSample> {
+        self.all()
+            .iter()
+            .map(|s| CarriedSample {
+                age_ms: s.at.elapsed().as_millis() as u64,
+                unix_ms: s.unix_ms,
+                backends: s.backends.clone(),
+                totals: s.totals,
+            })
+            .collect()
+    }
+
+    /// Samples carried over by an upgrade, before any taken here.
+    pub fn restore(&self, carried: Vec<CarriedSample>) {
+        let now = Instant::now();
+        let mut q = self.samples.lock().unwrap_or_else(|e| e.into_inner());
+        let mine = std::mem::take(&mut *q);
+        for c in carried {
+            let at = now
+                .checked_sub(Duration::from_millis(c.age_ms))
+                .unwrap_or(now);
+            q.push_back(Arc::new(Sample {
+                at,
+                unix_ms: c.unix_ms,
+                backends: c.backends,
+                totals: c.totals,
+            }));
+        }
+        q.extend(mine);
+        while q.len() > KEEP {
+            q.pop_front();
+        }
     }
 
     fn push(&self, s: Sample) {
