@@ -45,7 +45,9 @@ logs = {{ dir = "logs" }}
 service = "web"
 workers = 1
 instance_header = "X-Drove-Instance"
-health = {{ http = "/health", interval = "250ms", timeout = "200ms", rise = 1, fall = 2 }}
+# Probe timeouts long enough for a loaded CI machine: the test is about capacity
+# during a rolling restart, not about how fast a probe gives up.
+health = {{ http = "/health", interval = "250ms", timeout = "1s", rise = 1, fall = 2 }}
 retries = {{ attempts = 2, per_try_timeout = "2s" }}
 "#,
         drove = drove().display()
@@ -100,7 +102,7 @@ fn assert_identity(d: &Drove, n: u16, base: u16) -> Vec<Inst> {
 /// and in rotation (balancer: enabled and healthy), and how many polls that took.
 struct Watch {
     stop: Arc<AtomicBool>,
-    handle: JoinHandle<(usize, usize, usize, Vec<String>)>,
+    handle: JoinHandle<(usize, usize, usize, Vec<String>, String)>,
 }
 
 impl Watch {
@@ -111,6 +113,7 @@ impl Watch {
         let handle = std::thread::spawn(move || {
             let (mut min_ready, mut min_rotation, mut polls) = (usize::MAX, usize::MAX, 0);
             let mut seen_ids = Vec::new();
+            let mut lowest = String::new();
             let end = Instant::now() + Duration::from_secs(120);
             while !flag.load(Ordering::Relaxed) && Instant::now() < end {
                 let Ok(r) = http::get(admin, "/api/status") else {
@@ -127,6 +130,16 @@ impl Watch {
                     .iter()
                     .filter(|b| b.enabled && b.healthy)
                     .count();
+                if rotation < min_rotation {
+                    // What the balancer had at its lowest, for the failure message.
+                    lowest = format!(
+                        "ready {ready:?}, backends (id, enabled, healthy) {:?}",
+                        s.backends()
+                            .iter()
+                            .map(|b| (b.id.clone(), b.enabled, b.healthy))
+                            .collect::<Vec<_>>()
+                    );
+                }
                 min_ready = min_ready.min(ready.len());
                 min_rotation = min_rotation.min(rotation);
                 for id in ready {
@@ -137,12 +150,12 @@ impl Watch {
                 polls += 1;
                 std::thread::sleep(Duration::from_millis(5));
             }
-            (min_ready, min_rotation, polls, seen_ids)
+            (min_ready, min_rotation, polls, seen_ids, lowest)
         });
         Watch { stop, handle }
     }
 
-    fn stop(self) -> (usize, usize, usize, Vec<String>) {
+    fn stop(self) -> (usize, usize, usize, Vec<String>, String) {
         self.stop.store(true, Ordering::Relaxed);
         self.handle.join().unwrap()
     }
@@ -164,7 +177,7 @@ fn two_rolling_restarts_under_load_keep_ids_and_base_ports_and_capacity() {
     for round in 1..=2 {
         let watch = Watch::start(&d);
         let r = d.post("/api/restart", &json!({"service": "web"}));
-        let (min_ready, min_rotation, polls, seen) = watch.stop();
+        let (min_ready, min_rotation, polls, seen, lowest) = watch.stop();
         assert_eq!(r.status, 200, "round {round}: {}", r.text());
         let report: drove_api::RestartAnswer = r.doc();
         assert_eq!(report.surge, Some(format!("web.{}", N + 1)), "{report:?}");
@@ -178,7 +191,7 @@ fn two_rolling_restarts_under_load_keep_ids_and_base_ports_and_capacity() {
         assert!(polls >= 20, "round {round}: only {polls} status polls");
         assert!(
             min_ready >= N as usize && min_rotation >= N as usize,
-            "round {round}: fewer than {N} ready ({min_ready}) or in rotation ({min_rotation})"
+            "round {round}: fewer than {N} ready ({min_ready}) or in rotation ({min_rotation}): {lowest}"
         );
         assert!(
             seen.contains(&format!("web.{}", N + 1)),

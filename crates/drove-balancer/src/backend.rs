@@ -233,6 +233,16 @@ impl Backend {
         self.state.ewma_stamp.store(now, Ordering::Relaxed);
     }
 
+    /// A new process answers at this address (the supervisor found it ready): what the
+    /// probes and passive checks said of the process before it is void; it starts
+    /// healthy, as a new backend does, until its own probes say otherwise.
+    pub(crate) fn reset_health(&self) {
+        self.state.probe_up.store(true, Ordering::Relaxed);
+        self.state.probe_streak.store(0, Ordering::Relaxed);
+        self.state.ejected_until.store(0, Ordering::Relaxed);
+        self.state.fails.store(0, Ordering::Relaxed);
+    }
+
     /// Records an active probe result; returns the new `probe_up` if it flipped.
     pub(crate) fn record_probe(&self, ok: bool, rise: u32, fall: u32) -> Option<bool> {
         let up = self.probe_up();
@@ -376,6 +386,23 @@ mod tests {
             BackendSpec::new(SocketAddr::from(([127, 0, 0, 1], 1))),
             &Clock::new(),
         )
+    }
+
+    #[test]
+    fn a_new_process_starts_healthy_and_forgets_the_old_ones_failures() {
+        let b = backend();
+        for _ in 0..2 {
+            b.record_probe(false, 2, 2);
+        }
+        b.state.ejected_until.store(u64::MAX, Ordering::Relaxed);
+        assert!(!b.probe_up() && !b.is_healthy_at(1));
+        b.reset_health();
+        assert!(b.is_healthy_at(1), "healthy at once");
+        assert_eq!(
+            b.record_probe(false, 2, 2),
+            None,
+            "the old failure streak is gone: one failure is not two"
+        );
     }
 
     #[test]

@@ -193,6 +193,20 @@ impl Balancer {
         }
     }
 
+    /// A new process took over the backend `id` (an instance restarted in place and
+    /// found ready by the supervisor): its health starts afresh, so it is in rotation
+    /// at once rather than after the next probe (a rolling restart moves on to the next
+    /// instance as soon as this one is ready). Returns whether the id was found.
+    pub fn reset_health(&self, id: &str) -> bool {
+        match self.find(id) {
+            Some(b) => {
+                b.reset_health();
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Active health checks were turned off (a reload): every backend counts as passing
     /// its probes again, as a new backend does; nothing would ever probe it back up.
     pub fn clear_probe_state(&self) {

@@ -474,6 +474,7 @@ async fn apply_events(
             }
             continue;
         };
+        let fresh = matches!(ev, InstanceEvent::Ready { .. });
         match ev {
             InstanceEvent::Ready { id, addr } | InstanceEvent::Undrained { id, addr } => {
                 let id = id.to_string();
@@ -483,6 +484,11 @@ async fn apply_events(
                     weight: 1,
                     backup: false,
                 });
+                if fresh {
+                    // A new process: what the balancer's probes said of the old one
+                    // (down while it restarted) does not hold it out of rotation.
+                    bal.reset_health(&id);
+                }
                 bal.set_enabled(&id, true);
                 // The supervisor's `ready` line already says it; once is enough.
                 tracing::debug!(instance = %id, %addr, "instance in rotation");
