@@ -42,117 +42,17 @@ import datetime
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def bindable(port):
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-            return True
-        except OSError:
-            return False
-
-
-def port_block(n, prefer=5001):
-    """A base port with n consecutive bindable ports; the users' 5001 when it is free."""
-    if all(bindable(prefer + i) for i in range(n)):
-        return prefer
-    for _ in range(200):
-        base = free_port()
-        if base + n < 65000 and all(bindable(base + i) for i in range(n)):
-            return base
-    sys.exit(f"no block of {n} free ports")
-
-
-def get(url, timeout=10):
-    with urllib.request.urlopen(url, timeout=timeout) as r:
-        return r.read()
-
-
-def post(url, body, timeout=600):
-    req = urllib.request.Request(
-        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
-    )
-    with urllib.request.urlopen(req, timeout=timeout) as r:
-        return json.loads(r.read())
-
-
-def cpu_seconds(pid):
-    with open(f"/proc/{pid}/stat") as f:
-        rest = f.read().rsplit(")", 1)[1].split()
-    return (int(rest[11]) + int(rest[12])) / TICKS
-
-
-def mem_kib(pid):
-    out = {}
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            k, _, v = line.partition(":")
-            if k in ("VmRSS", "VmHWM"):
-                out[k] = int(v.split()[0])
-    return out
-
-
-class Drove:
-    def __init__(self, exe, cfg, log):
-        self.proc = subprocess.Popen(
-            [exe, "up", "-c", cfg, "--quiet"],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            cwd=os.path.dirname(cfg),
-        )
-
-    def status(self):
-        return json.loads(get(f"http://{self.admin}/api/status"))
-
-    def counts(self):
-        s = self.status()
-        web = [i for i in s["instances"] if i["service"] == "web"]
-        ready = sum(1 for i in web if i["state"] == "ready")
-        rotation = sum(
-            1 for b in s["balancer"]["backends"] if b["enabled"] and b["healthy"]
-        )
-        return len(web), ready, rotation, s
-
-    def wait(self, n, timeout=300):
-        """Seconds until exactly n web instances exist, all ready and in rotation."""
-        t0 = time.monotonic()
-        while time.monotonic() - t0 < timeout:
-            try:
-                total, ready, rotation, _ = self.counts()
-                if total == ready == rotation == n:
-                    return time.monotonic() - t0
-            except OSError:
-                pass
-            time.sleep(0.1)
-        sys.exit(f"not {n} ready instances after {timeout}s: {self.counts()[:3]}")
-
-    def stop(self):
-        try:
-            post(f"http://{self.admin}/api/down", {}, timeout=10)
-            self.proc.wait(timeout=60)
-        except Exception:
-            pass
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchlib import (  # noqa: E402
+    ROOT, Drove, cpu_model, cpu_seconds, free_port, get, mem_kib, port_block, post,
+    release_drove, result_path, wait_quiet,
+)
 
 
 def window(d, secs):
@@ -177,15 +77,6 @@ def window(d, secs):
     }
 
 
-def wait_quiet(max_load, wait_s):
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < wait_s:
-        if os.getloadavg()[0] < max_load:
-            break
-        time.sleep(5)
-    return os.getloadavg()
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--instances", type=int, default=100)
@@ -199,21 +90,11 @@ def main():
     ap.add_argument("--out", help="report file (default bench/results/DATE-REV-scale100.md)")
     a = ap.parse_args()
 
-    exe = os.environ.get("DROVE_BIN")
-    if not exe:
-        subprocess.run(["cargo", "build", "--release", "--bin", "drove"], cwd=ROOT, check=True)
-        exe = os.path.join(ROOT, "target/release/drove")
-    exe = os.path.abspath(exe)
-    rev = os.environ.get("DROVE_REV") or subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
-    ).stdout.strip()
-    date = datetime.date.today().isoformat()
-    out = a.out or os.path.join(ROOT, "bench/results", f"{date}-{rev}-scale100.md")
+    exe, rev = release_drove()
+    out = a.out or result_path(rev, "scale100")
     png = os.path.splitext(out)[0] + "-dashboard.png"
 
-    load_before = wait_quiet(
-        float(os.environ.get("MAX_LOAD", "1.0")), float(os.environ.get("LOAD_WAIT", "300"))
-    )
+    load_before = wait_quiet()
     tmp = tempfile.mkdtemp(prefix="drove-scale100-")
     base_port = port_block(a.instances)
     listen, admin = free_port(), free_port()
@@ -241,8 +122,7 @@ listen = "127.0.0.1:{admin}"
     with open(cfg, "w") as f:
         f.write(config)
     log = open(os.path.join(tmp, "drove.log"), "w")
-    d = Drove(exe, cfg, log)
-    d.admin = f"127.0.0.1:{admin}"
+    d = Drove(exe, cfg, log, f"127.0.0.1:{admin}")
     bench = None
     r = {}
     try:
@@ -362,8 +242,7 @@ def render(a, r, exe, rev, load_before, load_after, config, png):
             return "-"
         return f"{len(xs)} served, min {xs[0]} / median {xs[len(xs) // 2]} / max {xs[-1]} requests"
 
-    cpu = open("/proc/cpuinfo").read()
-    model = next((l.split(":", 1)[1].strip() for l in cpu.splitlines() if l.startswith("model name")), "?")
+    model = cpu_model()
     lines = [
         f"# drove at {n} instances: scale {b} → {n} → {b} under load",
         "",

@@ -125,8 +125,12 @@ pub(crate) fn serve<S: ClientIo + 'static>(
                 loop {
                     let read = tokio::select! {
                         r = tokio::time::timeout_at(idle_until, client.sock.read_fresh(|| w.buffers.input())) => r,
-                        _ = stop.shutdown.changed() => return,
-                        _ = stop.handoff.wait_for(|v| *v) => return hand_over(&w, &client),
+                        _ = stop.idle_end.changed() => {
+                            if stop.handing_off() {
+                                return hand_over(&w, &client);
+                            }
+                            return;
+                        }
                     };
                     match read {
                         Ok(Ok((buf, Some(n)))) if n > 0 => {
@@ -293,6 +297,7 @@ mod tests {
                 let stop = Stop {
                     retire: rx.clone(),
                     handoff: rx.clone(),
+                    idle_end: rx.clone(),
                     shutdown: rx,
                 };
                 let fut = serve(w, client, stop);

@@ -292,10 +292,24 @@ pub async fn serve_until(
     retire: tokio::sync::watch::Receiver<bool>,
     shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> std::io::Result<()> {
+    let (idle_end_tx, idle_end) = tokio::sync::watch::channel(false);
     let stop = worker::Stop {
         retire,
         shutdown,
         handoff: proxy.handoff.requested.subscribe(),
+        idle_end,
+    };
+    // `idle_end` turns true with `shutdown` or `handoff` (it lives while the workers do).
+    let idle_end = {
+        let (mut shutdown, mut handoff) = (stop.shutdown.clone(), stop.handoff.clone());
+        async move {
+            tokio::select! {
+                _ = shutdown.wait_for(|v| *v) => {}
+                _ = handoff.wait_for(|v| *v) => {}
+            }
+            let _ = idle_end_tx.send(true);
+            std::future::pending::<std::convert::Infallible>().await
+        }
     };
     // Connections adopted from an upgrade, spread over the workers.
     let n = listeners.len().max(1);
@@ -319,15 +333,21 @@ pub async fn serve_until(
             })?;
         done.push(rx);
     }
-    let mut result = Ok(());
-    for rx in done {
-        match rx.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => result = Err(e),
-            Err(_) => result = Err(std::io::Error::other("proxy worker panicked")),
+    let workers = async {
+        let mut result = Ok(());
+        for rx in done {
+            match rx.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => result = Err(e),
+                Err(_) => result = Err(std::io::Error::other("proxy worker panicked")),
+            }
         }
+        result
+    };
+    tokio::select! {
+        r = workers => r,
+        never = idle_end => match never {},
     }
-    result
 }
 
 /// The text of a panic's payload (`panic!("...")` gives a `&str` or a `String`).

@@ -34,6 +34,10 @@ pub(crate) struct Stop {
     pub(crate) shutdown: watch::Receiver<bool>,
     /// An upgrade: stop accepting, hand connections over (see `handoff.rs`).
     pub(crate) handoff: watch::Receiver<bool>,
+    /// True once `shutdown` or `handoff` is: what ends an idle connection's wait. One
+    /// watch instead of two because every idle connection's task holds the wait
+    /// (each `changed()` future is ~100 bytes).
+    pub(crate) idle_end: watch::Receiver<bool>,
 }
 
 impl Stop {
