@@ -3,7 +3,7 @@
 //! that makes new ones.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -27,7 +27,7 @@ pub(crate) struct Idle {
 
 #[derive(Default)]
 pub(crate) struct Pool {
-    idle: RefCell<HashMap<u64, Vec<Idle>>>,
+    idle: RefCell<FxHashMap<u64, Vec<Idle>>>,
 }
 
 /// Why a new connection could not be made.

@@ -3,7 +3,7 @@
 //! per-worker state ([`Worker`]: pool, buffers, request-id generator) needs no lock.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 use std::panic::AssertUnwindSafe;
 use std::rc::{Rc, Weak};
 use std::sync::Arc;
@@ -65,7 +65,7 @@ pub(crate) struct Worker {
     /// Free I/O buffers.
     pub(crate) buffers: Buffers,
     /// `X-Drove-Instance: web.2\r\n` lines per backend key: no formatting per response.
-    instance_lines: RefCell<HashMap<u64, Rc<[u8]>>>,
+    instance_lines: RefCell<FxHashMap<u64, Rc<[u8]>>>,
     /// Request-id generator state (xorshift; per worker, so no lock).
     rid: Cell<u64>,
     /// Client connections open on this worker, and a wake-up when that reaches 0
@@ -113,7 +113,7 @@ impl Worker {
             live: RefCell::new((generation, Rc::new(live))),
             pool: Pool::default(),
             buffers: Buffers::default(),
-            instance_lines: RefCell::new(HashMap::new()),
+            instance_lines: RefCell::new(FxHashMap::default()),
             rid: Cell::new(seed | 1),
             open: Cell::new(0),
             all_closed: tokio::sync::Notify::new(),
