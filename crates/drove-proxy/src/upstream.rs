@@ -2,8 +2,8 @@
 //! directly by the request that uses one (no driver task, no channel), and the connect
 //! that makes new ones.
 
-use std::cell::RefCell;
 use rustc_hash::FxHashMap;
+use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::time::Duration;
 

@@ -2,8 +2,8 @@
 //! own upstream pool and buffers. Connections never migrate between workers, so
 //! per-worker state ([`Worker`]: pool, buffers, request-id generator) needs no lock.
 
-use std::cell::{Cell, RefCell};
 use rustc_hash::FxHashMap;
+use std::cell::{Cell, RefCell};
 use std::panic::AssertUnwindSafe;
 use std::rc::{Rc, Weak};
 use std::sync::Arc;
