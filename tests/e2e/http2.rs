@@ -189,8 +189,7 @@ fn h2load(args: &[&str]) -> String {
     let status = p
         .wait_exit(Duration::from_secs(120))
         .expect("h2load finished within 120 s");
-    // The reader thread may still be draining the pipe.
-    std::thread::sleep(Duration::from_millis(100));
+    assert!(p.wait_stdout_closed(Duration::from_secs(10)));
     let out = p.stdout.lock().unwrap().join("\n");
     assert!(status.success(), "h2load {args:?}:\n{out}");
     out

@@ -87,8 +87,8 @@ fn verify(cwd: &Path, args: &[&str]) -> (i32, Vec<String>) {
             p.stdout.lock().unwrap()
         )
     });
-    // Let the reader thread take the last lines.
-    std::thread::sleep(Duration::from_millis(100));
+    // Every line read (a fixed wait lost the whole --json document under load once).
+    assert!(p.wait_stdout_closed(Duration::from_secs(10)));
     let lines = p.stdout.lock().unwrap().clone();
     for l in &lines {
         eprintln!("{l}");

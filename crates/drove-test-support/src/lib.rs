@@ -78,6 +78,8 @@ pub struct Proc {
     /// Lines it printed on stderr, when spawned with [`Proc::spawn_capturing_stderr`]
     /// (empty otherwise).
     pub stderr: Arc<Mutex<Vec<String>>>,
+    /// Set when its stdout reached EOF and every line is in `stdout`.
+    stdout_done: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Proc {
@@ -104,10 +106,13 @@ impl Proc {
         let out = child.stdout.take().expect("stdout");
         let lines = Arc::new(Mutex::new(Vec::new()));
         let l2 = lines.clone();
+        let stdout_done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let done = stdout_done.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(out).lines().map_while(Result::ok) {
                 l2.lock().unwrap().push(line);
             }
+            done.store(true, std::sync::atomic::Ordering::SeqCst);
         });
         let err_lines = Arc::new(Mutex::new(Vec::new()));
         if let Some(err) = child.stderr.take() {
@@ -123,7 +128,17 @@ impl Proc {
             child,
             stdout: lines,
             stderr: err_lines,
+            stdout_done,
         }
+    }
+
+    /// Waits until every line the process printed on stdout is in `stdout` (its stdout
+    /// reached EOF: after it exited, as soon as the reader thread has caught up — a
+    /// fixed sleep is not enough on a loaded machine). False after `timeout`.
+    pub fn wait_stdout_closed(&self, timeout: Duration) -> bool {
+        wait_until(timeout, || {
+            self.stdout_done.load(std::sync::atomic::Ordering::SeqCst)
+        })
     }
 
     /// The pid.
