@@ -19,6 +19,7 @@ mod reload;
 mod supervisor;
 mod systemd;
 mod tls;
+mod trailers;
 mod upgrade;
 mod verify;
 

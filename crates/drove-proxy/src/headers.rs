@@ -1,6 +1,7 @@
-//! Header helpers used by several phases: cookies, the client address behind
-//! trusted proxies (X-Forwarded-For), and the trusted networks themselves ([`Cidr`], from
-//! drove-net, with [`drove_net::canonical_ip`]), and which response trailers may pass.
+//! Header helpers used by several phases: cookies, the client address behind trusted
+//! proxies (X-Forwarded-For), the trusted networks themselves ([`Cidr`], from drove-net,
+//! with [`drove_net::canonical_ip`]), and trailers: which fields may cross drove
+//! ([`allowed_trailer`]) and a backend's trailer section held and parsed ([`Trailers`]).
 
 use std::net::IpAddr;
 
@@ -73,80 +74,201 @@ pub(crate) fn client_ip_in<'b>(
     ip
 }
 
-/// Fields that must not be trailers (RFC 9110 §6.5.1): framing, routing, request
-/// modifiers, authentication, response control data and what says how to process the
-/// content. A backend's trailer section loses them on its way to an HTTP/2 client (a
-/// client acting on a trailing `content-length` or `set-cookie` would act on what drove
-/// did not check).
+/// Fields that must not be trailers (RFC 9110 §6.5.1): a recipient needs them before the
+/// content, so a trailer holding one is at best ignored and at worst merged into the
+/// header section by a backend or client after drove framed, routed and authorised on
+/// the real one (a client acting on a trailing `content-length` or `set-cookie` would act
+/// on what drove did not check). They are dropped from trailers whichever way they go.
+/// Lowercase; compared ignoring case.
 const NOT_TRAILERS: &[&[u8]] = &[
-    b"age",
-    b"authorization",
-    b"cache-control",
+    // framing, connection
     b"connection",
-    b"content-encoding",
     b"content-length",
-    b"content-range",
-    b"content-type",
-    b"cookie",
-    b"date",
-    b"expect",
-    b"expires",
-    b"host",
+    b"http2-settings",
     b"keep-alive",
-    b"location",
-    b"max-forwards",
-    b"pragma",
-    b"proxy-authenticate",
-    b"proxy-authorization",
     b"proxy-connection",
-    b"range",
-    b"retry-after",
-    b"set-cookie",
     b"te",
     b"trailer",
     b"transfer-encoding",
     b"upgrade",
+    // routing, and who the client is (drove sets these itself)
+    b"forwarded",
+    b"host",
+    b"max-forwards",
+    b"x-forwarded-for",
+    b"x-forwarded-host",
+    b"x-forwarded-proto",
+    b"x-real-ip",
+    // authentication, cookies
+    b"authorization",
+    b"cookie",
+    b"proxy-authenticate",
+    b"proxy-authorization",
+    b"set-cookie",
+    b"www-authenticate",
+    // request modifiers
+    b"expect",
+    b"if-match",
+    b"if-modified-since",
+    b"if-none-match",
+    b"if-range",
+    b"if-unmodified-since",
+    b"range",
+    // response control data
+    b"age",
+    b"cache-control",
+    b"date",
+    b"expires",
+    b"location",
+    b"pragma",
+    b"retry-after",
     b"vary",
     b"warning",
-    b"www-authenticate",
+    // how to process the content
+    b"content-encoding",
+    b"content-location",
+    b"content-range",
+    b"content-type",
 ];
 
 /// Whether a field may travel as a trailer.
 pub(crate) fn allowed_trailer(name: &[u8]) -> bool {
-    !NOT_TRAILERS.iter().any(|n| n.eq_ignore_ascii_case(name))
+    !NOT_TRAILERS.iter().any(|n| crate::h1::eq(name, n))
 }
 
-/// A chunked body's trailer section (`name: value` CRLF lines, as
-/// [`crate::h1::Chunked::trailers`] keeps it) as HTTP/2 trailers: the fields that may be
-/// trailers, names lowercased. A section that does not parse as header lines yields no
-/// trailers at all rather than a part of them.
-pub(crate) fn trailer_map(section: &[u8]) -> http::HeaderMap {
-    let mut map = http::HeaderMap::new();
-    if section.is_empty() {
-        return map;
-    }
-    // httparse wants the blank line that ends a header block.
-    let mut block = Vec::with_capacity(section.len() + 2);
-    block.extend_from_slice(section);
-    block.extend_from_slice(b"\r\n");
-    let mut fields = [httparse::EMPTY_HEADER; 32];
-    let Ok(httparse::Status::Complete((_, fields))) = httparse::parse_headers(&block, &mut fields)
-    else {
-        return map;
-    };
-    for f in fields.iter() {
-        if !allowed_trailer(f.name.as_bytes()) {
-            continue;
+/// Why a trailer section is not passed on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BadTrailers {
+    /// A line that is not `token ":" value` (no colon, an empty or invalid name, an
+    /// obs-fold continuation, a control character or a bare CR or LF).
+    Malformed,
+    /// Over its limit (`max_header_size`, like a head).
+    TooLarge,
+}
+
+/// A backend's trailer section as it arrives: the field lines the chunked decoder
+/// delimited (`h1::Part::Trailer`, each ending in CRLF), held until the body ends. Only
+/// a body with trailers creates one: a body without allocates nothing for them. A
+/// section over `limit` bytes stops being held and is dropped whole, as a malformed one
+/// is; the body itself still ends cleanly.
+#[derive(Debug)]
+pub(crate) struct Trailers {
+    lines: Vec<u8>,
+    limit: usize,
+    too_large: bool,
+}
+
+impl Trailers {
+    /// A section of at most `limit` bytes (`max_header_size`).
+    pub(crate) fn new(limit: usize) -> Trailers {
+        Trailers {
+            lines: Vec::new(),
+            limit,
+            too_large: false,
         }
-        let (Ok(name), Ok(value)) = (
-            http::HeaderName::from_bytes(f.name.as_bytes()),
-            http::HeaderValue::from_bytes(f.value),
-        ) else {
-            return http::HeaderMap::new();
-        };
-        map.append(name, value);
+    }
+
+    /// Appends trailer bytes as the decoder delimited them.
+    pub(crate) fn push(&mut self, bytes: &[u8]) {
+        if self.too_large {
+            return;
+        }
+        if self.lines.len() + bytes.len() > self.limit {
+            self.too_large = true;
+            self.lines = Vec::new();
+            return;
+        }
+        self.lines.extend_from_slice(bytes);
+    }
+
+    /// The fields that may pass, in order; an error when the section is dropped whole
+    /// (one bad line makes the others' meaning doubtful).
+    pub(crate) fn fields(&self) -> Result<impl Iterator<Item = (&[u8], &[u8])> + '_, BadTrailers> {
+        if self.too_large {
+            return Err(BadTrailers::TooLarge);
+        }
+        trailer_fields(&self.lines)
+    }
+
+    /// [`Trailers::fields`], logging (at debug: a backend's business, not drove's) why a
+    /// section was dropped. `None`: nothing to pass.
+    pub(crate) fn passed(&self) -> Option<impl Iterator<Item = (&[u8], &[u8])> + '_> {
+        match self.fields() {
+            Ok(f) => Some(f),
+            Err(e) => {
+                tracing::debug!(reason = ?e, "a backend's trailer section was dropped");
+                None
+            }
+        }
+    }
+
+    /// The fields that may pass as HTTP/2 trailers (names lowercased): empty when the
+    /// section is dropped.
+    pub(crate) fn header_map(&self) -> http::HeaderMap {
+        map_of(self.passed().into_iter().flatten())
+    }
+}
+
+/// Parses a trailer section (`name: value` lines, each ending in CRLF, without the
+/// empty line that ends it) and yields the fields that may pass ([`allowed_trailer`]),
+/// values without surrounding whitespace. Every line is checked before any field is
+/// yielded: a malformed one rejects the section.
+pub(crate) fn trailer_fields(
+    section: &[u8],
+) -> Result<impl Iterator<Item = (&[u8], &[u8])> + '_, BadTrailers> {
+    if !section.is_empty() && !section.ends_with(b"\r\n") {
+        return Err(BadTrailers::Malformed);
+    }
+    // Lines end at LF; each must end in CRLF (a bare LF leaves one without its CR). A
+    // bare CR stays inside a line, where `field` refuses it.
+    let lines = || {
+        section
+            .strip_suffix(b"\n")
+            .into_iter()
+            .flat_map(|s| s.split(|&b| b == b'\n'))
+    };
+    for line in lines() {
+        field(line.strip_suffix(b"\r").ok_or(BadTrailers::Malformed)?)?;
+    }
+    Ok(lines()
+        .filter_map(|l| field(l.strip_suffix(b"\r")?).ok())
+        .filter(|(name, _)| allowed_trailer(name)))
+}
+
+/// Fields as HTTP/2 trailers, names lowercased.
+fn map_of<'a>(fields: impl Iterator<Item = (&'a [u8], &'a [u8])>) -> http::HeaderMap {
+    let mut map = http::HeaderMap::new();
+    for (name, value) in fields {
+        // The parser already refused what HTTP/2 could not carry.
+        if let (Ok(n), Ok(v)) = (
+            http::HeaderName::from_bytes(name),
+            http::HeaderValue::from_bytes(value),
+        ) {
+            map.append(n, v);
+        }
     }
     map
+}
+
+/// One field line (without its CRLF): `(name, value)`.
+fn field(line: &[u8]) -> Result<(&[u8], &[u8]), BadTrailers> {
+    let colon = line
+        .iter()
+        .position(|&b| b == b':')
+        .ok_or(BadTrailers::Malformed)?;
+    let (name, value) = (&line[..colon], line[colon + 1..].trim_ascii());
+    // A name is a token (RFC 9110 §5.6.2); a line starting with SP or HT (obs-fold)
+    // has none.
+    let tchar = |b: &u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(b);
+    if name.is_empty() || !name.iter().all(tchar) {
+        return Err(BadTrailers::Malformed);
+    }
+    // field-value: VCHAR, obs-text, SP and HT (RFC 9110 §5.5): no CR, LF, NUL or other
+    // control character.
+    if value.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+        return Err(BadTrailers::Malformed);
+    }
+    Ok((name, value))
 }
 
 #[cfg(test)]
@@ -188,6 +310,88 @@ mod tests {
         );
         let garbage = b"GET / HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: nope\r\n\r\n";
         assert_eq!(client_ip(garbage, &head(garbage), peer, &trusted), peer);
+    }
+
+    fn passed(section: &[u8]) -> Result<Vec<(String, String)>, BadTrailers> {
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        trailer_fields(section).map(|f| f.map(|(n, v)| (text(n), text(v))).collect())
+    }
+
+    #[test]
+    fn trailer_fields_pass_filtered_in_order() {
+        let pairs = |v: &[(&str, &str)]| -> Vec<(String, String)> {
+            v.iter()
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect()
+        };
+        assert_eq!(passed(b""), Ok(vec![]));
+        assert_eq!(
+            passed(b"grpc-status: 0\r\ngrpc-message:\tall good \r\nX-Sum:abc\r\n"),
+            Ok(pairs(&[
+                ("grpc-status", "0"),
+                ("grpc-message", "all good"),
+                ("X-Sum", "abc")
+            ]))
+        );
+        // Forbidden ones go, whatever their case; the rest stays.
+        assert_eq!(
+            passed(
+                b"Content-Length: 5\r\ngrpc-status: 0\r\nTRANSFER-ENCODING: chunked\r\nhost: evil\r\nAuthorization: x\r\nset-cookie: a=1\r\ncontent-type: text/html\r\ncontent-encoding: gzip\r\nconnection: close\r\nte: trailers\r\ntrailer: x\r\nx-forwarded-for: 1.2.3.4\r\n"
+            ),
+            Ok(pairs(&[("grpc-status", "0")]))
+        );
+        assert_eq!(passed(b"x-empty:\r\n"), Ok(pairs(&[("x-empty", "")])));
+        // obs-text is a valid value byte.
+        assert_eq!(passed(b"x: caf\xc3\xa9\r\n").unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_malformed_trailer_line_rejects_the_section() {
+        for bad in [
+            &b"no colon here\r\n"[..],
+            b": no name\r\n",
+            b"bad name: 1\r\n",
+            b"x-a: 1\r\n folded continuation\r\n",
+            b"\tx: 1\r\n",
+            b"x-a: 1\ny: 2\r\n",
+            b"x-a: a\rb\r\n",
+            b"x-a: a\x00b\r\n",
+            b"x-a: a\x7fb\r\n",
+            b"x-a: 1",
+            b"x-a: 1\n",
+            b"grpc-status: 0\r\n(x): 1\r\n",
+            b":status: 200\r\n",
+        ] {
+            assert_eq!(
+                passed(bad),
+                Err(BadTrailers::Malformed),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn a_trailer_section_is_held_up_to_its_bound() {
+        let mut t = Trailers::new(64);
+        t.push(b"grpc-status: 0\r\n");
+        t.push(b"x-sum: 1\r\n");
+        assert_eq!(t.fields().unwrap().count(), 2);
+        assert_eq!(t.header_map().len(), 2);
+        let mut t = Trailers::new(64);
+        t.push(b"grpc-status: 0\r\n");
+        t.push(format!("x-big: {}\r\n", "a".repeat(50)).as_bytes());
+        t.push(b"x-sum: 1\r\n");
+        assert_eq!(t.fields().err(), Some(BadTrailers::TooLarge));
+        assert!(t.lines.capacity() == 0, "no longer held");
+        assert!(t.passed().is_none());
+        assert!(t.header_map().is_empty());
+    }
+
+    fn trailer_map(section: &[u8]) -> http::HeaderMap {
+        let mut t = Trailers::new(1024);
+        t.push(section);
+        t.header_map()
     }
 
     #[test]

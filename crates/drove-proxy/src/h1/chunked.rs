@@ -1,7 +1,12 @@
 //! Chunked bodies (RFC 9112 §7.1): a decoder that finds where a body ends and which bytes
-//! are data, and the re-framing of a request body for the backend — canonical chunk
-//! sizes, no extensions, no trailers — so that what a backend parses is what drove
-//! parsed, whatever odd (but valid) shape the client sent.
+//! are data, framing or trailer field lines, and the re-framing of a request body for the
+//! backend — canonical chunk sizes, no extensions — so that what a backend parses is what
+//! drove parsed, whatever odd (but valid) shape the client sent.
+//!
+//! Trailers: the decoder only delimits the trailer section (lines ending in CRLF, up to
+//! the empty line); what its fields say, and which may pass, is `headers::Trailers`'
+//! business. An HTTP/1.1 client's request trailers are dropped (see [`LAST_CHUNK`]); a
+//! backend's response trailers and an HTTP/2 client's request trailers pass, filtered.
 
 /// Where a chunked body stands: fed bytes, it says how many of them belong to the body
 /// and whether the body ended. It validates sizes so a malformed body cannot make drove
@@ -14,11 +19,6 @@ pub(crate) struct Chunked {
     size_digits: u8,
     /// Data bytes seen so far (the decoded body's length, for `max_body_size`).
     data: u64,
-    /// The trailer section's lines, kept only by a decoder made with
-    /// [`Chunked::keeping_trailers`] (at most `trailer_limit` bytes: beyond, the body is
-    /// refused, as a head over `max_header_size` is).
-    trailers: Option<Vec<u8>>,
-    trailer_limit: usize,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -44,30 +44,32 @@ enum ChunkState {
 #[derive(Debug)]
 pub(crate) struct BadChunk;
 
-/// One piece of fed input: `len` bytes that are chunk data (`data`) or framing.
+/// What a run of fed bytes is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Part {
+    /// Chunk sizes, extensions, line ends, the last chunk and the empty line that ends
+    /// the body.
+    Framing,
+    /// Chunk data.
+    Data,
+    /// Trailer field lines, each with its CRLF (not the empty line that ends them).
+    Trailer,
+}
+
+/// One piece of fed input: `len` bytes of one [`Part`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Piece {
     pub(crate) len: usize,
-    pub(crate) data: bool,
+    pub(crate) part: Part,
+}
+
+impl Piece {
+    pub(crate) fn data(&self) -> bool {
+        self.part == Part::Data
+    }
 }
 
 impl Chunked {
-    /// A decoder that also keeps the trailer section (HTTP/2 clients get it as a
-    /// trailing HEADERS frame), up to `limit` bytes.
-    pub(crate) fn keeping_trailers(limit: usize) -> Chunked {
-        Chunked {
-            trailers: Some(Vec::new()),
-            trailer_limit: limit,
-            ..Chunked::default()
-        }
-    }
-
-    /// The trailer section's lines (`name: value` CRLF each), once the body is done;
-    /// empty without trailers or for a decoder that does not keep them.
-    pub(crate) fn trailers(&self) -> &[u8] {
-        self.trailers.as_deref().unwrap_or_default()
-    }
-
     pub(crate) fn done(&self) -> bool {
         self.state == ChunkState::Done
     }
@@ -78,7 +80,8 @@ impl Chunked {
     }
 
     /// Consumes bytes of `input` up to the end of the body; calls `piece` for each run of
-    /// data or framing bytes, in order. Returns how many bytes belong to the body.
+    /// data, framing or trailer bytes, in order. Returns how many bytes belong to the
+    /// body.
     pub(crate) fn feed(
         &mut self,
         input: &[u8],
@@ -86,18 +89,18 @@ impl Chunked {
     ) -> Result<usize, BadChunk> {
         let mut i = 0;
         let mut run_start = 0;
-        let mut run_data = false;
+        let mut run = Part::Framing;
         macro_rules! switch {
-            ($data:expr) => {
-                if run_data != $data {
+            ($part:expr) => {
+                if run != $part {
                     if i > run_start {
                         piece(Piece {
                             len: i - run_start,
-                            data: run_data,
+                            part: run,
                         });
                     }
                     run_start = i;
-                    run_data = $data;
+                    run = $part;
                 }
             };
         }
@@ -105,7 +108,7 @@ impl Chunked {
             let b = input[i];
             match self.state {
                 ChunkState::Data => {
-                    switch!(true);
+                    switch!(Part::Data);
                     let n = (self.remaining.min((input.len() - i) as u64)) as usize;
                     i += n;
                     self.remaining -= n as u64;
@@ -115,7 +118,10 @@ impl Chunked {
                     }
                     continue;
                 }
-                _ => switch!(false),
+                // A trailer line is trailer from its first byte to its LF.
+                ChunkState::TrailerStart if b != b'\r' => switch!(Part::Trailer),
+                ChunkState::Trailer | ChunkState::TrailerLf => switch!(Part::Trailer),
+                _ => switch!(Part::Framing),
             }
             match self.state {
                 ChunkState::Size => match b {
@@ -163,13 +169,12 @@ impl Chunked {
                 ChunkState::TrailerStart => match b {
                     b'\r' => self.state = ChunkState::EndLf,
                     b'\n' => return Err(BadChunk),
-                    _ => {
-                        self.keep_trailer(b)?;
-                        self.state = ChunkState::Trailer;
-                    }
+                    _ => self.state = ChunkState::Trailer,
                 },
+                // What a line holds (a bare LF, a line without a colon) is for the
+                // field parser to judge (`headers::Trailers`): a bad field drops the
+                // section, it does not break the body's framing.
                 ChunkState::Trailer => {
-                    self.keep_trailer(b)?;
                     if b == b'\r' {
                         self.state = ChunkState::TrailerLf;
                     }
@@ -178,7 +183,6 @@ impl Chunked {
                     if b != b'\n' {
                         return Err(BadChunk);
                     }
-                    self.keep_trailer(b)?;
                     self.state = ChunkState::TrailerStart;
                 }
                 ChunkState::EndLf => {
@@ -194,22 +198,10 @@ impl Chunked {
         if i > run_start {
             piece(Piece {
                 len: i - run_start,
-                data: run_data,
+                part: run,
             });
         }
         Ok(i)
-    }
-}
-
-impl Chunked {
-    fn keep_trailer(&mut self, b: u8) -> Result<(), BadChunk> {
-        if let Some(t) = &mut self.trailers {
-            if t.len() >= self.trailer_limit {
-                return Err(BadChunk);
-            }
-            t.push(b);
-        }
-        Ok(())
     }
 }
 
@@ -235,18 +227,32 @@ pub(crate) fn write_chunk(data: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(b"\r\n");
 }
 
-/// The end of a re-framed body: the last chunk and an empty trailer section. An
-/// HTTP/1.1 client's request trailers are dropped (few backends read them, and they are
-/// where parsers disagree); an HTTP/2 client's go through [`write_last_chunk`].
+/// The end of a re-framed body: the last chunk and an empty trailer section.
+///
+/// An HTTP/1.1 client's request trailers are dropped, on purpose: the trailer section is
+/// where HTTP/1.1 parsers disagree most (bare LF, obs-fold, fields a backend merges into
+/// its headers after drove routed on them), few backends read request trailers at all,
+/// and a body re-framed without them is exactly the body drove checked. An HTTP/2
+/// client's trailers come as a HEADERS frame the `h2` crate already parsed, so they are
+/// passed, filtered ([`write_last_chunk`]).
 pub(crate) const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
 
-/// Appends the last chunk with a trailer section of `fields` (already valid field names
-/// and values: an HTTP/2 client's, which the h2 crate checked) to `out`.
-pub(crate) fn write_last_chunk<'a>(
-    fields: impl Iterator<Item = (&'a [u8], &'a [u8])>,
+/// The last chunk and a trailer section of `fields` (the caller filtered them): with no
+/// field, [`LAST_CHUNK`].
+pub(crate) fn write_last_chunk<'f>(
+    fields: impl IntoIterator<Item = (&'f [u8], &'f [u8])>,
     out: &mut Vec<u8>,
 ) {
     out.extend_from_slice(b"0\r\n");
+    write_trailer_section(fields, out);
+}
+
+/// A trailer section of `fields`, as `name: value` lines, and the empty line that ends
+/// the body.
+pub(crate) fn write_trailer_section<'f>(
+    fields: impl IntoIterator<Item = (&'f [u8], &'f [u8])>,
+    out: &mut Vec<u8>,
+) {
     for (name, value) in fields {
         out.extend_from_slice(name);
         out.extend_from_slice(b": ");
@@ -267,7 +273,7 @@ mod tests {
         let mut data = 0;
         let n = c
             .feed(body, |p| {
-                if p.data {
+                if p.data() {
                     data += p.len
                 }
             })
@@ -299,7 +305,7 @@ mod tests {
         let n = c.feed(body, |p| pieces.push(p)).unwrap();
         assert_eq!(n, body.len());
         for p in pieces {
-            if p.data {
+            if p.data() {
                 write_chunk(&body[at..at + p.len], &mut out);
             }
             at += p.len;
@@ -310,22 +316,58 @@ mod tests {
         assert_eq!(c.data_len(), 15);
     }
 
-    #[test]
-    fn a_decoder_keeping_trailers_has_the_section_and_refuses_one_over_its_limit() {
-        let body = b"5\r\nhello\r\n0\r\nx-a: 1\r\nx-b: 2\r\n\r\n";
-        let mut c = Chunked::keeping_trailers(64);
-        assert_eq!(c.feed(body, |_| {}).unwrap(), body.len());
-        assert!(c.done());
-        assert_eq!(c.trailers(), b"x-a: 1\r\nx-b: 2\r\n");
-        // Fed a byte at a time, the same.
-        let mut c = Chunked::keeping_trailers(64);
-        for b in body.chunks(1) {
-            c.feed(b, |_| {}).unwrap();
+    /// Each byte of `body` fed in `step`-byte reads, sorted by part.
+    fn parts(body: &[u8], step: usize) -> (Vec<u8>, Vec<u8>, Vec<u8>, bool) {
+        let (mut framing, mut data, mut trailer) = (Vec::new(), Vec::new(), Vec::new());
+        let mut c = Chunked::default();
+        for input in body.chunks(step) {
+            let mut at = 0;
+            let n = c
+                .feed(input, |p| {
+                    let bytes = &input[at..at + p.len];
+                    at += p.len;
+                    match p.part {
+                        Part::Framing => framing.extend_from_slice(bytes),
+                        Part::Data => data.extend_from_slice(bytes),
+                        Part::Trailer => trailer.extend_from_slice(bytes),
+                    }
+                })
+                .unwrap();
+            assert_eq!(n, at);
         }
-        assert_eq!(c.trailers(), b"x-a: 1\r\nx-b: 2\r\n");
-        assert!(Chunked::keeping_trailers(8).feed(body, |_| {}).is_err());
-        let mut plain = Chunked::default();
-        plain.feed(body, |_| {}).unwrap();
-        assert_eq!(plain.trailers(), b"", "kept only when asked for");
+        (framing, data, trailer, c.done())
+    }
+
+    /// The trailer section's field lines are told apart from the framing around them
+    /// (the last chunk before, the empty line after), however the bytes are split.
+    #[test]
+    fn trailer_lines_are_their_own_part() {
+        let body = b"5\r\nhello\r\n0;x\r\ngrpc-status: 0\r\nx-sum:  ab \r\n\r\n";
+        for step in [1, 2, 3, 7, body.len()] {
+            let (framing, data, trailer, done) = parts(body, step);
+            assert!(done);
+            assert_eq!(data, b"hello");
+            assert_eq!(trailer, b"grpc-status: 0\r\nx-sum:  ab \r\n", "step {step}");
+            assert_eq!(framing, b"5\r\n\r\n0;x\r\n\r\n", "step {step}");
+        }
+        // Without trailers: no trailer part at all (the relay's common case).
+        let (framing, _, trailer, done) = parts(b"3\r\nabc\r\n0\r\n\r\n", 1);
+        assert!(done && trailer.is_empty());
+        assert_eq!(framing, b"3\r\n\r\n0\r\n\r\n");
+        // A trailer line's CR must be followed by LF: that is framing.
+        assert!(Chunked::default()
+            .feed(b"0\r\na: 1\rX\n\r\n", |_| {})
+            .is_err());
+        assert!(Chunked::default().feed(b"0\r\n\n", |_| {}).is_err());
+    }
+
+    #[test]
+    fn last_chunk_with_fields() {
+        let mut out = Vec::new();
+        write_last_chunk([(&b"grpc-status"[..], &b"0"[..])], &mut out);
+        assert_eq!(out, b"0\r\ngrpc-status: 0\r\n\r\n");
+        out.clear();
+        write_last_chunk([], &mut out);
+        assert_eq!(out, LAST_CHUNK);
     }
 }

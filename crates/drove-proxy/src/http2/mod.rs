@@ -7,6 +7,14 @@
 //! body stream (sent upstream as `Content-Length` or re-framed chunked), and the
 //! response goes out as HEADERS and DATA frames within the stream's flow-control window.
 //!
+//! Trailers cross in both directions, filtered by `headers::allowed_trailer`: a
+//! backend's chunked trailer section becomes a trailing HEADERS frame (after a
+//! compressed body too; a malformed section, or one over `max_header_size`, is dropped
+//! and the stream ends with an empty DATA frame as usual), and a client's trailing HEADERS become the
+//! trailer section of the chunked body the backend gets. A request body with a
+//! `content-length` goes with that length, where trailers have no place, unless the
+//! request announces them with a `trailer` field: then it goes chunked.
+//!
 //! Limits: `http2_max_streams` concurrent streams, `max_header_size` for the header
 //! list, and resets: a client that cancels most of its streams (the 2023 "rapid reset"
 //! attack) is sent GOAWAY and closed (the `h2` crate also bounds resets of streams not
@@ -28,7 +36,8 @@ use h2::{RecvStream, SendStream};
 use tokio::time::Instant;
 
 use crate::conn::Client;
-use crate::h1::{self, Chunked, Framing, IpText, Method};
+use crate::h1::{self, Chunked, Framing, IpText, Method, Part};
+use crate::headers::{allowed_trailer, Trailers};
 use crate::request::compress::{self, Compressing};
 use crate::request::forward::{Answer, Downstream, SendError, UpstreamRequest};
 use crate::request::retry::Failure;
@@ -256,8 +265,13 @@ async fn upstream_request(
             return Err(ProxyError::BodyTooLarge);
         }
     }
+    // Announced trailers can only reach the backend in a chunked body (a Content-Length
+    // body has no trailer section); the length was checked against the limit above and
+    // the `h2` crate holds the stream to it.
+    let announced = parts.headers.contains_key(http::header::TRAILER);
     let mut framing = match length {
         Some(0) => Framing::None,
+        Some(_) if announced && !down.body.is_end_stream() => Framing::Chunked,
         Some(n) => Framing::Length(n),
         None if down.body.is_end_stream() => Framing::None,
         None => Framing::Chunked,
@@ -278,8 +292,10 @@ async fn upstream_request(
         .iter()
         .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()))
         // Connection-specific fields have no place in HTTP/2 (RFC 9113 §8.2.2); `te`
-        // and `host` are dropped or replaced on the way anyway.
-        .filter(|(n, _)| !matches!(*n, b"connection" | b"transfer-encoding" | b"host"));
+        // and `host` are dropped or replaced on the way anyway. A chunked body goes
+        // without its `content-length` (both framings at once is a smuggling shape).
+        .filter(|(n, _)| !matches!(*n, b"connection" | b"transfer-encoding" | b"host"))
+        .filter(|(n, _)| !(framing == Framing::Chunked && *n == b"content-length"));
     h1::write_upstream_head(
         &h1::UpstreamHead {
             method: parts.method.as_str().as_bytes(),
@@ -400,7 +416,7 @@ impl Downstream for H2Body {
                 h1::write_last_chunk(
                     trailers
                         .iter()
-                        .filter(|(n, _)| crate::headers::allowed_trailer(n.as_str().as_bytes()))
+                        .filter(|(n, _)| allowed_trailer(n.as_str().as_bytes()))
                         .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes())),
                     &mut out,
                 );
@@ -691,17 +707,24 @@ impl StreamBody<'_> {
         buf: &mut crate::sock::Buf,
         trailer_limit: usize,
     ) -> Result<bool, Relay> {
-        let mut chunked = Chunked::keeping_trailers(trailer_limit);
+        let mut chunked = Chunked::default();
         let mut data = Vec::new();
+        // Created by the first trailer byte: a body without trailers allocates nothing.
+        let mut trailers: Option<Trailers> = None;
         loop {
             let input = buf.filled();
             let mut at = 0;
             let n = chunked
                 .feed(input, |p| {
-                    if p.data {
-                        data.extend_from_slice(&input[at..at + p.len]);
-                    }
+                    let bytes = &input[at..at + p.len];
                     at += p.len;
+                    match p.part {
+                        Part::Data => data.extend_from_slice(bytes),
+                        Part::Trailer => trailers
+                            .get_or_insert_with(|| Trailers::new(trailer_limit))
+                            .push(bytes),
+                        Part::Framing => {}
+                    }
                 })
                 .map_err(|_| Relay::Backend)?;
             let reusable = n == buf.len();
@@ -711,8 +734,8 @@ impl StreamBody<'_> {
                 data.clear();
             }
             if chunked.done() {
-                self.end_with(crate::headers::trailer_map(chunked.trailers()))
-                    .await?;
+                let trailers = trailers.map(|t| t.header_map()).unwrap_or_default();
+                self.end_with(trailers).await?;
                 return Ok(reusable);
             }
             if self.read(up, buf).await? == 0 {

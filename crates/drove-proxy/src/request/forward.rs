@@ -479,6 +479,9 @@ async fn send_length_body<S: ClientIo>(
 /// Sends the head and a chunked body re-framed (canonical sizes, no extensions, no
 /// trailers), counting its decoded length against `max_body_size`: past it, the
 /// attempt stops and the backend never sees the body's end.
+///
+/// The client's trailer section is read (the body ends after it) and dropped, on
+/// purpose: see `h1::LAST_CHUNK` (smuggling safety; an HTTP/2 client's trailers do pass).
 async fn send_chunked_body<S: ClientIo>(
     w: &Worker,
     settings: &ProxySettings,
@@ -496,7 +499,7 @@ async fn send_chunked_body<S: ClientIo>(
             let mut at = 0;
             let n = chunked
                 .feed(input, |p| {
-                    if p.data {
+                    if p.data() {
                         h1::write_chunk(&input[at..at + p.len], &mut out);
                     }
                     at += p.len;

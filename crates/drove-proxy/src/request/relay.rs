@@ -2,6 +2,12 @@
 //! in the body's own framing (Content-Length, chunked — de-chunked for an HTTP/1.0
 //! client — or until close), through one pooled buffer; or, after a checked `101`, the
 //! tunnel. The upstream connection goes back to the pool when the exchange ended cleanly.
+//!
+//! A chunked body's trailer section reaches an HTTP/1.1 client filtered
+//! (`headers::Trailers`: forbidden fields out, a malformed or oversized section dropped
+//! whole, the body still ends cleanly), after a compressed body too; an HTTP/1.0 client
+//! gets none (its de-chunked body has nowhere to put them). A body without trailers
+//! passes byte for byte as before, with nothing allocated for them.
 
 use std::sync::atomic::Ordering::Relaxed;
 
@@ -9,8 +15,9 @@ use super::compress::Compressing;
 use super::forward::Answer;
 use super::{answer, respond, Ctx};
 use crate::conn::Client;
-use crate::h1::{Chunked, Framing};
+use crate::h1::{Chunked, Framing, Part};
 use crate::handoff::HandedConnection;
+use crate::headers::Trailers;
 use crate::sock::{Buf, ClientIo, Sock};
 use crate::worker::Worker;
 use std::rc::Rc;
@@ -59,6 +66,7 @@ pub(crate) async fn response<S: ClientIo>(
         bytes: 0,
         client_ok: true,
         reusable: head.keep_alive,
+        trailer_limit: ctx.live.settings.max_header_size,
     };
     match (plan.compress, head.framing) {
         (_, Framing::None) => body.none().await,
@@ -100,6 +108,8 @@ struct Body<'a, S> {
     client_ok: bool,
     /// The backend's connection can carry another request.
     reusable: bool,
+    /// The largest trailer section passed on (`max_header_size`, as for a head).
+    trailer_limit: usize,
 }
 
 impl<S: ClientIo> Body<'_, S> {
@@ -188,16 +198,29 @@ impl<S: ClientIo> Body<'_, S> {
     async fn chunked(&mut self, dechunk: bool) {
         let mut head = self.out.len();
         let mut chunked = Chunked::default();
+        // The backend's trailer lines, held until the body ends, then written filtered in
+        // place of the section it sent.
+        let mut trailers: Option<Trailers> = None;
+        let limit = self.trailer_limit;
         let mut first = true;
         loop {
             let input = self.buf.filled();
             let out = &mut self.out;
             let mut at = 0;
             let fed = chunked.feed(input, |p| {
-                if !dechunk || p.data {
-                    out.extend_from_slice(&input[at..at + p.len]);
-                }
+                let bytes = &input[at..at + p.len];
                 at += p.len;
+                match p.part {
+                    Part::Data => out.extend_from_slice(bytes),
+                    _ if dechunk => {}
+                    // After trailer lines only the section's empty line can come: it is
+                    // written with the filtered section below.
+                    Part::Framing if trailers.is_some() => {}
+                    Part::Framing => out.extend_from_slice(bytes),
+                    Part::Trailer => trailers
+                        .get_or_insert_with(|| Trailers::new(limit))
+                        .push(bytes),
+                }
             });
             let Ok(n) = fed else {
                 return self.broke();
@@ -206,6 +229,11 @@ impl<S: ClientIo> Body<'_, S> {
                 self.reusable = false;
             }
             self.buf.clear();
+            if chunked.done() {
+                if let Some(t) = &trailers {
+                    crate::h1::write_trailer_section(t.passed().into_iter().flatten(), out);
+                }
+            }
             if (first || !self.out.is_empty()) && !self.flush(head).await {
                 return;
             }
@@ -231,6 +259,8 @@ impl<S: ClientIo> Body<'_, S> {
             _ => u64::MAX,
         };
         let mut decoder = Chunked::default();
+        let mut trailers: Option<Trailers> = None;
+        let limit = self.trailer_limit;
         let mut data = Vec::new();
         loop {
             // The data bytes of what was read.
@@ -245,10 +275,16 @@ impl<S: ClientIo> Body<'_, S> {
                 Framing::Chunked => {
                     let mut at = 0;
                     let Ok(n) = decoder.feed(input, |p| {
-                        if p.data {
-                            data.extend_from_slice(&input[at..at + p.len]);
-                        }
+                        let bytes = &input[at..at + p.len];
                         at += p.len;
+                        match p.part {
+                            Part::Data => data.extend_from_slice(bytes),
+                            // Kept for the end of the compressed body (chunked out).
+                            Part::Trailer if chunked_out => trailers
+                                .get_or_insert_with(|| Trailers::new(limit))
+                                .push(bytes),
+                            _ => {}
+                        }
                     }) else {
                         return self.broke();
                     };
@@ -267,7 +303,7 @@ impl<S: ClientIo> Body<'_, S> {
                 return self.broke();
             }
             data.clear();
-            self.emit(&mut c, chunked_out, done);
+            self.emit(&mut c, chunked_out, done, trailers.as_ref());
             if !self.flush(head).await {
                 return;
             }
@@ -281,7 +317,7 @@ impl<S: ClientIo> Body<'_, S> {
                     if c.finish().is_err() {
                         return self.broke();
                     }
-                    self.emit(&mut c, chunked_out, true);
+                    self.emit(&mut c, chunked_out, true, None);
                     self.flush(0).await;
                     return;
                 }
@@ -291,12 +327,20 @@ impl<S: ClientIo> Body<'_, S> {
         }
     }
 
-    /// Moves the encoder's output to `out`, framed (and the last chunk when `end`).
-    fn emit(&mut self, c: &mut Compressing, chunked_out: bool, end: bool) {
+    /// Moves the encoder's output to `out`, framed; with `end`, the last chunk and the
+    /// backend's trailers (if it sent any) after it.
+    fn emit(
+        &mut self,
+        c: &mut Compressing,
+        chunked_out: bool,
+        end: bool,
+        trailers: Option<&Trailers>,
+    ) {
         if chunked_out {
             crate::h1::write_chunk(&c.out, &mut self.out);
             if end {
-                self.out.extend_from_slice(crate::h1::LAST_CHUNK);
+                let fields = trailers.and_then(Trailers::passed).into_iter().flatten();
+                crate::h1::write_last_chunk(fields, &mut self.out);
             }
         } else {
             self.out.extend_from_slice(&c.out);

@@ -274,6 +274,47 @@ fn each_framing_is_relayed() {
     assert!(!r.to_ascii_lowercase().contains("transfer-encoding"), "{r}");
 }
 
+/// A backend's trailer section reaches an HTTP/1.1 client filtered (forbidden fields
+/// out); a malformed one is dropped and the body still ends cleanly, on a connection
+/// that serves on. An HTTP/1.0 client gets the body de-chunked, without trailers.
+#[test]
+fn response_trailers_reach_http11_clients_filtered() {
+    let b = Scripted::start(|req| {
+        let path = text(req).split(' ').nth(1).unwrap_or("").to_string();
+        let trailer: &[u8] = match path.as_str() {
+            "/ok" => b"grpc-status: 0\r\nContent-Length: 5\r\nx-sum: a b\r\nhost: evil\r\n",
+            "/bad" => b"grpc-status: 0\r\n folded\r\n",
+            _ => b"",
+        };
+        let mut r =
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n".to_vec();
+        r.extend_from_slice(trailer);
+        r.extend_from_slice(b"\r\n");
+        Script::Reply(r)
+    });
+    let p = ProxyUnderTest::start(&[&b], support::settings());
+    let r = p.raw(
+        b"GET /ok HTTP/1.1\r\nHost: t\r\n\r\nGET /bad HTTP/1.1\r\nHost: t\r\n\r\nGET /none HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(5),
+    );
+    let bodies: Vec<&str> = r.split("HTTP/1.1 200 OK\r\n").skip(1).collect();
+    assert_eq!(bodies.len(), 3, "{r}");
+    assert!(
+        bodies[0].ends_with("\r\n\r\n5\r\nhello\r\n0\r\ngrpc-status: 0\r\nx-sum: a b\r\n\r\n"),
+        "{r}"
+    );
+    assert!(
+        bodies[1].ends_with("\r\n\r\n5\r\nhello\r\n0\r\n\r\n"),
+        "{r}"
+    );
+    assert!(
+        bodies[2].ends_with("\r\n\r\n5\r\nhello\r\n0\r\n\r\n"),
+        "{r}"
+    );
+    let r = p.raw(b"GET /ok HTTP/1.0\r\n\r\n", Duration::from_secs(5));
+    assert!(r.ends_with("\r\n\r\nhello"), "{r}");
+}
+
 /// Chunked request bodies reach the backend re-framed: canonical sizes, no extensions,
 /// no trailers.
 #[test]
