@@ -14,6 +14,9 @@
 #                         [--idle-conns N] [--out FILE] [--profile] [--no-idle]
 # Env:   DROVE_BIN=path   use this drove binary instead of `cargo build --release`
 #        DROVE_REV=rev    the revision DROVE_BIN was built from (default: HEAD)
+#        DROVE_ALT_BIN=path  a second drove binary (another build: say, another TLS
+#                         provider), run as the proxy `drove_alt` with the same configs;
+#                         add it to PROXIES
 #        MAX_LOAD=1.0     wait (up to LOAD_WAIT=300 s) until the 1-min load average is
 #                         below this, or the CPUs were MIN_IDLE=95 % idle over 5 s,
 #                         before starting; the load is recorded either way
@@ -151,7 +154,8 @@ for _ in range(int(sys.argv[1])):
 print(" ".join(str(s.getsockname()[1]) for s in socks))
 EOF
 }
-read -r B1 B2 B3 P_NGINX P_HAPROXY P_DROVE P_ADMIN P_NGINX_TLS P_HAPROXY_TLS P_DROVE_TLS P_ADMIN_TLS <<<"$(free_ports 11)"
+read -r B1 B2 B3 P_NGINX P_HAPROXY P_DROVE P_ADMIN P_NGINX_TLS P_HAPROXY_TLS P_DROVE_TLS P_ADMIN_TLS \
+    P_ALT P_ALT_ADMIN P_ALT_TLS P_ALT_TLS_ADMIN <<<"$(free_ports 15)"
 PORT_nginx=$P_NGINX
 PORT_haproxy=$P_HAPROXY
 PORT_drove=$P_DROVE
@@ -160,6 +164,8 @@ PORT_drove=$P_DROVE
 TLSPORT_nginx=$P_NGINX_TLS
 TLSPORT_haproxy=$P_HAPROXY_TLS
 TLSPORT_drove=$P_DROVE_TLS
+PORT_drove_alt=$P_ALT
+TLSPORT_drove_alt=$P_ALT_TLS
 
 # ----------------------------------------------------------------------------- drove
 if [[ -n "${DROVE_BIN:-}" ]]; then
@@ -170,6 +176,9 @@ else
     DROVE="$ROOT/target/release/drove"
 fi
 [[ -x "$DROVE" ]] || { echo "drove binary not found: $DROVE" >&2; exit 1; }
+if [[ " ${PROXIES[*]} " == *" drove_alt "* ]]; then
+    [[ -x "${DROVE_ALT_BIN:-}" ]] || { echo "PROXIES has drove_alt: set DROVE_ALT_BIN to a drove binary" >&2; exit 1; }
+fi
 
 # ----------------------------------------------------------------------------- configs
 mkdir -p "$TMP/backend/logs" "$TMP/backend/www" "$TMP/nginx/logs" "$TMP/haproxy" "$TMP/drove" "$TMP/drove_tls" "$TMP/tls"
@@ -418,6 +427,11 @@ tls = { cert = "$TMP/tls/cert.pem", key = "$TMP/tls/key.pem" }
 listen = "127.0.0.1:$P_ADMIN_TLS"
 EOF
 
+# drove_alt (DROVE_ALT_BIN): the same two configs on their own ports.
+mkdir -p "$TMP/drove_alt" "$TMP/drove_alt_tls"
+sed -e "s/:$P_DROVE\"/:$P_ALT\"/" -e "s/:$P_ADMIN\"/:$P_ALT_ADMIN\"/" "$TMP/drove/drove.toml" >"$TMP/drove_alt/drove.toml"
+sed -e "s/:$P_DROVE_TLS\"/:$P_ALT_TLS\"/" -e "s/:$P_ADMIN_TLS\"/:$P_ALT_TLS_ADMIN\"/" "$TMP/drove_tls/drove.toml" >"$TMP/drove_alt_tls/drove.toml"
+
 # ----------------------------------------------------------------------------- processes
 declare -A PID_OF=()
 
@@ -455,9 +469,12 @@ start_proxy() { # name
         haproxy) start_bg haproxy "$PROXY_CPU" "$HAPROXY" -db -f "$TMP/haproxy/haproxy.cfg" ;;
         drove) start_bg drove "$PROXY_CPU" "$DROVE" up -c "$TMP/drove/drove.toml" ;;
         drove_tls) start_bg drove_tls "$PROXY_CPU" "$DROVE" up -c "$TMP/drove_tls/drove.toml" ;;
+        drove_alt) start_bg drove_alt "$PROXY_CPU" "$DROVE_ALT_BIN" up -c "$TMP/drove_alt/drove.toml" ;;
+        drove_alt_tls) start_bg drove_alt_tls "$PROXY_CPU" "$DROVE_ALT_BIN" up -c "$TMP/drove_alt_tls/drove.toml" ;;
     esac
-    if [[ $1 == drove_tls ]]; then
-        wait_https "$P_DROVE_TLS" || { cat "$TMP/$1.out" >&2; exit 1; }
+    if [[ $1 == *_tls ]]; then
+        local v="TLSPORT_${1%_tls}"
+        wait_https "${!v}" || { cat "$TMP/$1.out" >&2; exit 1; }
         return
     fi
     local port_var="PORT_$1" tls_var="TLSPORT_$1"
@@ -474,7 +491,7 @@ port_of() { # scenario proxy
     echo "${!v}"
 }
 pid_of() { # scenario proxy
-    if is_tls "$1" && [[ $2 == drove ]]; then echo "${PID_OF[drove_tls]}"; else echo "${PID_OF[$2]}"; fi
+    if is_tls "$1" && [[ $2 == drove* ]]; then echo "${PID_OF[${2}_tls]}"; else echo "${PID_OF[$2]}"; fi
 }
 
 # A process and all its descendants (nginx master + workers).
@@ -587,6 +604,9 @@ CLK_TCK="$(getconf CLK_TCK)"
     echo "tls_cert	$TLS_CERT"
     echo "drove	$("$DROVE" --version 2>&1 | head -1)"
     echo "drove_bin	$DROVE, built $(date -u -r "$DROVE" '+%Y-%m-%d %H:%M:%S UTC'), sha256 $(sha256sum "$DROVE" | cut -c1-12)"
+    if [[ " ${PROXIES[*]} " == *" drove_alt "* ]]; then
+        echo "drove_alt_bin	$DROVE_ALT_BIN, built $(date -u -r "$DROVE_ALT_BIN" '+%Y-%m-%d %H:%M:%S UTC'), sha256 $(sha256sum "$DROVE_ALT_BIN" | cut -c1-12)${DROVE_ALT_NOTE:+: $DROVE_ALT_NOTE}"
+    fi
     # Uncommitted changes in the tree now; with DROVE_BIN, the binary may predate them
     # (DROVE_TREE_NOTE can say what it was built from).
     if [[ -n "${DROVE_TREE_NOTE:-}" ]]; then
@@ -615,7 +635,7 @@ wait_http "$B1"; wait_http "$B2"; wait_http "$B3"
 
 for p in "${PROXIES[@]}"; do
     log "starting $p on 127.0.0.1:$(v=PORT_$p; echo "${!v}"), TLS on $(v=TLSPORT_$p; echo "${!v}") (core $PROXY_CPU)"
-    [[ $p == drove ]] && start_proxy drove_tls
+    [[ $p == drove* ]] && start_proxy "${p}_tls"
     start_proxy "$p"
 done
 

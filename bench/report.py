@@ -12,7 +12,8 @@ import re
 import statistics
 import sys
 
-PROXIES = ["nginx", "haproxy", "drove"]
+# drove_alt: a second drove binary (DROVE_ALT_BIN), e.g. another TLS provider.
+PROXIES = ["nginx", "haproxy", "drove", "drove_alt"]
 SCENARIOS = ["ka64", "ka256", "close64", "gzip64", "tls_ka64", "tls_resume64", "tls_close64", "h2_8x8"]
 # The scenarios of issue 11 (TLS, HTTP/2, gzip): target "at or better than nginx".
 NEW_SCENARIOS = ["gzip64", "tls_ka64", "tls_resume64", "tls_close64", "h2_8x8"]
@@ -179,6 +180,8 @@ def render(tmp, out):
                                      " (+%s uncommitted changed files, see below)" % dirty if dirty not in ("", "0") else ""))
     if meta.get("drove_bin"):
         w("| drove binary | %s |" % meta["drove_bin"])
+    if meta.get("drove_alt_bin"):
+        w("| drove_alt binary | %s |" % meta["drove_alt_bin"])
     if meta.get("dirty_files"):
         w("| uncommitted changes in the measured tree | %s |" % meta["dirty_files"])
     w("| load average (1/5/15 min) | start: %s · end: %s · 1-min at each run: %s–%s |" % (
@@ -204,7 +207,8 @@ def render(tmp, out):
             if not m:
                 continue
             n, h = M.get(("nginx", sc)), M.get(("haproxy", sc))
-            if p == "drove" and n and h:
+            if p.startswith("drove") and n:
+                h = h or {"rps": float("nan")}
                 extra = " | ".join("**%.2f×**" % x if x == x else "n/a" for x in (
                     ratio(m["rps"], n["rps"]), ratio(m["rps"], h["rps"]), ratio(m["p99"], n["p99"]), ratio(m["cpu"], n["cpu"])))
             else:
