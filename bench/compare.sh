@@ -656,14 +656,18 @@ done
 
 # What each proxy negotiates with an OpenSSL client (openssl s_client, the library wrk
 # and h2load use): protocol, suite, key exchange, ALPN, and whether a second connection
-# with the first one's session is resumed.
+# with the first one's session is resumed. The session is saved from an HTTP/1.0
+# exchange read to the end (-ign_eof), so the TLS 1.3 tickets, sent after the
+# handshake, have arrived (an s_client that closes at once may leave without one).
 printf 'proxy\tprotocol\tcipher\tkex\talpn\tresumed\n' >"$TMP/tls.tsv"
 for p in "${PROXIES[@]}"; do
     port="$(port_of tls_ka64 "$p")"
     openssl s_client -connect "127.0.0.1:$port" -servername localhost -alpn h2,http/1.1 \
-        -sess_out "$TMP/sess-$p.pem" </dev/null >"$TMP/s_client-$p.txt" 2>&1 || true
-    openssl s_client -connect "127.0.0.1:$port" -servername localhost -alpn h2,http/1.1 \
-        -sess_in "$TMP/sess-$p.pem" </dev/null >"$TMP/s_client2-$p.txt" 2>&1 || true
+        </dev/null >"$TMP/s_client-$p.txt" 2>&1 || true
+    printf 'GET / HTTP/1.0\r\nHost: localhost\r\n\r\n' | openssl s_client -connect "127.0.0.1:$port" \
+        -servername localhost -alpn http/1.1 -ign_eof -sess_out "$TMP/sess-$p.pem" >/dev/null 2>&1 || true
+    printf 'GET / HTTP/1.0\r\nHost: localhost\r\n\r\n' | openssl s_client -connect "127.0.0.1:$port" \
+        -servername localhost -alpn http/1.1 -ign_eof -sess_in "$TMP/sess-$p.pem" >"$TMP/s_client2-$p.txt" 2>&1 || true
     python3 "$BENCH/report.py" parse-s-client "$TMP/s_client-$p.txt" "$TMP/s_client2-$p.txt" "$p" >>"$TMP/tls.tsv"
 done
 

@@ -93,8 +93,10 @@ def cmd_parse_s_client(path, path2, proxy):
     def grab(rx, text=t):
         m = re.search(rx, text, re.M)
         return m.group(1).strip() if m else "?"
-    proto = grab(r"^\s*Protocol\s*:\s*(\S+)")
-    cipher = grab(r"^\s*Cipher\s*:\s*(\S+)")
+    # "New, TLSv1.3, Cipher is X" is printed after every handshake; the SSL-Session
+    # block only when a session was received before s_client left.
+    m = re.search(r"^(?:New|Reused), (\S+), Cipher is (\S+)", t, re.M)
+    proto, cipher = (m.group(1), m.group(2)) if m else ("?", "?")
     kex = grab(r"^Server Temp Key: (.+)$")
     alpn = grab(r"^ALPN protocol: (\S+)")
     t2 = open(path2, errors="replace").read()
