@@ -22,6 +22,14 @@ pub use rustls::ServerConfig;
 
 use crate::sock::{Buf, ClientIo, Sock};
 
+// The crypto provider: ring by default (pure Rust + assembly, builds with any C
+// compiler); the `aws-lc-rs` feature selects AWS-LC instead (bench/README.md, "TLS",
+// compares the two per handshake).
+#[cfg(feature = "aws-lc-rs")]
+use rustls::crypto::aws_lc_rs as crypto;
+#[cfg(not(feature = "aws-lc-rs"))]
+use rustls::crypto::ring as crypto;
+
 /// Ciphertext read at once: one TLS record at most.
 const RAW_READ: usize = 16 * 1024 + 512;
 
@@ -38,7 +46,7 @@ pub fn server_config(cert: &Path, key: &Path, http2: bool) -> Result<Arc<ServerC
     let key = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{}: {e}", key.display()))?;
     // AES-128-GCM with SHA-256 first, chosen over the client's order: the SHA-384 key
     // schedule of AES-256 suites costs noticeably more per handshake (measured).
-    let mut provider = rustls::crypto::ring::default_provider();
+    let mut provider = crypto::default_provider();
     provider.cipher_suites.sort_by_key(|s| {
         s.suite() != rustls::CipherSuite::TLS13_AES_128_GCM_SHA256
             && s.suite() != rustls::CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
@@ -60,7 +68,7 @@ pub fn server_config(cert: &Path, key: &Path, http2: bool) -> Result<Arc<ServerC
     config.ignore_client_order = true;
     // Session tickets (rotating keys, as nginx's default): returning clients resume
     // without a full handshake, whichever worker they reach.
-    config.ticketer = rustls::crypto::ring::Ticketer::new().map_err(|e| e.to_string())?;
+    config.ticketer = crypto::Ticketer::new().map_err(|e| e.to_string())?;
     Ok(Arc::new(config))
 }
 
