@@ -84,7 +84,7 @@ pub(crate) fn serve<S: ClientIo + 'static>(
     client: Client<S>,
     stop: Stop,
 ) -> impl std::future::Future<Output = ()> {
-    let (mut client, mut stop) = (client, stop);
+    let (mut client, stop) = (client, stop);
     let open = OpenConnection::new(&w);
     async move {
         let _open = open;
@@ -115,17 +115,18 @@ pub(crate) fn serve<S: ClientIo + 'static>(
                 // Only drove's shutdown closes an idle connection: listeners retired by
                 // a reload let it carry one more request (answered with
                 // `Connection: close`), so the client never races an idle close.
-                if *stop.shutdown.borrow() {
+                // `idle_end` is set once shutdown or hand-over is (no lock to look).
+                if w.idle_end.ended() {
+                    if stop.handing_off() {
+                        return hand_over(&w, &client);
+                    }
                     return;
-                }
-                if stop.handing_off() {
-                    return hand_over(&w, &client);
                 }
                 let idle_until = Instant::now() + w.snapshot().settings.idle_timeout;
                 loop {
                     let read = tokio::select! {
                         r = tokio::time::timeout_at(idle_until, client.sock.read_fresh(|| w.buffers.input())) => r,
-                        _ = stop.idle_end.changed() => {
+                        () = w.idle_end.wait() => {
                             if stop.handing_off() {
                                 return hand_over(&w, &client);
                             }
@@ -195,14 +196,10 @@ pub(crate) fn serve<S: ClientIo + 'static>(
                 &client.pending()[head.target_range.0..head.target_range.1],
             );
             let shutting_down = stop.stopping();
-            let keep = Box::pin(request::handle(
-                &w,
-                &mut client,
-                head,
-                started,
-                shutting_down,
-                live.clone(),
-            ))
+            // In place (see `box_in_place`): `Box::pin` copied the whole walk future.
+            let keep = crate::box_in_place(|| {
+                request::handle(&w, &mut client, head, started, shutting_down, live.clone())
+            })
             .await;
             if keep {
                 client.nodelay();

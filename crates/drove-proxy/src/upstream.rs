@@ -2,8 +2,8 @@
 //! directly by the request that uses one (no driver task, no channel), and the connect
 //! that makes new ones.
 
+use rustc_hash::FxHashMap;
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -27,7 +27,7 @@ pub(crate) struct Idle {
 
 #[derive(Default)]
 pub(crate) struct Pool {
-    idle: RefCell<HashMap<u64, Vec<Idle>>>,
+    idle: RefCell<FxHashMap<u64, Vec<Idle>>>,
 }
 
 /// Why a new connection could not be made.
