@@ -10,6 +10,8 @@
 #
 # Usage: bench/instructions.sh BIN_A [BIN_B ...]     (release builds)
 # Env:   N1=2000 N2=12000   request counts
+#        CG_DIR=dir         keep each callgrind profile there (BIN.SCENARIO.N.out), to
+#                           compare functions with callgrind_annotate
 set -euo pipefail
 
 N1="${N1:-2000}"
@@ -104,6 +106,10 @@ count() {
     kill -TERM "$pid"
     wait "$pid" 2>/dev/null || true
     callgrind_annotate "$out" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",","",$1); print $1; exit}'
+    if [[ -n "${CG_DIR:-}" ]]; then
+        mkdir -p "$CG_DIR"
+        cp "$out" "$CG_DIR/$(basename "$bin").$scenario.$n.out"
+    fi
     rm -f "$out"*
 }
 

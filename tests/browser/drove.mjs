@@ -101,7 +101,7 @@ export async function startDrove(config = demoConfig()) {
 
   const deadline = Date.now() + 20000;
   while (Date.now() < deadline) {
-    const l = out.match(/^drove: balancer on http:\/\/([^/]+)\//m);
+    const l = out.match(/^drove: balancer on https?:\/\/([^/]+)\//m);
     const a = out.match(/^drove: admin API.* on http:\/\/([^/]+)\//m);
     if (l && a) {
       drove.listen = l[1];
@@ -128,13 +128,17 @@ export async function waitReady(drove, n, timeoutMs = 20000) {
   throw new Error(`not ${n} instances ready: ${JSON.stringify(s && s.instances.map((i) => [i.id, i.state, i.healthy]))}`);
 }
 
-/** Headless Chromium with a new, empty profile and no network of its own. */
-export async function launchBrowser(viewport = { width: 1440, height: 900 }) {
+/**
+ * Headless Chromium with a new, empty profile and no network of its own.
+ * `ignoreHTTPSErrors`: accept the tests' self-signed certificates.
+ */
+export async function launchBrowser(viewport = { width: 1440, height: 900 }, { ignoreHTTPSErrors = false } = {}) {
   const profile = mkdtempSync(join(tmpdir(), "drove-chromium-"));
   const context = await chromium.launchPersistentContext(profile, {
     executablePath: CHROMIUM,
     headless: true,
     viewport,
+    ignoreHTTPSErrors,
     args: [
       "--headless",
       "--no-sandbox",

@@ -3,7 +3,8 @@
 //! request and refuse no connection, keep every instance (same PIDs, never restarted)
 //! and every WebSocket, and the counters go on; a binary that refuses to take over
 //! (exits 1, or reads another hand-over format) leaves the running drove serving, with
-//! the reason; SIGUSR2 upgrades too.
+//! the reason; SIGUSR2 upgrades too; an HTTP/2 stream in flight finishes and its client
+//! moves to the new drove after GOAWAY.
 
 use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
@@ -219,4 +220,54 @@ pub(crate) fn sockets_of(pid: u32) -> std::collections::BTreeSet<String> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// An HTTP/2 connection during an upgrade: its open stream finishes (a response 1.5 s
+/// long), GOAWAY tells the client to open no new stream on it, and its next request goes
+/// over a new connection to the new drove (curl reuses an h2 connection unless told to
+/// go away).
+#[test]
+fn an_http2_stream_in_flight_finishes_and_the_client_moves_to_the_new_drove() {
+    let d = Drove::up(drove(), &config());
+    assert!(d.wait_in_rotation(3, Duration::from_secs(20)));
+    let base = format!("http://{}", d.addr());
+    let curl = std::process::Command::new("curl")
+        .args(["-sS", "--max-time", "30", "--http2-prior-knowledge"])
+        .args([
+            "-w",
+            "%{http_code} %{http_version} %{num_connects}\\n",
+            "-o",
+            "/dev/null",
+        ])
+        .arg(format!("{base}/slow?ms=1500"))
+        .args([
+            "-w",
+            "%{http_code} %{http_version} %{num_connects}\\n",
+            "-o",
+            "/dev/null",
+        ])
+        .arg(format!("{base}/whoami"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("curl is installed (scripts/test installs it)");
+    // The slow stream is open when the upgrade starts.
+    std::thread::sleep(Duration::from_millis(400));
+    let out = d.cli_ok(&["upgrade", "--binary", drove().to_str().unwrap()]);
+    assert!(out.contains("upgraded"), "{out}");
+    let curl = curl.wait_with_output().unwrap();
+    let lines = String::from_utf8_lossy(&curl.stdout).into_owned();
+    assert!(
+        curl.status.success(),
+        "curl: {lines} {}",
+        String::from_utf8_lossy(&curl.stderr)
+    );
+    let lines: Vec<&str> = lines.lines().collect();
+    assert_eq!(
+        lines,
+        ["200 2 1", "200 2 1"],
+        "the slow stream finished over HTTP/2; the next request needed a new connection"
+    );
+    assert_eq!(d.status().upgrades.count, 1);
+    d.stop();
 }

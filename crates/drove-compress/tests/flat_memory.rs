@@ -95,9 +95,24 @@ fn ten_mib_through_each_encoder_with_flat_memory() {
             "{encoding}: one 16 KiB write emitted {max_emitted} bytes"
         );
         assert!(held <= peak);
-        assert_eq!(
-            after_drop, 0,
-            "{encoding}: the encoder leaks {after_drop} bytes"
+        // dhat counts the whole process, the test harness's other thread included (one
+        // CI run saw 900 bytes here once, in a run where it is 0 every other time): a
+        // one-off allowance, and a leak per encoder is caught below, where it adds up.
+        assert!(
+            after_drop <= 4096,
+            "{encoding}: {after_drop} bytes still held after the encoder was dropped"
+        );
+        let before = heap();
+        for _ in 0..100 {
+            let mut e = Encoder::new(encoding, encoding.default_level()).unwrap();
+            e.write(b"hello hello hello", &mut out).unwrap();
+            e.finish(&mut out).unwrap();
+            out.clear();
+        }
+        let leaked = heap().saturating_sub(before);
+        assert!(
+            leaked <= 4096,
+            "{encoding}: 100 encoders created and dropped leave {leaked} bytes"
         );
     }
 }

@@ -184,7 +184,10 @@ pub(crate) fn serve<S: ClientIo + 'static>(
                 Ok(h) => h,
                 Err(e) => {
                     // The stream cannot be trusted past a bad head: answer and close.
-                    Box::pin(request::refuse(&w, &mut client, started, e, live.clone())).await;
+                    crate::box_in_place(|| {
+                        request::refuse(&w, &mut client, started, e, live.clone())
+                    })
+                    .await;
                     return;
                 }
             };

@@ -1,6 +1,6 @@
-//! Request header helpers used by several phases: cookies, the client address behind
+//! Header helpers used by several phases: cookies, the client address behind
 //! trusted proxies (X-Forwarded-For), and the trusted networks themselves ([`Cidr`], from
-//! drove-net, with [`drove_net::canonical_ip`]).
+//! drove-net, with [`drove_net::canonical_ip`]), and which response trailers may pass.
 
 use std::net::IpAddr;
 
@@ -73,6 +73,82 @@ pub(crate) fn client_ip_in<'b>(
     ip
 }
 
+/// Fields that must not be trailers (RFC 9110 §6.5.1): framing, routing, request
+/// modifiers, authentication, response control data and what says how to process the
+/// content. A backend's trailer section loses them on its way to an HTTP/2 client (a
+/// client acting on a trailing `content-length` or `set-cookie` would act on what drove
+/// did not check).
+const NOT_TRAILERS: &[&[u8]] = &[
+    b"age",
+    b"authorization",
+    b"cache-control",
+    b"connection",
+    b"content-encoding",
+    b"content-length",
+    b"content-range",
+    b"content-type",
+    b"cookie",
+    b"date",
+    b"expect",
+    b"expires",
+    b"host",
+    b"keep-alive",
+    b"location",
+    b"max-forwards",
+    b"pragma",
+    b"proxy-authenticate",
+    b"proxy-authorization",
+    b"proxy-connection",
+    b"range",
+    b"retry-after",
+    b"set-cookie",
+    b"te",
+    b"trailer",
+    b"transfer-encoding",
+    b"upgrade",
+    b"vary",
+    b"warning",
+    b"www-authenticate",
+];
+
+/// Whether a field may travel as a trailer.
+pub(crate) fn allowed_trailer(name: &[u8]) -> bool {
+    !NOT_TRAILERS.iter().any(|n| n.eq_ignore_ascii_case(name))
+}
+
+/// A chunked body's trailer section (`name: value` CRLF lines, as
+/// [`crate::h1::Chunked::trailers`] keeps it) as HTTP/2 trailers: the fields that may be
+/// trailers, names lowercased. A section that does not parse as header lines yields no
+/// trailers at all rather than a part of them.
+pub(crate) fn trailer_map(section: &[u8]) -> http::HeaderMap {
+    let mut map = http::HeaderMap::new();
+    if section.is_empty() {
+        return map;
+    }
+    // httparse wants the blank line that ends a header block.
+    let mut block = Vec::with_capacity(section.len() + 2);
+    block.extend_from_slice(section);
+    block.extend_from_slice(b"\r\n");
+    let mut fields = [httparse::EMPTY_HEADER; 32];
+    let Ok(httparse::Status::Complete((_, fields))) = httparse::parse_headers(&block, &mut fields)
+    else {
+        return map;
+    };
+    for f in fields.iter() {
+        if !allowed_trailer(f.name.as_bytes()) {
+            continue;
+        }
+        let (Ok(name), Ok(value)) = (
+            http::HeaderName::from_bytes(f.name.as_bytes()),
+            http::HeaderValue::from_bytes(f.value),
+        ) else {
+            return http::HeaderMap::new();
+        };
+        map.append(name, value);
+    }
+    map
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -112,5 +188,24 @@ mod tests {
         );
         let garbage = b"GET / HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: nope\r\n\r\n";
         assert_eq!(client_ip(garbage, &head(garbage), peer, &trusted), peer);
+    }
+
+    #[test]
+    fn a_trailer_section_keeps_only_the_fields_that_may_be_trailers() {
+        let m = trailer_map(
+            b"grpc-status: 0\r\nContent-Length: 5\r\nX-Sum:  abc \r\nSet-Cookie: a=b\r\n",
+        );
+        let got: Vec<(&str, &str)> = m
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.to_str().unwrap()))
+            .collect();
+        assert_eq!(got, [("grpc-status", "0"), ("x-sum", "abc")]);
+        assert!(trailer_map(b"").is_empty());
+        assert!(
+            trailer_map(b"ok: 1\r\nno colon\r\n").is_empty(),
+            "a section that does not parse passes nothing"
+        );
+        assert!(!allowed_trailer(b"TRANSFER-ENCODING"));
+        assert!(allowed_trailer(b"server-timing"));
     }
 }

@@ -240,6 +240,26 @@ impl Sock {
         }
     }
 
+    /// Resolves when the peer has closed the connection (EOF or reset); never while it
+    /// stays open, nor once it has sent bytes (a pipelined request, read later: from
+    /// then on its close can only be seen by reading). Nothing is consumed (`peek`).
+    pub(crate) async fn peer_gone(&self) {
+        let Ok(reg) = self.registration() else {
+            return std::future::pending().await;
+        };
+        loop {
+            let Ok(mut guard) = reg.readable().await else {
+                return std::future::pending().await;
+            };
+            match self.stream.peek(&mut [0u8; 1]) {
+                Ok(0) => return,
+                Ok(_) => return std::future::pending().await,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => guard.clear_ready(),
+                Err(_) => return,
+            }
+        }
+    }
+
     /// Waits until the socket is readable (nothing is read).
     pub(crate) async fn wait_readable(&self) -> io::Result<()> {
         if self.reg.get().is_none() && !self.drained.get() {
@@ -273,6 +293,9 @@ pub(crate) trait ClientIo {
     fn set_nodelay(&self);
     /// Ends the output (EOF for the peer after what was sent).
     fn shutdown_write(&self);
+    /// Resolves when the client has closed the connection while drove waits on the
+    /// backend (see [`Sock::peer_gone`]).
+    fn peer_gone(&self) -> impl std::future::Future<Output = ()>;
     /// Whether the client speaks TLS (`X-Forwarded-Proto: https`).
     fn is_tls(&self) -> bool;
     /// The client chose HTTP/2 during the TLS handshake (ALPN `h2`).
@@ -309,6 +332,9 @@ impl ClientIo for Sock {
     }
     fn shutdown_write(&self) {
         Sock::shutdown_write(self)
+    }
+    fn peer_gone(&self) -> impl std::future::Future<Output = ()> {
+        Sock::peer_gone(self)
     }
     fn is_tls(&self) -> bool {
         false

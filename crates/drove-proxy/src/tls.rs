@@ -210,6 +210,12 @@ impl ClientIo for TlsSock {
         self.sock.shutdown_write();
     }
 
+    fn peer_gone(&self) -> impl std::future::Future<Output = ()> {
+        // The TCP close; a client that sends close_notify first is not seen (its alert
+        // is bytes to read), and the exchange ends when the backend's next bytes fail
+        // to be written.
+        self.sock.peer_gone()
+    }
     fn is_tls(&self) -> bool {
         true
     }

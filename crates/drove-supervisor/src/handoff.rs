@@ -95,6 +95,47 @@ impl Proc {
     }
 }
 
+/// What `freeze` waits on: slots that found no upgrade under way and are starting a
+/// process whose PID is not recorded yet. A slot counts itself in *before* it looks at
+/// `frozen` and out again if it is set, so `freeze` (which sets `frozen`, then waits for
+/// the count to reach 0) lists every process started before it and none starts after.
+#[derive(Clone)]
+pub(crate) struct StartGate {
+    frozen: tokio::sync::watch::Receiver<bool>,
+    starting: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// A slot's permission to start one process; dropped once its PID is recorded.
+pub(crate) struct StartPass(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for StartPass {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl StartGate {
+    pub(crate) fn new(
+        frozen: tokio::sync::watch::Receiver<bool>,
+        starting: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    ) -> StartGate {
+        StartGate { frozen, starting }
+    }
+
+    /// Waits while an upgrade hands the instances over, then lets one process start.
+    pub(crate) async fn enter(&mut self) -> StartPass {
+        use std::sync::atomic::Ordering::SeqCst;
+        loop {
+            self.starting.fetch_add(1, SeqCst);
+            if !*self.frozen.borrow() {
+                return StartPass(self.starting.clone());
+            }
+            self.starting.fetch_sub(1, SeqCst);
+            let _ = self.frozen.wait_for(|f| !*f).await;
+        }
+    }
+}
+
 /// The read end of an adopted instance's output pipe, for its log pump.
 #[allow(unsafe_code)]
 pub(crate) fn adopt_pipe(fd: i32) -> io::Result<tokio::net::unix::pipe::Receiver> {

@@ -7,7 +7,7 @@ use std::process::ExitStatus;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
-use crate::handoff::{adopt_pipe, Adopted, InstanceHandoff, Proc};
+use crate::handoff::{adopt_pipe, Adopted, InstanceHandoff, Proc, StartGate};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::{sleep, sleep_until, Instant};
@@ -127,8 +127,8 @@ pub(crate) struct SlotCtx {
     pub guardian: Option<Arc<Guardian>>,
     /// The process to take over instead of spawning the first one (an upgrade).
     pub adopt: Option<InstanceHandoff>,
-    /// True while an upgrade hands the instances over: no process is started.
-    pub frozen: watch::Receiver<bool>,
+    /// Closed while an upgrade hands the instances over: no process is started.
+    pub gate: StartGate,
 }
 
 /// What every slot of a supervisor shares (cloned into each new slot).
@@ -136,7 +136,7 @@ pub(crate) struct SlotEnv {
     pub events: mpsc::UnboundedSender<InstanceEvent>,
     pub spawner: Spawner,
     pub guardian: Option<Arc<Guardian>>,
-    pub frozen: watch::Receiver<bool>,
+    pub gate: StartGate,
 }
 
 /// Creates the channels of a new slot; the caller spawns `run(ctx)`.
@@ -171,7 +171,7 @@ pub(crate) fn new_slot(
         cmds,
         guardian: env.guardian,
         adopt,
-        frozen: env.frozen,
+        gate: env.gate,
     };
     (handle, ctx)
 }
@@ -547,7 +547,7 @@ async fn recv_opt<T>(rx: &mut Option<(AbortOnDrop, mpsc::Receiver<T>)>) -> Optio
 /// answered as soon as the state is `Starting` (see `run`).
 async fn run_process(ctx: &mut SlotCtx, restarted: Option<oneshot::Sender<()>>) -> Ended {
     // An upgrade in progress: the process list is written down, nothing may start.
-    let _ = ctx.frozen.wait_for(|f| !*f).await;
+    let pass = ctx.gate.enter().await;
     ctx.spec = lock(&ctx.spec_src).clone();
     let adopt = ctx.adopt.take();
     let port = match &adopt {
@@ -656,6 +656,8 @@ async fn run_process(ctx: &mut SlotCtx, restarted: Option<oneshot::Sender<()>>) 
         s.last_probe_error = None;
         s.out_fds = fds;
     }
+    // Recorded: an upgrade's freeze lists this process from now on.
+    drop(pass);
     if adopt.is_some() {
         ctx.note(&format!(
             "pid {pid} taken over after an upgrade of drove{}",

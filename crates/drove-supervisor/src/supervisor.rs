@@ -78,6 +78,8 @@ struct Inner {
     shutdown_done: tokio::sync::Mutex<bool>,
     /// True while an upgrade hands the instances over (see [`Supervisor::freeze`]).
     frozen: watch::Sender<bool>,
+    /// Slots starting a process whose PID is not recorded yet (see `StartGate`).
+    starting: Arc<std::sync::atomic::AtomicUsize>,
     /// Instances handed over by the drove before this one, by slot, until a slot takes
     /// its own.
     adopt: Mutex<HashMap<(String, u32), InstanceHandoff>>,
@@ -151,6 +153,7 @@ impl Supervisor {
             table: Mutex::new(Table::default()),
             events,
             frozen: watch::channel(false).0,
+            starting: Arc::default(),
             adopt: Mutex::new(adopt),
             opts,
             spawner,
@@ -257,9 +260,15 @@ impl Supervisor {
     /// ([`SupervisorOptions::adopt`]). [`Supervisor::thaw`] undoes it if the upgrade fails.
     pub async fn freeze(&self) -> Vec<InstanceHandoff> {
         self.inner.frozen.send_replace(true);
-        // A slot that passed the check just before is spawning now: let it finish, so
-        // that its process is listed.
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // A slot that passed the gate just before is starting a process now: let it
+        // record the PID, so that its process is listed (bounded: a start is a fork and
+        // an exec).
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while self.inner.starting.load(Ordering::SeqCst) > 0
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
         let mut out = Vec::new();
         for svc in self.inner.services() {
             for h in lock(&svc.slots).values() {
@@ -658,7 +667,7 @@ impl Inner {
             events: self.events.clone(),
             spawner: self.spawner.clone(),
             guardian: self.opts.guardian.clone(),
-            frozen: self.frozen.subscribe(),
+            gate: crate::handoff::StartGate::new(self.frozen.subscribe(), self.starting.clone()),
         };
         let (handle, ctx) =
             slot::new_slot(id, svc.spec.clone(), log, svc.replace.clone(), adopt, env);

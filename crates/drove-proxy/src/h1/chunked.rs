@@ -14,6 +14,11 @@ pub(crate) struct Chunked {
     size_digits: u8,
     /// Data bytes seen so far (the decoded body's length, for `max_body_size`).
     data: u64,
+    /// The trailer section's lines, kept only by a decoder made with
+    /// [`Chunked::keeping_trailers`] (at most `trailer_limit` bytes: beyond, the body is
+    /// refused, as a head over `max_header_size` is).
+    trailers: Option<Vec<u8>>,
+    trailer_limit: usize,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -47,6 +52,22 @@ pub(crate) struct Piece {
 }
 
 impl Chunked {
+    /// A decoder that also keeps the trailer section (HTTP/2 clients get it as a
+    /// trailing HEADERS frame), up to `limit` bytes.
+    pub(crate) fn keeping_trailers(limit: usize) -> Chunked {
+        Chunked {
+            trailers: Some(Vec::new()),
+            trailer_limit: limit,
+            ..Chunked::default()
+        }
+    }
+
+    /// The trailer section's lines (`name: value` CRLF each), once the body is done;
+    /// empty without trailers or for a decoder that does not keep them.
+    pub(crate) fn trailers(&self) -> &[u8] {
+        self.trailers.as_deref().unwrap_or_default()
+    }
+
     pub(crate) fn done(&self) -> bool {
         self.state == ChunkState::Done
     }
@@ -142,9 +163,13 @@ impl Chunked {
                 ChunkState::TrailerStart => match b {
                     b'\r' => self.state = ChunkState::EndLf,
                     b'\n' => return Err(BadChunk),
-                    _ => self.state = ChunkState::Trailer,
+                    _ => {
+                        self.keep_trailer(b)?;
+                        self.state = ChunkState::Trailer;
+                    }
                 },
                 ChunkState::Trailer => {
+                    self.keep_trailer(b)?;
                     if b == b'\r' {
                         self.state = ChunkState::TrailerLf;
                     }
@@ -153,6 +178,7 @@ impl Chunked {
                     if b != b'\n' {
                         return Err(BadChunk);
                     }
+                    self.keep_trailer(b)?;
                     self.state = ChunkState::TrailerStart;
                 }
                 ChunkState::EndLf => {
@@ -172,6 +198,18 @@ impl Chunked {
             });
         }
         Ok(i)
+    }
+}
+
+impl Chunked {
+    fn keep_trailer(&mut self, b: u8) -> Result<(), BadChunk> {
+        if let Some(t) = &mut self.trailers {
+            if t.len() >= self.trailer_limit {
+                return Err(BadChunk);
+            }
+            t.push(b);
+        }
+        Ok(())
     }
 }
 
@@ -197,9 +235,26 @@ pub(crate) fn write_chunk(data: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(b"\r\n");
 }
 
-/// The end of a re-framed body: the last chunk and an empty trailer section (request
-/// trailers are dropped: few backends read them, and they are where parsers disagree).
+/// The end of a re-framed body: the last chunk and an empty trailer section. An
+/// HTTP/1.1 client's request trailers are dropped (few backends read them, and they are
+/// where parsers disagree); an HTTP/2 client's go through [`write_last_chunk`].
 pub(crate) const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
+
+/// Appends the last chunk with a trailer section of `fields` (already valid field names
+/// and values: an HTTP/2 client's, which the h2 crate checked) to `out`.
+pub(crate) fn write_last_chunk<'a>(
+    fields: impl Iterator<Item = (&'a [u8], &'a [u8])>,
+    out: &mut Vec<u8>,
+) {
+    out.extend_from_slice(b"0\r\n");
+    for (name, value) in fields {
+        out.extend_from_slice(name);
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
 
 #[cfg(test)]
 mod tests {
@@ -253,5 +308,24 @@ mod tests {
         out.extend_from_slice(LAST_CHUNK);
         assert_eq!(out, b"5\r\nhello\r\na\r\n0123456789\r\n0\r\n\r\n");
         assert_eq!(c.data_len(), 15);
+    }
+
+    #[test]
+    fn a_decoder_keeping_trailers_has_the_section_and_refuses_one_over_its_limit() {
+        let body = b"5\r\nhello\r\n0\r\nx-a: 1\r\nx-b: 2\r\n\r\n";
+        let mut c = Chunked::keeping_trailers(64);
+        assert_eq!(c.feed(body, |_| {}).unwrap(), body.len());
+        assert!(c.done());
+        assert_eq!(c.trailers(), b"x-a: 1\r\nx-b: 2\r\n");
+        // Fed a byte at a time, the same.
+        let mut c = Chunked::keeping_trailers(64);
+        for b in body.chunks(1) {
+            c.feed(b, |_| {}).unwrap();
+        }
+        assert_eq!(c.trailers(), b"x-a: 1\r\nx-b: 2\r\n");
+        assert!(Chunked::keeping_trailers(8).feed(body, |_| {}).is_err());
+        let mut plain = Chunked::default();
+        plain.feed(body, |_| {}).unwrap();
+        assert_eq!(plain.trailers(), b"", "kept only when asked for");
     }
 }

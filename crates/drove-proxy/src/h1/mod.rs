@@ -7,7 +7,7 @@ mod chunked;
 mod request;
 mod response;
 
-pub(crate) use chunked::{write_chunk, Chunked, LAST_CHUNK};
+pub(crate) use chunked::{write_chunk, write_last_chunk, Chunked, LAST_CHUNK};
 pub(crate) use request::{
     parse_request, write_request, write_upstream_head, RequestHead, RequestLimits, RequestRewrite,
     UpstreamHead,

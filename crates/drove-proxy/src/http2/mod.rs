@@ -390,7 +390,21 @@ impl Downstream for H2Body {
                 }
             }
             if chunked {
-                up.write_all(h1::LAST_CHUNK).await.map_err(broken)?;
+                // The client's trailers (a stream's last HEADERS frame), the fields that
+                // may be trailers, as the re-framed body's trailer section.
+                let trailers = match self.body.trailers().await {
+                    Ok(Some(t)) => t,
+                    Ok(None) => http::HeaderMap::new(),
+                    Err(_) => return Err((Failure::ClientGone, None)),
+                };
+                h1::write_last_chunk(
+                    trailers
+                        .iter()
+                        .filter(|(n, _)| crate::headers::allowed_trailer(n.as_str().as_bytes()))
+                        .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes())),
+                    &mut out,
+                );
+                up.write_all(&out).await.map_err(broken)?;
             } else if let Framing::Length(n) = req.framing() {
                 if self.received != n {
                     return Err((Failure::BadBody, None));
@@ -536,7 +550,7 @@ async fn relay(
     let clean = match head.framing {
         Framing::None => Ok(buf.is_empty()),
         Framing::Length(n) => body.length(&up, &mut buf, n).await,
-        Framing::Chunked => body.chunked(&up, &mut buf).await,
+        Framing::Chunked => body.chunked(&up, &mut buf, settings.max_header_size).await,
         Framing::Close => body.until_close(&up, &mut buf).await.map(|()| false),
     };
     ctx.body_bytes = body.bytes;
@@ -622,14 +636,23 @@ impl StreamBody<'_> {
     }
 
     async fn end(&mut self) -> Result<(), Relay> {
+        self.end_with(http::HeaderMap::new()).await
+    }
+
+    /// Ends the stream: the rest of the compressed body, then `trailers` as a trailing
+    /// HEADERS frame (or an empty DATA frame ending the stream, without any).
+    async fn end_with(&mut self, trailers: http::HeaderMap) -> Result<(), Relay> {
         if let Some(c) = &mut self.compress {
             c.finish().map_err(|_| Relay::Backend)?;
             let out = std::mem::take(&mut c.out);
             self.frames(&out).await?;
         }
-        self.send
-            .send_data(Bytes::new(), true)
-            .map_err(|_| Relay::Client)
+        if trailers.is_empty() {
+            self.send.send_data(Bytes::new(), true)
+        } else {
+            self.send.send_trailers(trailers)
+        }
+        .map_err(|_| Relay::Client)
     }
 
     async fn length(
@@ -660,8 +683,15 @@ impl StreamBody<'_> {
         }
     }
 
-    async fn chunked(&mut self, up: &Sock, buf: &mut crate::sock::Buf) -> Result<bool, Relay> {
-        let mut chunked = Chunked::default();
+    /// A chunked body as DATA frames, and its trailer section (the fields that may be
+    /// trailers, at most `trailer_limit` bytes) as the stream's trailers.
+    async fn chunked(
+        &mut self,
+        up: &Sock,
+        buf: &mut crate::sock::Buf,
+        trailer_limit: usize,
+    ) -> Result<bool, Relay> {
+        let mut chunked = Chunked::keeping_trailers(trailer_limit);
         let mut data = Vec::new();
         loop {
             let input = buf.filled();
@@ -681,7 +711,8 @@ impl StreamBody<'_> {
                 data.clear();
             }
             if chunked.done() {
-                self.end().await?;
+                self.end_with(crate::headers::trailer_map(chunked.trailers()))
+                    .await?;
                 return Ok(reusable);
             }
             if self.read(up, buf).await? == 0 {

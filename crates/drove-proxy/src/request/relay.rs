@@ -117,6 +117,18 @@ impl<S: ClientIo> Body<'_, S> {
 
     /// The backend broke mid-body: the client cannot be told with a status any more;
     /// closing is the only honest signal.
+    /// Reads more of the response from the backend, unless the client closes its
+    /// connection first: an event stream or a long poll may send nothing for minutes,
+    /// and waiting for its next bytes to find the client gone would hold the backend's
+    /// connection and its in-flight count that long (HTTP/2 has RST_STREAM for this).
+    async fn read_up(&mut self) -> std::io::Result<usize> {
+        tokio::select! {
+            biased;
+            r = self.up.read(&mut self.buf) => r,
+            () = self.client.sock.peer_gone() => Err(std::io::ErrorKind::ConnectionAborted.into()),
+        }
+    }
+
     fn broke(&mut self) {
         self.client_ok = false;
         self.reusable = false;
@@ -147,7 +159,7 @@ impl<S: ClientIo> Body<'_, S> {
             self.client.nodelay();
         }
         while left > 0 {
-            match self.up.read(&mut self.buf).await {
+            match self.read_up().await {
                 Ok(0) | Err(_) => return self.broke(),
                 Ok(_) => {
                     let take = left.min(self.buf.len() as u64) as usize;
@@ -203,7 +215,7 @@ impl<S: ClientIo> Body<'_, S> {
                 return;
             }
             self.client.nodelay();
-            match self.up.read(&mut self.buf).await {
+            match self.read_up().await {
                 Ok(0) | Err(_) => return self.broke(),
                 Ok(_) => {}
             }
@@ -264,7 +276,7 @@ impl<S: ClientIo> Body<'_, S> {
                 return;
             }
             self.client.nodelay();
-            match self.up.read(&mut self.buf).await {
+            match self.read_up().await {
                 Ok(0) if framing == Framing::Close => {
                     if c.finish().is_err() {
                         return self.broke();
@@ -302,7 +314,7 @@ impl<S: ClientIo> Body<'_, S> {
         }
         self.client.nodelay();
         loop {
-            match self.up.read(&mut self.buf).await {
+            match self.read_up().await {
                 Ok(0) => return,
                 Err(_) => return self.broke(),
                 Ok(_) => {

@@ -180,7 +180,14 @@ fn support_dir(tag: &str) -> std::path::PathBuf {
 /// Decodes a chunked body strictly in the canonical form drove sends upstream:
 /// lowercase hex sizes without leading zeros or extensions, no trailers. Returns the
 /// data and the chunk sizes.
-fn canonical_chunks(mut b: &[u8]) -> (Vec<u8>, Vec<usize>) {
+fn canonical_chunks(b: &[u8]) -> (Vec<u8>, Vec<usize>) {
+    let (data, sizes, trailers) = canonical_chunks_and_trailers(b);
+    assert_eq!(trailers, "", "no trailers after the last chunk");
+    (data, sizes)
+}
+
+/// [`canonical_chunks`], and the trailer section's lines.
+fn canonical_chunks_and_trailers(mut b: &[u8]) -> (Vec<u8>, Vec<usize>, String) {
     let mut data = Vec::new();
     let mut sizes = Vec::new();
     loop {
@@ -200,8 +207,10 @@ fn canonical_chunks(mut b: &[u8]) -> (Vec<u8>, Vec<usize>) {
         let n = usize::from_str_radix(line, 16).unwrap();
         b = &b[eol + 2..];
         if n == 0 {
-            assert_eq!(b, b"\r\n", "no trailers after the last chunk");
-            return (data, sizes);
+            let trailers = b
+                .strip_suffix(b"\r\n")
+                .expect("the blank line ends the body");
+            return (data, sizes, text(trailers));
         }
         data.extend_from_slice(&b[..n]);
         sizes.push(n);
@@ -755,17 +764,22 @@ fn retries_and_limits_apply_to_streams() {
     );
 }
 
-/// Trailers do not cross drove, by design: a request's trailers are dropped when its
-/// body is re-framed for the backend (canonical chunks, no trailer section — see
-/// `h1/chunked.rs`: what a backend parses is what drove parsed), and a backend's
-/// response trailers are not turned into an HTTP/2 trailing HEADERS frame. The data
-/// itself passes whole both ways.
+/// Trailers cross drove both ways for HTTP/2 clients: a stream's request trailers become
+/// the re-framed body's trailer section, and a backend's chunked trailer section becomes
+/// the stream's trailing HEADERS frame — without the fields that must not be trailers
+/// (RFC 9110 §6.5.1: `content-length`, `set-cookie`, `authorization`...). A trailer
+/// section that does not parse is dropped whole; the data passes in every case.
 #[test]
-fn trailers_are_dropped_both_ways_and_the_data_passes() {
+fn trailers_pass_both_ways_without_the_fields_that_must_not_be_trailers() {
     let b = Scripted::start(|req| {
-        if req.starts_with(b"GET") {
+        if req.starts_with(b"GET /bad") {
             Script::Reply(
-                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: x-checksum\r\n\r\n5\r\nhello\r\n0\r\nx-checksum: abc\r\n\r\n"
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nno colon here\r\n\r\n"
+                    .to_vec(),
+            )
+        } else if req.starts_with(b"GET") {
+            Script::Reply(
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: x-checksum, grpc-status\r\n\r\n5\r\nhello\r\n0\r\nx-checksum: abc\r\nContent-Length: 5\r\nset-cookie: s=1\r\ngrpc-status: 0\r\n\r\n"
                     .to_vec(),
             )
         } else {
@@ -780,27 +794,44 @@ fn trailers_are_dropped_both_ways_and_the_data_passes() {
         body.send_data(Bytes::from_static(b"data"), false).unwrap();
         let mut trailers = http::HeaderMap::new();
         trailers.insert("x-request-checksum", "123".parse().unwrap());
+        trailers.insert("authorization", "Bearer sneaky".parse().unwrap());
         body.send_trailers(trailers).unwrap();
         let resp = resp.await.unwrap();
         assert_eq!(resp.status(), 200);
         assert_eq!(text(&read_body(resp.into_body()).await), "got it");
 
-        let mut s = send.clone().ready().await.unwrap();
-        let (resp, _) = s.send_request(req("GET", "/t"), true).unwrap();
-        let resp = resp.await.unwrap();
-        let mut body = resp.into_body();
-        let mut data = Vec::new();
-        while let Some(c) = body.data().await {
-            data.extend_from_slice(&c.unwrap());
+        for (path, want) in [
+            ("/t", vec![("x-checksum", "abc"), ("grpc-status", "0")]),
+            ("/bad", vec![]),
+        ] {
+            let mut s = send.clone().ready().await.unwrap();
+            let (resp, _) = s.send_request(req("GET", path), true).unwrap();
+            let resp = resp.await.unwrap();
+            let mut body = resp.into_body();
+            let mut data = Vec::new();
+            while let Some(c) = body.data().await {
+                data.extend_from_slice(&c.unwrap());
+            }
+            assert_eq!(text(&data), "hello", "{path}");
+            let got = body.trailers().await.unwrap().unwrap_or_default();
+            let mut got: Vec<(String, String)> = got
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_str().unwrap().to_string()))
+                .collect();
+            got.sort();
+            let mut want: Vec<(String, String)> = want
+                .into_iter()
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect();
+            want.sort();
+            assert_eq!(got, want, "{path}");
         }
-        assert_eq!(text(&data), "hello");
-        assert_eq!(body.trailers().await.unwrap(), None, "no trailers relayed");
     });
     let post = b.requests()[0].clone();
     let head_end = post.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
-    let (data, _) = canonical_chunks(&post[head_end..]);
+    let (data, _, trailers) = canonical_chunks_and_trailers(&post[head_end..]);
     assert_eq!(text(&data), "data");
-    assert!(!text(&post).contains("123"), "{}", text(&post));
+    assert_eq!(trailers, "x-request-checksum: 123\r\n", "{}", text(&post));
 }
 
 /// An idle connection (no stream open for `idle_timeout`) gets GOAWAY and is closed; one

@@ -660,3 +660,53 @@ fn new_settings_apply_to_requests_that_start_after_the_swap_only() {
     );
     assert!(next.contains("x-served-by: b1"), "{next}");
 }
+
+/// An HTTP/1.1 client that closes its connection while drove relays a body whose next
+/// bytes are slow to come (an event stream, a long poll): drove closes the backend's
+/// connection at once and its in-flight count returns to 0 (nginx does the same, its
+/// 499), instead of holding both until the backend writes again.
+#[test]
+fn a_client_that_goes_away_mid_body_ends_the_upstream_exchange() {
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    use std::sync::Arc;
+    let closed = Arc::new(AtomicUsize::new(0));
+    let c2 = closed.clone();
+    let b = Scripted::start(move |_| {
+        let Script::With(hold) = support::hold(c2.clone()) else {
+            unreachable!()
+        };
+        Script::With(Arc::new(move |c| {
+            let _ =
+                c.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n");
+            hold(c)
+        }))
+    });
+    let p = ProxyUnderTest::start(&[&b], support::settings());
+    let backend = p.balancer.find("b1").unwrap();
+    let mut c = std::net::TcpStream::connect(p.addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    c.write_all(b"GET /events HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !got.windows(5).any(|w| w == b"first") {
+        let n = c.read(&mut buf).unwrap();
+        assert!(n > 0, "{}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert_eq!(backend.in_flight(), 1);
+    drop(c);
+    let t = Instant::now();
+    let until = |f: &dyn Fn() -> bool| {
+        while !f() && t.elapsed() < Duration::from_secs(3) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        f()
+    };
+    assert!(
+        until(&|| closed.load(SeqCst) == 1),
+        "the backend's connection was closed"
+    );
+    assert!(until(&|| backend.in_flight() == 0));
+    assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+}
