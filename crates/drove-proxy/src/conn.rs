@@ -84,7 +84,7 @@ pub(crate) fn serve<S: ClientIo + 'static>(
     client: Client<S>,
     stop: Stop,
 ) -> impl std::future::Future<Output = ()> {
-    let (mut client, mut stop) = (client, stop);
+    let (mut client, stop) = (client, stop);
     let open = OpenConnection::new(&w);
     async move {
         let _open = open;
@@ -115,17 +115,18 @@ pub(crate) fn serve<S: ClientIo + 'static>(
                 // Only drove's shutdown closes an idle connection: listeners retired by
                 // a reload let it carry one more request (answered with
                 // `Connection: close`), so the client never races an idle close.
-                if *stop.shutdown.borrow() {
+                // `idle_end` is set once shutdown or hand-over is (no lock to look).
+                if w.idle_end.ended() {
+                    if stop.handing_off() {
+                        return hand_over(&w, &client);
+                    }
                     return;
-                }
-                if stop.handing_off() {
-                    return hand_over(&w, &client);
                 }
                 let idle_until = Instant::now() + w.snapshot().settings.idle_timeout;
                 loop {
                     let read = tokio::select! {
                         r = tokio::time::timeout_at(idle_until, client.sock.read_fresh(|| w.buffers.input())) => r,
-                        _ = stop.idle_end.changed() => {
+                        () = w.idle_end.wait() => {
                             if stop.handing_off() {
                                 return hand_over(&w, &client);
                             }
@@ -183,7 +184,10 @@ pub(crate) fn serve<S: ClientIo + 'static>(
                 Ok(h) => h,
                 Err(e) => {
                     // The stream cannot be trusted past a bad head: answer and close.
-                    boxed(|| request::refuse(&w, &mut client, started, e, live.clone())).await;
+                    crate::box_in_place(|| {
+                        request::refuse(&w, &mut client, started, e, live.clone())
+                    })
+                    .await;
                     return;
                 }
             };
@@ -195,7 +199,8 @@ pub(crate) fn serve<S: ClientIo + 'static>(
                 &client.pending()[head.target_range.0..head.target_range.1],
             );
             let shutting_down = stop.stopping();
-            let keep = boxed(|| {
+            // In place (see `box_in_place`): `Box::pin` copied the whole walk future.
+            let keep = crate::box_in_place(|| {
                 request::handle(&w, &mut client, head, started, shutting_down, live.clone())
             })
             .await;
@@ -213,16 +218,6 @@ pub(crate) fn serve<S: ClientIo + 'static>(
             }
         }
     }
-}
-
-/// Boxes the future `make` returns without building it on the stack first. `Box::pin(f)`
-/// evaluates `f` (a request's future is 3.7 KB, though only its arguments are set before
-/// its first poll), then allocates, then copies all of it: with unwinding on, the
-/// compiler cannot move the allocation first, and the copy cost ~500 instructions per
-/// request (callgrind). Allocating first lets the future be written into the box.
-fn boxed<F: std::future::Future>(make: impl FnOnce() -> F) -> std::pin::Pin<Box<F>> {
-    let slot = Box::<F>::new_uninit();
-    Box::into_pin(Box::write(slot, make()))
 }
 
 /// An upgrade: an idle plain connection goes to the next drove (a duplicate of its

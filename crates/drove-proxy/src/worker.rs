@@ -16,6 +16,7 @@ use tokio::sync::watch;
 use crate::buffers::Buffers;
 use crate::conn;
 use crate::handoff::HandedConnection;
+use crate::idle_end::IdleEnd;
 use crate::sock::Listener;
 use crate::tls::TlsSock;
 use crate::upstream::Pool;
@@ -64,6 +65,8 @@ pub(crate) struct Worker {
     pub(crate) pool: Pool,
     /// Free I/O buffers.
     pub(crate) buffers: Buffers,
+    /// Ends idle connections' waits (set from `Stop::idle_end` in `accept_loop`).
+    pub(crate) idle_end: IdleEnd,
     /// `X-Drove-Instance: web.2\r\n` lines per backend key: no formatting per response.
     instance_lines: RefCell<FxHashMap<u64, Rc<[u8]>>>,
     /// Request-id generator state (xorshift; per worker, so no lock).
@@ -113,6 +116,7 @@ impl Worker {
             live: RefCell::new((generation, Rc::new(live))),
             pool: Pool::default(),
             buffers: Buffers::default(),
+            idle_end: IdleEnd::default(),
             instance_lines: RefCell::new(FxHashMap::default()),
             rid: Cell::new(seed | 1),
             open: Cell::new(0),
@@ -285,8 +289,14 @@ pub(crate) fn run_contained(
 
 /// A connection's task: a panic outside a request's walk (which contains its own) ends
 /// that connection only, counted and logged.
-fn contained(
-    serve: impl std::future::Future<Output = ()>,
+///
+/// `serve` comes boxed (`box_in_place`): tokio moves a task's future into its cell at
+/// spawn and writes the cell's stage when the task ends, each a copy of the whole
+/// future (~1 KiB for a connection; callgrind: about 7 such copies, ~950 instructions,
+/// per connection with unwinding on). A box is one allocation and makes those copies
+/// a pointer's.
+fn contained<F: std::future::Future<Output = ()> + ?Sized>(
+    serve: std::pin::Pin<Box<F>>,
     proxy: &Proxy,
     peer: std::net::SocketAddr,
 ) -> impl std::future::Future<Output = ()> {
@@ -339,6 +349,19 @@ async fn accept_loop(
 ) -> std::io::Result<()> {
     let listener = Listener::new(listener)?;
     let worker = Worker::new(proxy.clone());
+    // One wait on the `idle_end` watch per worker, passed on to its idle connections
+    // (`idle_end.rs`: a watch wait per idle connection cost two lock round trips per
+    // keep-alive request). A closed watch ends idle waits too, as it did.
+    {
+        let weak = Rc::downgrade(&worker);
+        let mut idle_end = stop.idle_end.clone();
+        tokio::task::spawn_local(async move {
+            let _ = idle_end.wait_for(|v| *v).await;
+            if let Some(w) = weak.upgrade() {
+                w.idle_end.end();
+            }
+        });
+    }
     // Connections the drove before this one handed over (`drove upgrade`).
     for c in adopted {
         let peer = match &c {
@@ -359,13 +382,15 @@ async fn accept_loop(
         match &live.settings.tls {
             None => {
                 let client = conn::Client::new(&worker, sock, peer);
-                let serve = conn::serve(worker.clone(), client, stop.clone());
+                let serve =
+                    crate::box_in_place(|| conn::serve(worker.clone(), client, stop.clone()));
                 tokio::task::spawn_local(contained(serve, &proxy, peer));
             }
             Some(config) => match TlsSock::new(sock, config.clone()) {
                 Ok(tls) => {
                     let client = conn::Client::new(&worker, tls, peer);
-                    let serve = conn::serve(worker.clone(), client, stop.clone());
+                    let serve =
+                        crate::box_in_place(|| conn::serve(worker.clone(), client, stop.clone()));
                     tokio::task::spawn_local(contained(serve, &proxy, peer));
                 }
                 Err(e) => tracing::warn!(error = %e, "TLS session setup failed"),
