@@ -332,6 +332,22 @@ http {
 }
 EOF
 
+# The body of a HAProxy frontend: the same header work as drove's defaults (and nginx's
+# proxy_set_header lines), for X-Forwarded-Proto $1.
+haproxy_frontend() {
+    cat <<FRONTEND
+    maxconn 15000
+    unique-id-format %{+X}o\\ %ci:%cp_%fi:%fp_%Ts_%rt:%pid
+    http-request set-header X-Forwarded-For %[src]
+    http-request set-header X-Forwarded-Proto $1
+    http-request set-header X-Forwarded-Host %[req.hdr(host)]
+    http-request set-header X-Real-IP %[src]
+    http-request set-header X-Request-Id %[unique-id]
+    http-response set-header X-Request-Id %[unique-id]
+    default_backend be
+FRONTEND
+}
+
 cat >"$TMP/haproxy/haproxy.cfg" <<EOF
 global
     nbthread 1
@@ -354,29 +370,13 @@ defaults
 
 frontend fe
     bind 127.0.0.1:$P_HAPROXY defer-accept
-    maxconn 15000
-    unique-id-format %{+X}o\ %ci:%cp_%fi:%fp_%Ts_%rt:%pid
-    http-request set-header X-Forwarded-For %[src]
-    http-request set-header X-Forwarded-Proto http
-    http-request set-header X-Forwarded-Host %[req.hdr(host)]
-    http-request set-header X-Real-IP %[src]
-    http-request set-header X-Request-Id %[unique-id]
-    http-response set-header X-Request-Id %[unique-id]
-    default_backend be
+$(haproxy_frontend http)
 
 # TLS listener (HAProxy 2.6 defaults: TLS 1.2 and 1.3, OpenSSL's suites, session cache
 # and tickets on).
 frontend fe_tls
     bind 127.0.0.1:$P_HAPROXY_TLS ssl crt $TMP/tls/haproxy.pem alpn h2,http/1.1 defer-accept
-    maxconn 15000
-    unique-id-format %{+X}o\ %ci:%cp_%fi:%fp_%Ts_%rt:%pid
-    http-request set-header X-Forwarded-For %[src]
-    http-request set-header X-Forwarded-Proto https
-    http-request set-header X-Forwarded-Host %[req.hdr(host)]
-    http-request set-header X-Real-IP %[src]
-    http-request set-header X-Request-Id %[unique-id]
-    http-response set-header X-Request-Id %[unique-id]
-    default_backend be
+$(haproxy_frontend https)
 
 backend be
     balance roundrobin
