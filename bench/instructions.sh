@@ -10,6 +10,7 @@
 #
 # Usage: bench/instructions.sh BIN_A [BIN_B ...]     (release builds)
 # Env:   N1=2000 N2=12000   request counts
+#        SCENARIOS="keepalive close"  which scenarios to count
 #        CG_DIR=dir         keep each callgrind profile there (BIN.SCENARIO.N.out), to
 #                           compare functions with callgrind_annotate
 set -euo pipefail
@@ -115,7 +116,7 @@ count() {
 
 printf '| binary | scenario | instructions/request |\n|---|---|--:|\n'
 for bin in "$@"; do
-    for scenario in keepalive close; do
+    for scenario in ${SCENARIOS:-keepalive close}; do
         a="$(count "$bin" "$N1" "$scenario")"
         b="$(count "$bin" "$N2" "$scenario")"
         per=$(( (b - a) / (N2 - N1) ))

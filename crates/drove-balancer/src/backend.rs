@@ -63,7 +63,12 @@ impl Clock {
         }
     }
     pub(crate) fn now(&self) -> u64 {
-        self.epoch.elapsed().as_nanos() as u64 + 1
+        self.at(tokio::time::Instant::now())
+    }
+    /// `t` on this clock: a reading the caller already took (the proxy reads the clock
+    /// once per step of a request, not once per use).
+    pub(crate) fn at(&self, t: tokio::time::Instant) -> u64 {
+        t.saturating_duration_since(self.epoch).as_nanos() as u64 + 1
     }
 }
 
@@ -296,8 +301,8 @@ impl Balancer {
         }
     }
 
-    fn record(&self, b: &Backend, outcome: Outcome, latency: Duration) {
-        let now = self.clock.now();
+    fn record(&self, b: &Backend, outcome: Outcome, latency: Duration, at: tokio::time::Instant) {
+        let now = self.clock.at(at);
         let p = &self.settings().passive;
         let failed = match outcome {
             Outcome::Ok => false,
@@ -339,6 +344,7 @@ impl Balancer {
             b.state.fail_window_start.store(0, Ordering::Relaxed);
             b.state.ejections.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(backend = %b.id(), fails, "backend ejected (passive health)");
+            self.note_left_rotation();
         }
     }
 }
@@ -353,15 +359,20 @@ impl InFlight {
     /// An attempt has one outcome: after [`InFlight::record`] this only ends it (a
     /// second report would count one failure twice and eject early).
     pub fn finish(mut self, outcome: Outcome, latency: Duration) {
-        self.record(outcome, latency);
+        self.record_at(outcome, latency, tokio::time::Instant::now());
     }
 
     /// Records the outcome now but keeps counting the attempt in flight until dropped
     /// (the response head arrived; its body is still streaming).
     pub fn record(&mut self, outcome: Outcome, latency: Duration) {
+        self.record_at(outcome, latency, tokio::time::Instant::now());
+    }
+
+    /// [`InFlight::record`] with the time it ended (a clock reading the caller took).
+    pub fn record_at(&mut self, outcome: Outcome, latency: Duration, at: tokio::time::Instant) {
         if !self.finished {
             self.finished = true;
-            self.balancer.record(&self.backend, outcome, latency);
+            self.balancer.record(&self.backend, outcome, latency, at);
         }
     }
 }

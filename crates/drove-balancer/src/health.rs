@@ -58,6 +58,7 @@ impl Balancer {
                 drop(balancer);
                 let probes = backends.into_iter().map(|b| {
                     let cfg = &cfg;
+                    let weak = &weak;
                     async move {
                         let ok = probe(&cfg.kind, b.addr(), cfg.timeout).await;
                         if let Some(up) = b.record_probe(ok, cfg.rise, cfg.fall) {
@@ -65,6 +66,9 @@ impl Balancer {
                                 tracing::info!(backend = %b.id(), "backend healthy (active probe)");
                             } else {
                                 tracing::warn!(backend = %b.id(), "backend unhealthy (active probe)");
+                                if let Some(balancer) = weak.upgrade() {
+                                    balancer.note_left_rotation();
+                                }
                             }
                         }
                     }

@@ -99,6 +99,10 @@ pub struct Balancer {
     /// Per-balancer random state for random_two / p2c (xorshift; races only perturb it).
     rng: AtomicU64,
     pub(crate) clock: backend::Clock,
+    /// Counts the times a backend left rotation for its health (an active probe took it
+    /// down, or a passive ejection): requests waiting on it subscribe (see
+    /// [`Balancer::left_rotation`]) instead of polling its health.
+    left_rotation: tokio::sync::watch::Sender<u64>,
 }
 
 impl std::fmt::Debug for Balancer {
@@ -120,7 +124,21 @@ impl Balancer {
             cursor: AtomicUsize::new(0),
             rng: AtomicU64::new(0x9E37_79B9_7F4A_7C15 ^ std::process::id() as u64),
             clock,
+            left_rotation: tokio::sync::watch::Sender::new(0),
         })
+    }
+
+    /// Changes each time a backend leaves rotation for its health (an active probe took
+    /// it down, or it was passively ejected): whoever waits on a backend can look at its
+    /// health then, rather than every few milliseconds. Taken out of rotation by an
+    /// operator (drain, disable) does not count: requests in flight finish there.
+    pub fn left_rotation(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.left_rotation.subscribe()
+    }
+
+    /// A backend just left rotation for its health.
+    pub(crate) fn note_left_rotation(&self) {
+        self.left_rotation.send_modify(|n| *n += 1);
     }
 
     /// The settings in force.

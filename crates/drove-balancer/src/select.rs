@@ -117,8 +117,19 @@ impl Balancer {
     /// (already tried by this request). Sticky first, then the algorithm over the
     /// available primaries, then the backups. `None`: nothing is available.
     pub fn pick(&self, ctx: &PickContext<'_>, exclude: &[u64]) -> Option<Arc<Backend>> {
+        self.pick_at(ctx, exclude, tokio::time::Instant::now())
+    }
+
+    /// [`Balancer::pick`] at `at`, a clock reading the caller took (health and latency
+    /// are judged as of then).
+    pub fn pick_at(
+        &self,
+        ctx: &PickContext<'_>,
+        exclude: &[u64],
+        at: tokio::time::Instant,
+    ) -> Option<Arc<Backend>> {
         let set = self.set.load();
-        let now = self.clock.now();
+        let now = self.clock.at(at);
         let ok = |b: &Backend| b.is_available_at(now) && !exclude.contains(&b.key());
         // A token naming a backup is honoured only when no primary can serve: a client
         // pinned during an outage must go back to the primaries once they return.

@@ -16,6 +16,7 @@ use crate::h1::{self, RequestLimits};
 use crate::handoff::HandedConnection;
 use crate::request;
 use crate::sock::{Buf, ClientIo, Sock};
+use crate::timer::Deadline;
 use crate::worker::{OpenConnection, Stop, Worker};
 use crate::ProxyError;
 
@@ -31,6 +32,9 @@ pub(crate) struct Client<S = Sock> {
     pub(crate) trusted: bool,
     /// TCP_NODELAY was set (on the first reuse of the connection).
     nodelay: bool,
+    /// The timer of its waits: idle between requests, and each attempt's response
+    /// timeout (lent to the request's context while it runs).
+    pub(crate) timer: Deadline,
 }
 
 impl<S: ClientIo> Client<S> {
@@ -49,6 +53,7 @@ impl<S: ClientIo> Client<S> {
                 .iter()
                 .any(|c| c.contains(ip)),
             nodelay: false,
+            timer: Deadline::default(),
         }
     }
 
@@ -116,7 +121,7 @@ pub(crate) fn serve<S: ClientIo + 'static>(
                 // a reload let it carry one more request (answered with
                 // `Connection: close`), so the client never races an idle close.
                 // `idle_end` is set once shutdown or hand-over is (no lock to look).
-                if w.idle_end.ended() {
+                if w.idle_end.fired() > 0 {
                     if stop.handing_off() {
                         return hand_over(&w, &client);
                     }
@@ -125,8 +130,10 @@ pub(crate) fn serve<S: ClientIo + 'static>(
                 let idle_until = Instant::now() + w.snapshot().settings.idle_timeout;
                 loop {
                     let read = tokio::select! {
-                        r = tokio::time::timeout_at(idle_until, client.sock.read_fresh(|| w.buffers.input())) => r,
-                        () = w.idle_end.wait() => {
+                        biased;
+                        r = client.sock.read_fresh(|| w.buffers.input()) => r,
+                        () = client.timer.at(idle_until) => return,
+                        () = w.idle_end.wait_past(0) => {
                             if stop.handing_off() {
                                 return hand_over(&w, &client);
                             }
@@ -134,12 +141,12 @@ pub(crate) fn serve<S: ClientIo + 'static>(
                         }
                     };
                     match read {
-                        Ok(Ok((buf, Some(n)))) if n > 0 => {
+                        Ok((buf, Some(n))) if n > 0 => {
                             client.buf = buf;
                             break;
                         }
                         // Spurious readiness: wait again.
-                        Ok(Ok((buf, None))) => w.buffers.recycle_input(buf),
+                        Ok((buf, None)) => w.buffers.recycle_input(buf),
                         _ => return,
                     }
                 }

@@ -48,12 +48,12 @@ impl ConnectError {
 }
 
 impl Pool {
-    /// A usable idle connection to backend `key`, newest first (the warmest).
-    pub(crate) fn take(&self, key: u64) -> Option<Sock> {
+    /// A usable idle connection to backend `key`, newest first (the warmest), at `now`.
+    pub(crate) fn take(&self, key: u64, now: Instant) -> Option<Sock> {
         let mut idle = self.idle.borrow_mut();
         let list = idle.get_mut(&key)?;
         while let Some(c) = list.pop() {
-            if c.since.elapsed() < UPSTREAM_MAX_IDLE && c.sock.idle_usable() {
+            if now.saturating_duration_since(c.since) < UPSTREAM_MAX_IDLE && c.sock.idle_usable() {
                 return Some(c.sock);
             }
         }

@@ -16,7 +16,7 @@ use tokio::sync::watch;
 use crate::buffers::Buffers;
 use crate::conn;
 use crate::handoff::HandedConnection;
-use crate::idle_end::IdleEnd;
+use crate::local_signal::LocalSignal;
 use crate::sock::Listener;
 use crate::tls::TlsSock;
 use crate::upstream::Pool;
@@ -65,8 +65,11 @@ pub(crate) struct Worker {
     pub(crate) pool: Pool,
     /// Free I/O buffers.
     pub(crate) buffers: Buffers,
-    /// Ends idle connections' waits (set from `Stop::idle_end` in `accept_loop`).
-    pub(crate) idle_end: IdleEnd,
+    /// Ends idle connections' waits (fired from `Stop::idle_end` in `accept_loop`).
+    pub(crate) idle_end: LocalSignal,
+    /// A backend left rotation for its health (fired from the balancer's
+    /// `left_rotation` watch): attempts waiting on it look again (`request::forward`).
+    pub(crate) left_rotation: LocalSignal,
     /// `X-Drove-Instance: web.2\r\n` lines per backend key: no formatting per response.
     instance_lines: RefCell<FxHashMap<u64, Rc<[u8]>>>,
     /// Request-id generator state (xorshift; per worker, so no lock).
@@ -116,13 +119,24 @@ impl Worker {
             live: RefCell::new((generation, Rc::new(live))),
             pool: Pool::default(),
             buffers: Buffers::default(),
-            idle_end: IdleEnd::default(),
+            idle_end: LocalSignal::default(),
+            left_rotation: LocalSignal::default(),
             instance_lines: RefCell::new(FxHashMap::default()),
             rid: Cell::new(seed | 1),
             open: Cell::new(0),
             all_closed: tokio::sync::Notify::new(),
             #[cfg(feature = "test-hooks")]
             crash: tokio::sync::Notify::new(),
+        });
+        let weak = Rc::downgrade(&w);
+        let mut left = w.proxy.balancer.left_rotation();
+        tokio::task::spawn_local(async move {
+            while left.changed().await.is_ok() {
+                match weak.upgrade() {
+                    Some(w) => w.left_rotation.fire(),
+                    None => return,
+                }
+            }
         });
         let weak = Rc::downgrade(&w);
         let stats = w.proxy.stats.clone();
@@ -350,7 +364,7 @@ async fn accept_loop(
     let listener = Listener::new(listener)?;
     let worker = Worker::new(proxy.clone());
     // One wait on the `idle_end` watch per worker, passed on to its idle connections
-    // (`idle_end.rs`: a watch wait per idle connection cost two lock round trips per
+    // (`local_signal.rs`: a watch wait per idle connection cost two lock round trips per
     // keep-alive request). A closed watch ends idle waits too, as it did.
     {
         let weak = Rc::downgrade(&worker);
@@ -358,7 +372,7 @@ async fn accept_loop(
         tokio::task::spawn_local(async move {
             let _ = idle_end.wait_for(|v| *v).await;
             if let Some(w) = weak.upgrade() {
-                w.idle_end.end();
+                w.idle_end.fire();
             }
         });
     }

@@ -112,13 +112,14 @@ pub(crate) fn answered(
     status: u16,
     latency: Duration,
     since_start: Duration,
+    at: tokio::time::Instant,
 ) {
     let outcome = if status >= 500 {
         Outcome::Http5xx
     } else {
         Outcome::Ok
     };
-    in_flight.record(outcome, latency);
+    in_flight.record_at(outcome, latency, at);
     in_flight.backend().responses().record(status, since_start);
 }
 

@@ -5,9 +5,9 @@
 //! (or connects), writes the head (with the first body bytes in the same write), streams
 //! the rest of the body — a chunked body re-framed, counted against `max_body_size` —
 //! and reads the response head, within the per-try and response timeouts. While it
-//! waits, it looks every [`HEALTH_CHECK_EVERY`] at its backend: if the backend was marked
-//! unhealthy or ejected meanwhile (a frozen process), a request that can be sent again
-//! is given back at once rather than held until its timeout.
+//! waits, a backend marked unhealthy or ejected meanwhile (a frozen process) wakes it:
+//! a request that can be sent again is given back at once rather than held until its
+//! timeout.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,7 +19,9 @@ use super::retry::{Failure, RequestClass};
 use super::{finish, Ctx};
 use crate::conn::Client;
 use crate::h1::{self, Chunked, Framing, Method, RequestHead, RequestRewrite, ResponseHead};
+use crate::local_signal::LocalSignal;
 use crate::sock::{Buf, ClientIo, Sock};
+use crate::timer::Deadline;
 use crate::upstream::Pool;
 use crate::worker::Worker;
 use crate::{ProxyError, ProxySettings};
@@ -30,10 +32,9 @@ use crate::{ProxyError, ProxySettings};
 /// stream, and are not retried once sent).
 const MAX_REPLAY_BODY: u64 = 16 * 1024;
 
-/// How often a waiting attempt checks that its backend is still healthy. With the demo's
-/// probes (250 ms, fall 2) a frozen backend leaves rotation after about 0.5 s; its
-/// waiting requests then move within this much more. One timer serves both this and the
-/// per-try timeout, so a fast request pays nothing extra.
+/// How often a waiting attempt looks again at its backend when it left rotation but no
+/// retry could be paid for (the retry budget was spent). Otherwise attempts do not poll:
+/// they wake when a backend leaves rotation (`Worker::left_rotation`).
 pub(crate) const HEALTH_CHECK_EVERY: Duration = Duration::from_millis(50);
 
 /// The largest response head accepted from a backend.
@@ -189,19 +190,20 @@ pub(crate) struct AttemptFailure {
     pub(crate) elapsed: Duration,
 }
 
-/// One attempt on `backend`.
+/// One attempt on `backend`, starting at `start` (the clock reading of its pick), within
+/// the per-try timeout and the request's response timeout.
 pub(crate) async fn once<D: Downstream>(
     w: &Worker,
     down: &mut D,
     backend: &Arc<Backend>,
     req: &UpstreamRequest,
     ctx: &mut Ctx,
-    deadline: Instant,
+    start: Instant,
 ) -> Result<Answer, AttemptFailure> {
     let live = ctx.live.clone();
     let settings = &live.settings;
     let in_flight = w.proxy.balancer.start(backend);
-    let start = Instant::now();
+    let deadline = ctx.response_deadline();
     let try_deadline = (start + settings.per_try_timeout).min(deadline);
     let fail = |in_flight, kind, error| AttemptFailure {
         kind,
@@ -210,10 +212,11 @@ pub(crate) async fn once<D: Downstream>(
         elapsed: start.elapsed(),
     };
 
-    let (up, warm) = match connection(w, backend, try_deadline, settings.connect_timeout).await {
-        Ok(x) => x,
-        Err(error) => return Err(fail(in_flight, Failure::NotSent, error)),
-    };
+    let (up, warm) =
+        match connection(w, backend, start, try_deadline, settings.connect_timeout).await {
+            Ok(x) => x,
+            Err(error) => return Err(fail(in_flight, Failure::NotSent, error)),
+        };
 
     if req.expect_continue
         && req.framing != Framing::None
@@ -231,24 +234,27 @@ pub(crate) async fn once<D: Downstream>(
     // can follow: otherwise waiting is the better chance.
     let movable = req.class().resendable() && ctx.retries < settings.retries;
     let mut buf = w.buffers.input();
-    let sent = Instant::now();
+    // A pooled connection is sent on at once; a new one after connecting.
+    let sent = if warm { start } else { Instant::now() };
     let result = {
         // Pinned here and lent to the watcher: moving the exchange's state into another
         // future would copy it on every request.
         let exchange = send_and_read_head(w, settings, down, &up, req, &mut buf, stale_ok);
         tokio::pin!(exchange);
-        let watch = movable.then(|| (&**backend, &*w.proxy.stats));
-        while_healthy(exchange.as_mut(), watch, try_deadline).await
+        let watch = movable.then(|| (&**backend, &*w.proxy.stats, &w.left_rotation));
+        while_healthy(exchange.as_mut(), watch, try_deadline, &mut ctx.timer).await
     };
     match result {
         Ok(head) => {
-            let latency = sent.elapsed();
+            let now = Instant::now();
+            let latency = now.saturating_duration_since(sent);
             let mut in_flight = in_flight;
             finish::answered(
                 &mut in_flight,
                 head.status,
                 if warm { latency } else { Duration::ZERO },
-                start.elapsed(),
+                now.saturating_duration_since(start),
+                now,
             );
             Ok(Answer {
                 in_flight,
@@ -280,17 +286,18 @@ pub(crate) async fn once<D: Downstream>(
     }
 }
 
-/// An idle pooled connection to `backend` (`true`: it was pooled), or a new one.
+/// An idle pooled connection to `backend` (`true`: it was pooled), or a new one; `now`
+/// is the attempt's start.
 async fn connection(
     w: &Worker,
     backend: &Backend,
+    now: Instant,
     try_deadline: Instant,
     connect_timeout: Duration,
 ) -> Result<(Sock, bool), ProxyError> {
-    if let Some(s) = w.pool.take(backend.key()) {
+    if let Some(s) = w.pool.take(backend.key(), now) {
         return Ok((s, true));
     }
-    let now = Instant::now();
     let budget = connect_timeout.min(try_deadline.saturating_duration_since(now));
     match Pool::connect(backend.addr(), budget).await {
         Ok(s) => Ok((s, false)),
@@ -305,36 +312,50 @@ async fn connection(
 }
 
 /// Runs `exchange` until it ends or `try_deadline` passes (a timeout); with `watch`,
-/// also checks every [`HEALTH_CHECK_EVERY`] that the backend is still healthy and gives
-/// up when it is not and a retry can still be paid for. One timer serves both.
+/// also gives up when the backend leaves rotation (its worker's `left_rotation` signal
+/// fired and the backend is no longer healthy) and a retry can still be paid for. No
+/// polling: a fast request sets the connection's timer once and waits for one signal.
 async fn while_healthy<F: std::future::Future<Output = Result<ResponseHead, SendError>>>(
     mut exchange: std::pin::Pin<&mut F>,
-    watch: Option<(&Backend, &crate::ProxyStats)>,
+    watch: Option<(&Backend, &crate::ProxyStats, &LocalSignal)>,
     try_deadline: Instant,
+    timer: &mut Deadline,
 ) -> Result<ResponseHead, SendError> {
-    let first = match watch {
-        Some(_) => (Instant::now() + HEALTH_CHECK_EVERY).min(try_deadline),
-        None => try_deadline,
-    };
-    let timer = tokio::time::sleep_until(first);
-    tokio::pin!(timer);
+    let mut timer = timer.at(try_deadline);
+    let left = watch.map(|(_, _, left)| left);
+    let mut seen = left.map_or(0, LocalSignal::fired);
     loop {
         tokio::select! {
             biased;
             r = &mut exchange => return r,
             () = &mut timer => {
-                let now = Instant::now();
-                if now >= try_deadline {
+                if Instant::now() >= try_deadline {
                     return Err((Failure::Timeout, None));
                 }
-                if let Some((backend, stats)) = watch {
-                    if !backend.is_healthy_now() && stats.retry_budget_available() {
-                        return Err((Failure::BackendDown, None));
-                    }
+                // A look again (below) at a backend out of rotation.
+            }
+            () = next_event(left, seen) => seen = left.map_or(0, LocalSignal::fired),
+        }
+        if let Some((backend, stats, _)) = watch {
+            if !backend.is_healthy_now() {
+                if stats.retry_budget_available() {
+                    return Err((Failure::BackendDown, None));
                 }
-                timer.as_mut().reset((now + HEALTH_CHECK_EVERY).min(try_deadline));
+                // Out of rotation, but no retry can be paid for now: look again soon
+                // (the budget refills as other requests succeed).
+                timer
+                    .as_mut()
+                    .reset((Instant::now() + HEALTH_CHECK_EVERY).min(try_deadline));
             }
         }
+    }
+}
+
+/// The next event of `signal` after `seen`; never, without one.
+async fn next_event(signal: Option<&LocalSignal>, seen: u64) {
+    match signal {
+        Some(s) => s.wait_past(seen).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -41,6 +41,7 @@ use crate::conn::Client;
 use crate::h1::{Framing, RequestHead};
 use crate::hooks;
 use crate::sock::ClientIo;
+use crate::timer::Deadline;
 use crate::worker::{Snapshot, Worker};
 use crate::ProxyError;
 
@@ -74,6 +75,9 @@ pub(crate) struct Ctx {
     pub(crate) error: Option<ProxyError>,
     /// `100 Continue` was sent (once per request, whatever the attempts).
     pub(crate) continue_sent: bool,
+    /// The timer of the attempts' waits: the connection's, lent for the request (see
+    /// `timer.rs`); an HTTP/2 stream's own.
+    pub(crate) timer: Deadline,
 }
 
 /// Runs one request whose head is at the start of the client's buffer. Returns whether
@@ -90,6 +94,7 @@ pub(crate) async fn handle<S: ClientIo>(
     let mut ctx = Ctx::new(w, live, start, info, || {
         finish::LogHead::capture(client.pending(), Some(&head))
     });
+    ctx.timer = std::mem::take(&mut client.timer);
     // A bug in a phase costs this request only: the panic is caught here, the client
     // gets a 500 if no byte of a response went out yet, and the connection closes (its
     // state after a panic cannot be trusted). `catch_unwind` costs nothing until a
@@ -105,6 +110,7 @@ pub(crate) async fn handle<S: ClientIo>(
         }
     };
     finish::request(w, &ctx);
+    client.timer = std::mem::take(&mut ctx.timer);
     keep
 }
 
@@ -175,7 +181,15 @@ impl Ctx {
             retries: 0,
             error: None,
             continue_sent: false,
+            timer: Deadline::default(),
         }
+    }
+}
+
+impl Ctx {
+    /// When the response head must have come, whatever the attempts.
+    pub(crate) fn response_deadline(&self) -> Instant {
+        self.start + self.live.settings.response_timeout
     }
 }
 
@@ -258,7 +272,7 @@ pub(crate) async fn pick_and_forward<D: forward::Downstream>(
             .as_ref()
             .and_then(|v| std::str::from_utf8(v.as_bytes()).ok()),
     };
-    let deadline = ctx.start + settings.response_timeout;
+    let deadline = ctx.response_deadline();
     let mut tried: Vec<u64> = Vec::new();
     let mut stale = 0u32;
     let mut last_error = ProxyError::NoBackend;
@@ -266,7 +280,9 @@ pub(crate) async fn pick_and_forward<D: forward::Downstream>(
     // gives a better one (like nginx, the backend's own answer rather than drove's).
     let mut gateway_error: Option<forward::Answer> = None;
     loop {
-        let Some(backend) = w.proxy.balancer.pick(&pick, &tried) else {
+        // One clock reading for the pick and the start of the attempt.
+        let now = Instant::now();
+        let Some(backend) = w.proxy.balancer.pick_at(&pick, &tried, now) else {
             return gateway_error.map_or(Attempted::Failed(last_error), Attempted::Answer);
         };
         ctx.backend = Some(backend.clone());
@@ -285,7 +301,7 @@ pub(crate) async fn pick_and_forward<D: forward::Downstream>(
                 Instant::now() < deadline,
             )
         };
-        let failure = match forward::once(w, down, &backend, req, ctx, deadline).await {
+        let failure = match forward::once(w, down, &backend, req, ctx, now).await {
             Ok(answer) => {
                 let decision = if answer.is_gateway_error() && settings.retry_on_5xx {
                     decide(retry::Failure::Http5xx)

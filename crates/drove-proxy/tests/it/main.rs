@@ -530,6 +530,62 @@ fn requests_waiting_on_a_backend_that_leaves_rotation_move_at_once() {
     assert!(!p.balancer.find("b1").unwrap().probe_up());
 }
 
+/// A backend passively ejected while requests wait on it (failures reported by other
+/// requests) gives the replayable ones back at once, as a failed probe does: the
+/// ejection wakes them, nothing polls.
+#[test]
+fn requests_waiting_on_a_backend_that_is_ejected_move_at_once() {
+    let hang = Scripted::start(|_| Script::Hang);
+    let good = Scripted::ok("fine");
+    let mut s = support::settings();
+    s.response_timeout = Duration::from_secs(20);
+    s.per_try_timeout = Duration::from_secs(20);
+    let p = ProxyUnderTest::with_balancer(
+        &[&hang, &good],
+        s,
+        drove_balancer::BalancerSettings {
+            max_ejected_percent: 100,
+            ..Default::default()
+        },
+    );
+    let addr = p.addr;
+    let handles: Vec<_> = (0..4)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let t = Instant::now();
+                let mut c = std::net::TcpStream::connect(addr).unwrap();
+                c.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+                c.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+                    .unwrap();
+                let mut out = Vec::new();
+                let _ = c.read_to_end(&mut out);
+                (status(&text(&out)), t.elapsed())
+            })
+        })
+        .collect();
+    // Round robin: two of the four wait on the hanging backend. Then three failures
+    // (max_fails) on it from elsewhere eject it.
+    std::thread::sleep(Duration::from_millis(500));
+    let b1 = p.balancer.find("b1").unwrap();
+    let waited = Instant::now();
+    for _ in 0..3 {
+        p.balancer
+            .start(&b1)
+            .finish(drove_balancer::Outcome::Broken, Duration::ZERO);
+    }
+    assert!(!b1.is_healthy_now(), "three failures eject it");
+    for h in handles {
+        let (st, took) = h.join().unwrap();
+        assert_eq!(st, 200);
+        assert!(took < Duration::from_secs(3), "{took:?}");
+    }
+    assert!(
+        waited.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        waited.elapsed()
+    );
+}
+
 /// The access log has one line per answer, drove's own included (400, 413, 431, 429),
 /// with the body bytes sent and the time to the end of the body.
 #[test]
