@@ -597,17 +597,19 @@ enum Relay {
 struct StreamBody<'a> {
     send: &'a mut SendStream<Bytes>,
     bytes: u64,
-    /// The body is compressed on its way (flushed after each read from the backend).
+    /// The body is compressed on its way (flushed after each read from the backend but
+    /// the last).
     compress: Option<Compressing>,
 }
 
 impl StreamBody<'_> {
-    /// Sends `data` (compressed, when it is) as DATA frames.
-    async fn data(&mut self, data: &[u8]) -> Result<(), Relay> {
+    /// Sends `data` (compressed, when it is) as DATA frames. `last`: the end of the body
+    /// follows at once (the encoder's flush is left to the end: one deflate block less).
+    async fn data(&mut self, data: &[u8], last: bool) -> Result<(), Relay> {
         match &mut self.compress {
             None => self.frames(data).await,
             Some(c) => {
-                c.chunk(data).map_err(|_| Relay::Backend)?;
+                c.chunk(data, !last).map_err(|_| Relay::Backend)?;
                 let out = std::mem::take(&mut c.out);
                 let r = self.frames(&out).await;
                 if let Some(c) = &mut self.compress {
@@ -686,7 +688,7 @@ impl StreamBody<'_> {
             }
             left -= take as u64;
             if take > 0 {
-                self.data(&buf.filled()[..take]).await?;
+                self.data(&buf.filled()[..take], left == 0).await?;
             }
             buf.clear();
             if left == 0 {
@@ -730,7 +732,7 @@ impl StreamBody<'_> {
             let reusable = n == buf.len();
             buf.clear();
             if !data.is_empty() {
-                self.data(&data).await?;
+                self.data(&data, chunked.done()).await?;
                 data.clear();
             }
             if chunked.done() {
@@ -747,7 +749,7 @@ impl StreamBody<'_> {
     async fn until_close(&mut self, up: &Sock, buf: &mut crate::sock::Buf) -> Result<(), Relay> {
         loop {
             if !buf.is_empty() {
-                self.data(buf.filled()).await?;
+                self.data(buf.filled(), false).await?;
                 buf.clear();
             }
             if self.read(up, buf).await? == 0 {

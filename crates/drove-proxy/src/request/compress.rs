@@ -98,14 +98,21 @@ impl Compressing {
         }
     }
 
-    /// Encodes `data` and flushes: what was written so far becomes decodable.
-    pub(crate) fn chunk(&mut self, data: &[u8]) -> std::io::Result<()> {
+    /// Encodes `data`; with `sync`, flushes too: what was written so far becomes
+    /// decodable (the backend's body paused). Without, the encoder may keep some of it
+    /// for what follows: a flush ends a deflate block, and each block costs its own
+    /// Huffman tables — one per read from the backend made gzip cost more than nginx's,
+    /// which flushes at the end.
+    pub(crate) fn chunk(&mut self, data: &[u8], sync: bool) -> std::io::Result<()> {
         self.encoder
             .write(data, &mut self.out)
             .map_err(std::io::Error::other)?;
-        self.encoder
-            .flush(&mut self.out)
-            .map_err(std::io::Error::other)
+        if sync {
+            self.encoder
+                .flush(&mut self.out)
+                .map_err(std::io::Error::other)?;
+        }
+        Ok(())
     }
 
     /// Ends the encoded stream.

@@ -11,6 +11,8 @@
 
 use std::sync::atomic::Ordering::Relaxed;
 
+use futures_util::FutureExt;
+
 use super::compress::Compressing;
 use super::forward::Answer;
 use super::{answer, respond, Ctx};
@@ -92,6 +94,10 @@ pub(crate) async fn response<S: ClientIo>(
     drop(in_flight);
     plan.keep && client_ok
 }
+
+/// Compressed output written to the client once this much piled up, even while the
+/// backend's body keeps coming without a pause (memory stays flat).
+const COMPRESSED_WRITE_AT: usize = 16 * 1024;
 
 /// A body on its way: the client, the backend's connection, the buffers, and how it
 /// went.
@@ -299,26 +305,41 @@ impl<S: ClientIo> Body<'_, S> {
                 self.reusable = false;
             }
             self.buf.clear();
-            if c.chunk(&data).is_err() || (done && c.finish().is_err()) {
+            // More of the body here already? Then it goes into the same deflate block,
+            // and the encoder is flushed (and the client written to) only when the
+            // backend's body pauses, ends, or a good amount of output piled up.
+            let more = if done {
+                None
+            } else {
+                self.read_up().now_or_never()
+            };
+            let paused = !done && more.is_none();
+            if c.chunk(&data, paused).is_err() || (done && c.finish().is_err()) {
                 return self.broke();
             }
             data.clear();
-            self.emit(&mut c, chunked_out, done, trailers.as_ref());
-            if !self.flush(head).await {
-                return;
+            if done || paused || c.out.len() >= COMPRESSED_WRITE_AT {
+                self.emit(&mut c, chunked_out, done, trailers.as_ref());
+                if !self.flush(head).await {
+                    return;
+                }
+                head = 0;
+                if done {
+                    return;
+                }
+                self.client.nodelay();
             }
-            head = 0;
-            if done {
-                return;
-            }
-            self.client.nodelay();
-            match self.read_up().await {
+            let read = match more {
+                Some(r) => r,
+                None => self.read_up().await,
+            };
+            match read {
                 Ok(0) if framing == Framing::Close => {
                     if c.finish().is_err() {
                         return self.broke();
                     }
                     self.emit(&mut c, chunked_out, true, None);
-                    self.flush(0).await;
+                    self.flush(head).await;
                     return;
                 }
                 Ok(0) | Err(_) => return self.broke(),
