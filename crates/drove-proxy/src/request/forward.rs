@@ -336,17 +336,21 @@ async fn while_healthy<F: std::future::Future<Output = Result<ResponseHead, Send
             }
             () = next_event(left, seen) => seen = left.map_or(0, LocalSignal::fired),
         }
-        if let Some((backend, stats, _)) = watch {
-            if !backend.is_healthy_now() {
-                if stats.retry_budget_available() {
-                    return Err((Failure::BackendDown, None));
-                }
-                // Out of rotation, but no retry can be paid for now: look again soon
-                // (the budget refills as other requests succeed).
-                timer
-                    .as_mut()
-                    .reset((Instant::now() + HEALTH_CHECK_EVERY).min(try_deadline));
-            }
+        // A backend left rotation, or the look again came: is it this one?
+        let Some((backend, stats, _)) = watch else {
+            continue;
+        };
+        let next = if backend.is_healthy_now() {
+            try_deadline
+        } else if stats.retry_budget_available() {
+            return Err((Failure::BackendDown, None));
+        } else {
+            // Out of rotation, but no retry can be paid for now: look again soon (the
+            // budget refills as other requests succeed).
+            (Instant::now() + HEALTH_CHECK_EVERY).min(try_deadline)
+        };
+        if timer.deadline() != next {
+            timer.as_mut().reset(next);
         }
     }
 }
@@ -548,4 +552,81 @@ async fn send_chunked_body<S: ClientIo>(
     .await;
     w.buffers.recycle(out);
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+    use std::task::Poll;
+
+    /// A backend out of rotation while no retry can be paid for is looked at again every
+    /// `HEALTH_CHECK_EVERY`; once it is back, its attempt waits for its deadline again —
+    /// with no busy loop on the timer that fired for the look.
+    #[tokio::test]
+    async fn an_attempt_waits_quietly_when_its_backend_is_out_and_the_budget_spent() {
+        let balancer = drove_balancer::Balancer::new(drove_balancer::BalancerSettings {
+            max_ejected_percent: 100,
+            ..Default::default()
+        });
+        balancer.set_backends(vec![drove_balancer::BackendSpec::new(
+            "127.0.0.1:1".parse().unwrap(),
+        )]);
+        let backend = balancer.snapshot().remove(0);
+        let stats = crate::ProxyStats::new(0);
+        while stats.withdraw_retry() {}
+        let left = LocalSignal::default();
+        let polls = Cell::new(0u32);
+        let start = Instant::now();
+        // A backend that never answers; each poll of the attempt polls it once.
+        let exchange = std::future::poll_fn(|_| -> Poll<Result<ResponseHead, SendError>> {
+            polls.set(polls.get() + 1);
+            Poll::Pending
+        });
+        tokio::pin!(exchange);
+        let mut timer = Deadline::default();
+        let waiting = while_healthy(
+            exchange.as_mut(),
+            Some((&*backend, &stats, &left)),
+            start + Duration::from_secs(1),
+            &mut timer,
+        );
+        tokio::pin!(waiting);
+        assert!(futures_util::poll!(waiting.as_mut()).is_pending());
+        // Out of rotation (passively ejected) for 200 ms, then back.
+        for _ in 0..3 {
+            balancer
+                .start(&backend)
+                .finish(drove_balancer::Outcome::Broken, Duration::ZERO);
+        }
+        assert!(!backend.is_healthy_now());
+        left.fire();
+        let out = tokio::select! {
+            r = &mut waiting => Some(r),
+            () = tokio::time::sleep(Duration::from_millis(200)) => None,
+        };
+        assert!(
+            out.is_none(),
+            "no retry could be paid for: it keeps waiting"
+        );
+        // Each wake polls the exchange once or twice: a look every 50 ms is a handful,
+        // a busy loop thousands.
+        let looks = polls.get();
+        assert!(
+            (4..=20).contains(&looks),
+            "looked again every 50 ms: {looks} polls"
+        );
+        balancer.reset_health(backend.id());
+        let r = waiting.await;
+        assert!(
+            matches!(r, Err((Failure::Timeout, None))),
+            "the try's deadline"
+        );
+        assert!(start.elapsed() >= Duration::from_secs(1));
+        assert!(
+            polls.get() < looks + 8,
+            "no busy loop: {} polls",
+            polls.get()
+        );
+    }
 }
