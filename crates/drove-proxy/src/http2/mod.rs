@@ -31,6 +31,7 @@ use std::net::IpAddr;
 use std::rc::Rc;
 
 use bytes::Bytes;
+use futures_util::FutureExt;
 use h2::server::SendResponse;
 use h2::{RecvStream, SendStream};
 use tokio::time::Instant;
@@ -597,28 +598,56 @@ enum Relay {
 struct StreamBody<'a> {
     send: &'a mut SendStream<Bytes>,
     bytes: u64,
-    /// The body is compressed on its way (flushed after each read from the backend but
-    /// the last).
+    /// The body is compressed on its way (flushed when the backend's body pauses).
     compress: Option<Compressing>,
 }
 
 impl StreamBody<'_> {
-    /// Sends `data` (compressed, when it is) as DATA frames. `last`: the end of the body
-    /// follows at once (the encoder's flush is left to the end: one deflate block less).
-    async fn data(&mut self, data: &[u8], last: bool) -> Result<(), Relay> {
+    /// Sends `data` as DATA frames, or, compressed, encodes it: the encoded bytes go out
+    /// in [`StreamBody::next_read`] when the backend pauses, or at the end.
+    async fn data(&mut self, data: &[u8]) -> Result<(), Relay> {
         match &mut self.compress {
             None => self.frames(data).await,
-            Some(c) => {
-                c.chunk(data, !last).map_err(|_| Relay::Backend)?;
-                let out = std::mem::take(&mut c.out);
-                let r = self.frames(&out).await;
-                if let Some(c) = &mut self.compress {
-                    c.out = out;
-                    c.out.clear();
-                }
-                r
-            }
+            Some(c) => c.chunk(data, false).map_err(|_| Relay::Backend),
         }
+    }
+
+    /// Reads more of the body from the backend. Compressing, whatever is there already
+    /// is read first: the encoder is flushed and its output sent only when the backend's
+    /// body pauses (or once `compress::WRITE_AT` bytes piled up) — a flush per read
+    /// ended a deflate block per read.
+    async fn next_read(&mut self, up: &Sock, buf: &mut crate::sock::Buf) -> Result<usize, Relay> {
+        if self.compress.is_some() {
+            if let Some(r) = self.read(up, buf).now_or_never() {
+                self.send_encoded(false).await?;
+                return r;
+            }
+            self.send_encoded(true).await?;
+        }
+        self.read(up, buf).await
+    }
+
+    /// Sends the encoder's output: with `flush`, after flushing it (all of it becomes
+    /// decodable); without, only once enough piled up.
+    async fn send_encoded(&mut self, flush: bool) -> Result<(), Relay> {
+        let Some(c) = &mut self.compress else {
+            return Ok(());
+        };
+        if flush {
+            c.chunk(&[], true).map_err(|_| Relay::Backend)?;
+        } else if c.out.len() < compress::WRITE_AT {
+            return Ok(());
+        }
+        if c.out.is_empty() {
+            return Ok(());
+        }
+        let out = std::mem::take(&mut c.out);
+        let r = self.frames(&out).await;
+        if let Some(c) = &mut self.compress {
+            c.out = out;
+            c.out.clear();
+        }
+        r
     }
 
     /// Sends `data` as DATA frames as the window allows (memory stays flat: nothing is
@@ -688,14 +717,14 @@ impl StreamBody<'_> {
             }
             left -= take as u64;
             if take > 0 {
-                self.data(&buf.filled()[..take], left == 0).await?;
+                self.data(&buf.filled()[..take]).await?;
             }
             buf.clear();
             if left == 0 {
                 self.end().await?;
                 return Ok(reusable);
             }
-            if self.read(up, buf).await? == 0 {
+            if self.next_read(up, buf).await? == 0 {
                 return Err(Relay::Backend);
             }
         }
@@ -732,7 +761,7 @@ impl StreamBody<'_> {
             let reusable = n == buf.len();
             buf.clear();
             if !data.is_empty() {
-                self.data(&data, chunked.done()).await?;
+                self.data(&data).await?;
                 data.clear();
             }
             if chunked.done() {
@@ -740,7 +769,7 @@ impl StreamBody<'_> {
                 self.end_with(trailers).await?;
                 return Ok(reusable);
             }
-            if self.read(up, buf).await? == 0 {
+            if self.next_read(up, buf).await? == 0 {
                 return Err(Relay::Backend);
             }
         }
@@ -749,10 +778,10 @@ impl StreamBody<'_> {
     async fn until_close(&mut self, up: &Sock, buf: &mut crate::sock::Buf) -> Result<(), Relay> {
         loop {
             if !buf.is_empty() {
-                self.data(buf.filled(), false).await?;
+                self.data(buf.filled()).await?;
                 buf.clear();
             }
-            if self.read(up, buf).await? == 0 {
+            if self.next_read(up, buf).await? == 0 {
                 return self.end().await;
             }
         }

@@ -67,6 +67,10 @@ pub(crate) fn decide<'h>(
     settings_of(settings, chosen).decide(method, chosen.encoding, status, headers)
 }
 
+/// Compressed output is sent to the client once this much piled up, even while the
+/// backend's body keeps coming without a pause (memory stays flat).
+pub(crate) const WRITE_AT: usize = 16 * 1024;
+
 /// A body being compressed: the encoder and its output buffer.
 pub(crate) struct Compressing {
     encoder: Encoder,

@@ -13,7 +13,7 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use futures_util::FutureExt;
 
-use super::compress::Compressing;
+use super::compress::{self, Compressing};
 use super::forward::Answer;
 use super::{answer, respond, Ctx};
 use crate::conn::Client;
@@ -94,10 +94,6 @@ pub(crate) async fn response<S: ClientIo>(
     drop(in_flight);
     plan.keep && client_ok
 }
-
-/// Compressed output written to the client once this much piled up, even while the
-/// backend's body keeps coming without a pause (memory stays flat).
-const COMPRESSED_WRITE_AT: usize = 16 * 1024;
 
 /// A body on its way: the client, the backend's connection, the buffers, and how it
 /// went.
@@ -318,7 +314,7 @@ impl<S: ClientIo> Body<'_, S> {
                 return self.broke();
             }
             data.clear();
-            if done || paused || c.out.len() >= COMPRESSED_WRITE_AT {
+            if done || paused || c.out.len() >= compress::WRITE_AT {
                 self.emit(&mut c, chunked_out, done, trailers.as_ref());
                 if !self.flush(head).await {
                     return;
