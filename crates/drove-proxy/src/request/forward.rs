@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use drove_balancer::{Backend, InFlight};
+use futures_util::FutureExt;
 use tokio::time::Instant;
 
 use super::retry::{Failure, RequestClass};
@@ -166,6 +167,9 @@ pub(crate) struct Answer {
     pub(crate) head: ResponseHead,
     /// From sending the request to its response head.
     pub(crate) latency: Duration,
+    /// The backend answered an error before the whole request body was sent, and the
+    /// rest was not: the client's connection closes after this answer.
+    pub(crate) body_cut: bool,
 }
 
 impl Answer {
@@ -245,7 +249,7 @@ pub(crate) async fn once<D: Downstream>(
         while_healthy(exchange.as_mut(), watch, try_deadline, &mut ctx.timer).await
     };
     match result {
-        Ok(head) => {
+        Ok(HeadIn { head, body_cut }) => {
             let now = Instant::now();
             let latency = now.saturating_duration_since(sent);
             let mut in_flight = in_flight;
@@ -262,6 +266,7 @@ pub(crate) async fn once<D: Downstream>(
                 buf,
                 head,
                 latency,
+                body_cut,
             })
         }
         Err((kind, source)) => {
@@ -315,12 +320,12 @@ async fn connection(
 /// also gives up when the backend leaves rotation (its worker's `left_rotation` signal
 /// fired and the backend is no longer healthy) and a retry can still be paid for. No
 /// polling: a fast request sets the connection's timer once and waits for one signal.
-async fn while_healthy<F: std::future::Future<Output = Result<ResponseHead, SendError>>>(
+async fn while_healthy<F: std::future::Future<Output = Result<HeadIn, SendError>>>(
     mut exchange: std::pin::Pin<&mut F>,
     watch: Option<(&Backend, &crate::ProxyStats, &LocalSignal)>,
     try_deadline: Instant,
     timer: &mut Deadline,
-) -> Result<ResponseHead, SendError> {
+) -> Result<HeadIn, SendError> {
     let mut timer = timer.at(try_deadline);
     let left = watch.map(|(_, _, left)| left);
     let mut seen = left.map_or(0, LocalSignal::fired);
@@ -408,9 +413,23 @@ impl<S: ClientIo> Downstream for Client<S> {
     }
 }
 
+/// A response head, and whether it came before the whole request body was sent.
+pub(crate) struct HeadIn {
+    pub(crate) head: ResponseHead,
+    /// The backend refused the body early (a 4xx or 5xx before it had all of it): the
+    /// rest was not sent, so neither connection can carry another request.
+    pub(crate) body_cut: bool,
+}
+
 /// Writes the request head and body to `up` and reads the response head into `buf`
 /// (1xx other than 101 are skipped). `stale_ok`: a write error or a close before any
 /// response byte means the pooled connection was already dead.
+///
+/// With a streamed body, the head is read while the body goes out: a backend that
+/// refuses a large upload before reading it (an early 413 or 401) would otherwise leave
+/// drove writing into full buffers until a timeout, then answering 502. Such an error
+/// answer is relayed at once and the rest of the body is not sent (as nginx and HAProxy
+/// do). A success head that comes early waits for the body to be sent, as before.
 async fn send_and_read_head<D: Downstream>(
     w: &Worker,
     settings: &ProxySettings,
@@ -419,14 +438,67 @@ async fn send_and_read_head<D: Downstream>(
     req: &UpstreamRequest,
     buf: &mut Buf,
     stale_ok: bool,
-) -> Result<ResponseHead, SendError> {
-    match down.send(w, settings, up, req).await {
-        Err((Failure::Broken, e)) if stale_ok => return Err((Failure::Stale, e)),
-        Err(e) => return Err(e),
-        Ok(()) => {}
+) -> Result<HeadIn, SendError> {
+    if req.framing == Framing::None {
+        match down.send(w, settings, up, req).await {
+            Err((Failure::Broken, e)) if stale_ok => return Err((Failure::Stale, e)),
+            Err(e) => return Err(e),
+            Ok(()) => {}
+        }
+        let head = read_head(up, buf, req.method(), stale_ok).await?;
+        return Ok(HeadIn {
+            head,
+            body_cut: false,
+        });
     }
+    let send = down.send(w, settings, up, req);
+    let read = read_head(up, buf, req.method(), false);
+    tokio::pin!(send, read);
+    let early = tokio::select! {
+        biased;
+        sent = &mut send => match sent {
+            Ok(()) => None,
+            // A backend that answered and closed fails the write: its answer, if it is
+            // there already, is what the client gets.
+            Err((Failure::Broken, e)) => match (&mut read).now_or_never() {
+                Some(Ok(head)) if head.status >= 400 => Some(head),
+                _ => return Err((Failure::Broken, e)),
+            },
+            Err(e) => return Err(e),
+        },
+        head = &mut read => Some(head?),
+    };
+    match early {
+        Some(mut head) if head.status >= 400 => {
+            head.keep_alive = false;
+            Ok(HeadIn {
+                head,
+                body_cut: true,
+            })
+        }
+        Some(head) => {
+            send.await?;
+            Ok(HeadIn {
+                head,
+                body_cut: false,
+            })
+        }
+        None => Ok(HeadIn {
+            head: read.await?,
+            body_cut: false,
+        }),
+    }
+}
+
+/// Reads a response head into `buf`, skipping 1xx answers other than 101.
+async fn read_head(
+    up: &Sock,
+    buf: &mut Buf,
+    method: Method,
+    stale_ok: bool,
+) -> Result<ResponseHead, SendError> {
     loop {
-        match h1::parse_response(buf.filled(), req.method()) {
+        match h1::parse_response(buf.filled(), method) {
             Ok(Some(h)) if (100..200).contains(&h.status) && h.status != 101 => {
                 buf.consume(h.len);
                 continue;
@@ -579,7 +651,7 @@ mod tests {
         let polls = Cell::new(0u32);
         let start = Instant::now();
         // A backend that never answers; each poll of the attempt polls it once.
-        let exchange = std::future::poll_fn(|_| -> Poll<Result<ResponseHead, SendError>> {
+        let exchange = std::future::poll_fn(|_| -> Poll<Result<HeadIn, SendError>> {
             polls.set(polls.get() + 1);
             Poll::Pending
         });

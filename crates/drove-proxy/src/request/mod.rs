@@ -233,7 +233,11 @@ async fn walk<S: ClientIo>(
             let _ = relay::response(w, client, ctx, answer, false).await;
             panic!("injected panic at Relay");
         }
-        Attempted::Answer(answer) => relay::response(w, client, ctx, answer, client_keep).await,
+        Attempted::Answer(answer) => {
+            // A body cut short by an early error answer leaves the rest of it unread.
+            let keep = client_keep && !answer.body_cut;
+            relay::response(w, client, ctx, answer, keep).await
+        }
         Attempted::ClientGone => false,
         Attempted::Failed(e) => {
             // A request whose body was not (all) read cannot be followed by another.

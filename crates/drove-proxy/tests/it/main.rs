@@ -586,6 +586,70 @@ fn requests_waiting_on_a_backend_that_is_ejected_move_at_once() {
     );
 }
 
+/// A backend that refuses a large upload before reading it (an early 413) gets its
+/// answer to the client at once: drove reads the response head while it sends the
+/// body, stops sending, and closes the client's connection after the answer. Before,
+/// drove kept writing into full buffers until the backend closed, then answered 502.
+#[test]
+fn an_early_error_answer_to_a_large_upload_is_relayed_at_once() {
+    // A backend that reads the request head only (Scripted would read the whole body),
+    // answers, and holds the connection without reading for a while.
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let b = Scripted {
+        addr: l.local_addr().unwrap(),
+        seen: Default::default(),
+        partial: Default::default(),
+    };
+    std::thread::spawn(move || {
+        let Ok((mut c, _)) = l.accept() else { return };
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") && c.read(&mut byte).unwrap_or(0) == 1 {
+            head.push(byte[0]);
+        }
+        let _ = c.write_all(
+            b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 8\r\nConnection: close\r\n\r\ntoo big\n",
+        );
+        std::thread::sleep(Duration::from_secs(4));
+    });
+    let p = ProxyUnderTest::start(&[&b], support::settings());
+    let mut c = std::net::TcpStream::connect(p.addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    const BODY: usize = 64 << 20;
+    c.write_all(
+        format!("POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: {BODY}\r\n\r\n").as_bytes(),
+    )
+    .unwrap();
+    let mut w = c.try_clone().unwrap();
+    let writer = std::thread::spawn(move || {
+        let chunk = vec![b'x'; 64 << 10];
+        for _ in 0..BODY / chunk.len() {
+            if w.write_all(&chunk).is_err() {
+                return;
+            }
+        }
+    });
+    let t = Instant::now();
+    let mut out = Vec::new();
+    let mut piece = [0u8; 4096];
+    while !text(&out).contains("too big") {
+        match c.read(&mut piece) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => out.extend_from_slice(&piece[..n]),
+        }
+    }
+    let took = t.elapsed();
+    let r = text(&out);
+    assert_eq!(status(&r), 413, "{r}");
+    assert!(r.ends_with("too big\n"), "{r}");
+    assert!(took < Duration::from_secs(3), "{took:?}");
+    // The rest of the body was never read: the connection ends after the answer.
+    let end = c.read(&mut piece);
+    assert!(matches!(end, Ok(0) | Err(_)), "{end:?}");
+    drop(c);
+    writer.join().unwrap();
+}
+
 /// The access log has one line per answer, drove's own included (400, 413, 431, 429),
 /// with the body bytes sent and the time to the end of the body.
 #[test]
