@@ -167,8 +167,8 @@ pub(crate) struct Answer {
     pub(crate) head: ResponseHead,
     /// From sending the request to its response head.
     pub(crate) latency: Duration,
-    /// The backend answered an error before the whole request body was sent, and the
-    /// rest was not: the client's connection closes after this answer.
+    /// The backend answered before it had the whole request body, and the rest was not
+    /// sent (see `HeadIn`): the client's connection closes after this answer.
     pub(crate) body_cut: bool,
 }
 
@@ -416,8 +416,9 @@ impl<S: ClientIo> Downstream for Client<S> {
 /// A response head, and whether it came before the whole request body was sent.
 pub(crate) struct HeadIn {
     pub(crate) head: ResponseHead,
-    /// The backend refused the body early (a 4xx or 5xx before it had all of it): the
-    /// rest was not sent, so neither connection can carry another request.
+    /// The backend answered before it had all of the body — an error that came first,
+    /// or any answer after which it stopped taking the body — and the rest was not
+    /// sent: neither connection can carry another request.
     pub(crate) body_cut: bool,
 }
 
@@ -429,7 +430,8 @@ pub(crate) struct HeadIn {
 /// refuses a large upload before reading it (an early 413 or 401) would otherwise leave
 /// drove writing into full buffers until a timeout, then answering 502. Such an error
 /// answer is relayed at once and the rest of the body is not sent (as nginx and HAProxy
-/// do). A success head that comes early waits for the body to be sent, as before.
+/// do). A success head that comes early waits for the body to be sent, as before, unless
+/// the backend then stops taking it (closes): its answer is relayed, not a 502.
 async fn send_and_read_head<D: Downstream>(
     w: &Worker,
     settings: &ProxySettings,
@@ -461,7 +463,7 @@ async fn send_and_read_head<D: Downstream>(
             // A backend that answered and closed fails the write: its answer, if it is
             // there already, is what the client gets.
             Err((Failure::Broken, e)) => match (&mut read).now_or_never() {
-                Some(Ok(head)) if head.status >= 400 => Some(head),
+                Some(Ok(head)) => return Ok(cut(head)),
                 _ => return Err((Failure::Broken, e)),
             },
             Err(e) => return Err(e),
@@ -469,24 +471,31 @@ async fn send_and_read_head<D: Downstream>(
         head = &mut read => Some(head?),
     };
     match early {
-        Some(mut head) if head.status >= 400 => {
-            head.keep_alive = false;
-            Ok(HeadIn {
-                head,
-                body_cut: true,
-            })
-        }
-        Some(head) => {
-            send.await?;
-            Ok(HeadIn {
+        Some(head) if head.status >= 400 => Ok(cut(head)),
+        // A success answer waits for the body — unless the backend stops taking it (it
+        // answered without reading it all, and closed): its answer stands.
+        Some(head) => match send.await {
+            Ok(()) => Ok(HeadIn {
                 head,
                 body_cut: false,
-            })
-        }
+            }),
+            Err((Failure::Broken, _)) => Ok(cut(head)),
+            Err(e) => Err(e),
+        },
         None => Ok(HeadIn {
             head: read.await?,
             body_cut: false,
         }),
+    }
+}
+
+/// A head that answers a request whose body was not all sent: neither connection can
+/// carry another request.
+fn cut(mut head: ResponseHead) -> HeadIn {
+    head.keep_alive = false;
+    HeadIn {
+        head,
+        body_cut: true,
     }
 }
 
