@@ -13,7 +13,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use drove_balancer::{Backend, InFlight};
-use futures_util::FutureExt;
 use tokio::time::Instant;
 
 use super::retry::{Failure, RequestClass};
@@ -460,11 +459,13 @@ async fn send_and_read_head<D: Downstream>(
         biased;
         sent = &mut send => match sent {
             Ok(()) => None,
-            // A backend that answered and closed fails the write: its answer, if it is
-            // there already, is what the client gets.
-            Err((Failure::Broken, e)) => match (&mut read).now_or_never() {
-                Some(Ok(head)) => return Ok(cut(head)),
-                _ => return Err((Failure::Broken, e)),
+            // A backend that answered and closed fails the write: its answer, if it
+            // sent one, is what the client gets. (Read to the end, not just polled: the
+            // runtime may not have seen the answer arrive yet. The connection is dead,
+            // so the read ends at once; the try's deadline bounds it all the same.)
+            Err((Failure::Broken, e)) => match read.await {
+                Ok(head) => return Ok(cut(head)),
+                Err(_) => return Err((Failure::Broken, e)),
             },
             Err(e) => return Err(e),
         },
