@@ -309,7 +309,11 @@ async fn connection_refused_is_counted_not_a_hang() {
     let started = std::time::Instant::now();
     let r = bench(opts(&url, 2, Stop::Duration(Duration::from_millis(300)))).await;
     assert!(r.errors.connect > 0);
-    assert_eq!(r.errors.connect, r.requests);
+    // Every request is counted as a failure without a response; under CPU load a few
+    // of the ~10,000 attempts in 300 ms may fail otherwise than "refused" (seen: 2).
+    assert_eq!(r.ok, 0);
+    assert_eq!(r.errors.transport(), r.requests, "{}", r.to_text());
+    assert!(r.errors.connect * 100 >= r.requests * 99, "{}", r.to_text());
     assert!(started.elapsed() < Duration::from_secs(3));
 }
 
@@ -538,7 +542,9 @@ async fn drain_on_cancel_finishes_and_counts_requests_in_flight() {
         ok("x")
     })
     .await;
-    // Closed model: 4 requests in flight when the cancel comes, 4 answered.
+    // Closed model: 4 requests in flight when the cancel comes (the second round, at
+    // 450 ms), 4 answered: 8 in all — more if a loaded machine fires the cancel late.
+    // Whatever the timing, every request the server got is answered and counted.
     let mut o = opts(&s.url, 4, Stop::Duration(Duration::from_secs(60)));
     o.drain_on_cancel = true;
     let cancel = tokio::time::sleep(Duration::from_millis(450));
@@ -547,8 +553,8 @@ async fn drain_on_cancel_finishes_and_counts_requests_in_flight() {
         .unwrap()
         .unwrap();
     assert!(r.cancelled);
-    assert_eq!(r.ok, 8, "{}", r.to_text());
-    assert_eq!(s.requests.load(SeqCst), 8);
+    assert!(r.ok >= 8, "{}", r.to_text());
+    assert_eq!(r.ok, s.requests.load(SeqCst), "{}", r.to_text());
     // Open model at a low rate: connections waiting for far slots are released at once.
     let mut o = opts(&s.url, 8, Stop::Duration(Duration::from_secs(60)));
     o.model = Model::Open { rate: 2.0 };
