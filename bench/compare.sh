@@ -401,35 +401,38 @@ path = \"/json\"
 compress = { algorithms = [\"gzip\"], level = { gzip = $GZIP_DROVE_LEVEL } }
 "
 fi
-cat >"$TMP/drove/drove.toml" <<EOF
+# The [balancer] settings both droves share (listen PORT).
+drove_balancer() {
+    cat <<EOF
 [balancer]
-listen = "127.0.0.1:$P_DROVE"
+listen = "127.0.0.1:$1"
 workers = 1
 backends = ["127.0.0.1:$B1", "127.0.0.1:$B2", "127.0.0.1:$B3"]
 algorithm = "round_robin"
 access_log = "off"
 timeouts = { connect = "1s", header = "10s", response = "60s", idle = "60s" }
 defer_accept = true
+EOF
+}
+{
+    drove_balancer "$P_DROVE"
+    cat <<EOF
 $GZIP_ROUTE
 [admin]
 listen = "127.0.0.1:$P_ADMIN"
 EOF
+} >"$TMP/drove/drove.toml"
 
 # The TLS listener: a second drove (one listener per drove), the same settings plus tls.
-cat >"$TMP/drove_tls/drove.toml" <<EOF
-[balancer]
-listen = "127.0.0.1:$P_DROVE_TLS"
-workers = 1
-backends = ["127.0.0.1:$B1", "127.0.0.1:$B2", "127.0.0.1:$B3"]
-algorithm = "round_robin"
-access_log = "off"
-timeouts = { connect = "1s", header = "10s", response = "60s", idle = "60s" }
-defer_accept = true
+{
+    drove_balancer "$P_DROVE_TLS"
+    cat <<EOF
 tls = { cert = "$TMP/tls/cert.pem", key = "$TMP/tls/key.pem" }
 
 [admin]
 listen = "127.0.0.1:$P_ADMIN_TLS"
 EOF
+} >"$TMP/drove_tls/drove.toml"
 
 # drove_alt (DROVE_ALT_BIN): the same two configs on their own ports.
 mkdir -p "$TMP/drove_alt" "$TMP/drove_alt_tls"

@@ -495,20 +495,7 @@ fn requests_waiting_on_a_backend_that_leaves_rotation_move_at_once() {
     let p = ProxyUnderTest::start(&[&hang, &good], s);
     // Round robin: of 4 concurrent GETs, 2 wait on the hanging backend.
     let addr = p.addr;
-    let handles: Vec<_> = (0..4)
-        .map(|_| {
-            std::thread::spawn(move || {
-                let t = Instant::now();
-                let mut c = std::net::TcpStream::connect(addr).unwrap();
-                c.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
-                c.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
-                    .unwrap();
-                let mut out = Vec::new();
-                let _ = c.read_to_end(&mut out);
-                (status(&text(&out)), t.elapsed())
-            })
-        })
-        .collect();
+    let handles = concurrent_gets(addr, 4);
     // Active HTTP probes: the hanging backend fails two 150 ms probes and leaves
     // rotation after about half a second.
     std::thread::sleep(Duration::from_millis(200));
@@ -530,6 +517,28 @@ fn requests_waiting_on_a_backend_that_leaves_rotation_move_at_once() {
     assert!(!p.balancer.find("b1").unwrap().probe_up());
 }
 
+/// `n` GETs on their own connections at once, each answering its status and how long
+/// it took (read timeout 15 s).
+fn concurrent_gets(
+    addr: std::net::SocketAddr,
+    n: usize,
+) -> Vec<std::thread::JoinHandle<(u16, Duration)>> {
+    (0..n)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let t = Instant::now();
+                let mut c = std::net::TcpStream::connect(addr).unwrap();
+                c.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+                c.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+                    .unwrap();
+                let mut out = Vec::new();
+                let _ = c.read_to_end(&mut out);
+                (status(&text(&out)), t.elapsed())
+            })
+        })
+        .collect()
+}
+
 /// A backend passively ejected while requests wait on it (failures reported by other
 /// requests) gives the replayable ones back at once, as a failed probe does: the
 /// ejection wakes them, nothing polls.
@@ -549,20 +558,7 @@ fn requests_waiting_on_a_backend_that_is_ejected_move_at_once() {
         },
     );
     let addr = p.addr;
-    let handles: Vec<_> = (0..4)
-        .map(|_| {
-            std::thread::spawn(move || {
-                let t = Instant::now();
-                let mut c = std::net::TcpStream::connect(addr).unwrap();
-                c.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
-                c.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
-                    .unwrap();
-                let mut out = Vec::new();
-                let _ = c.read_to_end(&mut out);
-                (status(&text(&out)), t.elapsed())
-            })
-        })
-        .collect();
+    let handles = concurrent_gets(addr, 4);
     // Round robin: two of the four wait on the hanging backend. Then three failures
     // (max_fails) on it from elsewhere eject it.
     std::thread::sleep(Duration::from_millis(500));
